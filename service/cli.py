@@ -1,0 +1,176 @@
+"""The `ledgerlink` command: serve, migrate, worker (and the exporter's push and demo)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from service.settings import Settings, SettingsError, load_settings
+
+app = typer.Typer(
+    help="ledgerlink: Sage 50 payment statuses for OpenCRM, write-offs told apart.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+DEV_KEY_FILE = "admin-api-key"
+DEV_SECRET_FILE = "webhook-secret"
+
+
+def _settings(**overrides: object) -> Settings:
+    try:
+        return load_settings(**overrides)
+    except SettingsError as exc:
+        typer.echo(f"ledgerlink: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _read_or_create(path: Path, make: Callable[[], str]) -> tuple[str, bool]:
+    if path.exists():
+        return path.read_text().strip(), False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = make()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(value + "\n")
+    return value, True
+
+
+def _dev_credentials(settings: Settings) -> dict[str, object]:
+    """For `make run` only: a random admin key and webhook secret, kept under the data dir."""
+    overrides: dict[str, object] = {}
+    base = f"http://{settings.host}:{settings.port}"
+    if not settings.parsed_api_keys:
+        key_file = settings.data_dir / DEV_KEY_FILE
+        key, created = _read_or_create(key_file, lambda: "ll_" + secrets.token_urlsafe(32))
+        overrides["api_keys"] = f'{{"{key}": {{"name": "dev-admin", "scopes": ["admin"]}}}}'
+        if created:
+            typer.echo(
+                f"\n  Created a development admin API key (stored in {key_file}):\n    {key}"
+            )
+        else:
+            typer.echo(f"\n  Using the development admin API key stored in {key_file}")
+        typer.echo(f'  Try: curl -H "Authorization: Bearer $(cat {key_file})" {base}/v1/invoices\n')
+    if not settings.webhook_secrets:
+        secret_file = settings.data_dir / DEV_SECRET_FILE
+        secret, created = _read_or_create(secret_file, lambda: "whsec_" + secrets.token_urlsafe(24))
+        overrides["webhook_secrets"] = secret
+        verb = "Created" if created else "Using"
+        typer.echo(f"  {verb} a development webhook secret (stored in {secret_file}).\n")
+    return overrides
+
+
+@app.command()
+def serve(
+    dev: Annotated[
+        bool,
+        typer.Option(help="Development start (make run): create a dev API key and webhook secret."),
+    ] = False,
+    worker: Annotated[
+        bool, typer.Option(help="Run the reconciliation/outbox worker inside this process.")
+    ] = True,
+    migrate: Annotated[bool, typer.Option(help="Migrate the database to head first.")] = False,
+) -> None:
+    """Serve the HTTP API (uvicorn, one process)."""
+    import uvicorn
+
+    from service.db import EmbeddedPostgres
+    from service.main import create_app
+    from service.migrate import upgrade_to_head
+
+    settings = _settings()
+    overrides: dict[str, object] = {"run_worker": worker and settings.run_worker}
+    if dev:
+        overrides.update(_dev_credentials(settings))
+        if "LEDGERLINK_LOG_FORMAT" not in os.environ:
+            overrides["log_format"] = "console"
+    embedded: EmbeddedPostgres | None = None
+    try:
+        if settings.database_url is None:
+            embedded = EmbeddedPostgres(settings.data_dir)
+            typer.echo(f"  Starting embedded PostgreSQL (data in {embedded.pgdata}) ...")
+            overrides["database_url"] = embedded.start()
+        settings = _settings(**overrides)
+        if migrate or dev:
+            assert settings.database_url is not None
+            upgrade_to_head(settings.database_url.get_secret_value())
+        uvicorn.run(
+            create_app(settings),
+            host=settings.host,
+            port=settings.port,
+            log_config=None,
+            timeout_graceful_shutdown=int(settings.request_timeout_seconds),
+            timeout_keep_alive=5,
+            h11_max_incomplete_event_size=64 * 1024,
+        )
+    finally:
+        if embedded is not None:
+            embedded.stop()
+
+
+@app.command("migrate")
+def migrate_command() -> None:
+    """Migrate the database to the newest schema, then exit."""
+    from service.db import EmbeddedPostgres
+    from service.migrate import upgrade_to_head
+
+    settings = _settings()
+    embedded: EmbeddedPostgres | None = None
+    try:
+        if settings.database_url is None:
+            embedded = EmbeddedPostgres(settings.data_dir)
+            url = embedded.start()
+        else:
+            url = settings.database_url.get_secret_value()
+        upgrade_to_head(url)
+        typer.echo("ledgerlink: database is at the newest migration")
+    finally:
+        if embedded is not None:
+            embedded.stop()
+
+
+@app.command("worker")
+def worker_command() -> None:
+    """Run only the background worker (scale it separately from the API)."""
+    from service.db import EmbeddedPostgres
+    from service.logging import configure_logging
+    from service.worker import run_standalone
+
+    settings = _settings()
+    configure_logging(settings.log_level, settings.log_format)
+    embedded: EmbeddedPostgres | None = None
+    try:
+        if settings.database_url is None:
+            embedded = EmbeddedPostgres(settings.data_dir)
+            url = embedded.start()
+        else:
+            url = settings.database_url.get_secret_value()
+        asyncio.run(run_standalone(settings, url))
+    finally:
+        if embedded is not None:
+            embedded.stop()
+
+
+def _register_exporter() -> None:
+    try:
+        from service.exporter.commands import register
+    except ImportError:  # the exporter is optional while it is being built
+        return
+    register(app)
+
+
+_register_exporter()
+
+
+def main(argv: list[str] | None = None) -> None:
+    if argv is not None:
+        sys.argv = [sys.argv[0], *argv]
+    app()

@@ -1,0 +1,109 @@
+"""The application: create_app() and its lifespan (engine, embedded database, worker)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
+
+from service import __version__
+from service.db import EmbeddedPostgres, create_engine
+from service.errors import install_error_handlers
+from service.logging import configure_logging, get_logger
+from service.middleware import RequestContextMiddleware
+from service.settings import Settings, load_settings
+from service.worker import Worker, WorkerContext
+
+log = get_logger(__name__)
+
+USER_AGENT = f"ledgerlink/{__version__}"
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    embedded: EmbeddedPostgres | None = None
+    if settings.database_url is None:
+        embedded = EmbeddedPostgres(settings.data_dir)
+        database_url = await asyncio.to_thread(embedded.start)
+        log.info("database.embedded.started", pgdata=str(embedded.pgdata))
+    else:
+        database_url = settings.database_url.get_secret_value()
+    engine = create_engine(database_url, pool_size=settings.db_pool_size)
+    http = httpx.AsyncClient(
+        timeout=settings.opencrm_timeout_seconds, headers={"User-Agent": USER_AGENT}
+    )
+    app.state.engine = engine
+    app.state.http = http
+    app.state.database_url = database_url
+    app.state.worker = None
+    worker_task: asyncio.Task[None] | None = None
+    if not settings.parsed_api_keys:
+        log.warning(
+            "auth.no_keys",
+            detail="LEDGERLINK_API_KEYS is empty: every protected endpoint answers 401",
+        )
+    from service.ops.startup import startup_checks
+
+    await startup_checks(app)
+    if settings.run_worker:
+        ctx = WorkerContext(settings=settings, engine=engine, http=http, database_url=database_url)
+        worker = Worker(ctx)
+        app.state.worker = worker
+        worker_task = asyncio.create_task(worker.run(), name="ledgerlink-worker")
+    try:
+        yield
+    finally:
+        if worker_task is not None:
+            app.state.worker.stop()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(worker_task, timeout=30)
+        await http.aclose()
+        await engine.dispose()
+        if embedded is not None:
+            await asyncio.to_thread(embedded.stop)
+            log.info("database.embedded.stopped")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or load_settings()
+    configure_logging(settings.log_level, settings.log_format)
+    docs_url = "/docs" if settings.docs_enabled else None
+    app = FastAPIOffline(
+        title="ledgerlink",
+        version=__version__,
+        summary="Sage 50 -> OpenCRM payment statuses that tell write-offs from payments",
+        docs_url=docs_url,
+        redoc_url=None,
+        openapi_url="/openapi.json" if settings.docs_enabled else None,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    install_error_handlers(app)
+    app.add_middleware(RequestContextMiddleware)
+    _include_routers(app)
+    return app
+
+
+def _include_routers(app: FastAPI) -> None:
+    from service.crm.router import router as crm_router
+    from service.ingest.router import router as ingest_router
+    from service.invoices.router import router as invoices_router
+    from service.ops.router import router as ops_router
+    from service.picklist.router import router as picklist_router
+    from service.reconcile.router import router as reconcile_router
+
+    for router in (
+        ops_router,
+        ingest_router,
+        reconcile_router,
+        invoices_router,
+        picklist_router,
+        crm_router,
+    ):
+        app.include_router(router)

@@ -1,0 +1,28 @@
+"""Every table, imported in one place so Alembic and the tests see the whole schema."""
+
+from sqlmodel import SQLModel
+
+from service.crm.models import CrmObservedStatus, OutboxMessage
+from service.ingest.models import Allocation, Posting, WebhookDelivery
+from service.invoices.models import Invoice, StatusHistory
+from service.jobs.models import Job, JobResult
+from service.picklist.models import PicklistValue
+from service.reconcile.models import SyncRun, SyncRunChange
+
+metadata = SQLModel.metadata
+
+__all__ = [
+    "Allocation",
+    "CrmObservedStatus",
+    "Invoice",
+    "Job",
+    "JobResult",
+    "OutboxMessage",
+    "PicklistValue",
+    "Posting",
+    "StatusHistory",
+    "SyncRun",
+    "SyncRunChange",
+    "WebhookDelivery",
+    "metadata",
+]

@@ -1,0 +1,71 @@
+"""Sync runs: every reconciliation pass, automatic or requested, with its counts and changes."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg
+from sqlmodel import Field, SQLModel
+
+MONEY = sa.Numeric(14, 2)
+
+
+def _count() -> sa.Column[int]:
+    return sa.Column(sa.Integer, nullable=False, server_default="0")
+
+
+class SyncRun(SQLModel, table=True):
+    __tablename__ = "sync_runs"
+    __table_args__ = (
+        sa.CheckConstraint(
+            "status IN ('queued','running','succeeded','failed')", name="ck_sync_runs_status"
+        ),
+        sa.Index(
+            "ix_sync_runs_queued", "requested_at", postgresql_where=sa.text("status = 'queued'")
+        ),
+    )
+
+    id: uuid.UUID = Field(sa_column=sa.Column(pg.UUID(as_uuid=True), primary_key=True))
+    status: str = Field(sa_column=sa.Column(sa.String(10), nullable=False))
+    trigger: str = Field(sa_column=sa.Column(sa.String(20), nullable=False))  # worker | api
+    scope: dict[str, Any] = Field(sa_column=sa.Column(pg.JSONB, nullable=False))
+    dry_run: bool = Field(sa_column=sa.Column(sa.Boolean, nullable=False, server_default="false"))
+    actor: str | None = Field(default=None, sa_column=sa.Column(sa.String(100)))
+    requested_at: datetime = Field(
+        sa_column=sa.Column(
+            sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+        )
+    )
+    started_at: datetime | None = Field(
+        default=None, sa_column=sa.Column(sa.DateTime(timezone=True))
+    )
+    finished_at: datetime | None = Field(
+        default=None, sa_column=sa.Column(sa.DateTime(timezone=True))
+    )
+    examined: int = Field(default=0, sa_column=_count())
+    changed: int = Field(default=0, sa_column=_count())
+    unchanged: int = Field(default=0, sa_column=_count())
+    skipped_protected: int = Field(default=0, sa_column=_count())
+    conflicts: int = Field(default=0, sa_column=_count())
+    error: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
+
+
+class SyncRunChange(SQLModel, table=True):
+    __tablename__ = "sync_run_changes"
+
+    run_id: uuid.UUID = Field(
+        sa_column=sa.Column(
+            pg.UUID(as_uuid=True),
+            sa.ForeignKey("sync_runs.id", ondelete="CASCADE"),
+            primary_key=True,
+        )
+    )
+    invoice_number: str = Field(sa_column=sa.Column(sa.String(30), primary_key=True))
+    from_status: str | None = Field(default=None, sa_column=sa.Column(sa.String(64)))
+    to_status: str = Field(sa_column=sa.Column(sa.String(64), nullable=False))
+    from_outstanding: Decimal | None = Field(default=None, sa_column=sa.Column(MONEY))
+    to_outstanding: Decimal | None = Field(default=None, sa_column=sa.Column(MONEY))

@@ -1,0 +1,267 @@
+"""Every setting of the service, read once from the environment (prefix LEDGERLINK_)."""
+
+from __future__ import annotations
+
+import json
+import re
+from enum import StrEnum
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+Scope = Literal["read", "write", "admin"]
+DerivedState = Literal["unpaid", "part_paid", "paid", "written_off", "paid_written_off"]
+DERIVED_STATES: tuple[DerivedState, ...] = (
+    "unpaid",
+    "part_paid",
+    "paid",
+    "written_off",
+    "paid_written_off",
+)
+DEFAULT_STATUS_LABELS: dict[str, str] = {
+    "unpaid": "Unpaid",
+    "part_paid": "Part Paid",
+    "paid": "Paid",
+    "written_off": "Written Off",
+    "paid_written_off": "Paid/Written Off",
+}
+# What SageLink itself would write: it knows nothing of write-offs.
+SAGELINK_FALLBACK: dict[str, str] = {
+    "unpaid": "unpaid",
+    "part_paid": "part_paid",
+    "paid": "paid",
+    "written_off": "paid",
+    "paid_written_off": "paid",
+}
+
+
+class CrmMode(StrEnum):
+    local = "local"
+    opencrm = "opencrm"
+
+
+class WriteOffMode(StrEnum):
+    classify = "classify"
+    sagelink = "sagelink"
+
+
+class ApiKey:
+    """One configured API key: its secret, a display name for audit trails, its scopes."""
+
+    def __init__(self, secret: str, name: str, scopes: frozenset[str]) -> None:
+        self.secret = secret
+        self.name = name
+        self.scopes = scopes
+
+
+def _split_csv(value: Any) -> Any:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="LEDGERLINK_",
+        extra="ignore",
+        validate_default=True,
+    )
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    database_url: SecretStr | None = None
+    test_database_url: SecretStr | None = None
+    data_dir: Path = Path(".data")
+
+    webhook_secrets: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    webhook_tolerance_seconds: int = Field(default=300, ge=1, le=86_400)
+    max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+
+    api_keys: SecretStr | None = None
+
+    crm_mode: CrmMode = CrmMode.local
+    opencrm_base_url: str | None = None
+    opencrm_key: SecretStr | None = None
+    opencrm_passkey: SecretStr | None = None
+    opencrm_outstanding_field: str | None = None
+    opencrm_status_field: str = "invoicestatus"
+    opencrm_number_field: str = "invoice_no"
+    opencrm_timeout_seconds: float = Field(default=10.0, gt=0)
+    crm_max_attempts: int = Field(default=8, ge=1, le=100)
+
+    write_off_mode: WriteOffMode = WriteOffMode.classify
+    write_off_nominals: Annotated[list[str], NoDecode] = Field(default=["8100-8199"])
+    write_off_pattern: str = r"bad\s*debt|write[\s-]*off|baddbt"
+    protected_statuses: Annotated[list[str], NoDecode] = Field(
+        default=["Written Off", "Paid/Written Off"]
+    )
+    status_labels: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_STATUS_LABELS))
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "console"] = "json"
+    docs_enabled: bool = True
+    run_worker: bool = True
+    worker_batch_size: int = Field(default=2000, ge=1, le=100_000)
+    worker_sweep_seconds: float = Field(default=5.0, gt=0)
+    bulk_sync_limit: int = Field(default=1000, ge=1)
+    db_pool_size: int = Field(default=10, ge=1, le=200)
+    request_timeout_seconds: float = Field(default=30.0, gt=0)
+
+    @field_validator("webhook_secrets", "write_off_nominals", "protected_statuses", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        return _split_csv(value)
+
+    @field_validator("webhook_secrets")
+    @classmethod
+    def _whsec(cls, value: list[SecretStr]) -> list[SecretStr]:
+        for secret in value:
+            if not secret.get_secret_value().startswith("whsec_"):
+                raise ValueError("each secret must start with 'whsec_'")
+        return value
+
+    @field_validator("write_off_nominals")
+    @classmethod
+    def _nominal_ranges(cls, value: list[str]) -> list[str]:
+        for item in value:
+            if not re.fullmatch(r"\d{1,8}(-\d{1,8})?", item):
+                raise ValueError(f"'{item}' is not a nominal code or range like 8100-8199")
+            low, _, high = item.partition("-")
+            if high and int(high) < int(low):
+                raise ValueError(f"range '{item}' ends before it starts")
+        return value
+
+    @field_validator("write_off_pattern")
+    @classmethod
+    def _pattern_compiles(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"not a valid regular expression: {exc}") from None
+        return value
+
+    @field_validator("status_labels", mode="before")
+    @classmethod
+    def _labels_json(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = json.loads(value)
+        if not isinstance(value, dict):
+            raise ValueError("must be a JSON object of derived state to label")
+        unknown = set(value) - set(DERIVED_STATES)
+        if unknown:
+            raise ValueError(
+                f"unknown derived states {sorted(unknown)}; use {list(DERIVED_STATES)}"
+            )
+        merged = dict(DEFAULT_STATUS_LABELS)
+        merged.update({k: str(v) for k, v in value.items()})
+        return merged
+
+    @field_validator("api_keys")
+    @classmethod
+    def _api_keys_parse(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            _parse_api_keys(value.get_secret_value())
+        return value
+
+    @field_validator("database_url", "test_database_url")
+    @classmethod
+    def _pg_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(
+            ("postgresql://", "postgresql+asyncpg://", "postgres://")
+        ):
+            raise ValueError("must be a postgresql:// URL")
+        return value
+
+    @model_validator(mode="after")
+    def _opencrm_complete(self) -> Settings:
+        if self.crm_mode is CrmMode.opencrm:
+            missing = [
+                name
+                for name, val in (
+                    ("LEDGERLINK_OPENCRM_BASE_URL", self.opencrm_base_url),
+                    ("LEDGERLINK_OPENCRM_KEY", self.opencrm_key),
+                    ("LEDGERLINK_OPENCRM_PASSKEY", self.opencrm_passkey),
+                )
+                if not val
+            ]
+            if missing:
+                raise ValueError(f"CRM_MODE=opencrm needs {', '.join(missing)}")
+        return self
+
+    @cached_property
+    def parsed_api_keys(self) -> dict[str, ApiKey]:
+        if self.api_keys is None:
+            return {}
+        return _parse_api_keys(self.api_keys.get_secret_value())
+
+    @cached_property
+    def nominal_ranges(self) -> list[tuple[str, str]]:
+        """Inclusive (low, high) pairs, compared as zero-padded strings in SQL."""
+        ranges = []
+        for item in self.write_off_nominals:
+            low, _, high = item.partition("-")
+            ranges.append((low, high or low))
+        return ranges
+
+    def label_for(self, state: str) -> str:
+        return self.status_labels[state]
+
+    def writable_labels(self) -> list[str]:
+        """Every label a sync may write, in either write-off mode."""
+        labels = [self.status_labels[s] for s in DERIVED_STATES]
+        return list(dict.fromkeys(labels))
+
+
+def _parse_api_keys(raw: str) -> dict[str, ApiKey]:
+    """`{"<key>": ["read", ...]}` or `{"<key>": {"name": "alice", "scopes": [...]}}`."""
+    import hashlib
+
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not valid JSON ({exc.msg})") from None
+    if not isinstance(data, dict):
+        raise ValueError('must be a JSON object like {"<key>": ["read", "write"]}')
+    keys: dict[str, ApiKey] = {}
+    for secret, spec in data.items():
+        fingerprint = hashlib.sha256(secret.encode()).hexdigest()[:8]
+        name = f"key-{fingerprint}"
+        scopes = spec
+        if isinstance(spec, dict):
+            name = str(spec.get("name") or name)
+            scopes = spec.get("scopes")
+        if not isinstance(scopes, list) or not all(s in ("read", "write", "admin") for s in scopes):
+            raise ValueError(f"scopes of key {name} must be a list of read/write/admin")
+        if len(secret) < 16:
+            raise ValueError(f"key {name} is shorter than 16 characters")
+        granted = set(scopes)
+        # admin implies write implies read: an admin key can do what a reader can.
+        if "admin" in granted:
+            granted |= {"write", "read"}
+        if "write" in granted:
+            granted.add("read")
+        keys[secret] = ApiKey(secret, name, frozenset(granted))
+    return keys
+
+
+class SettingsError(Exception):
+    """A setting is wrong; the message is one line naming it."""
+
+
+def load_settings(**overrides: Any) -> Settings:
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        setting = f"LEDGERLINK_{str(first['loc'][0]).upper()}" if first["loc"] else "settings"
+        message = first["msg"].removeprefix("Value error, ")
+        raise SettingsError(f"invalid setting {setting}: {message}") from None

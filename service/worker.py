@@ -1,0 +1,152 @@
+"""The background worker: reconciliation, bulk jobs and CRM delivery, all claimed from PostgreSQL.
+
+Woken by LISTEN/NOTIFY, with a periodic sweep as a safety net; every claim uses
+FOR UPDATE SKIP LOCKED, so any number of workers (and API replicas running one) share the work.
+Run alone with `python -m service.worker` or `ledgerlink worker`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import httpx
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service.db import libpq_url
+from service.logging import get_logger
+from service.settings import Settings
+
+log = get_logger(__name__)
+
+CHANNELS = ("ledgerlink_dirty", "ledgerlink_jobs", "ledgerlink_outbox")
+
+
+@dataclass
+class WorkerContext:
+    settings: Settings
+    engine: AsyncEngine
+    http: httpx.AsyncClient
+    database_url: str
+    # Per-feature state that must live as long as the worker (e.g. the CRM connector).
+    state: dict[str, Any] = field(default_factory=dict)
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+Task = Callable[[WorkerContext], Awaitable[int]]
+
+
+def default_tasks() -> list[tuple[str, Task]]:
+    from service.crm import tasks as crm_tasks
+    from service.invoices import tasks as invoice_tasks
+    from service.reconcile import tasks as reconcile_tasks
+
+    return [
+        ("reconcile", reconcile_tasks.run_once),
+        ("bulk_jobs", invoice_tasks.run_once),
+        ("crm_outbox", crm_tasks.run_once),
+    ]
+
+
+class Worker:
+    def __init__(self, ctx: WorkerContext, tasks: list[tuple[str, Task]] | None = None) -> None:
+        self.ctx = ctx
+        self.tasks = tasks if tasks is not None else default_tasks()
+        self._wake = asyncio.Event()
+        self._listener: asyncpg.Connection | None = None
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        """Finish the batch in hand, then return from run()."""
+        self.ctx.stopping.set()
+        self._wake.set()
+
+    async def run(self) -> None:
+        log.info("worker.started", tasks=[name for name, _ in self.tasks])
+        try:
+            while not self.ctx.stopping.is_set():
+                await self._ensure_listener()
+                did_work = await self.run_all_once()
+                if did_work:
+                    continue
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        self._wake.wait(), timeout=self.ctx.settings.worker_sweep_seconds
+                    )
+        finally:
+            await self._close_listener()
+            log.info("worker.stopped")
+
+    async def run_all_once(self) -> bool:
+        """One pass over every task; True when any of them did something."""
+        did_work = False
+        for name, task in self.tasks:
+            if self.ctx.stopping.is_set():
+                break
+            try:
+                done = await task(self.ctx)
+            except Exception as exc:
+                # A failing task (database restarting, a bug) must not kill the others;
+                # the work stays claimed in PostgreSQL and is retried on the next pass.
+                log.warning("worker.task.failed", task=name, error=f"{type(exc).__name__}: {exc}")
+                await asyncio.sleep(1.0)
+                continue
+            did_work = did_work or done > 0
+        return did_work
+
+    async def _ensure_listener(self) -> None:
+        if self._listener is not None and not self._listener.is_closed():
+            return
+        try:
+            conn = await asyncpg.connect(libpq_url(self.ctx.database_url))
+            for channel in CHANNELS:
+                await conn.add_listener(channel, self._on_notify)
+            self._listener = conn
+        except Exception as exc:
+            # Without LISTEN the periodic sweep still finds the work.
+            log.warning("worker.listen.failed", error=f"{type(exc).__name__}: {exc}")
+            self._listener = None
+
+    def _on_notify(self, *_args: object) -> None:
+        self._wake.set()
+
+    async def _close_listener(self) -> None:
+        if self._listener is not None and not self._listener.is_closed():
+            with contextlib.suppress(Exception):
+                await self._listener.close(timeout=2)
+        self._listener = None
+
+
+async def run_standalone(settings: Settings, database_url: str) -> None:
+    import signal
+
+    from service.db import create_engine
+
+    engine = create_engine(database_url, pool_size=settings.db_pool_size)
+    async with httpx.AsyncClient(timeout=settings.opencrm_timeout_seconds) as http:
+        ctx = WorkerContext(settings=settings, engine=engine, http=http, database_url=database_url)
+        worker = Worker(ctx)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, worker.stop)
+        try:
+            await worker.run()
+        finally:
+            await engine.dispose()
+
+
+def main() -> None:
+    from service.cli import main as cli_main
+
+    cli_main(["worker"])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""A scratch PostgreSQL database for tests.
+
+By default an embedded PostgreSQL (the same wheel `make run` uses) in a temporary directory;
+with LEDGERLINK_TEST_DATABASE_URL, a fresh database created on that server beside the one
+named (so runs never share state), dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import asyncpg
+from sqlalchemy.engine import make_url
+
+from service.db import EmbeddedPostgres, asyncpg_url, libpq_url
+
+ENV = "LEDGERLINK_TEST_DATABASE_URL"
+
+
+@asynccontextmanager
+async def scratch_database() -> AsyncIterator[str]:
+    """Yield an asyncpg SQLAlchemy URL of an empty database that is gone afterwards."""
+    server_url = os.environ.get(ENV)
+    if server_url:
+        async with _database_on_server(server_url) as url:
+            yield url
+        return
+    with tempfile.TemporaryDirectory(prefix="ledgerlink-test-") as tmp:
+        embedded = EmbeddedPostgres(Path(tmp), cleanup="delete")
+        try:
+            yield embedded.start()
+        finally:
+            embedded.stop()
+
+
+@asynccontextmanager
+async def _database_on_server(server_url: str) -> AsyncIterator[str]:
+    name = f"ledgerlink_test_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(libpq_url(server_url))
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    try:
+        yield asyncpg_url(make_url(server_url).set(database=name).render_as_string(False))
+    finally:
+        admin = await asyncpg.connect(libpq_url(server_url))
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
