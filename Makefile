@@ -33,6 +33,9 @@ lint: install ## ruff format --check and ruff check
 typecheck: install ## mypy --strict
 	$(RUN) mypy
 
+deploy-check: install ## hadolint on the Dockerfile, Kubernetes schema validation of deploy/k8s
+	$(RUN) pytest tests/deploy -q
+
 migrations-check: install ## alembic check and a downgrade/upgrade round trip on a scratch database
 	$(RUN) python -m tests.support.migrations_check
 
