@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -102,6 +103,9 @@ def serve(
         if migrate or dev:
             assert settings.database_url is not None
             upgrade_to_head(settings.database_url.get_secret_value())
+        # uvicorn re-raises SIGTERM after its graceful shutdown; turn it into SystemExit so the
+        # `finally` below still stops the embedded PostgreSQL instead of the process dying.
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
         uvicorn.run(
             create_app(settings),
             host=settings.host,
@@ -114,6 +118,10 @@ def serve(
     finally:
         if embedded is not None:
             embedded.stop()
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 @app.command("migrate")
@@ -174,3 +182,7 @@ def main(argv: list[str] | None = None) -> None:
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]
     app()
+
+
+if __name__ == "__main__":
+    main()

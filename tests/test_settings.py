@@ -1,0 +1,96 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from service.settings import SettingsError, load_settings
+
+
+def test_defaults_match_the_design() -> None:
+    settings = load_settings()
+    assert (settings.host, settings.port) == ("127.0.0.1", 8000)
+    assert settings.webhook_tolerance_seconds == 300
+    assert settings.max_body_bytes == 10 * 1024 * 1024
+    assert settings.protected_statuses == ["Written Off", "Paid/Written Off"]
+    assert settings.nominal_ranges == [("8100", "8199")]
+    assert settings.status_labels["paid_written_off"] == "Paid/Written Off"
+
+
+@pytest.mark.parametrize(
+    ("env", "value", "expected"),
+    [
+        ("LEDGERLINK_PORT", "abc", "LEDGERLINK_PORT"),
+        ("LEDGERLINK_PORT", "70000", "LEDGERLINK_PORT"),
+        ("LEDGERLINK_CRM_MODE", "salesforce", "LEDGERLINK_CRM_MODE"),
+        ("LEDGERLINK_WRITE_OFF_NOMINALS", "8199-8100", "ends before it starts"),
+        ("LEDGERLINK_WRITE_OFF_PATTERN", "(unclosed", "LEDGERLINK_WRITE_OFF_PATTERN"),
+        ("LEDGERLINK_WEBHOOK_SECRETS", "plainsecret", "whsec_"),
+        ("LEDGERLINK_API_KEYS", "not json", "LEDGERLINK_API_KEYS"),
+        ("LEDGERLINK_API_KEYS", '{"short": ["read"]}', "shorter than 16"),
+        ("LEDGERLINK_API_KEYS", '{"0123456789abcdefXX": ["root"]}', "read/write/admin"),
+        ("LEDGERLINK_STATUS_LABELS", '{"bogus": "X"}', "unknown derived states"),
+        ("LEDGERLINK_DATABASE_URL", "mysql://x", "postgresql://"),
+    ],
+)
+def test_bad_setting_names_itself(
+    monkeypatch: pytest.MonkeyPatch, env: str, value: str, expected: str
+) -> None:
+    monkeypatch.setenv(env, value)
+    with pytest.raises(SettingsError) as info:
+        load_settings()
+    message = str(info.value)
+    assert expected in message
+    assert "\n" not in message
+
+
+def test_opencrm_mode_requires_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LEDGERLINK_CRM_MODE", "opencrm")
+    with pytest.raises(SettingsError, match="LEDGERLINK_OPENCRM_BASE_URL"):
+        load_settings()
+
+
+def test_api_key_scopes_imply_lower_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(
+        "LEDGERLINK_API_KEYS",
+        '{"0123456789abcdefAA": {"name": "ops", "scopes": ["admin"]},'
+        ' "0123456789abcdefBB": ["read"]}',
+    )
+    keys = load_settings().parsed_api_keys
+    assert keys["0123456789abcdefAA"].name == "ops"
+    assert keys["0123456789abcdefAA"].scopes == {"read", "write", "admin"}
+    assert keys["0123456789abcdefBB"].scopes == {"read"}
+    assert keys["0123456789abcdefBB"].name.startswith("key-")
+
+
+def test_status_labels_merge_with_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LEDGERLINK_STATUS_LABELS", '{"paid": "Settled"}')
+    labels = load_settings().status_labels
+    assert labels["paid"] == "Settled"
+    assert labels["unpaid"] == "Unpaid"
+
+
+def test_secrets_never_in_repr(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LEDGERLINK_WEBHOOK_SECRETS", "whsec_c2VjcmV0LXZhbHVlLTEyMzQ=")
+    monkeypatch.setenv("LEDGERLINK_OPENCRM_PASSKEY", "very-secret-passkey")
+    text = repr(load_settings())
+    assert "c2VjcmV0" not in text
+    assert "very-secret-passkey" not in text
+
+
+def test_cli_refuses_bad_setting_with_one_line() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "service.cli", "serve"],
+        env={"LEDGERLINK_PORT": "abc", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines == [
+        "ledgerlink: invalid setting LEDGERLINK_PORT: "
+        "Input should be a valid integer, unable to parse string as an integer"
+    ]
