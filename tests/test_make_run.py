@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -64,7 +65,18 @@ def _stop(proc: subprocess.Popen[str], sig: int) -> str:
     return output
 
 
-async def test_make_run_starts_prints_key_keeps_data_and_leaves_nothing(tmp_path: Path) -> None:
+def _sql(pgdata: Path, query: str) -> object:
+    async def run() -> object:
+        conn = await asyncpg.connect(host=str(pgdata), user="postgres", database="ledgerlink")
+        try:
+            return await conn.fetchval(query)
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
+
+
+def test_make_run_starts_prints_key_keeps_data_and_leaves_nothing(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     pgdata = (data_dir / "pg").resolve()
     port = _free_port()
@@ -79,9 +91,7 @@ async def test_make_run_starts_prints_key_keeps_data_and_leaves_nothing(tmp_path
             headers={"Authorization": f"Bearer {key}"},
         )
         assert authorised.status_code != 401
-        conn = await asyncpg.connect(host=str(pgdata), user="postgres", database="ledgerlink")
-        await conn.execute("CREATE TABLE kept_between_runs (x int)")
-        await conn.close()
+        _sql(pgdata, "CREATE TABLE kept_between_runs (x int)")
     finally:
         output = _stop(first, signal.SIGINT)
     assert first.returncode == 0, output
@@ -92,10 +102,7 @@ async def test_make_run_starts_prints_key_keeps_data_and_leaves_nothing(tmp_path
     second = _start(data_dir, port)
     try:
         _wait_ready(port, second)
-        conn = await asyncpg.connect(host=str(pgdata), user="postgres", database="ledgerlink")
-        kept = await conn.fetchval("SELECT to_regclass('kept_between_runs') IS NOT NULL")
-        await conn.close()
-        assert kept is True
+        assert _sql(pgdata, "SELECT to_regclass('kept_between_runs') IS NOT NULL") is True
     finally:
         output = _stop(second, signal.SIGTERM)
     assert key not in output, "the key is printed once, when it is created"
