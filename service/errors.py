@@ -58,6 +58,11 @@ class PayloadTooLarge(ServiceError):
     title = "Payload too large"
 
 
+class RequestTimeout(ServiceError):
+    status_code = 408
+    title = "Request timeout"
+
+
 class Unprocessable(ServiceError):
     status_code = 422
     title = "Unprocessable content"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 import uuid
@@ -9,6 +10,7 @@ import uuid
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.errors import RequestTimeout
 from service.logging import get_logger
 from service.ops.metrics import HTTP_LATENCY, HTTP_REQUESTS
 
@@ -30,8 +32,9 @@ _QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, receive_timeout: float = 30.0) -> None:
         self.app = app
+        self.receive_timeout = receive_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -53,8 +56,26 @@ class RequestContextMiddleware:
                 message["headers"] = headers
             await send(message)
 
+        body_done = False
+
+        async def timed_receive() -> Message:
+            # A client that trickles its body (slowloris) gets a 408 instead of holding a
+            # request open forever. Once the body is in, waiting (for a disconnect) is free.
+            nonlocal body_done
+            if body_done:
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.receive_timeout)
+            except TimeoutError:
+                raise RequestTimeout(
+                    f"the request body did not arrive within {self.receive_timeout:g} s"
+                ) from None
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                body_done = True
+            return message
+
         try:
-            await self.app(scope, receive, send_wrapper)
+            await self.app(scope, timed_receive, send_wrapper)
         finally:
             elapsed = time.perf_counter() - started
             route = _route_template(scope)

@@ -1,0 +1,139 @@
+"""Real processes for the fault tests: a PostgreSQL the test may stop and start, and the
+service or a worker as `ledgerlink` subprocesses, configured like production."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+
+from service.db import EmbeddedPostgres
+from tests.support.webhooks import TEST_SECRET
+
+FAULT_KEY = "fault-admin-key-0000000000"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class ThrowawayPostgres:
+    """An embedded PostgreSQL in a temporary directory that a test may crash and restart."""
+
+    def __init__(self) -> None:
+        self._tmp = tempfile.TemporaryDirectory(prefix="ledgerlink-fault-")
+        self.embedded = EmbeddedPostgres(Path(self._tmp.name), cleanup="delete")
+        self.url = ""
+
+    def __enter__(self) -> ThrowawayPostgres:
+        self.url = self.embedded.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.embedded.stop()
+        self._tmp.cleanup()
+
+    def stop(self, mode: str = "immediate") -> None:
+        """`immediate` is a crash as far as clients are concerned: connections just drop."""
+        self.embedded.pg_ctl("-w", "-m", mode, "stop")
+
+    def start(self) -> None:
+        # restart re-uses the options the server was first started with (postmaster.opts).
+        self.embedded.pg_ctl("-w", "restart")
+
+
+class LedgerlinkProcess:
+    """`ledgerlink serve` or `ledgerlink worker` against a given database."""
+
+    def __init__(self, database_url: str, *, command: str = "serve", **settings: str) -> None:
+        self.port = free_port()
+        self.command = command
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGERLINK_")}
+        env.update(
+            {
+                "LEDGERLINK_DATABASE_URL": database_url,
+                "LEDGERLINK_PORT": str(self.port),
+                "LEDGERLINK_API_KEYS": json.dumps({FAULT_KEY: ["admin"]}),
+                "LEDGERLINK_WEBHOOK_SECRETS": TEST_SECRET,
+                "LEDGERLINK_LOG_FORMAT": "json",
+                "LEDGERLINK_WORKER_SWEEP_SECONDS": "0.5",
+            }
+        )
+        env.update({f"LEDGERLINK_{k.upper()}": v for k, v in settings.items()})
+        self.env = env
+        self.proc: subprocess.Popen[str] | None = None
+        self.output = ""
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, *extra: str) -> LedgerlinkProcess:
+        args = [sys.executable, "-m", "service.cli", self.command, *extra]
+        self.proc = subprocess.Popen(
+            args, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        if self.command == "serve":
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"service exited: {self.proc.communicate()[0]}")
+            try:
+                if httpx.get(f"{self.base_url}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError("service not ready in time")
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 60) -> int:
+        assert self.proc is not None
+        out, _ = self.proc.communicate(timeout=timeout)
+        self.output += out or ""
+        return self.proc.returncode
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.signal(signal.SIGTERM)
+            try:
+                self.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.wait(10)
+
+    def __enter__(self) -> LedgerlinkProcess:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
