@@ -1,0 +1,276 @@
+"""Talking to the ledgerlink service: signed webhook deliveries with retries, and the calls
+the demo makes (trigger a sync run, list invoices)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import email.utils
+import math
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import orjson
+from standardwebhooks.webhooks import Webhook
+
+WEBHOOK_PATH = "/v1/webhooks/sage/postings"
+_RETRYABLE_STATUSES = frozenset({409, 429})
+
+Sleep = Callable[[float], Awaitable[None]]
+Clock = Callable[[], dt.datetime]
+
+
+class DeliveryError(Exception):
+    """A batch the server did not take; `str()` is one line a person can act on."""
+
+
+class BatchRejected(DeliveryError):
+    def __init__(self, status: int, detail: str) -> None:
+        self.status = status
+        self.detail = detail
+        super().__init__(f"the server rejected the batch (HTTP {status}): {detail}")
+
+
+class DeliveryGaveUp(DeliveryError):
+    pass
+
+
+class ServiceCallError(Exception):
+    """A call to the service's API failed; `str()` is one line."""
+
+
+@dataclass(frozen=True)
+class Acknowledgement:
+    replayed: bool
+    event_id: str
+    postings_received: int
+    postings_applied: int
+    postings_unchanged: int
+    invoices_affected: int
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int = 6
+    base_delay: float = 0.5
+    max_delay: float = 30.0
+    # A Retry-After is obeyed as given, up to this, so a confused proxy cannot park us for a day.
+    max_retry_after: float = 600.0
+
+
+@dataclass(frozen=True)
+class _Retry:
+    reason: str
+    retry_after: float | None
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def signed_headers(webhook: Webhook, msg_id: str, body: bytes, now: dt.datetime) -> dict[str, str]:
+    """Standard Webhooks headers over exactly `body`, the bytes that go on the wire."""
+    return {
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(math.floor(now.timestamp())),
+        "webhook-signature": webhook.sign(msg_id, now, body.decode("utf-8")),
+    }
+
+
+def make_webhook(secret: str) -> Webhook:
+    """Checks the secret up front, so a typo fails before anything is read or sent."""
+    if not secret.startswith("whsec_"):
+        raise ValueError("the webhook secret must start with 'whsec_'")
+    try:
+        return Webhook(secret)
+    except Exception:  # the library raises several kinds for a bad base64 body
+        raise ValueError("the webhook secret is not whsec_ followed by base64") from None
+
+
+class WebhookClient:
+    """Delivers one signed batch, retrying what a retry can fix.
+
+    5xx, 409 (the same id is being processed right now), 429, timeouts and connection errors
+    are retried with exponential backoff and jitter, or after Retry-After when the server sends
+    one. Any other answer below 200 or from 400 up stops at once: sending it again would not
+    change the server's mind. Each attempt is signed afresh, since a long wait could otherwise
+    outlive the server's timestamp tolerance.
+    """
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        base_url: str,
+        webhook: Webhook,
+        *,
+        policy: RetryPolicy | None = None,
+        sleep: Sleep = asyncio.sleep,
+        clock: Clock = utc_now,
+        jitter: Callable[[float, float], float] = random.uniform,
+    ) -> None:
+        self._http = http
+        self._url = base_url.rstrip("/") + WEBHOOK_PATH
+        self._webhook = webhook
+        self._policy = policy or RetryPolicy()
+        self._sleep = sleep
+        self._clock = clock
+        self._jitter = jitter
+
+    @property
+    def url(self) -> str:
+        return self._url
+
+    async def deliver(self, body: bytes, webhook_id: str) -> Acknowledgement:
+        attempts = self._policy.max_attempts
+        for attempt in range(1, attempts + 1):
+            outcome = await self._attempt(body, webhook_id)
+            if isinstance(outcome, Acknowledgement):
+                return outcome
+            if attempt == attempts:
+                raise DeliveryGaveUp(f"gave up after {attempts} attempts: {outcome.reason}")
+            await self._sleep(self._delay(attempt, outcome.retry_after))
+        raise AssertionError("unreachable: max_attempts is at least 1")
+
+    async def _attempt(self, body: bytes, webhook_id: str) -> Acknowledgement | _Retry:
+        headers = signed_headers(self._webhook, webhook_id, body, self._clock())
+        headers["content-type"] = "application/json"
+        try:
+            response = await self._http.post(self._url, content=body, headers=headers)
+        except httpx.TimeoutException:
+            return _Retry("the server did not answer in time", None)
+        except httpx.TransportError as exc:
+            return _Retry(f"cannot reach {self._url} ({exc or type(exc).__name__})", None)
+        status = response.status_code
+        if response.is_success:
+            return _acknowledgement(response)
+        if status >= 500 or status in _RETRYABLE_STATUSES:
+            reason = f"HTTP {status}: {problem_detail(response)}"
+            return _Retry(reason, retry_after_seconds(response, self._clock()))
+        raise BatchRejected(status, problem_detail(response))
+
+    def _delay(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return min(retry_after, self._policy.max_retry_after)
+        ceiling = min(self._policy.max_delay, self._policy.base_delay * 2 ** (attempt - 1))
+        # "Equal jitter": never zero, so a restarted server is not hit by every client at once.
+        return self._jitter(ceiling / 2, ceiling)
+
+
+def _acknowledgement(response: httpx.Response) -> Acknowledgement:
+    payload = _json_object(response)
+
+    def count(name: str) -> int:
+        value = payload.get(name)
+        return value if isinstance(value, int) else 0
+
+    return Acknowledgement(
+        # 202 is a new delivery; 200 is the stored answer to one the server already has.
+        replayed=response.status_code == 200,
+        event_id=str(payload.get("event_id", "")),
+        postings_received=count("postings_received"),
+        postings_applied=count("postings_applied"),
+        postings_unchanged=count("postings_unchanged"),
+        invoices_affected=count("invoices_affected"),
+    )
+
+
+def retry_after_seconds(response: httpx.Response, now: dt.datetime) -> float | None:
+    value = response.headers.get("retry-after", "").strip()
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return max(0.0, (when - now).total_seconds())
+
+
+def problem_detail(response: httpx.Response) -> str:
+    """The server's RFC 9457 `detail` (and first field error) on one line."""
+    payload = _json_object(response)
+    detail = payload.get("detail") or payload.get("title")
+    if isinstance(detail, str) and detail.strip():
+        errors = payload.get("errors")
+        if isinstance(errors, list) and errors:
+            first = orjson.dumps(errors[0]).decode()[:200]
+            detail = f"{detail} (first of {len(errors)} errors: {first})"
+        return _one_line(detail)
+    return _one_line(f"{response.reason_phrase} {response.text[:200]}")
+
+
+def _json_object(response: httpx.Response) -> dict[str, Any]:
+    try:
+        payload = orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        return {}
+    return payload if isinstance(payload, dict) else {}
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+# --- the demo's calls ---------------------------------------------------------------------
+
+
+async def trigger_sync(http: httpx.AsyncClient, base_url: str, api_key: str) -> dict[str, Any]:
+    """Runs a full sync and waits for it, so the invoice list read next is settled."""
+    return _json_object(
+        await _call(
+            http,
+            "POST",
+            f"{base_url.rstrip('/')}/v1/sync/trigger",
+            api_key,
+            params={"wait": "true"},
+            json={"scope": "all"},
+        )
+    )
+
+
+async def list_invoices(
+    http: httpx.AsyncClient, base_url: str, api_key: str, *, page_size: int = 500
+) -> list[dict[str, Any]]:
+    invoices: list[dict[str, Any]] = []
+    cursor: str | None = None
+    while True:
+        params: dict[str, str | int] = {"limit": page_size}
+        if cursor:
+            params["cursor"] = cursor
+        url = f"{base_url.rstrip('/')}/v1/invoices"
+        page = _json_object(await _call(http, "GET", url, api_key, params=params))
+        items = page.get("items")
+        invoices.extend(item for item in items or [] if isinstance(item, dict))
+        next_cursor = page.get("next_cursor")
+        if not isinstance(next_cursor, str) or next_cursor in ("", cursor) or not items:
+            return invoices
+        cursor = next_cursor
+
+
+async def _call(
+    http: httpx.AsyncClient,
+    method: str,
+    url: str,
+    api_key: str,
+    *,
+    params: dict[str, str | int],
+    json: dict[str, Any] | None = None,
+) -> httpx.Response:
+    try:
+        response = await http.request(
+            method, url, params=params, json=json, headers={"authorization": f"Bearer {api_key}"}
+        )
+    except httpx.TransportError as exc:
+        raise ServiceCallError(f"{method} {url}: cannot reach the service ({exc})") from None
+    if not response.is_success:
+        detail = problem_detail(response)
+        raise ServiceCallError(f"{method} {url} answered HTTP {response.status_code}: {detail}")
+    return response

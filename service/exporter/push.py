@@ -1,0 +1,210 @@
+"""Deciding what to send (batches, what the state file says is already there) and sending it."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import orjson
+
+from service.exporter.client import Acknowledgement, BatchRejected, DeliveryError
+from service.exporter.sage_csv import Posting, SageExport
+from service.exporter.state import PushState, StateFile
+
+SOURCE = "sage50-exporter"
+MAX_BATCH = 5000
+
+Deliver = Callable[[bytes, str], Awaitable[Acknowledgement]]
+
+
+@dataclass(frozen=True)
+class Batch:
+    number: int
+    postings: tuple[Posting, ...]
+    hashes: tuple[str, ...]
+    body: bytes
+    webhook_id: str
+
+    @property
+    def tran_numbers(self) -> tuple[int, ...]:
+        return tuple(posting.tran_number for posting in self.postings)
+
+
+@dataclass(frozen=True)
+class PushPlan:
+    batches: tuple[Batch, ...]
+    # Postings not sent because the state file says the server has this very version.
+    unchanged: int
+    skipped_types: dict[str, int]
+    unlinked_allocations: int
+    # To record once every batch is acknowledged; None when the export has no modify dates.
+    high_water: dt.datetime | None
+
+    @property
+    def postings(self) -> int:
+        return sum(len(batch.postings) for batch in self.batches)
+
+    def postings_by_type(self) -> dict[str, int]:
+        counts = Counter(p.type for batch in self.batches for p in batch.postings)
+        return dict(sorted(counts.items()))
+
+
+@dataclass
+class PushReport:
+    plan: PushPlan
+    batches_acknowledged: int = 0
+    postings_applied: int = 0
+    postings_unchanged: int = 0
+    batches_replayed: int = 0
+    postings_replayed: int = 0
+    postings_rejected: int = 0
+    postings_not_sent: int = 0
+    invoices_affected: int = 0
+    error: str | None = None
+    acknowledged_tran_numbers: list[int] = field(default_factory=list)
+
+    def record(self, batch: Batch, ack: Acknowledgement) -> None:
+        self.batches_acknowledged += 1
+        self.acknowledged_tran_numbers.extend(batch.tran_numbers)
+        if ack.replayed:
+            self.batches_replayed += 1
+            self.postings_replayed += len(batch.postings)
+            return
+        self.postings_applied += ack.postings_applied
+        self.postings_unchanged += ack.postings_unchanged
+        self.invoices_affected += ack.invoices_affected
+
+
+def content_hash(posting: Posting) -> str:
+    return hashlib.sha256(canonical_json(posting.to_wire())).hexdigest()[:32]
+
+
+def canonical_json(value: object) -> bytes:
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+
+
+def plan_push(
+    export: SageExport,
+    state: PushState | None,
+    *,
+    batch_size: int,
+    lookback: dt.timedelta,
+) -> PushPlan:
+    if not 1 <= batch_size <= MAX_BATCH:
+        raise ValueError(f"batch size must be between 1 and {MAX_BATCH}")
+    state = state or PushState()
+    cutoff = state.high_water - lookback if state.high_water else None
+    selected: list[tuple[Posting, str]] = []
+    unchanged = 0
+    for posting in export.postings:
+        revision = export.revisions.get(posting.tran_number)
+        digest = content_hash(posting)
+        recent = cutoff is None or revision is None or revision >= cutoff
+        if recent and state.acknowledged.get(posting.tran_number) != digest:
+            selected.append((posting, digest))
+        else:
+            unchanged += 1
+    chunks = [selected[i : i + batch_size] for i in range(0, len(selected), batch_size)]
+    batches = tuple(
+        _batch(number, chunk, export, state) for number, chunk in enumerate(chunks, start=1)
+    )
+    return PushPlan(
+        batches=batches,
+        unchanged=unchanged,
+        skipped_types=dict(export.skipped_types),
+        unlinked_allocations=export.unlinked_allocations,
+        high_water=_latest(state.high_water, export.revisions.values()),
+    )
+
+
+def _batch(
+    number: int, chunk: Sequence[tuple[Posting, str]], export: SageExport, state: PushState
+) -> Batch:
+    postings = tuple(posting for posting, _ in chunk)
+    body = canonical_json({"source": SOURCE, "postings": [p.to_wire() for p in postings]})
+    return Batch(
+        number=number,
+        postings=postings,
+        hashes=tuple(digest for _, digest in chunk),
+        body=body,
+        webhook_id=webhook_id(body, _revision_key(postings, export, state)),
+    )
+
+
+def webhook_id(body: bytes, revision_key: bytes) -> str:
+    """Stable for the same batch of the same Sage edits, so a re-run after a crash replays.
+
+    The body alone is not enough: a posting edited A -> B -> A would produce A's old body
+    again, and the server would answer with the stored reply to the first A and apply
+    nothing, leaving B in place. Sage's modify dates (and the state file's previous hash)
+    differ between the two As, so they go into the id too.
+    """
+    return "msg_" + hashlib.sha256(body + b"\n" + revision_key).hexdigest()[:32]
+
+
+def _revision_key(postings: Sequence[Posting], export: SageExport, state: PushState) -> bytes:
+    key = []
+    for posting in postings:
+        revision = export.revisions.get(posting.tran_number)
+        previous = state.acknowledged.get(posting.tran_number, "")
+        key.append([revision.isoformat() if revision else "", previous])
+    return canonical_json(key)
+
+
+def _latest(
+    current: dt.datetime | None, revisions: Iterable[dt.datetime | None]
+) -> dt.datetime | None:
+    stamps = [revision for revision in revisions if revision is not None]
+    if current is not None:
+        stamps.append(current)
+    return max(stamps, default=None)
+
+
+class StateTracker:
+    """Writes each acknowledged batch to the state file as soon as the server has it."""
+
+    def __init__(self, store: StateFile, state: PushState) -> None:
+        self._store = store
+        self._state = state
+
+    def acknowledge(self, batch: Batch) -> None:
+        self._state.acknowledged.update(zip(batch.tran_numbers, batch.hashes, strict=True))
+        self._store.save(self._state)
+
+    def finish(self, high_water: dt.datetime | None) -> None:
+        self._state.high_water = high_water
+        self._store.save(self._state)
+
+
+async def run_push(
+    plan: PushPlan,
+    deliver: Deliver,
+    *,
+    tracker: StateTracker | None = None,
+    on_batch: Callable[[Batch], None] | None = None,
+) -> PushReport:
+    """Sends the batches in order and stops at the first one the server does not take."""
+    report = PushReport(plan)
+    for index, batch in enumerate(plan.batches):
+        try:
+            ack = await deliver(batch.body, batch.webhook_id)
+        except DeliveryError as exc:
+            report.error = f"batch {batch.number} of {len(plan.batches)}: {exc}"
+            unsent = sum(len(b.postings) for b in plan.batches[index + 1 :])
+            if isinstance(exc, BatchRejected):
+                report.postings_rejected = len(batch.postings)
+            else:
+                unsent += len(batch.postings)
+            report.postings_not_sent = unsent
+            return report
+        report.record(batch, ack)
+        if tracker is not None:
+            tracker.acknowledge(batch)
+        if on_batch is not None:
+            on_batch(batch)
+    if tracker is not None:
+        tracker.finish(plan.high_water)
+    return report

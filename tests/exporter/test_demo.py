@@ -1,0 +1,272 @@
+"""The demo company: deterministic, covering every status, and true to the default rules."""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections import defaultdict
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+import respx
+import typer
+from standardwebhooks.webhooks import Webhook
+from typer.testing import CliRunner
+
+from service.exporter.commands import register
+from service.exporter.demo import STATUSES, DemoCompany, generate_company, write_export
+from service.exporter.sage_csv import Posting, SageExport, read_export
+
+SECRET = "whsec_" + base64.b64encode(b"exporter-demo-secret-32-bytes!!!").decode()
+API_KEY = "demo-admin-key-0123456789"
+BASE = "http://ledgerlink.test"
+# The defaults of LEDGERLINK_WRITE_OFF_NOMINALS and LEDGERLINK_WRITE_OFF_PATTERN.
+WRITE_OFF_PATTERN = re.compile(r"bad\s*debt|write[\s-]*off|baddbt", re.IGNORECASE)
+
+
+@pytest.fixture(scope="module")
+def company() -> DemoCompany:
+    return generate_company(customers=50, seed=1)
+
+
+def read_back(company: DemoCompany, index: int, directory: Path) -> SageExport:
+    return read_export(*write_export(company.exports[index], directory / f"export-{index}"))
+
+
+def is_write_off(posting: Posting) -> bool:
+    nominal = posting.nominal_code
+    on_bad_debt = nominal.isdigit() and 8100 <= int(nominal) <= 8199
+    text = f"{posting.details} {posting.reference}"
+    return on_bad_debt or WRITE_OFF_PATTERN.search(text) is not None
+
+
+def statuses_under_default_rules(export: SageExport) -> dict[str, str]:
+    """DESIGN.md's reconciliation rules, written out again here independently of the service."""
+    postings = {p.tran_number: p for p in export.postings}
+    invoices = {
+        t: p
+        for t, p in postings.items()
+        if p.type == "SI" and not p.deleted and not is_write_off(p)
+    }
+    settled: defaultdict[int, defaultdict[str, Decimal]] = defaultdict(lambda: defaultdict(Decimal))
+    for posting in postings.values():
+        if posting.deleted:
+            continue
+        kind = {"SR": "paid", "SA": "paid", "SD": "discounted", "SP": "refunded"}.get(
+            posting.type, "written_off" if is_write_off(posting) else "credited"
+        )
+        for allocation in posting.allocations:
+            settled[allocation.invoice_tran_number][kind] += allocation.amount
+    labels = {}
+    for tran, invoice in invoices.items():
+        amounts = settled[tran]
+        paid = amounts["paid"] - amounts["refunded"]
+        others = amounts["discounted"] + amounts["credited"]
+        written_off = amounts["written_off"]
+        outstanding = invoice.gross_amount - paid - others - written_off
+        assert outstanding == invoice.outstanding, f"Sage's balance of {invoice.reference}"
+        labels[invoice.reference] = label(
+            outstanding, invoice.gross_amount, paid + others, written_off
+        )
+    return labels
+
+
+def label(
+    outstanding: Decimal, gross: Decimal, settled_otherwise: Decimal, written: Decimal
+) -> str:
+    if outstanding <= 0:
+        if written <= 0:
+            return "Paid"
+        return "Paid/Written Off" if settled_otherwise > 0 else "Written Off"
+    if outstanding >= gross and written <= 0 and settled_otherwise <= 0:
+        return "Unpaid"
+    return "Part Paid"
+
+
+def test_same_seed_same_company() -> None:
+    assert generate_company(customers=12, seed=7) == generate_company(customers=12, seed=7)
+
+
+def test_another_seed_another_company() -> None:
+    first, other = generate_company(customers=12, seed=7), generate_company(customers=12, seed=8)
+    assert first.exports != other.exports
+
+
+def test_every_status_is_intended_at_least_once(company: DemoCompany) -> None:
+    assert set(company.intended_statuses().values()) == set(STATUSES)
+
+
+def test_every_status_even_for_the_smallest_company() -> None:
+    assert set(generate_company(customers=2, seed=3).intended_statuses().values()) == set(STATUSES)
+
+
+def test_intended_statuses_follow_the_default_rules(company: DemoCompany, tmp_path: Path) -> None:
+    final = read_back(company, len(company.exports) - 1, tmp_path)
+    assert statuses_under_default_rules(final) == company.intended_statuses()
+
+
+def test_the_second_export_changes_statuses(company: DemoCompany, tmp_path: Path) -> None:
+    before = statuses_under_default_rules(read_back(company, 0, tmp_path))
+    changed = {
+        invoice.scenario
+        for invoice in company.invoices
+        if before.get(invoice.invoice_number) != invoice.intended_status
+    }
+    assert {
+        "deleted_receipt",
+        "edited_receipt",
+        "edited_invoice_then_paid",
+        "payment_on_account_allocated_later",
+        "written_off_later",
+        "account_balance_write_off",
+    } <= changed
+
+
+def test_edits_keep_the_tran_number_and_change_the_amount(company: DemoCompany) -> None:
+    first, second = ({row["TRAN_NUMBER"]: row for row in e.header} for e in company.exports)
+    edited = [t for t in first if first[t]["GROSS_AMOUNT"] != second[t]["GROSS_AMOUNT"]]
+    assert len(edited) >= 2
+    assert all(second[t]["RECORD_MODIFY_DATE"] != first[t]["RECORD_MODIFY_DATE"] for t in edited)
+
+
+def test_deletions_are_flagged_in_the_later_export(company: DemoCompany) -> None:
+    first, second = company.exports
+    assert not [row for row in first.header if row["DELETED_FLAG"] == "1"]
+    deleted = [row for row in second.header if row["DELETED_FLAG"] == "1"]
+    assert {row["TYPE"] for row in deleted} == {"SI", "SR"}
+    assert {r["INV_REF"] for r in deleted if r["TYPE"] == "SI"} == set(company.deleted_invoices)
+    assert any(row["DELETED_FLAG"] == "1" for row in second.usage)
+
+
+def test_small_overpayment_write_off_si_is_not_an_invoice(company: DemoCompany) -> None:
+    [write_off] = company.write_off_invoices
+    header = next(r for r in company.exports[-1].header if r["TRAN_NUMBER"] == str(write_off))
+    split = next(r for r in company.exports[-1].split if r["HEADER_NUMBER"] == str(write_off))
+    assert (header["TYPE"], header["DETAILS"], split["NOMINAL_CODE"]) == (
+        "SI",
+        "Bad Debt Write Off",
+        "8100",
+    )
+    assert write_off not in {invoice.tran_number for invoice in company.invoices}
+
+
+def test_covers_the_write_off_variants(company: DemoCompany) -> None:
+    scenarios = {invoice.scenario for invoice in company.invoices}
+    assert {
+        "write_off_per_invoice",
+        "account_balance_write_off",
+        "small_overpayment",
+        "manual_write_off",
+        "refund_after_credit",
+        "paid_with_discount",
+    } <= scenarios
+    rows = company.exports[-1].header
+    baddbt = [r for r in rows if r["TYPE"] == "SC" and r["INV_REF"] == "BADDBT"]
+    assert {r["DETAILS"] for r in baddbt} >= {"Bad Debt Write Off"}
+    assert any(r["TYPE"] == "SP" for r in rows)
+    assert {r["TYPE"] for r in rows} >= {"PI", "PP", "JD", "BR"}
+
+
+def test_rejects_a_single_customer() -> None:
+    with pytest.raises(ValueError, match="at least 2"):
+        generate_company(customers=1)
+
+
+# --- the command, against a stand-in service ----------------------------------------------
+
+
+def test_demo_command_pushes_syncs_and_reports(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("LEDGERLINK_EXPORTER_SECRET", raising=False)
+    monkeypatch.delenv("LEDGERLINK_API_KEY", raising=False)
+    data_dir = tmp_path / ".data"
+    data_dir.mkdir()
+    (data_dir / "webhook-secret").write_text(SECRET + "\n")
+    (data_dir / "admin-api-key").write_text(f"  {API_KEY}\n")
+    company = generate_company(customers=3, seed=5)
+    items = [
+        {
+            "invoice_number": n,
+            "account_ref": "X",
+            "gross": "1.00",
+            "outstanding": "0.00",
+            "status": status,
+            "derived_state": "paid",
+            "protected": False,
+        }
+        for n, status in sorted(company.intended_statuses().items())
+    ]
+    pushed: list[int] = []
+
+    def webhook(request: httpx.Request) -> httpx.Response:
+        payload = Webhook(SECRET).verify(request.content, dict(request.headers))
+        pushed.extend(p["tran_number"] for p in payload["postings"])
+        n = len(payload["postings"])
+        answer = {
+            "event_id": "e",
+            "postings_received": n,
+            "postings_applied": n,
+            "postings_unchanged": 0,
+            "invoices_affected": 1,
+        }
+        return httpx.Response(202, json=answer)
+
+    def invoices(request: httpx.Request) -> httpx.Response:
+        assert request.headers["authorization"] == f"Bearer {API_KEY}"
+        if request.url.params.get("cursor") == "page-2":
+            return httpx.Response(200, json={"items": items[5:], "next_cursor": None})
+        return httpx.Response(200, json={"items": items[:5], "next_cursor": "page-2"})
+
+    with respx.mock() as router:
+        router.post(f"{BASE}/v1/webhooks/sage/postings").mock(side_effect=webhook)
+        trigger = router.post(f"{BASE}/v1/sync/trigger", params={"wait": "true"}).mock(
+            return_value=httpx.Response(200, json={"run_id": "run-1", "status": "succeeded"})
+        )
+        listing = router.get(f"{BASE}/v1/invoices").mock(side_effect=invoices)
+        app = typer.Typer()
+        register(app)
+        args = [
+            "demo",
+            "--url",
+            BASE,
+            "--customers",
+            "3",
+            "--seed",
+            "5",
+            "--data-dir",
+            str(data_dir),
+        ]
+        result = CliRunner().invoke(app, args)
+
+    assert result.exit_code == 0, result.output
+    assert trigger.call_count == 1
+    trigger_request: Any = trigger.calls.last.request
+    assert orjson.loads(trigger_request.content) == {"scope": "all"}
+    assert trigger_request.headers["authorization"] == f"Bearer {API_KEY}"
+    assert listing.call_count == 2
+    assert [call.request.url.params["limit"] for call in listing.calls] == ["500", "500"]
+    first_export_postings = len(read_back(company, 0, tmp_path).postings)
+    second_export_postings = len(read_back(company, 1, tmp_path).postings)
+    assert len(pushed) == first_export_postings + second_export_postings
+    assert (data_dir / "demo" / "export-2" / "AUDIT_USAGE.csv").exists()
+    assert "Invoices by status" in result.stdout
+    assert f"All {len(items)} demo invoices have their intended status." in result.stdout
+
+
+def test_demo_without_keys_is_one_line_and_exit_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("LEDGERLINK_EXPORTER_SECRET", raising=False)
+    app = typer.Typer()
+    register(app)
+    result = CliRunner().invoke(app, ["demo", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 2
+    [line] = result.stderr.splitlines()
+    assert line.startswith(
+        "error: no webhook secret: pass --secret, set LEDGERLINK_EXPORTER_SECRET"
+    )
