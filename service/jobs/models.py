@@ -21,7 +21,8 @@ class Job(SQLModel, table=True):
         sa.CheckConstraint(
             "status IN ('queued','running','succeeded','failed')", name="ck_jobs_status"
         ),
-        sa.Index("ix_jobs_idempotency_key", "idempotency_key", unique=True),
+        # Keys are scoped by the API key's name (actor): two clients' keys never collide.
+        sa.Index("ix_jobs_idempotency_key", "actor", "idempotency_key", unique=True),
         sa.Index("ix_jobs_queued", "created_at", postgresql_where=sa.text("status = 'queued'")),
     )
 
@@ -39,6 +40,12 @@ class Job(SQLModel, table=True):
     updated: int = Field(default=0, sa_column=_count())
     unchanged: int = Field(default=0, sa_column=_count())
     not_found: int = Field(default=0, sa_column=_count())
+    # Found but filtered out (account_ref, current_status_in, only_settled).
+    skipped: int = Field(default=0, sa_column=_count())
+    # Matched, but protected and not named in current_status_in: left alone.
+    skipped_protected: int = Field(default=0, sa_column=_count())
+    # Worker runs started; a job whose worker died is retried from scratch (all or nothing).
+    attempts: int = Field(default=0, sa_column=_count())
     error: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
     created_at: datetime = Field(
         sa_column=sa.Column(
@@ -67,5 +74,5 @@ class JobResult(SQLModel, table=True):
     invoice_number: str = Field(sa_column=sa.Column(sa.String(30), nullable=False))
     from_status: str | None = Field(default=None, sa_column=sa.Column(sa.String(64)))
     to_status: str | None = Field(default=None, sa_column=sa.Column(sa.String(64)))
-    # updated | unchanged | not_found | skipped (filtered out by current_status_in/only_settled)
+    # updated | unchanged | not_found | skipped (filtered out) | skipped_protected
     outcome: str = Field(sa_column=sa.Column(sa.String(20), nullable=False))

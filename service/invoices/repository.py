@@ -1,0 +1,561 @@
+"""All SQL of invoices, a person's edit, and the Global Update (jobs and their results)."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg
+from sqlalchemy.engine import Row
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from service.invoices.models import Invoice
+
+INVOICES: sa.Table = Invoice.metadata.tables["invoices"]
+BULK_KIND = "bulk_status"
+# Advisory-lock class of Global Update jobs (two-int form, so it never meets the bigint
+# locks taken for idempotency keys).
+JOB_LOCK_CLASS = 0x4C4C4A42
+
+
+# --- reads -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InvoiceFilters:
+    statuses: list[str] | None = None
+    account_ref: str | None = None
+    protected: bool | None = None
+    derived_state: str | None = None
+    updated_since: datetime | None = None
+
+
+async def list_invoices(
+    conn: AsyncConnection,
+    filters: InvoiceFilters,
+    *,
+    protected_statuses: list[str],
+    after: str | None,
+    limit: int,
+) -> list[Row[Any]]:
+    """One page in invoice-number order, keyset after `after` (the key never changes, so
+    paging under concurrent writes neither repeats nor skips an invoice)."""
+    t = INVOICES
+    query = sa.select(t).order_by(t.c.invoice_number).limit(limit)
+    if filters.statuses:
+        query = query.where(t.c.status.in_(filters.statuses))
+    if filters.account_ref is not None:
+        query = query.where(t.c.account_ref == filters.account_ref)
+    if filters.protected is not None:
+        is_protected = t.c.status.in_(protected_statuses)
+        query = query.where(is_protected if filters.protected else sa.not_(is_protected))
+    if filters.derived_state is not None:
+        query = query.where(t.c.derived_state == filters.derived_state)
+    if filters.updated_since is not None:
+        query = query.where(t.c.updated_at >= filters.updated_since)
+    if after is not None:
+        query = query.where(t.c.invoice_number > after)
+    return list(await conn.execute(query))
+
+
+async def get_invoice(conn: AsyncConnection, invoice_number: str) -> Row[Any] | None:
+    t = INVOICES
+    row = await conn.execute(sa.select(t).where(t.c.invoice_number == invoice_number))
+    return row.first()
+
+
+async def history(conn: AsyncConnection, invoice_number: str) -> list[Row[Any]]:
+    rows = await conn.execute(
+        sa.text(
+            "SELECT at, from_status, to_status, from_outstanding, to_outstanding, source, actor, "
+            "reason, run_id, job_id FROM status_history WHERE invoice_number = :n ORDER BY id"
+        ),
+        {"n": invoice_number},
+    )
+    return list(rows)
+
+
+# --- a person's edit -------------------------------------------------------------------------
+
+
+async def lock_invoice(conn: AsyncConnection, invoice_number: str) -> Row[Any] | None:
+    row = await conn.execute(
+        sa.text(
+            "SELECT invoice_number, status, outstanding FROM invoices "
+            "WHERE invoice_number = :n FOR UPDATE"
+        ),
+        {"n": invoice_number},
+    )
+    return row.first()
+
+
+_MANUAL_CHANGE = sa.text(
+    """
+    WITH upd AS (
+        UPDATE invoices
+           SET status = CAST(:to AS text),
+               updated_at = now(),
+               dirty_since = CASE WHEN :release THEN coalesce(dirty_since, now())
+                                  ELSE dirty_since END,
+               conflict = CASE WHEN :release THEN NULL ELSE conflict END
+         WHERE invoice_number = :n
+     RETURNING invoice_number, outstanding
+    ), hist AS (
+        INSERT INTO status_history (invoice_number, from_status, to_status, from_outstanding,
+                                    to_outstanding, source, actor, reason)
+        SELECT invoice_number, CAST(:from AS text), CAST(:to AS text), outstanding, outstanding,
+               'manual', :actor, :reason
+          FROM upd
+     RETURNING id, invoice_number, to_outstanding
+    )
+    INSERT INTO outbox (invoice_number, source, payload)
+    SELECT invoice_number, 'manual',
+           jsonb_build_object('status', CAST(:to AS text), 'outstanding', to_outstanding::text,
+                              'history_id', id, 'source', 'manual')
+      FROM hist
+    """
+).bindparams(sa.bindparam("release", type_=sa.Boolean))
+
+
+async def write_manual_change(
+    conn: AsyncConnection,
+    *,
+    invoice_number: str,
+    from_status: str,
+    to_status: str,
+    actor: str,
+    reason: str | None,
+    release: bool,
+) -> None:
+    """Invoice row, status_history and outbox in one statement; the caller holds the row lock."""
+    await conn.execute(
+        _MANUAL_CHANGE,
+        {
+            "n": invoice_number,
+            "from": from_status,
+            "to": to_status,
+            "actor": actor,
+            "reason": reason,
+            "release": release,
+        },
+    )
+    await notify(conn, outbox=True, dirty=release)
+
+
+async def notify(conn: AsyncConnection, *, outbox: bool, dirty: bool) -> None:
+    """Wake the CRM dispatcher / reconciliation (delivered when the transaction commits)."""
+    if outbox:
+        await conn.execute(sa.text("SELECT pg_notify('ledgerlink_outbox', '')"))
+    if dirty:
+        await conn.execute(sa.text("SELECT pg_notify('ledgerlink_dirty', '')"))
+
+
+# --- the Global Update -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BulkPlan:
+    """Everything one chunk statement needs; the SQL text depends only on the flags, never on
+    values, which always travel as bind parameters."""
+
+    job_id: uuid.UUID
+    to_status: str
+    to_protected: bool
+    protected_statuses: list[str]
+    actor: str | None
+    reason: str | None
+    account_ref: str | None
+    current_status_in: list[str] | None
+    only_settled: bool
+    dry_run: bool
+
+
+@dataclass
+class ChunkCounts:
+    rows: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    skipped: int = 0
+    skipped_protected: int = 0
+    not_found: int = 0
+    released: int = 0
+    last_key: str | None = None
+
+    @property
+    def matched(self) -> int:
+        return self.updated + self.unchanged + self.skipped_protected
+
+    def add(self, other: ChunkCounts) -> None:
+        for name in (
+            "rows",
+            "updated",
+            "unchanged",
+            "skipped",
+            "skipped_protected",
+            "not_found",
+            "released",
+        ):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.last_key = other.last_key
+
+
+def _chunk_sql(plan: BulkPlan, *, by_numbers: bool, keyset: bool) -> str:
+    lock = "" if plan.dry_run else "FOR UPDATE OF i"
+    if by_numbers:
+        selection = f"""
+        req AS (
+            SELECT r.n AS invoice_number, r.ord
+              FROM unnest(CAST(:numbers AS text[])) WITH ORDINALITY AS r(n, ord)
+        ),
+        cand AS (
+            SELECT i.invoice_number, i.account_ref, i.status, i.outstanding
+              FROM invoices i
+             WHERE i.invoice_number = ANY(CAST(:numbers AS text[]))
+             ORDER BY i.invoice_number COLLATE "C"
+             {lock}
+        ),"""
+        source = "req LEFT JOIN cand c ON c.invoice_number = req.invoice_number"
+        number, ordinal = "req.invoice_number", "req.ord"
+    else:
+        after = "AND i.invoice_number > CAST(:after AS text)" if keyset else ""
+        selection = f"""
+        cand AS (
+            SELECT i.invoice_number, i.account_ref, i.status, i.outstanding
+              FROM invoices i
+             WHERE i.account_ref = CAST(:account_ref AS text) {after}
+             ORDER BY i.invoice_number
+             LIMIT :chunk
+             {lock}
+        ),"""
+        source = "cand c"
+        number, ordinal = "c.invoice_number", "row_number() OVER (ORDER BY c.invoice_number)"
+    whens: list[str] = []
+    if by_numbers:
+        whens.append("WHEN c.invoice_number IS NULL THEN 'not_found'")
+        if plan.account_ref is not None:
+            whens.append("WHEN c.account_ref <> CAST(:account_ref AS text) THEN 'skipped'")
+    if plan.current_status_in is not None:
+        whens.append("WHEN NOT (c.status = ANY(CAST(:current_in AS text[]))) THEN 'skipped'")
+    if plan.only_settled:
+        whens.append("WHEN c.outstanding > 0 THEN 'skipped'")
+    whens.append("WHEN c.status = CAST(:to AS text) THEN 'unchanged'")
+    if plan.current_status_in is None:
+        # A protected status was set by a person on purpose: only a Global Update that names
+        # it in current_status_in may change it.
+        whens.append("WHEN c.status = ANY(CAST(:protected AS text[])) THEN 'skipped_protected'")
+    outcome = "CASE " + " ".join(whens) + " ELSE 'updated' END"
+    writes = ""
+    if not plan.dry_run:
+        writes = """
+        upd AS (
+            UPDATE invoices i
+               SET status = CAST(:to AS text),
+                   updated_at = now(),
+                   dirty_since = CASE WHEN p.released THEN coalesce(i.dirty_since, now())
+                                      ELSE i.dirty_since END,
+                   conflict = CASE WHEN p.released THEN NULL ELSE i.conflict END
+              FROM plan p
+             WHERE p.outcome = 'updated' AND i.invoice_number = p.invoice_number
+         RETURNING i.invoice_number, p.from_status, i.outstanding
+        ),
+        hist AS (
+            INSERT INTO status_history (invoice_number, from_status, to_status, from_outstanding,
+                                        to_outstanding, source, actor, reason, job_id)
+            SELECT invoice_number, from_status, CAST(:to AS text), outstanding, outstanding,
+                   'bulk', CAST(:actor AS text), CAST(:reason AS text), CAST(:job_id AS uuid)
+              FROM upd
+         RETURNING id, invoice_number, to_outstanding
+        ),
+        ob AS (
+            INSERT INTO outbox (invoice_number, source, payload)
+            SELECT invoice_number, 'bulk',
+                   jsonb_build_object('status', CAST(:to AS text),
+                                      'outstanding', to_outstanding::text,
+                                      'history_id', id, 'source', 'bulk')
+              FROM hist
+        ),"""
+    return f"""
+    WITH {selection}
+    plan AS (
+        SELECT {number} AS invoice_number, {ordinal} AS ord, c.status AS from_status,
+               {outcome} AS outcome,
+               coalesce(c.status = ANY(CAST(:protected AS text[])), false)
+                 AND NOT CAST(:to_protected AS boolean) AS released
+          FROM {source}
+    ),{writes}
+    res AS (
+        INSERT INTO job_results (job_id, seq, invoice_number, from_status, to_status, outcome)
+        SELECT CAST(:job_id AS uuid), CAST(:offset AS integer) + p.ord, p.invoice_number,
+               p.from_status,
+               CASE WHEN p.outcome IN ('updated', 'unchanged') THEN CAST(:to AS text) END,
+               p.outcome
+          FROM plan p
+    )
+    SELECT count(*) AS rows,
+           count(*) FILTER (WHERE outcome = 'updated') AS updated,
+           count(*) FILTER (WHERE outcome = 'unchanged') AS unchanged,
+           count(*) FILTER (WHERE outcome = 'skipped') AS skipped,
+           count(*) FILTER (WHERE outcome = 'skipped_protected') AS skipped_protected,
+           count(*) FILTER (WHERE outcome = 'not_found') AS not_found,
+           count(*) FILTER (WHERE outcome = 'updated' AND released) AS released,
+           max(invoice_number) AS last_key
+      FROM plan
+    """
+
+
+async def run_chunk(
+    conn: AsyncConnection,
+    plan: BulkPlan,
+    *,
+    offset: int,
+    numbers: list[str] | None = None,
+    after: str | None = None,
+    chunk: int = 0,
+) -> ChunkCounts:
+    """One set-based statement: classify the chunk, write statuses, status_history, outbox and
+    job_results for all of it. Rows to change are locked first, in key order."""
+    by_numbers = numbers is not None
+    sql = _chunk_sql(plan, by_numbers=by_numbers, keyset=after is not None)
+    params: dict[str, Any] = {
+        "job_id": plan.job_id,
+        "to": plan.to_status,
+        "to_protected": plan.to_protected,
+        "protected": plan.protected_statuses,
+        "offset": offset,
+    }
+    if not plan.dry_run:
+        params.update(actor=plan.actor, reason=plan.reason)
+    if by_numbers:
+        params["numbers"] = numbers
+    else:
+        params.update(chunk=chunk)
+        if after is not None:
+            params["after"] = after
+    if plan.account_ref is not None:
+        params["account_ref"] = plan.account_ref
+    if plan.current_status_in is not None:
+        params["current_in"] = plan.current_status_in
+    row = (await conn.execute(sa.text(sql), params)).one()
+    return ChunkCounts(
+        rows=row.rows,
+        updated=row.updated,
+        unchanged=row.unchanged,
+        skipped=row.skipped,
+        skipped_protected=row.skipped_protected,
+        not_found=row.not_found,
+        released=row.released,
+        last_key=row.last_key,
+    )
+
+
+async def count_account(conn: AsyncConnection, account_ref: str) -> int:
+    row = await conn.execute(
+        sa.text("SELECT count(*) FROM invoices WHERE account_ref = :a"), {"a": account_ref}
+    )
+    return int(row.scalar_one())
+
+
+# --- jobs ------------------------------------------------------------------------------------
+
+
+async def try_lock_key(conn: AsyncConnection, lock_id: int) -> bool:
+    """Held until the transaction ends: a second request with the same Idempotency-Key while
+    the first is in flight does not get it."""
+    row = await conn.execute(sa.text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": lock_id})
+    return bool(row.scalar_one())
+
+
+async def find_job_by_key(conn: AsyncConnection, actor: str, key: str) -> Row[Any] | None:
+    """The live job stored under this key; an expired key is released for reuse first."""
+    await conn.execute(
+        sa.text(
+            "UPDATE jobs SET idempotency_key = NULL "
+            "WHERE actor = :a AND idempotency_key = :k AND expires_at <= now()"
+        ),
+        {"a": actor, "k": key},
+    )
+    row = await conn.execute(
+        sa.text("SELECT * FROM jobs WHERE actor = :a AND idempotency_key = :k"),
+        {"a": actor, "k": key},
+    )
+    return row.first()
+
+
+async def insert_job(
+    conn: AsyncConnection,
+    *,
+    job_id: uuid.UUID,
+    status: str,
+    request: dict[str, Any],
+    request_sha256: bytes,
+    idempotency_key: str | None,
+    actor: str,
+    dry_run: bool,
+    total: int,
+    key_ttl_hours: int,
+) -> None:
+    await conn.execute(
+        sa.text(
+            """
+            INSERT INTO jobs (id, kind, status, request, request_sha256, idempotency_key, actor,
+                              dry_run, total, started_at, expires_at)
+            VALUES (:id, :kind, :status, :request, :sha, :key, :actor, :dry_run, :total,
+                    CASE WHEN :started THEN clock_timestamp() END,
+                    now() + make_interval(hours => :ttl))
+            """
+        ).bindparams(
+            sa.bindparam("request", type_=pg.JSONB), sa.bindparam("started", type_=sa.Boolean)
+        ),
+        {
+            "id": job_id,
+            "started": status == "running",
+            "kind": BULK_KIND,
+            "status": status,
+            "request": request,
+            "sha": request_sha256,
+            "key": idempotency_key,
+            "actor": actor,
+            "dry_run": dry_run,
+            "total": total,
+            "ttl": key_ttl_hours,
+        },
+    )
+
+
+async def finish_job(conn: AsyncConnection, job_id: uuid.UUID, counts: ChunkCounts) -> None:
+    await conn.execute(
+        sa.text(
+            """
+            UPDATE jobs
+               SET status = 'succeeded', finished_at = clock_timestamp(), error = NULL,
+                   total = :rows, processed = :rows, matched = :matched, updated = :updated,
+                   unchanged = :unchanged, skipped = :skipped,
+                   skipped_protected = :skipped_protected, not_found = :not_found
+             WHERE id = :id
+            """
+        ),
+        {
+            "id": job_id,
+            "rows": counts.rows,
+            "matched": counts.matched,
+            "updated": counts.updated,
+            "unchanged": counts.unchanged,
+            "skipped": counts.skipped,
+            "skipped_protected": counts.skipped_protected,
+            "not_found": counts.not_found,
+        },
+    )
+
+
+async def get_job(conn: AsyncConnection, job_id: uuid.UUID) -> Row[Any] | None:
+    row = await conn.execute(
+        sa.text(
+            "SELECT id, kind, status, dry_run, request ->> 'status' AS to_status, total, "
+            "processed, matched, updated, unchanged, skipped, skipped_protected, not_found, "
+            "error, created_at, started_at, finished_at FROM jobs WHERE id = :id"
+        ),
+        {"id": job_id},
+    )
+    return row.first()
+
+
+async def job_results(
+    conn: AsyncConnection,
+    job_id: uuid.UUID,
+    *,
+    after_seq: int,
+    limit: int,
+    outcome: str | None,
+) -> list[Row[Any]]:
+    where = "AND outcome = :outcome" if outcome is not None else ""
+    params: dict[str, Any] = {"id": job_id, "after": after_seq, "limit": limit}
+    if outcome is not None:
+        params["outcome"] = outcome
+    rows = await conn.execute(
+        sa.text(
+            "SELECT seq, invoice_number, from_status, to_status, outcome FROM job_results "
+            f"WHERE job_id = :id AND seq > :after {where} ORDER BY seq LIMIT :limit"
+        ),
+        params,
+    )
+    return list(rows)
+
+
+async def notify_jobs(conn: AsyncConnection) -> None:
+    await conn.execute(sa.text("SELECT pg_notify('ledgerlink_jobs', '')"))
+
+
+# --- the worker's side of jobs ---------------------------------------------------------------
+
+
+async def claim_job(conn: AsyncConnection) -> Row[Any] | None:
+    """The oldest queued job, or a running one whose worker died (its lock is free).
+
+    The claim is a transaction-level advisory lock, the SKIP LOCKED of this queue: unlike a
+    row lock it leaves the job row free, so progress can be committed on another connection
+    while the whole job stays one transaction.
+    """
+    candidates = await conn.execute(
+        sa.text(
+            "SELECT id FROM jobs WHERE status IN ('queued', 'running') AND kind = :kind "
+            "ORDER BY created_at LIMIT 20"
+        ),
+        {"kind": BULK_KIND},
+    )
+    for (job_id,) in list(candidates):
+        locked = await conn.execute(
+            sa.text("SELECT pg_try_advisory_xact_lock(:c, hashtext(CAST(:id AS text)))"),
+            {"c": JOB_LOCK_CLASS, "id": str(job_id)},
+        )
+        if not locked.scalar_one():
+            continue
+        # Re-read under the lock: another worker may have finished it meanwhile.
+        row = await conn.execute(
+            sa.text("SELECT * FROM jobs WHERE id = :id AND status IN ('queued', 'running')"),
+            {"id": job_id},
+        )
+        job = row.first()
+        if job is not None:
+            return job
+    return None
+
+
+async def mark_running(side: AsyncConnection, job_id: uuid.UUID, total: int) -> None:
+    await side.execute(
+        sa.text(
+            "UPDATE jobs SET status = 'running', started_at = coalesce(started_at, now()), "
+            "attempts = attempts + 1, processed = 0, total = :total WHERE id = :id"
+        ),
+        {"id": job_id, "total": total},
+    )
+
+
+async def report_progress(side: AsyncConnection, job_id: uuid.UUID, processed: int) -> None:
+    await side.execute(
+        sa.text("UPDATE jobs SET processed = :p, total = greatest(total, :p) WHERE id = :id"),
+        {"id": job_id, "p": processed},
+    )
+
+
+async def mark_failed(side: AsyncConnection, job_id: uuid.UUID, error: str) -> None:
+    await side.execute(
+        sa.text(
+            "UPDATE jobs SET status = 'failed', error = :e, finished_at = clock_timestamp(), "
+            "processed = 0 "
+            "WHERE id = :id AND status IN ('queued', 'running')"
+        ),
+        {"id": job_id, "e": error},
+    )
+
+
+async def mark_retry(side: AsyncConnection, job_id: uuid.UUID, error: str) -> None:
+    await side.execute(
+        sa.text(
+            "UPDATE jobs SET status = 'queued', error = :e, processed = 0 "
+            "WHERE id = :id AND status = 'running'"
+        ),
+        {"id": job_id, "e": error},
+    )

@@ -1,0 +1,174 @@
+"""Request and response bodies of invoices, the Global Update and its jobs."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Annotated, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
+
+from service.settings import DerivedState
+
+MAX_BULK_NUMBERS = 100_000
+
+
+def storable(value: str) -> str:
+    """PostgreSQL text holds neither NUL nor lone surrogates: refuse them here (422), not there."""
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode text") from None
+    return value
+
+
+Text = Annotated[str, AfterValidator(storable)]
+Status = Annotated[Text, StringConstraints(min_length=1, max_length=64)]
+InvoiceNumber = Annotated[Text, StringConstraints(min_length=1, max_length=30)]
+AccountRef = Annotated[Text, StringConstraints(min_length=1, max_length=32)]
+Reason = Annotated[Text, StringConstraints(max_length=1000)]
+Outcome = Literal["updated", "unchanged", "skipped", "skipped_protected", "not_found"]
+JobStatus = Literal["queued", "running", "succeeded", "failed"]
+
+
+def money(value: Decimal) -> str:
+    """Amounts leave the service as strings with two decimals ("120.00")."""
+    return f"{value:.2f}"
+
+
+class Amounts(BaseModel):
+    paid: str = Field(examples=["0.00"])
+    discounted: str = Field(examples=["0.00"])
+    written_off: str = Field(examples=["120.00"])
+    credited: str = Field(examples=["0.00"])
+
+
+class InvoiceOut(BaseModel):
+    invoice_number: str
+    account_ref: str
+    invoice_date: date
+    gross: str = Field(examples=["120.00"])
+    outstanding: str = Field(examples=["0.00"])
+    status: str
+    derived_state: DerivedState | None = Field(description="NULL until first reconciled")
+    protected: bool = Field(description="The status is one a sync never changes")
+    amounts: Amounts
+    sage_tran_number: int
+    conflict: str | None = Field(description="Why Sage disagrees with a protected status")
+    mismatch: bool = Field(description="Sage's OUTSTANDING disagrees with the allocations")
+    warning: str | None
+    deleted: bool = Field(description="The SI was deleted in Sage")
+    updated_at: datetime
+
+
+class HistoryEntry(BaseModel):
+    at: datetime
+    from_status: str | None
+    to_status: str
+    from_outstanding: str | None
+    to_outstanding: str | None
+    source: Literal["sync", "manual", "bulk", "crm"]
+    actor: str | None
+    reason: str | None
+    run_id: uuid.UUID | None
+    job_id: uuid.UUID | None
+
+
+class InvoiceDetail(InvoiceOut):
+    history: list[HistoryEntry] = Field(description="Every status change, oldest first")
+
+
+class InvoicePage(BaseModel):
+    items: list[InvoiceOut]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null at end")
+
+
+class StatusEdit(BaseModel):
+    """A person's edit of one invoice's status."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    status: Status = Field(description="A value of the invoice status picklist")
+    reason: Reason | None = None
+
+
+class BulkStatusRequest(BaseModel):
+    """The Global Update: set one status on a selection of invoices."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    status: Status = Field(description="The new status; must be in the picklist")
+    account_ref: AccountRef | None = Field(
+        default=None, description="Select the invoices of this Sage account"
+    )
+    invoice_numbers: Annotated[
+        list[InvoiceNumber] | None, Field(min_length=1, max_length=MAX_BULK_NUMBERS)
+    ] = Field(default=None, description="Select these invoices (AND account_ref when both)")
+    current_status_in: Annotated[list[Status] | None, Field(min_length=1, max_length=100)] = Field(
+        default=None,
+        description="Only invoices whose current status is one of these; naming a protected "
+        "status here is the only way a Global Update changes a protected invoice",
+    )
+    only_settled: bool = Field(
+        default=False, description="Only invoices with nothing outstanding (outstanding <= 0)"
+    )
+    dry_run: bool = Field(default=False, description="Report what would change; change nothing")
+    reason: Reason | None = None
+
+    @model_validator(mode="after")
+    def _needs_a_selector(self) -> BulkStatusRequest:
+        if self.account_ref is None and self.invoice_numbers is None:
+            raise ValueError(
+                "name the invoices to update: give account_ref and/or invoice_numbers "
+                "(there is no update-everything)"
+            )
+        return self
+
+
+class JobProgress(BaseModel):
+    processed: int
+    total: int
+
+
+class JobResultOut(BaseModel):
+    invoice_number: str
+    from_status: str | None
+    to_status: str | None
+    outcome: Outcome = Field(
+        description="updated (or would be, in a dry run) | unchanged (already that status) | "
+        "skipped (filtered out by account_ref, current_status_in or only_settled) | "
+        "skipped_protected (protected and not named in current_status_in) | not_found"
+    )
+
+
+class JobOut(BaseModel):
+    job_id: uuid.UUID
+    kind: str
+    status: JobStatus
+    dry_run: bool
+    to_status: str | None
+    matched: int = Field(description="Selected and passing the filters")
+    updated: int
+    unchanged: int
+    skipped: int
+    skipped_protected: int
+    not_found: int
+    progress: JobProgress
+    error: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    results: list[JobResultOut]
+    next_results_cursor: str | None = Field(
+        description="Pass as `results_cursor` to GET /v1/jobs/{job_id} for the next results"
+    )

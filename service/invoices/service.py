@@ -1,0 +1,450 @@
+"""Invoice rules: reading, a person's edit, and the Global Update (bulk status) with its jobs.
+
+Decisions (also in docs/readme/invoices.md):
+- Protected = status in settings.protected_statuses. Moving an invoice from a protected to an
+  unprotected status releases it: it is marked dirty, so reconciliation recomputes it.
+- The Global Update never changes a protected invoice unless current_status_in names its
+  status (outcome `skipped_protected`): a person set that status on purpose.
+- Size: the invoices selected by account_ref/invoice_numbers (before the filters). Up to
+  settings.bulk_sync_limit run inside the request (200, one statement, one transaction);
+  more are queued (202) and run by the worker in chunks of BULK_CHUNK, still in ONE
+  transaction (all or nothing), progress committed on a side connection.
+- A dry run stores only its job record and results (so it can be fetched, paged and replayed
+  by Idempotency-Key); invoices, status_history and outbox are not touched, no row is locked.
+- Idempotency-Key (draft-ietf-httpapi-idempotency-key-header): scoped by the API key's name,
+  kept 24 h. Same key + same body: the stored job (200 when finished, 202 while queued or
+  running in the worker); same key + different body: 422; same key while the first request is
+  still being processed (not yet committed): 409.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC
+from typing import Any
+
+from sqlalchemy.engine import Row
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from service.errors import Conflict, NotFound, ServiceError, ServiceUnavailable, Unprocessable
+from service.invoices import cursor
+from service.invoices import repository as repo
+from service.invoices.repository import BulkPlan, ChunkCounts, InvoiceFilters
+from service.invoices.schemas import (
+    Amounts,
+    BulkStatusRequest,
+    HistoryEntry,
+    InvoiceDetail,
+    InvoiceOut,
+    InvoicePage,
+    JobOut,
+    JobProgress,
+    JobResultOut,
+    StatusEdit,
+    money,
+)
+from service.ops.metrics import BULK_JOBS, STATUS_CHANGES
+from service.picklist.service import ensure_allowed
+from service.settings import Settings
+
+IDEMPOTENCY_TTL_HOURS = 24
+BULK_CHUNK = 10_000
+MAX_ATTEMPTS = 3
+MAX_KEY_LENGTH = 255
+
+Progress = Callable[[int], Awaitable[None]]
+# deadlock_detected, serialization_failure, lock_not_available
+_RETRYABLE_SQLSTATES = frozenset({"40P01", "40001", "55P03"})
+
+
+@contextlib.asynccontextmanager
+async def retryable_conflicts() -> AsyncIterator[None]:
+    """A deadlock with a concurrent sync is nobody's fault: 503 + Retry-After, nothing stored."""
+    try:
+        yield
+    except DBAPIError as exc:
+        if getattr(exc.orig, "sqlstate", None) in _RETRYABLE_SQLSTATES:
+            raise ServiceUnavailable(
+                "the invoices were being changed concurrently; nothing was stored, retry",
+                retry_after=1,
+            ) from exc
+        raise
+
+
+# --- reads -----------------------------------------------------------------------------------
+
+
+def invoice_out(row: Row[Any], settings: Settings) -> InvoiceOut:
+    return InvoiceOut(**_invoice_fields(row, settings))
+
+
+def _invoice_fields(row: Row[Any], settings: Settings) -> dict[str, Any]:
+    return {
+        "invoice_number": row.invoice_number,
+        "account_ref": row.account_ref,
+        "invoice_date": row.invoice_date,
+        "gross": money(row.gross),
+        "outstanding": money(row.outstanding),
+        "status": row.status,
+        "derived_state": row.derived_state,
+        "protected": row.status in settings.protected_statuses,
+        "amounts": Amounts(
+            paid=money(row.paid),
+            discounted=money(row.discounted),
+            written_off=money(row.written_off),
+            credited=money(row.credited),
+        ),
+        "sage_tran_number": row.sage_tran_number,
+        "conflict": row.conflict,
+        "mismatch": row.mismatch,
+        "warning": row.warning,
+        "deleted": row.deleted,
+        "updated_at": row.updated_at,
+    }
+
+
+def _filters_fingerprint(filters: InvoiceFilters) -> str:
+    raw = json.dumps(
+        [
+            sorted(filters.statuses) if filters.statuses else None,
+            filters.account_ref,
+            filters.protected,
+            filters.derived_state,
+            filters.updated_since.isoformat() if filters.updated_since else None,
+        ]
+    )
+    return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+
+async def list_invoices(
+    conn: AsyncConnection,
+    settings: Settings,
+    filters: InvoiceFilters,
+    *,
+    limit: int,
+    cursor_token: str | None,
+) -> InvoicePage:
+    if filters.updated_since is not None and filters.updated_since.tzinfo is None:
+        filters = InvoiceFilters(
+            statuses=filters.statuses,
+            account_ref=filters.account_ref,
+            protected=filters.protected,
+            derived_state=filters.derived_state,
+            updated_since=filters.updated_since.replace(tzinfo=UTC),
+        )
+    fingerprint = _filters_fingerprint(filters)
+    after: str | None = None
+    if cursor_token is not None:
+        values = cursor.decode(cursor_token, param="cursor", required=("after", "q"))
+        if values["q"] != fingerprint or not isinstance(values["after"], str):
+            raise cursor.mismatch("cursor")
+        after = values["after"]
+    rows = await repo.list_invoices(
+        conn,
+        filters,
+        protected_statuses=settings.protected_statuses,
+        after=after,
+        limit=limit + 1,
+    )
+    items = [invoice_out(row, settings) for row in rows[:limit]]
+    next_cursor = None
+    if len(rows) > limit:
+        next_cursor = cursor.encode({"after": items[-1].invoice_number, "q": fingerprint})
+    return InvoicePage(items=items, next_cursor=next_cursor)
+
+
+async def invoice_detail(
+    conn: AsyncConnection, settings: Settings, invoice_number: str
+) -> InvoiceDetail:
+    row = await repo.get_invoice(conn, invoice_number)
+    if row is None:
+        raise NotFound(f"no invoice '{invoice_number}'")
+    entries = [
+        HistoryEntry(
+            at=h.at,
+            from_status=h.from_status,
+            to_status=h.to_status,
+            from_outstanding=None if h.from_outstanding is None else money(h.from_outstanding),
+            to_outstanding=None if h.to_outstanding is None else money(h.to_outstanding),
+            source=h.source,
+            actor=h.actor,
+            reason=h.reason,
+            run_id=h.run_id,
+            job_id=h.job_id,
+        )
+        for h in await repo.history(conn, invoice_number)
+    ]
+    return InvoiceDetail(**_invoice_fields(row, settings), history=entries)
+
+
+# --- a person's edit -------------------------------------------------------------------------
+
+
+async def edit_status(
+    conn: AsyncConnection, settings: Settings, *, actor: str, invoice_number: str, edit: StatusEdit
+) -> InvoiceDetail:
+    """Set one invoice's status by hand. Setting the current status again records nothing."""
+    # The value first: from here a PUT that would remove it waits for this transaction.
+    await ensure_allowed(conn, edit.status)
+    current = await repo.lock_invoice(conn, invoice_number)
+    if current is None:
+        raise NotFound(f"no invoice '{invoice_number}'")
+    if current.status != edit.status:
+        protected = settings.protected_statuses
+        release = current.status in protected and edit.status not in protected
+        await repo.write_manual_change(
+            conn,
+            invoice_number=invoice_number,
+            from_status=current.status,
+            to_status=edit.status,
+            actor=actor,
+            reason=edit.reason,
+            release=release,
+        )
+        STATUS_CHANGES.labels("manual", edit.status).inc()
+    return await invoice_detail(conn, settings, invoice_number)
+
+
+# --- the Global Update -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Submitted:
+    job: JobOut
+    finished: bool
+    replayed: bool
+
+
+def idempotency_key(header: str | None) -> str | None:
+    """The key from the header: an sf-string per the draft ("..."); a bare token is accepted."""
+    if header is None:
+        return None
+    key = header.strip()
+    if len(key) >= 2 and key[0] == key[-1] == '"':
+        key = key[1:-1]
+    if not key or len(key) > MAX_KEY_LENGTH or not all(0x20 <= ord(ch) < 0x7F for ch in key):
+        raise ServiceError(
+            f"Idempotency-Key must be 1..{MAX_KEY_LENGTH} printable ASCII characters, "
+            'e.g. Idempotency-Key: "8e03978e-40d5-43e8-bc93-6894a57f9324"'
+        )
+    return key
+
+
+def request_digest(body: BulkStatusRequest) -> bytes:
+    canonical = json.dumps(
+        {"kind": repo.BULK_KIND, "request": body.model_dump(mode="json")},
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(canonical.encode()).digest()
+
+
+def _key_lock_id(actor: str, key: str) -> int:
+    digest = hashlib.sha256(f"idempotency\n{actor}\n{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+async def submit_bulk(
+    conn: AsyncConnection,
+    settings: Settings,
+    *,
+    actor: str,
+    body: BulkStatusRequest,
+    key: str | None,
+    results_limit: int,
+) -> Submitted:
+    digest = request_digest(body)
+    if key is not None:
+        if not await repo.try_lock_key(conn, _key_lock_id(actor, key)):
+            raise Conflict(
+                "a request with this Idempotency-Key is still being processed; "
+                "retry in a moment to get its result",
+                headers={"Retry-After": "1"},
+            )
+        stored = await repo.find_job_by_key(conn, actor, key)
+        if stored is not None:
+            if bytes(stored.request_sha256) != digest:
+                raise Unprocessable(
+                    "this Idempotency-Key was already used with a different request body; "
+                    "use a new key for a different request"
+                )
+            job = await job_view(conn, stored.id, results_limit=results_limit)
+            return Submitted(job=job, finished=_finished(job.status), replayed=True)
+
+    await ensure_allowed(conn, body.status)
+    numbers = _unique(body.invoice_numbers)
+    if numbers is not None:
+        size = len(numbers)
+    else:
+        assert body.account_ref is not None  # the schema requires a selector
+        size = await repo.count_account(conn, body.account_ref)
+    job_id = uuid.uuid4()
+    queued = size > settings.bulk_sync_limit
+    await repo.insert_job(
+        conn,
+        job_id=job_id,
+        status="queued" if queued else "running",
+        request=body.model_dump(mode="json"),
+        request_sha256=digest,
+        idempotency_key=key,
+        actor=actor,
+        dry_run=body.dry_run,
+        total=size,
+        key_ttl_hours=IDEMPOTENCY_TTL_HOURS,
+    )
+    if queued:
+        await repo.notify_jobs(conn)
+        BULK_JOBS.labels("queued", "queued").inc()
+    else:
+        counts = await execute(conn, settings, job_id=job_id, actor=actor, body=body, chunk=None)
+        await repo.finish_job(conn, job_id, counts)
+        BULK_JOBS.labels("inline", "succeeded").inc()
+        if not body.dry_run and counts.updated:
+            STATUS_CHANGES.labels("bulk", body.status).inc(counts.updated)
+    job = await job_view(conn, job_id, results_limit=results_limit)
+    return Submitted(job=job, finished=not queued, replayed=False)
+
+
+def _unique(numbers: list[str] | None) -> list[str] | None:
+    """Each number once, in code-point order (= COLLATE "C"), so rows lock in one order."""
+    return None if numbers is None else sorted(set(numbers))
+
+
+async def execute(
+    conn: AsyncConnection,
+    settings: Settings,
+    *,
+    job_id: uuid.UUID,
+    actor: str | None,
+    body: BulkStatusRequest,
+    chunk: int | None,
+    progress: Progress | None = None,
+) -> ChunkCounts:
+    """Run the whole selection in the caller's transaction: one statement per chunk (one in
+    all when `chunk` is None), then NOTIFY the CRM dispatcher and reconciliation."""
+    protected = list(settings.protected_statuses)
+    plan = BulkPlan(
+        job_id=job_id,
+        to_status=body.status,
+        to_protected=body.status in protected,
+        protected_statuses=protected,
+        actor=actor,
+        reason=body.reason,
+        account_ref=body.account_ref,
+        current_status_in=body.current_status_in,
+        only_settled=body.only_settled,
+        dry_run=body.dry_run,
+    )
+    total = ChunkCounts()
+    numbers = _unique(body.invoice_numbers)
+    if numbers is not None:
+        step = chunk or max(len(numbers), 1)
+        for start in range(0, len(numbers), step):
+            part = await repo.run_chunk(
+                conn, plan, offset=total.rows, numbers=numbers[start : start + step]
+            )
+            total.add(part)
+            if progress is not None:
+                await progress(total.rows)
+    else:
+        after: str | None = None
+        while True:
+            # Keyset over the account's invoices; stop on an empty chunk only (a row that
+            # changed account under FOR UPDATE can make a chunk short without being the last).
+            part = await repo.run_chunk(
+                conn, plan, offset=total.rows, after=after, chunk=chunk or 2**31 - 1
+            )
+            if part.rows == 0:
+                break
+            total.add(part)
+            after = part.last_key
+            if progress is not None:
+                await progress(total.rows)
+    if not body.dry_run:
+        await repo.notify(conn, outbox=total.updated > 0, dirty=total.released > 0)
+    return total
+
+
+def _finished(status: str) -> bool:
+    return status in ("succeeded", "failed")
+
+
+async def job_view(
+    conn: AsyncConnection,
+    job_id: uuid.UUID,
+    *,
+    results_limit: int,
+    results_cursor: str | None = None,
+    outcome: str | None = None,
+) -> JobOut:
+    job = await repo.get_job(conn, job_id)
+    if job is None:
+        raise NotFound(f"no job '{job_id}'")
+    q = f"{job_id}:{outcome or ''}"
+    after_seq = 0
+    if results_cursor is not None:
+        values = cursor.decode(results_cursor, param="results_cursor", required=("seq", "q"))
+        if values["q"] != q or not isinstance(values["seq"], int):
+            raise cursor.mismatch("results_cursor")
+        after_seq = values["seq"]
+    rows = await repo.job_results(
+        conn, job_id, after_seq=after_seq, limit=results_limit + 1, outcome=outcome
+    )
+    page = rows[:results_limit]
+    next_cursor = None
+    if len(rows) > results_limit:
+        next_cursor = cursor.encode({"seq": page[-1].seq, "q": q})
+    return JobOut(
+        job_id=job.id,
+        kind=job.kind,
+        status=job.status,
+        dry_run=job.dry_run,
+        to_status=job.to_status,
+        matched=job.matched,
+        updated=job.updated,
+        unchanged=job.unchanged,
+        skipped=job.skipped,
+        skipped_protected=job.skipped_protected,
+        not_found=job.not_found,
+        progress=JobProgress(processed=job.processed, total=job.total),
+        error=job.error,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        results=[
+            JobResultOut(
+                invoice_number=r.invoice_number,
+                from_status=r.from_status,
+                to_status=r.to_status,
+                outcome=r.outcome,
+            )
+            for r in page
+        ],
+        next_results_cursor=next_cursor,
+    )
+
+
+async def run_queued_job(
+    conn: AsyncConnection, settings: Settings, job: Row[Any], progress: Progress
+) -> ChunkCounts:
+    """The worker's half: the whole job in the caller's (one) transaction, chunk by chunk."""
+    body = BulkStatusRequest.model_validate(job.request)
+    # The target may have left the picklist since the request; hold it until commit.
+    await ensure_allowed(conn, body.status)
+    counts = await execute(
+        conn,
+        settings,
+        job_id=job.id,
+        actor=job.actor,
+        body=body,
+        chunk=BULK_CHUNK,
+        progress=progress,
+    )
+    await repo.finish_job(conn, job.id, counts)
+    return counts

@@ -1,0 +1,100 @@
+"""What a person's protect/release means for the next sync (ingest + reconciliation)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service.ingest.repository import store_postings
+from service.ingest.schemas import PostingIn
+from service.reconcile import tasks as reconcile_tasks
+from service.worker import WorkerContext
+from tests.conftest import READ_KEY, WRITE_KEY, auth
+
+SI = 5001
+
+
+def _posting(tran: int, kind: str, amount: str, **extra: Any) -> PostingIn:
+    return PostingIn.model_validate(
+        {
+            "tran_number": tran,
+            "type": kind,
+            "account_ref": "ACME01",
+            "reference": "INV-900" if kind == "SI" else f"REF{tran}",
+            "date": "2026-02-01",
+            "details": "",
+            "nominal_code": "4000" if kind == "SI" else "1200",
+            "net_amount": amount,
+            "tax_amount": "0.00",
+            "gross_amount": amount,
+            **extra,
+        }
+    )
+
+
+async def _sync(engine: AsyncEngine, ctx: WorkerContext, *postings: PostingIn) -> None:
+    if postings:
+        async with engine.begin() as conn:
+            await store_postings(
+                conn,
+                list(postings),
+                event_id=f"evt-{postings[0].tran_number}",
+                settings=ctx.settings,
+            )
+    for _ in range(20):
+        if await reconcile_tasks.run_once(ctx) == 0:
+            return
+    raise AssertionError("reconciliation never went idle")
+
+
+async def _invoice(client: httpx.AsyncClient) -> dict[str, Any]:
+    response = await client.get("/v1/invoices/INV-900", headers=auth(READ_KEY))
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def test_protected_invoice_is_left_alone_and_released_one_is_recomputed(
+    client: httpx.AsyncClient, engine: AsyncEngine, worker_ctx: WorkerContext
+) -> None:
+    allocation = {"allocations": [{"invoice_tran_number": SI, "amount": "120.00"}]}
+    await _sync(engine, worker_ctx, _posting(SI, "SI", "120.00"))
+    await _sync(engine, worker_ctx, _posting(SI + 1, "SR", "120.00", **allocation))
+    invoice = await _invoice(client)
+    assert (invoice["status"], invoice["outstanding"]) == ("Paid", "0.00")
+
+    # A person protects it.
+    edit = await client.patch(
+        "/v1/invoices/INV-900",
+        json={"status": "Written Off", "reason": "customer insolvent"},
+        headers=auth(WRITE_KEY),
+    )
+    assert edit.status_code == 200
+
+    # Sage then refunds the receipt: the sync must change neither status nor balance.
+    await _sync(engine, worker_ctx, _posting(SI + 2, "SP", "120.00", **allocation))
+    invoice = await _invoice(client)
+    assert (invoice["status"], invoice["outstanding"]) == ("Written Off", "0.00")
+    assert invoice["protected"] is True
+    assert invoice["conflict"] is not None  # listed for a human instead
+    assert invoice["history"][-1]["source"] == "manual"
+
+    # The person moves it to an unprotected status: released, the next sync recomputes it.
+    release = await client.patch(
+        "/v1/invoices/INV-900",
+        json={"status": "Part Paid", "reason": "not a write-off after all"},
+        headers=auth(WRITE_KEY),
+    )
+    assert release.status_code == 200
+    await _sync(engine, worker_ctx)
+    invoice = await _invoice(client)
+    assert (invoice["status"], invoice["outstanding"]) == ("Unpaid", "120.00")
+    assert invoice["conflict"] is None
+    last = invoice["history"][-1]
+    assert (last["source"], last["from_status"], last["to_status"]) == (
+        "sync",
+        "Part Paid",
+        "Unpaid",
+    )
