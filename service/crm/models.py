@@ -24,13 +24,15 @@ class OutboxMessage(SQLModel, table=True):
             postgresql_where=sa.text("state = 'pending'"),
         ),
         sa.Index("ix_outbox_invoice", "invoice_number", "id"),
+        # Dead letters are few among many delivered rows: listed and counted through this.
+        sa.Index("ix_outbox_dead", "id", postgresql_where=sa.text("state = 'dead'")),
     )
 
     id: int | None = Field(
         default=None, sa_column=sa.Column(sa.BigInteger, sa.Identity(), primary_key=True)
     )
     invoice_number: str = Field(sa_column=sa.Column(sa.String(30), nullable=False))
-    # {"status", "outstanding", "source", "history_id"}: what the CRM should show after this change.
+    # {"status", "outstanding", "history_id"}: what the CRM should show after this change.
     payload: dict[str, Any] = Field(sa_column=sa.Column(pg.JSONB, nullable=False))
     source: str = Field(sa_column=sa.Column(sa.String(10), nullable=False))
     state: str = Field(sa_column=sa.Column(sa.String(12), nullable=False, server_default="pending"))
@@ -69,4 +71,40 @@ class CrmObservedStatus(SQLModel, table=True):
     )
     times_seen: int = Field(
         default=1, sa_column=sa.Column(sa.Integer, nullable=False, server_default="1")
+    )
+
+
+class CrmDispatcherState(SQLModel, table=True):
+    """One row: what the dispatchers last learnt about OpenCRM, shared by every process.
+
+    The API (readiness) and the workers run in different processes; this row is how a
+    worker's "OpenCRM rejects our credentials" reaches /readyz.
+    """
+
+    __tablename__ = "crm_dispatcher_state"
+    __table_args__ = (sa.CheckConstraint("id = 1", name="ck_crm_dispatcher_state_single_row"),)
+
+    id: int = Field(
+        default=1,
+        sa_column=sa.Column(
+            sa.SmallInteger, primary_key=True, autoincrement=False, server_default=sa.text("1")
+        ),
+    )
+    # Set while deliveries are halted because OpenCRM refused our credentials.
+    halted_reason: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
+    halted_at: datetime | None = Field(
+        default=None, sa_column=sa.Column(sa.DateTime(timezone=True))
+    )
+    # The last failed call (network, 5xx, 429, rejected) and the last successful delivery.
+    last_error: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
+    last_error_at: datetime | None = Field(
+        default=None, sa_column=sa.Column(sa.DateTime(timezone=True))
+    )
+    last_success_at: datetime | None = Field(
+        default=None, sa_column=sa.Column(sa.DateTime(timezone=True))
+    )
+    updated_at: datetime = Field(
+        sa_column=sa.Column(
+            sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+        )
     )

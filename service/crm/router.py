@@ -1,7 +1,82 @@
-"""HTTP endpoints of this feature."""
+"""HTTP endpoints of the CRM feature: the outbox and its dead letters."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
 
-router = APIRouter()
+from fastapi import APIRouter, Path, Query
+
+from service.auth import AdminKey, ReadKey
+from service.crm import repository as repo
+from service.crm import service
+from service.crm.schemas import OutboxMessageOut, OutboxPage, OutboxState
+from service.deps import SessionDep
+from service.errors import Unprocessable
+
+router = APIRouter(prefix="/v1/crm", tags=["crm"])
+
+MAX_ID = 2**63 - 1
+
+
+@router.get(
+    "/outbox",
+    operation_id="list_crm_outbox",
+    response_model=OutboxPage,
+    summary="Outbox messages towards the CRM, oldest first (dead letters: state=dead)",
+)
+async def list_outbox(
+    session: SessionDep,
+    _principal: ReadKey,
+    state: Annotated[OutboxState | None, Query(description="Only messages in this state")] = None,
+    invoice_number: Annotated[str | None, Query(min_length=1, max_length=30)] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: Annotated[
+        str | None, Query(max_length=20, description="next_cursor of the previous page")
+    ] = None,
+) -> OutboxPage:
+    after = 0
+    if cursor is not None:
+        if not cursor.isdigit() or int(cursor) > MAX_ID:
+            raise Unprocessable(
+                "cursor: not a cursor this API returned",
+                errors=[
+                    {
+                        "loc": ["query", "cursor"],
+                        "field": "query.cursor",
+                        "msg": "not a cursor this API returned",
+                        "type": "value_error",
+                    }
+                ],
+            )
+        after = int(cursor)
+    conn = await session.connection()
+    rows = await repo.list_messages(
+        conn,
+        state=state.value if state is not None else None,
+        invoice_number=invoice_number,
+        after_id=after,
+        limit=limit,
+    )
+    items = [OutboxMessageOut.from_row(row) for row in rows[:limit]]
+    next_cursor = str(items[-1].id) if len(rows) > limit else None
+    return OutboxPage(items=items, next_cursor=next_cursor)
+
+
+@router.post(
+    "/outbox/{message_id}/retry",
+    operation_id="retry_crm_outbox_message",
+    response_model=OutboxMessageOut,
+    summary="Send a dead letter again (attempts start from zero)",
+    responses={
+        404: {"description": "No such outbox message"},
+        409: {"description": "The message is not a dead letter"},
+    },
+)
+async def retry_message(
+    session: SessionDep,
+    _principal: AdminKey,
+    message_id: Annotated[int, Path(ge=1, le=MAX_ID)],
+) -> OutboxMessageOut:
+    conn = await session.connection()
+    row = await service.retry_dead_letter(conn, message_id)
+    return OutboxMessageOut.from_row(row)

@@ -1,10 +1,459 @@
-"""CRM delivery rules."""
+"""CRM delivery rules: the outbox dispatcher, retries and dead letters, readiness.
+
+One dispatcher per worker process. Each pass is one transaction: claim the due messages
+(one invoice at a time per dispatcher, `FOR UPDATE SKIP LOCKED` plus a per-invoice advisory
+lock), coalesce each invoice's pending messages to the newest, deliver it through the
+connector, record the outcome. The transaction stays open while the CRM is called, so a
+dispatcher killed mid-delivery leaves its messages pending for the next one (delivery is at
+least once; a repeated delivery finds the CRM already up to date and writes nothing).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import random
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
 from typing import Any
+
+import httpx
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from service import __version__
+from service.crm import repository as repo
+from service.crm.client import CrmAuthError, CrmError, CrmUnavailable, OpenCrmClient
+from service.crm.connector import (
+    Change,
+    Connector,
+    KeptCrmStatus,
+    LocalConnector,
+    OpenCrmConnector,
+    Pushed,
+)
+from service.errors import Conflict, NotFound
+from service.logging import get_logger
+from service.ops.metrics import CRM_DELIVERIES
+from service.settings import CrmMode, Settings, SettingsError
+
+log = get_logger(__name__)
+
+USER_AGENT = f"ledgerlink/{__version__}"
+DISPATCHER_KEY = "crm_dispatcher"
+# While halted on refused credentials, try again this often (fixing OpenCRM's side, such as
+# re-enabling API access, needs no restart; new credentials come with a restart anyway).
+AUTH_RECHECK_SECONDS = 60.0
+# A long Retry-After is honoured up to this.
+MAX_RETRY_AFTER_SECONDS = 3600.0
+# How often a healthy dispatcher refreshes last_success_at in the shared state row.
+SUCCESS_WRITE_SECONDS = 30.0
+
+
+@dataclass
+class RetryPolicy:
+    """Exponential backoff with full jitter, a cap on attempts, Retry-After honoured."""
+
+    max_attempts: int
+    base_seconds: float
+    max_seconds: float
+    auth_recheck_seconds: float = AUTH_RECHECK_SECONDS
+    max_retry_after_seconds: float = MAX_RETRY_AFTER_SECONDS
+    rng: random.Random = field(default_factory=random.Random)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RetryPolicy:
+        return cls(
+            max_attempts=settings.crm_max_attempts,
+            base_seconds=settings.crm_retry_base_seconds,
+            max_seconds=settings.crm_retry_max_seconds,
+        )
+
+    def delay(self, attempt: int, retry_after: float | None = None) -> float:
+        """Seconds before attempt `attempt + 1`, after `attempt` failed ones (1-based)."""
+        if retry_after is not None:
+            return min(max(retry_after, 0.0), self.max_retry_after_seconds)
+        ceiling = min(self.max_seconds, self.base_seconds * 2 ** max(attempt - 1, 0))
+        return self.rng.uniform(0.0, ceiling)
+
+
+@dataclass
+class _Pass:
+    """What one dispatcher pass did, applied and counted after its transaction commits."""
+
+    results: list[repo.Result] = field(default_factory=list)
+    superseded: list[int] = field(default_factory=list)
+    crm_ids: dict[str, str] = field(default_factory=dict)
+    seen: Counter[str] = field(default_factory=Counter)
+    outcomes: Counter[str] = field(default_factory=Counter)
+    halted: str | None = None
+    failure: str | None = None
+    pause: float | None = None
+    succeeded: bool = False
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        connector: Connector,
+        policy: RetryPolicy,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        db_now: Callable[[], datetime | None] = lambda: None,
+    ) -> None:
+        self.engine = engine
+        self.connector = connector
+        self.policy = policy
+        self._clock = clock
+        # None: the database's now(). Tests give a fixed instant to check schedules exactly.
+        self._db_now = db_now
+        self._paused_until = 0.0
+        self.halted_reason: str | None = None
+        self._halted_checked = 0.0
+        self._success_written: float | None = None
+        self._lock = asyncio.Lock()
+
+    @property
+    def tracks_health(self) -> bool:
+        return not isinstance(self.connector, LocalConnector)
+
+    async def run_once(self) -> int:
+        """Deliver one batch; return how many messages it settled (0 = nothing to do now)."""
+        async with self._lock:
+            now = self._clock()
+            if now < self._paused_until:
+                return 0
+            if self.halted_reason is not None:
+                if now - self._halted_checked < self.policy.auth_recheck_seconds:
+                    return 0
+                self._halted_checked = now
+            done = await self._run_pass()
+        return done
+
+    async def _run_pass(self) -> int:
+        work = _Pass()
+        async with self.engine.connect() as conn, conn.begin():
+            groups = await repo.claim(conn, limit=self.connector.batch_size, now=self._db_now())
+            for group in groups:
+                if not await self._handle(conn, group, work):
+                    break
+            await self._finish(conn, work)
+        self._after_commit(work)
+        return len(work.results) + len(work.superseded)
+
+    async def _handle(self, conn: AsyncConnection, group: repo.Group, work: _Pass) -> bool:
+        """Deliver one invoice's newest change; False when the rest of the batch must wait."""
+        newest = group.newest
+        if group.done_id is not None and group.done_id > newest.id:
+            # A re-queued dead letter older than what the CRM already has: never resend it.
+            work.superseded.extend(m.id for m in group.messages)
+            return True
+        work.superseded.extend(m.id for m in group.messages[:-1])
+        change = _change(newest, group.crm_id)
+        if change.status is None and change.outstanding is None:
+            work.results.append(repo.Result(newest.id, "skipped", "nothing to send: no status"))
+            work.outcomes["empty"] += 1
+            return True
+        try:
+            outcome = await self.connector.deliver(change)
+        except CrmAuthError as exc:
+            # Every later call would fail the same way: stop, burn no attempt, tell readiness.
+            work.halted = str(exc)
+            work.outcomes["auth_failed"] += 1
+            return False
+        except CrmUnavailable as exc:
+            delay = self._fail(newest, str(exc), work, retry_after=exc.retry_after)
+            work.failure = str(exc)
+            # The CRM is down or throttling us: the other messages wait rather than each
+            # burning an attempt on it.
+            work.pause = delay
+            return False
+        except CrmError as exc:
+            self._fail(newest, str(exc), work)
+            return True
+        except Exception as exc:  # a bug or an unforeseen answer must not block the outbox
+            log.exception("crm.delivery.unexpected", message_id=newest.id)
+            self._fail(newest, f"unexpected {type(exc).__name__}: {exc}", work)
+            return True
+        work.succeeded = True
+        if outcome.crm_id and outcome.crm_id != group.crm_id:
+            work.crm_ids[group.invoice_number] = outcome.crm_id
+        if isinstance(outcome, KeptCrmStatus):
+            work.seen[outcome.crm_status] += 1
+            await self._keep_crm_status(conn, newest, outcome, work)
+            return True
+        assert isinstance(outcome, Pushed)
+        if outcome.crm_status:
+            work.seen[outcome.crm_status] += 1
+        work.results.append(repo.Result(newest.id, "delivered"))
+        work.outcomes["delivered" if outcome.sent else "unchanged"] += 1
+        return True
+
+    async def _keep_crm_status(
+        self, conn: AsyncConnection, message: repo.Message, kept: KeptCrmStatus, work: _Pass
+    ) -> None:
+        wanted = message.payload.get("status")
+        reason = (
+            f"set to '{kept.crm_status}' in OpenCRM by a person; protected, so the sync's "
+            f"'{wanted}' (outbox message {message.id}) was not written"
+        )
+        result = await repo.keep_crm_status(
+            conn,
+            invoice_number=message.invoice_number,
+            message_id=message.id,
+            crm_status=kept.crm_status,
+            reason=reason,
+        )
+        note = f"not written: OpenCRM shows the protected status '{kept.crm_status}'"
+        if result == "person_decided_later":
+            note += "; a later change made in ledgerlink follows"
+        work.results.append(repo.Result(message.id, "skipped", note))
+        work.outcomes["skipped_protected"] += 1
+        log.info(
+            "crm.protected_in_crm",
+            invoice_number=message.invoice_number,
+            crm_status=kept.crm_status,
+            mirror=result,
+        )
+
+    def _fail(
+        self,
+        message: repo.Message,
+        error: str,
+        work: _Pass,
+        *,
+        retry_after: float | None = None,
+    ) -> float:
+        attempt = message.attempts + 1
+        if attempt >= self.policy.max_attempts:
+            work.results.append(repo.Result(message.id, "dead", error))
+            work.outcomes["dead"] += 1
+            log.warning(
+                "crm.delivery.dead",
+                message_id=message.id,
+                invoice_number=message.invoice_number,
+                attempts=attempt,
+                error=error,
+            )
+            return self.policy.delay(attempt, retry_after)
+        delay = self.policy.delay(attempt, retry_after)
+        work.results.append(repo.Result(message.id, "pending", error, delay))
+        work.outcomes["retry"] += 1
+        log.info(
+            "crm.delivery.retry",
+            message_id=message.id,
+            invoice_number=message.invoice_number,
+            attempt=attempt,
+            delay_seconds=round(delay, 3),
+            error=error,
+        )
+        return delay
+
+    async def _finish(self, conn: AsyncConnection, work: _Pass) -> None:
+        """Write the batch's outcomes; the shared rows last, so locks on them are brief."""
+        now = self._db_now()
+        await repo.supersede(conn, work.superseded)
+        await repo.record(conn, work.results, now=now)
+        await repo.cache_crm_ids(conn, work.crm_ids)
+        await repo.observe_statuses(conn, dict(work.seen))
+        if not self.tracks_health:
+            return
+        if work.halted is not None:
+            await repo.record_halt(conn, work.halted)
+        elif work.succeeded:
+            if self._success_due():
+                await repo.record_success(conn)
+        elif work.failure is not None:
+            await repo.record_failure(conn, work.failure)
+
+    def _success_due(self) -> bool:
+        if self._success_written is None or self.halted_reason is not None:
+            return True
+        return self._clock() - self._success_written >= SUCCESS_WRITE_SECONDS
+
+    def _after_commit(self, work: _Pass) -> None:
+        now = self._clock()
+        for outcome, count in work.outcomes.items():
+            CRM_DELIVERIES.labels(outcome).inc(count)
+        if work.superseded:
+            CRM_DELIVERIES.labels("superseded").inc(len(work.superseded))
+        if work.halted is not None:
+            if self.halted_reason is None:
+                log.error("crm.dispatcher.halted", reason=work.halted)
+            self.halted_reason = work.halted
+            self._halted_checked = now
+        elif work.succeeded:
+            if self.tracks_health and self._success_due():
+                self._success_written = now
+            if self.halted_reason is not None:
+                log.info("crm.dispatcher.resumed")
+                self.halted_reason = None
+        if work.pause is not None:
+            self._paused_until = now + work.pause
+
+
+def _change(message: repo.Message, crm_id: str | None) -> Change:
+    raw_status = message.payload.get("status")
+    status = str(raw_status).strip() if raw_status is not None else ""
+    raw = message.payload.get("outstanding")
+    outstanding: Decimal | None = None
+    if raw is not None and str(raw).strip():
+        try:
+            outstanding = Decimal(str(raw))
+        except InvalidOperation:
+            outstanding = None
+    return Change(
+        message_id=message.id,
+        invoice_number=message.invoice_number,
+        source=message.source,
+        status=status or None,
+        outstanding=outstanding,
+        crm_id=crm_id,
+    )
+
+
+def build_connector(settings: Settings, http: httpx.AsyncClient) -> Connector:
+    if settings.crm_mode is CrmMode.local:
+        return LocalConnector(batch_size=settings.worker_batch_size)
+    base_url, key, passkey = (
+        settings.opencrm_base_url,
+        settings.opencrm_key,
+        settings.opencrm_passkey,
+    )
+    if not base_url or key is None or passkey is None:  # the settings validator prevents it
+        raise SettingsError("LEDGERLINK_CRM_MODE=opencrm needs the OPENCRM_* settings")
+    client = OpenCrmClient(
+        http,
+        base_url=base_url,
+        key=key,
+        passkey=passkey,
+        path_template=settings.opencrm_path_template,
+        timeout=settings.opencrm_timeout_seconds,
+        user_agent=USER_AGENT,
+    )
+    return OpenCrmConnector(
+        client,
+        status_field=settings.opencrm_status_field,
+        number_field=settings.opencrm_number_field,
+        outstanding_field=settings.opencrm_outstanding_field,
+        protected_statuses=settings.protected_statuses,
+    )
+
+
+def build_dispatcher(
+    settings: Settings, engine: AsyncEngine, http: httpx.AsyncClient
+) -> Dispatcher:
+    return Dispatcher(engine, build_connector(settings, http), RetryPolicy.from_settings(settings))
+
+
+# Dead letters (the admin API) -----------------------------------------------------------------
+
+
+async def retry_dead_letter(conn: AsyncConnection, message_id: int) -> Any:
+    """Dead letter -> pending, attempts reset; 404 unknown, 409 when it is not dead."""
+    row = await repo.requeue_dead(conn, message_id)
+    if row is None:
+        existing = await repo.get_message(conn, message_id)
+        if existing is None:
+            raise NotFound(f"no outbox message {message_id}")
+        raise Conflict(
+            f"outbox message {message_id} is '{existing.state}', not 'dead': only dead letters "
+            "can be retried"
+        )
+    await repo.notify_outbox(conn)
+    log.info("crm.dead_letter.retried", message_id=message_id)
+    return row
+
+
+# Readiness ------------------------------------------------------------------------------------
+
+HEALTH_ATTR = "crm_health"
+HEALTH_MAX_AGE_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class CrmHealth:
+    state: repo.DispatcherState
+    dead: int
+    read_at: float
+
+
+async def refresh_health(app_state: Any) -> CrmHealth:
+    """Read the shared dispatcher state into `app_state` (for the synchronous readiness check)."""
+    async with app_state.engine.connect() as conn:
+        state, dead = await repo.read_state(conn)
+    health = CrmHealth(state, dead, time.monotonic())
+    setattr(app_state, HEALTH_ATTR, health)
+    return health
 
 
 def readiness_problems(app_state: Any) -> tuple[list[str], list[str]]:
-    """(problems that fail readiness, warnings that do not) about the CRM connection."""
-    return [], []
+    """(problems that fail readiness, warnings that do not) about the CRM connection.
+
+    The workers usually run in other processes, so their findings are read from the shared
+    `crm_dispatcher_state` row. This function is synchronous: it answers from the last reading
+    and starts a fresh one when that is older than a few seconds, so a halt shows on /readyz
+    within one probe period. An in-process worker's halt shows at once.
+    """
+    settings: Settings = app_state.settings
+    _schedule_refresh(app_state)
+    fatal: list[str] = []
+    warnings: list[str] = []
+    health: CrmHealth | None = getattr(app_state, HEALTH_ATTR, None)
+    if health is not None and health.dead:
+        warnings.append(
+            f"{health.dead} CRM outbox message(s) are dead letters: "
+            "GET /v1/crm/outbox?state=dead, then POST /v1/crm/outbox/{id}/retry"
+        )
+    if settings.crm_mode is not CrmMode.opencrm:
+        return fatal, warnings
+    halted = _in_process_halt(app_state)
+    if halted is None and health is not None and health.state.halted_reason:
+        since = health.state.halted_at.isoformat() if health.state.halted_at else "recently"
+        halted = f"{health.state.halted_reason} (since {since})"
+    if halted is not None:
+        fatal.append(f"CRM deliveries halted, nothing is lost meanwhile: {halted}")
+    elif health is not None and _failing(health.state):
+        warnings.append(f"OpenCRM not reachable: {health.state.last_error}")
+    return fatal, warnings
+
+
+def _failing(state: repo.DispatcherState) -> bool:
+    if state.last_error_at is None:
+        return False
+    return state.last_success_at is None or state.last_error_at > state.last_success_at
+
+
+def _in_process_halt(app_state: Any) -> str | None:
+    worker = getattr(app_state, "worker", None)
+    ctx = getattr(worker, "ctx", None)
+    dispatcher = getattr(ctx, "state", {}).get(DISPATCHER_KEY) if ctx is not None else None
+    if isinstance(dispatcher, Dispatcher):
+        return dispatcher.halted_reason
+    return None
+
+
+def _schedule_refresh(app_state: Any) -> None:
+    health: CrmHealth | None = getattr(app_state, HEALTH_ATTR, None)
+    if health is not None and time.monotonic() - health.read_at < HEALTH_MAX_AGE_SECONDS:
+        return
+    task: asyncio.Task[Any] | None = getattr(app_state, "crm_health_task", None)
+    if task is not None and not task.done():
+        return
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    if getattr(app_state, "engine", None) is None:
+        return
+    app_state.crm_health_task = loop.create_task(_refresh_quietly(app_state))
+
+
+async def _refresh_quietly(app_state: Any) -> None:
+    try:
+        await refresh_health(app_state)
+    except Exception as exc:  # the database check of /readyz reports an outage already
+        log.debug("crm.health.refresh_failed", error=type(exc).__name__)

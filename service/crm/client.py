@@ -1,0 +1,261 @@
+"""The OpenCRM REST API over httpx: find, read and edit invoices, errors mapped to exceptions.
+
+What is known about the API (DOMAIN.md "OpenCRM"): form-encoded POSTs to
+`{base}/api/rest/{method}`, credentials as the form fields `key` and `passkey`, errors as
+`{"error": "..."}` (even with HTTP 200; "Unauthorized" for bad credentials). The shape of a
+successful answer is not documented, so it is parsed defensively (`records_in`).
+
+Credentials never appear in an exception, a log line or a metric label.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+from pydantic import SecretStr
+
+from service.logging import get_logger
+from service.ops.metrics import CRM_LATENCY
+
+log = get_logger(__name__)
+
+# Keys under which a list of records may come back; the first one present wins.
+_LIST_KEYS = ("results", "result", "records", "data", "invoices", "items", "rows", "list")
+# Names the record id may carry in a record (OpenCRM calls it `crmid` in requests).
+ID_KEYS = ("crmid", "invoiceid", "invoice_id", "id", "recordid", "record_id")
+_AUTH_ERROR = re.compile(
+    r"unauthori[sz]ed|not authori[sz]ed|access denied|invalid (?:api )?(?:key|passkey|credential)",
+    re.IGNORECASE,
+)
+_MAX_MESSAGE = 300
+
+
+class CrmError(Exception):
+    """A failed OpenCRM call, with a message safe to log and to show an operator."""
+
+
+class CrmAuthError(CrmError):
+    """OpenCRM refused our credentials (or our address): retrying cannot help."""
+
+
+class CrmUnavailable(CrmError):
+    """Network error, timeout, 5xx, 429 or an answer that is not JSON: try again later."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class CrmRejected(CrmError):
+    """OpenCRM answered with an error about this request (`{"error": ...}` or a 4xx)."""
+
+
+class CrmInvoiceNotFound(CrmRejected):
+    """No OpenCRM invoice matches (yet: SageLink may not have created it)."""
+
+
+class CrmAmbiguous(CrmRejected):
+    """Several OpenCRM invoices match one invoice number; none is edited."""
+
+
+@dataclass(frozen=True)
+class CrmInvoice:
+    crm_id: str
+    fields: dict[str, Any] = field(default_factory=dict)
+
+    def text(self, name: str) -> str | None:
+        """A field as text, None when the record does not carry it."""
+        if name not in self.fields:
+            return None
+        value = self.fields[name]
+        return "" if value is None else str(value).strip()
+
+
+class OpenCrmClient:
+    """One instance per worker; the httpx client (and its connection pool) is shared."""
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        *,
+        base_url: str,
+        key: SecretStr,
+        passkey: SecretStr,
+        path_template: str = "/api/rest/{method}",
+        timeout: float = 10.0,
+        user_agent: str,
+    ) -> None:
+        self._http = http
+        self._base = base_url.rstrip("/")
+        self._key = key
+        self._passkey = passkey
+        self._path_template = path_template
+        self._timeout = timeout
+        self._user_agent = user_agent
+
+    async def find_invoices(
+        self, field_name: str, value: str, *, limit: int = 100
+    ) -> list[CrmInvoice]:
+        """Invoices whose `field_name` equals `value` (`get_invoice_list` with a query_string)."""
+        body = await self.call(
+            "get_invoice_list",
+            query_string=f"{field_name}|=|{value}",
+            limit_start="0",
+            limit_end=str(limit),
+        )
+        found = []
+        for record in records_in(body):
+            crm_id = record_id(record)
+            if crm_id is not None:
+                found.append(CrmInvoice(crm_id, record))
+        return found
+
+    async def get_invoice(self, crm_id: str) -> CrmInvoice:
+        body = await self.call("get_invoice", crmid=crm_id)
+        records = records_in(body)
+        if len(records) != 1:
+            raise CrmInvoiceNotFound(f"get_invoice returned no single record for crmid {crm_id}")
+        return CrmInvoice(crm_id, records[0])
+
+    async def edit_invoice(self, crm_id: str, fields: Mapping[str, str]) -> None:
+        """Update an existing invoice with exactly these fields.
+
+        OpenCRM saves a field sent empty as blank, and `crmid=0` creates a record: both are
+        refused here, whatever the caller asked.
+        """
+        if not crm_id or crm_id.strip() in ("", "0"):
+            raise ValueError("edit_invoice needs the crmid of an existing invoice")
+        empty = [name for name, value in fields.items() if not str(value).strip()]
+        if empty or not fields:
+            raise ValueError(f"refusing to send empty fields {empty or '(none given)'}")
+        await self.call("edit_invoice", crmid=crm_id, **dict(fields))
+
+    async def call(self, method: str, **params: str) -> Any:
+        """POST one API method; return the parsed JSON or raise a CrmError."""
+        url = self._base + self._path_template.replace("{method}", method)
+        form = {
+            "key": self._key.get_secret_value(),
+            "passkey": self._passkey.get_secret_value(),
+            **params,
+        }
+        started = time.perf_counter()
+        try:
+            response = await self._http.post(
+                url,
+                data=form,
+                headers={"User-Agent": self._user_agent, "Accept": "application/json"},
+                timeout=self._timeout,
+            )
+        except httpx.TimeoutException:
+            raise CrmUnavailable(f"OpenCRM {method}: no answer within {self._timeout:g}s") from None
+        except httpx.HTTPError as exc:
+            raise CrmUnavailable(f"OpenCRM {method}: {type(exc).__name__}") from None
+        finally:
+            CRM_LATENCY.labels(method).observe(time.perf_counter() - started)
+        log.debug("crm.call", method=method, status=response.status_code)
+        return _parse(method, response)
+
+
+def _parse(method: str, response: httpx.Response) -> Any:
+    status = response.status_code
+    body: Any = None
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    error = _error_text(body)
+    if status in (401, 403) or (error is not None and _AUTH_ERROR.search(error)):
+        shown = error or f"HTTP {status}"
+        raise CrmAuthError(
+            f"OpenCRM refused the API credentials for {method} ({_clip(shown)}): check "
+            "LEDGERLINK_OPENCRM_KEY / LEDGERLINK_OPENCRM_PASSKEY, that API access is enabled "
+            "and that this address is on the IP allow-list"
+        )
+    if status == 429 or status >= 500:
+        raise CrmUnavailable(
+            f"OpenCRM {method}: HTTP {status}" + (f" ({_clip(error)})" if error else ""),
+            retry_after=retry_after_seconds(response.headers.get("Retry-After")),
+        )
+    if error is not None:
+        raise CrmRejected(f"OpenCRM {method} answered an error: {_clip(error)}")
+    if status >= 400:
+        raise CrmRejected(f"OpenCRM {method}: HTTP {status}")
+    if body is None:
+        # A proxy, a maintenance page or a login form, not the API: worth another try later.
+        kind = response.headers.get("content-type", "no content type")
+        raise CrmUnavailable(f"OpenCRM {method}: HTTP {status} answer is not JSON ({kind})")
+    return body
+
+
+def _error_text(body: Any) -> str | None:
+    if not isinstance(body, dict):
+        return None
+    error = body.get("error")
+    if error in (None, False, "", 0):
+        if body.get("success") is False:
+            return str(body.get("message") or "success: false")
+        return None
+    if isinstance(error, dict):
+        error = error.get("message") or error.get("description") or error
+    return str(error)
+
+
+def _clip(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= _MAX_MESSAGE else text[: _MAX_MESSAGE - 1] + "…"
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """`Retry-After` as seconds from now: delta-seconds or an HTTP date (RFC 9110)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def records_in(body: Any) -> list[dict[str, Any]]:
+    """The records in an answer whose shape is not documented.
+
+    Accepted: a single record (it carries an id); a list of records; an object holding
+    records under a usual key (results, data, records, ...); an object keyed by record id.
+    """
+    if isinstance(body, list):
+        return [r for r in body if isinstance(r, dict)]
+    if not isinstance(body, dict) or not body:
+        return []
+    if record_id(body) is not None:
+        # A record itself (checked first: a record may hold lists, like its line items).
+        return [body]
+    for key in _LIST_KEYS:
+        if key in body:
+            inner = body[key]
+            if isinstance(inner, dict) and record_id(inner) is not None:
+                return [inner]
+            return records_in(inner)
+    values = list(body.values())
+    if all(isinstance(v, dict) for v in values):
+        return [v for v in values if isinstance(v, dict)]
+    return [body]
+
+
+def record_id(record: Mapping[str, Any]) -> str | None:
+    for key in ID_KEYS:
+        value = record.get(key)
+        if value not in (None, "", 0, "0"):
+            return str(value).strip()
+    return None

@@ -1,0 +1,419 @@
+"""All SQL of the CRM feature: claiming outbox messages, recording outcomes, dispatcher state."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Literal
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+# First key of the two-key advisory locks taken per invoice, so they never meet another
+# feature's locks ("LLCR").
+ADVISORY_NAMESPACE = 0x4C4C4352
+
+# The dispatcher's clock: the database's now(), or a fixed instant given by a test.
+_NOW = "coalesce(CAST(:now AS timestamptz), now())"
+
+
+@dataclass(frozen=True)
+class Message:
+    id: int
+    invoice_number: str
+    source: str
+    payload: dict[str, Any]
+    attempts: int
+
+
+@dataclass
+class Group:
+    """The pending messages of one invoice, oldest first; only the newest is delivered."""
+
+    invoice_number: str
+    messages: list[Message] = field(default_factory=list)
+    crm_id: str | None = None
+    # The newest message already delivered or skipped for this invoice, if any.
+    done_id: int | None = None
+
+    @property
+    def newest(self) -> Message:
+        return self.messages[-1]
+
+
+@dataclass(frozen=True)
+class Result:
+    """How one message ends this attempt."""
+
+    id: int
+    state: Literal["delivered", "skipped", "pending", "dead"]
+    error: str | None = None
+    # Seconds until the next attempt (state pending).
+    delay: float | None = None
+
+
+_CLAIM_HEADS = sa.text(
+    f"""
+    SELECT o.id, o.invoice_number
+    FROM outbox AS o
+    WHERE o.state = 'pending'
+      AND o.next_attempt_at <= {_NOW}
+      AND NOT EXISTS (
+        SELECT 1 FROM outbox AS p
+        WHERE p.invoice_number = o.invoice_number AND p.state = 'pending' AND p.id < o.id
+      )
+    ORDER BY o.id
+    LIMIT :limit
+    FOR UPDATE OF o SKIP LOCKED
+    """
+)
+
+_LOCK_INVOICES = sa.text(
+    """
+    SELECT t.invoice_number
+    FROM unnest(CAST(:invoices AS text[])) AS t(invoice_number)
+    WHERE pg_try_advisory_xact_lock(:namespace, hashtext(t.invoice_number))
+    """
+)
+
+_LOAD_GROUPS = sa.text(
+    """
+    SELECT o.id, o.invoice_number, o.source, o.payload, o.attempts, i.crm_id,
+           (SELECT max(d.id) FROM outbox AS d
+             WHERE d.invoice_number = o.invoice_number
+               AND d.state IN ('delivered', 'skipped')) AS done_id
+    FROM outbox AS o
+    LEFT JOIN invoices AS i ON i.invoice_number = o.invoice_number
+    WHERE o.invoice_number = ANY(CAST(:invoices AS text[])) AND o.state = 'pending'
+    ORDER BY o.invoice_number, o.id
+    FOR UPDATE OF o
+    """
+)
+
+
+async def claim(conn: AsyncConnection, *, limit: int, now: datetime | None) -> list[Group]:
+    """Up to `limit` invoices with a due message, each with all its pending messages locked.
+
+    Per invoice only the oldest pending message can be claimed, and only when it is due, and
+    the invoice is held by an advisory lock for the transaction: a newer change never
+    overtakes an older one, whatever the number of dispatchers.
+    """
+    heads = (await conn.execute(_CLAIM_HEADS, {"limit": limit, "now": now})).all()
+    if not heads:
+        return []
+    order = [row.invoice_number for row in heads]
+    locked = set(
+        (
+            await conn.execute(_LOCK_INVOICES, {"invoices": order, "namespace": ADVISORY_NAMESPACE})
+        ).scalars()
+    )
+    invoices = [n for n in order if n in locked]
+    if not invoices:
+        return []
+    groups: dict[str, Group] = {}
+    for row in await conn.execute(_LOAD_GROUPS, {"invoices": invoices}):
+        group = groups.setdefault(
+            row.invoice_number,
+            Group(row.invoice_number, crm_id=row.crm_id, done_id=row.done_id),
+        )
+        group.messages.append(
+            Message(row.id, row.invoice_number, row.source, dict(row.payload), row.attempts)
+        )
+    return [groups[n] for n in invoices if n in groups]
+
+
+async def supersede(conn: AsyncConnection, ids: Sequence[int]) -> None:
+    if ids:
+        await conn.execute(
+            sa.text(
+                "UPDATE outbox SET state = 'superseded' "
+                "WHERE id = ANY(CAST(:ids AS bigint[])) AND state = 'pending'"
+            ),
+            {"ids": list(ids)},
+        )
+
+
+_RECORD = sa.text(
+    f"""
+    UPDATE outbox AS o SET
+      state = u.state,
+      attempts = o.attempts + 1,
+      last_error = u.error,
+      next_attempt_at = CASE WHEN u.delay IS NULL THEN o.next_attempt_at
+                             ELSE {_NOW} + u.delay * interval '1 second' END,
+      delivered_at = CASE WHEN u.state = 'delivered' THEN {_NOW} ELSE o.delivered_at END
+    FROM unnest(CAST(:ids AS bigint[]), CAST(:states AS text[]), CAST(:errors AS text[]),
+                CAST(:delays AS float8[])) AS u(id, state, error, delay)
+    WHERE o.id = u.id
+    """
+)
+
+
+async def record(conn: AsyncConnection, results: Sequence[Result], *, now: datetime | None) -> None:
+    """One attempt more for each message, and where it stands now (one statement)."""
+    if not results:
+        return
+    await conn.execute(
+        _RECORD,
+        {
+            "ids": [r.id for r in results],
+            "states": [r.state for r in results],
+            "errors": [r.error for r in results],
+            "delays": [r.delay for r in results],
+            "now": now,
+        },
+    )
+
+
+async def cache_crm_ids(conn: AsyncConnection, crm_ids: dict[str, str]) -> None:
+    """Remember each invoice's CRM record id (a cache: updated_at is left alone)."""
+    if not crm_ids:
+        return
+    numbers = sorted(crm_ids)
+    await conn.execute(
+        sa.text(
+            """
+            UPDATE invoices AS i SET crm_id = u.crm_id
+            FROM unnest(CAST(:numbers AS text[]), CAST(:ids AS text[])) AS u(invoice_number, crm_id)
+            WHERE i.invoice_number = u.invoice_number AND i.crm_id IS DISTINCT FROM u.crm_id
+            """
+        ),
+        {"numbers": numbers, "ids": [crm_ids[n] for n in numbers]},
+    )
+
+
+async def observe_statuses(conn: AsyncConnection, seen: dict[str, int]) -> None:
+    """Count the status values read from CRM invoices (fed to the picklist verification).
+
+    Sorted, and run at the end of a batch: two dispatchers never wait on each other in a cycle.
+    """
+    if not seen:
+        return
+    values = sorted(seen)
+    await conn.execute(
+        sa.text(
+            """
+            INSERT INTO crm_observed_statuses AS c (value, times_seen)
+            SELECT v.value, v.times FROM unnest(CAST(:values AS text[]), CAST(:times AS int[]))
+              AS v(value, times)
+            ORDER BY v.value
+            ON CONFLICT (value) DO UPDATE
+              SET last_seen = now(), times_seen = c.times_seen + EXCLUDED.times_seen
+            """
+        ),
+        {"values": values, "times": [seen[v] for v in values]},
+    )
+
+
+KeepOutcome = Literal["updated", "unchanged", "no_invoice", "person_decided_later"]
+
+
+async def keep_crm_status(
+    conn: AsyncConnection,
+    *,
+    invoice_number: str,
+    message_id: int,
+    crm_status: str,
+    reason: str,
+) -> KeepOutcome:
+    """Give the mirror invoice the protected status a person set in the CRM, with history.
+
+    Not when a person changed the invoice in ledgerlink after this message was written: that
+    later decision is on its way to the CRM and wins.
+    """
+    current = (
+        await conn.execute(
+            sa.text(
+                "SELECT status, outstanding FROM invoices WHERE invoice_number = :n FOR UPDATE"
+            ),
+            {"n": invoice_number},
+        )
+    ).first()
+    if current is None:
+        return "no_invoice"
+    # A new statement after the row lock: it sees whatever a concurrent edit committed.
+    later = (
+        await conn.execute(
+            sa.text(
+                "SELECT EXISTS (SELECT 1 FROM outbox WHERE invoice_number = :n AND id > :id "
+                "AND source IN ('manual', 'bulk'))"
+            ),
+            {"n": invoice_number, "id": message_id},
+        )
+    ).scalar_one()
+    if later:
+        return "person_decided_later"
+    if current.status == crm_status:
+        return "unchanged"
+    outstanding: Decimal = current.outstanding
+    await conn.execute(
+        sa.text(
+            "UPDATE invoices SET status = :status, updated_at = now() WHERE invoice_number = :n"
+        ),
+        {"status": crm_status, "n": invoice_number},
+    )
+    await conn.execute(
+        sa.text(
+            """
+            INSERT INTO status_history (invoice_number, from_status, to_status,
+              from_outstanding, to_outstanding, source, actor, reason)
+            VALUES (:n, :from_status, :to_status, :outstanding, :outstanding, 'crm', 'opencrm',
+              :reason)
+            """
+        ),
+        {
+            "n": invoice_number,
+            "from_status": current.status,
+            "to_status": crm_status,
+            "outstanding": outstanding,
+            "reason": reason,
+        },
+    )
+    return "updated"
+
+
+# Dispatcher state (one row, id 1) -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DispatcherState:
+    halted_reason: str | None = None
+    halted_at: datetime | None = None
+    last_error: str | None = None
+    last_error_at: datetime | None = None
+    last_success_at: datetime | None = None
+
+
+async def record_halt(conn: AsyncConnection, reason: str) -> None:
+    await conn.execute(
+        sa.text(
+            """
+            INSERT INTO crm_dispatcher_state AS s (id, halted_reason, halted_at, last_error,
+              last_error_at, updated_at)
+            VALUES (1, :reason, now(), :reason, now(), now())
+            ON CONFLICT (id) DO UPDATE SET
+              halted_reason = EXCLUDED.halted_reason,
+              halted_at = coalesce(s.halted_at, EXCLUDED.halted_at),
+              last_error = EXCLUDED.last_error, last_error_at = EXCLUDED.last_error_at,
+              updated_at = now()
+            """
+        ),
+        {"reason": reason},
+    )
+
+
+async def record_failure(conn: AsyncConnection, error: str) -> None:
+    await conn.execute(
+        sa.text(
+            """
+            INSERT INTO crm_dispatcher_state AS s (id, last_error, last_error_at, updated_at)
+            VALUES (1, :error, now(), now())
+            ON CONFLICT (id) DO UPDATE SET last_error = EXCLUDED.last_error,
+              last_error_at = EXCLUDED.last_error_at, updated_at = now()
+            """
+        ),
+        {"error": error},
+    )
+
+
+async def record_success(conn: AsyncConnection) -> None:
+    await conn.execute(
+        sa.text(
+            """
+            INSERT INTO crm_dispatcher_state AS s (id, last_success_at, updated_at)
+            VALUES (1, now(), now())
+            ON CONFLICT (id) DO UPDATE SET halted_reason = NULL, halted_at = NULL,
+              last_success_at = EXCLUDED.last_success_at, updated_at = now()
+            """
+        )
+    )
+
+
+async def read_state(conn: AsyncConnection) -> tuple[DispatcherState, int]:
+    """The dispatcher state and the number of dead letters."""
+    row = (
+        await conn.execute(
+            sa.text(
+                """
+                SELECT s.halted_reason, s.halted_at, s.last_error, s.last_error_at,
+                       s.last_success_at,
+                       (SELECT count(*) FROM outbox WHERE state = 'dead') AS dead
+                FROM (SELECT 1) AS one
+                LEFT JOIN crm_dispatcher_state AS s ON s.id = 1
+                """
+            )
+        )
+    ).one()
+    state = DispatcherState(
+        halted_reason=row.halted_reason,
+        halted_at=row.halted_at,
+        last_error=row.last_error,
+        last_error_at=row.last_error_at,
+        last_success_at=row.last_success_at,
+    )
+    return state, int(row.dead)
+
+
+# The outbox as the API shows it ----------------------------------------------------------------
+
+_COLUMNS = (
+    "id, invoice_number, source, state, payload, attempts, next_attempt_at, last_error, "
+    "created_at, delivered_at"
+)
+
+
+async def list_messages(
+    conn: AsyncConnection,
+    *,
+    state: str | None,
+    invoice_number: str | None,
+    after_id: int,
+    limit: int,
+) -> list[sa.Row[Any]]:
+    """Messages in id order after `after_id`; one more than `limit` tells there is a next page."""
+    clauses = ["id > :after"]
+    if state is not None:
+        clauses.append("state = :state")
+    if invoice_number is not None:
+        clauses.append("invoice_number = :invoice_number")
+    query = sa.text(
+        f"SELECT {_COLUMNS} FROM outbox WHERE {' AND '.join(clauses)} ORDER BY id LIMIT :limit"
+    )
+    params = {
+        "after": after_id,
+        "state": state,
+        "invoice_number": invoice_number,
+        "limit": limit + 1,
+    }
+    result = await conn.execute(query, {k: v for k, v in params.items() if v is not None})
+    return list(result.all())
+
+
+async def get_message(conn: AsyncConnection, message_id: int) -> sa.Row[Any] | None:
+    return (
+        await conn.execute(
+            sa.text(f"SELECT {_COLUMNS} FROM outbox WHERE id = :id"), {"id": message_id}
+        )
+    ).first()
+
+
+async def requeue_dead(conn: AsyncConnection, message_id: int) -> sa.Row[Any] | None:
+    """A dead letter back to pending, attempts reset; None when it is not a dead letter."""
+    return (
+        await conn.execute(
+            sa.text(
+                f"""
+                UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at = now()
+                WHERE id = :id AND state = 'dead'
+                RETURNING {_COLUMNS}
+                """
+            ),
+            {"id": message_id},
+        )
+    ).first()
+
+
+async def notify_outbox(conn: AsyncConnection) -> None:
+    await conn.execute(sa.text("SELECT pg_notify('ledgerlink_outbox', '')"))

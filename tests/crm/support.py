@@ -1,0 +1,179 @@
+"""Helpers for the CRM tests: rows written straight with SQL, dispatchers with test clocks."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import httpx
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service.crm.client import OpenCrmClient
+from service.crm.connector import Connector, LocalConnector, OpenCrmConnector
+from service.crm.service import Dispatcher, RetryPolicy
+from tests.support import fake_opencrm
+
+BASE_URL = "https://acme.opencrm.test"
+_tran = itertools.count(1)
+
+
+async def add_invoice(
+    engine: AsyncEngine,
+    number: str,
+    *,
+    status: str = "Unpaid",
+    outstanding: str = "100.00",
+    crm_id: str | None = None,
+) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(
+            sa.text(
+                """
+                INSERT INTO invoices (invoice_number, account_ref, sage_tran_number,
+                  invoice_date, gross, status, outstanding, crm_id)
+                VALUES (:n, 'ACME01', :t, DATE '2026-11-01', 100, :s, :o, :c)
+                """
+            ),
+            {"n": number, "t": next(_tran), "s": status, "o": Decimal(outstanding), "c": crm_id},
+        )
+
+
+async def set_invoice(engine: AsyncEngine, number: str, *, status: str, outstanding: str) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(
+            sa.text("UPDATE invoices SET status = :s, outstanding = :o WHERE invoice_number = :n"),
+            {"n": number, "s": status, "o": Decimal(outstanding)},
+        )
+
+
+async def add_message(
+    engine: AsyncEngine,
+    number: str,
+    status: str | None,
+    outstanding: str | None = "0.00",
+    *,
+    source: str = "sync",
+    state: str = "pending",
+    attempts: int = 0,
+    history_id: int | None = None,
+) -> int:
+    payload: dict[str, Any] = {"status": status, "outstanding": outstanding}
+    if history_id is not None:
+        payload["history_id"] = history_id
+    async with engine.begin() as conn:
+        new_id: int = (
+            await conn.execute(
+                sa.text(
+                    """
+                    INSERT INTO outbox (invoice_number, payload, source, state, attempts)
+                    VALUES (:n, CAST(:p AS jsonb), :src, :state, :a) RETURNING id
+                    """
+                ),
+                {
+                    "n": number,
+                    "p": json.dumps(payload),
+                    "src": source,
+                    "state": state,
+                    "a": attempts,
+                },
+            )
+        ).scalar_one()
+    return new_id
+
+
+async def messages(engine: AsyncEngine) -> dict[int, Any]:
+    async with engine.connect() as conn:
+        rows = await conn.execute(sa.text("SELECT * FROM outbox ORDER BY id"))
+        return {row.id: row for row in rows}
+
+
+async def scalar(engine: AsyncEngine, sql: str, **params: Any) -> Any:
+    async with engine.connect() as conn:
+        return (await conn.execute(sa.text(sql), params)).scalar()
+
+
+async def db_now(engine: AsyncEngine) -> datetime:
+    value: datetime = await scalar(engine, "SELECT now()")
+    return value
+
+
+class TopRandom(random.Random):
+    """Full jitter at its ceiling: the backoff is exactly base * 2^(n-1) (capped)."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return b
+
+
+@dataclass
+class Clocks:
+    """A monotonic clock and a database instant, both moved by hand."""
+
+    now: datetime
+    mono: float = 1000.0
+    log: list[str] = field(default_factory=list)
+
+    def monotonic(self) -> float:
+        return self.mono
+
+    def db(self) -> datetime | None:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.mono += seconds
+        self.now += timedelta(seconds=seconds)
+
+
+def policy(max_attempts: int = 5, base: float = 2.0, cap: float = 60.0) -> RetryPolicy:
+    return RetryPolicy(
+        max_attempts=max_attempts,
+        base_seconds=base,
+        max_seconds=cap,
+        auth_recheck_seconds=60.0,
+        rng=TopRandom(),
+    )
+
+
+def opencrm_connector(
+    http: httpx.AsyncClient,
+    *,
+    base_url: str = BASE_URL,
+    outstanding_field: str | None = fake_opencrm.OUTSTANDING_FIELD,
+    batch_size: int = 20,
+) -> OpenCrmConnector:
+    from pydantic import SecretStr
+
+    client = OpenCrmClient(
+        http,
+        base_url=base_url,
+        key=SecretStr(fake_opencrm.KEY),
+        passkey=SecretStr(fake_opencrm.PASSKEY),
+        user_agent="ledgerlink/test",
+        timeout=5.0,
+    )
+    return OpenCrmConnector(
+        client,
+        status_field=fake_opencrm.STATUS_FIELD,
+        number_field=fake_opencrm.NUMBER_FIELD,
+        outstanding_field=outstanding_field,
+        protected_statuses=["Written Off", "Paid/Written Off"],
+        batch_size=batch_size,
+    )
+
+
+def dispatcher(
+    engine: AsyncEngine,
+    connector: Connector | None = None,
+    *,
+    clocks: Clocks | None = None,
+    retry: RetryPolicy | None = None,
+) -> Dispatcher:
+    kwargs: dict[str, Any] = {}
+    if clocks is not None:
+        kwargs = {"clock": clocks.monotonic, "db_now": clocks.db}
+    return Dispatcher(engine, connector or LocalConnector(), retry or policy(), **kwargs)

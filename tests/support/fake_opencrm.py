@@ -1,0 +1,296 @@
+"""A small fake OpenCRM for tests: a real HTTP server on a local port, invoices in memory.
+
+It speaks what DOMAIN.md says of the API: form-encoded POSTs to `/api/rest/{method}`,
+credentials `key`/`passkey`, `get_invoice_list` (query_string `FIELD|=|VALUE`, which, like
+the real API, it does not validate: an unknown field filters nothing), `get_invoice`,
+`edit_invoice` (a field sent empty is saved blank; `crmid=0` creates), errors as
+`{"error": ...}` with HTTP 200. It records every request and can be told to fail
+(5xx, 429 with Retry-After, "Unauthorized"), to hold an edit, or to go down entirely.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import socket
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+KEY = "fake-opencrm-key-0001"
+PASSKEY = "fake-opencrm-passkey-0001"
+NUMBER_FIELD = "invoice_no"
+STATUS_FIELD = "invoicestatus"
+OUTSTANDING_FIELD = "amount_outstanding"
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """One request, without its credentials."""
+
+    method: str
+    params: dict[str, str]
+    user_agent: str
+    credentials_ok: bool
+    answered: int
+
+
+@dataclass(frozen=True)
+class Edit:
+    """One applied edit_invoice and what the invoice showed after it."""
+
+    crm_id: str
+    invoice_number: str
+    fields: dict[str, str]
+    status: str
+    outstanding: str
+
+
+@dataclass
+class _Failure:
+    status: int
+    retry_after: str | None = None
+    error: str | None = None
+
+
+@dataclass
+class Hold:
+    """The next edit waits here: `reached` is set when it arrives, it goes on on `release`.
+
+    An edit whose caller hung up meanwhile is dropped (counted in `FakeOpenCrm.dropped`), as if
+    the crash had lost it: only a sender that delivers at least once gets it through.
+    """
+
+    reached: threading.Event = field(default_factory=threading.Event)
+    release: threading.Event = field(default_factory=threading.Event)
+
+
+class FakeOpenCrm:
+    def __init__(self, *, key: str = KEY, passkey: str = PASSKEY) -> None:
+        self.key = key
+        self.passkey = passkey
+        self.invoices: dict[str, dict[str, str]] = {}
+        self.requests: list[Recorded] = []
+        self.edits: list[Edit] = []
+        self.created: list[dict[str, str]] = []
+        self.dropped = 0
+        self.unauthorized = False
+        # Requests touching these invoice numbers answer this HTTP status, until cleared.
+        self.failing_invoices: dict[str, int] = {}
+        self._failures: deque[_Failure] = deque()
+        self._hold: Hold | None = None
+        self._ids = itertools.count(4001)
+        self._lock = threading.Lock()
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self.port = _free_port()
+        self.app = self._build_app()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    # Data ----------------------------------------------------------------------------------
+
+    def add_invoice(
+        self, number: str, status: str = "Unpaid", outstanding: str = "0.00", **fields: str
+    ) -> str:
+        crm_id = str(next(self._ids))
+        with self._lock:
+            self.invoices[crm_id] = {
+                "crmid": crm_id,
+                NUMBER_FIELD: number,
+                "subject": f"Invoice {number}",
+                STATUS_FIELD: status,
+                OUTSTANDING_FIELD: outstanding,
+                **fields,
+            }
+        return crm_id
+
+    def invoice(self, number: str) -> dict[str, str]:
+        with self._lock:
+            for record in self.invoices.values():
+                if record.get(NUMBER_FIELD) == number:
+                    return dict(record)
+        raise KeyError(number)
+
+    def set_by_person(self, number: str, **fields: str) -> None:
+        """A person editing the invoice in OpenCRM's own screens."""
+        with self._lock:
+            for record in self.invoices.values():
+                if record.get(NUMBER_FIELD) == number:
+                    record.update(fields)
+                    return
+        raise KeyError(number)
+
+    def edits_for(self, number: str) -> list[Edit]:
+        with self._lock:
+            return [e for e in self.edits if e.invoice_number == number]
+
+    def calls(self, method: str | None = None) -> list[Recorded]:
+        with self._lock:
+            return [r for r in self.requests if method is None or r.method == method]
+
+    # Faults --------------------------------------------------------------------------------
+
+    def fail_next(self, count: int, status: int = 500, *, retry_after: str | None = None) -> None:
+        with self._lock:
+            self._failures.extend(_Failure(status, retry_after) for _ in range(count))
+
+    def hold_next_edit(self) -> Hold:
+        hold = Hold()
+        with self._lock:
+            self._hold = hold
+        return hold
+
+    # Server --------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Serve on self.port (the same port again after `stop`)."""
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", self.port))
+        config = uvicorn.Config(
+            self.app,
+            log_level="warning",
+            lifespan="off",
+            timeout_graceful_shutdown=1,
+            access_log=False,
+        )
+        server = uvicorn.Server(config)
+        thread = threading.Thread(
+            target=server.run, kwargs={"sockets": [sock]}, name="fake-opencrm", daemon=True
+        )
+        thread.start()
+        deadline = time.monotonic() + 10
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the fake OpenCRM did not start")
+            time.sleep(0.01)
+        self._server, self._thread = server, thread
+
+    def stop(self) -> None:
+        """Go down: the port refuses connections until `start` again."""
+        server, thread = self._server, self._thread
+        self._server = self._thread = None
+        if server is not None and thread is not None:
+            server.should_exit = True
+            thread.join(timeout=10)
+
+    # The API -------------------------------------------------------------------------------
+
+    def _build_app(self) -> FastAPI:
+        app = FastAPI()
+
+        @app.post("/api/rest/{method}")
+        async def api(method: str, request: Request) -> Response:
+            params = dict(parse_qsl((await request.body()).decode(), keep_blank_values=True))
+            key, passkey = params.pop("key", None), params.pop("passkey", None)
+            credentials_ok = key == self.key and passkey == self.passkey
+            response = await self._answer(method, params, credentials_ok, request)
+            with self._lock:
+                self.requests.append(
+                    Recorded(
+                        method,
+                        params,
+                        request.headers.get("user-agent", ""),
+                        credentials_ok,
+                        response.status_code,
+                    )
+                )
+            return response
+
+        return app
+
+    async def _answer(
+        self, method: str, params: dict[str, str], credentials_ok: bool, request: Request
+    ) -> Response:
+        with self._lock:
+            failure = self._failures.popleft() if self._failures else None
+            touched = self._invoice_number_of(params)
+            persistent = self.failing_invoices.get(touched) if touched else None
+        if failure is None and persistent is not None:
+            failure = _Failure(persistent)
+        if failure is not None:
+            headers = {"Retry-After": failure.retry_after} if failure.retry_after else None
+            return JSONResponse(
+                {"error": f"fake failure {failure.status}"},
+                status_code=failure.status,
+                headers=headers,
+            )
+        if self.unauthorized or not credentials_ok:
+            return JSONResponse({"error": "Unauthorized"})
+        if method == "get_invoice_list":
+            return JSONResponse(self._list(params))
+        if method == "get_invoice":
+            with self._lock:
+                record = self.invoices.get(params.get("crmid", ""))
+                found = dict(record) if record is not None else None
+            return JSONResponse(found if found is not None else {"error": "Record not found"})
+        if method == "edit_invoice":
+            return JSONResponse(await self._edit(params, request))
+        return JSONResponse({"error": f"Unknown method {method}"})
+
+    def _invoice_number_of(self, params: dict[str, str]) -> str | None:
+        query = params.get("query_string")
+        if query:
+            return query.split("|")[-1]
+        record = self.invoices.get(params.get("crmid", ""))
+        return record.get(NUMBER_FIELD) if record else None
+
+    def _list(self, params: dict[str, str]) -> dict[str, Any]:
+        field_name, _, value = (params.get("query_string") or "||").partition("|=|")
+        start = int(params.get("limit_start") or 0)
+        end = int(params.get("limit_end") or 100)
+        with self._lock:
+            records = [dict(r) for r in self.invoices.values()]
+        known = any(field_name in r for r in records)
+        if known:
+            # Like the real API, a field it does not know filters nothing.
+            records = [r for r in records if r.get(field_name) == value]
+        return {"total": len(records), "results": records[start:end]}
+
+    async def _edit(self, params: dict[str, str], request: Request) -> dict[str, Any]:
+        crm_id = params.pop("crmid", "")
+        with self._lock:
+            hold, self._hold = self._hold, None
+        if hold is not None:
+            hold.reached.set()
+            await asyncio.get_running_loop().run_in_executor(None, hold.release.wait, 30)
+            if await request.is_disconnected():
+                with self._lock:
+                    self.dropped += 1
+                return {"error": "the caller hung up"}
+        with self._lock:
+            if crm_id in ("", "0"):
+                self.created.append(dict(params))
+                return {"error": "creating invoices is not expected in these tests"}
+            record = self.invoices.get(crm_id)
+            if record is None:
+                return {"error": "Record not found"}
+            record.update(params)  # an empty value blanks the field, as OpenCRM does
+            self.edits.append(
+                Edit(
+                    crm_id,
+                    record.get(NUMBER_FIELD, ""),
+                    dict(params),
+                    record.get(STATUS_FIELD, ""),
+                    record.get(OUTSTANDING_FIELD, ""),
+                )
+            )
+        return {"success": True, "crmid": crm_id}
+
+
+def _free_port() -> int:
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
