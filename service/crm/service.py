@@ -370,54 +370,32 @@ async def retry_dead_letter(conn: AsyncConnection, message_id: int) -> Any:
 
 # Readiness ------------------------------------------------------------------------------------
 
-HEALTH_ATTR = "crm_health"
-HEALTH_MAX_AGE_SECONDS = 5.0
 
-
-@dataclass(frozen=True)
-class CrmHealth:
-    state: repo.DispatcherState
-    dead: int
-    read_at: float
-
-
-async def refresh_health(app_state: Any) -> CrmHealth:
-    """Read the shared dispatcher state into `app_state` (for the synchronous readiness check)."""
-    async with app_state.engine.connect() as conn:
-        state, dead = await repo.read_state(conn)
-    health = CrmHealth(state, dead, time.monotonic())
-    setattr(app_state, HEALTH_ATTR, health)
-    return health
-
-
-def readiness_problems(app_state: Any) -> tuple[list[str], list[str]]:
+async def readiness_problems(conn: AsyncConnection, app_state: Any) -> tuple[list[str], list[str]]:
     """(problems that fail readiness, warnings that do not) about the CRM connection.
 
-    The workers usually run in other processes, so their findings are read from the shared
-    `crm_dispatcher_state` row. This function is synchronous: it answers from the last reading
-    and starts a fresh one when that is older than a few seconds, so a halt shows on /readyz
-    within one probe period. An in-process worker's halt shows at once.
+    Workers usually run in other processes, so their findings are read from the shared
+    `crm_dispatcher_state` row on every probe; an in-process worker's halt shows at once.
     """
     settings: Settings = app_state.settings
-    _schedule_refresh(app_state)
+    state, dead = await repo.read_state(conn)
     fatal: list[str] = []
     warnings: list[str] = []
-    health: CrmHealth | None = getattr(app_state, HEALTH_ATTR, None)
-    if health is not None and health.dead:
+    if dead:
         warnings.append(
-            f"{health.dead} CRM outbox message(s) are dead letters: "
+            f"{dead} CRM outbox message(s) are dead letters: "
             "GET /v1/crm/outbox?state=dead, then POST /v1/crm/outbox/{id}/retry"
         )
     if settings.crm_mode is not CrmMode.opencrm:
         return fatal, warnings
     halted = _in_process_halt(app_state)
-    if halted is None and health is not None and health.state.halted_reason:
-        since = health.state.halted_at.isoformat() if health.state.halted_at else "recently"
-        halted = f"{health.state.halted_reason} (since {since})"
+    if halted is None and state.halted_reason:
+        since = state.halted_at.isoformat() if state.halted_at else "recently"
+        halted = f"{state.halted_reason} (since {since})"
     if halted is not None:
         fatal.append(f"CRM deliveries halted, nothing is lost meanwhile: {halted}")
-    elif health is not None and _failing(health.state):
-        warnings.append(f"OpenCRM not reachable: {health.state.last_error}")
+    elif _failing(state):
+        warnings.append(f"OpenCRM not reachable: {state.last_error}")
     return fatal, warnings
 
 
@@ -434,26 +412,3 @@ def _in_process_halt(app_state: Any) -> str | None:
     if isinstance(dispatcher, Dispatcher):
         return dispatcher.halted_reason
     return None
-
-
-def _schedule_refresh(app_state: Any) -> None:
-    health: CrmHealth | None = getattr(app_state, HEALTH_ATTR, None)
-    if health is not None and time.monotonic() - health.read_at < HEALTH_MAX_AGE_SECONDS:
-        return
-    task: asyncio.Task[Any] | None = getattr(app_state, "crm_health_task", None)
-    if task is not None and not task.done():
-        return
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        return
-    if getattr(app_state, "engine", None) is None:
-        return
-    app_state.crm_health_task = loop.create_task(_refresh_quietly(app_state))
-
-
-async def _refresh_quietly(app_state: Any) -> None:
-    try:
-        await refresh_health(app_state)
-    except Exception as exc:  # the database check of /readyz reports an outage already
-        log.debug("crm.health.refresh_failed", error=type(exc).__name__)

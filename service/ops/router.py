@@ -55,6 +55,9 @@ async def readyz(request: Request) -> Any:
                     f"code {sorted(head_revisions())})"
                 )
             warnings.extend(await picklist_warnings(conn, settings))
+            crm_fatal, crm_warnings = await crm_problems(conn, request.app.state)
+            problems.extend(crm_fatal)
+            warnings.extend(crm_warnings)
     except Exception as exc:  # readiness must answer, whatever the database does
         checks.setdefault("database", "unreachable")
         if checks["database"] == "ok":
@@ -67,9 +70,6 @@ async def readyz(request: Request) -> Any:
             "no webhook secret configured (LEDGERLINK_WEBHOOK_SECRETS): "
             "the ingest webhook refuses all deliveries"
         )
-    crm_fatal, crm_warnings = crm_problems(request.app.state)
-    problems.extend(crm_fatal)
-    warnings.extend(crm_warnings)
     ready = not problems
     body = Readiness(
         status="ready" if ready else "not_ready",

@@ -14,7 +14,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.crm import repository as repo
 from service.crm.connector import LocalConnector
-from service.crm.service import refresh_health
 from service.db import libpq_url
 from service.main import create_app
 from tests.conftest import ADMIN_KEY, READ_KEY, WRITE_KEY, auth, make_settings
@@ -119,7 +118,6 @@ async def opencrm_app(database_url: str, engine: AsyncEngine) -> AsyncIterator[F
 
 
 async def readyz(app: FastAPI) -> httpx.Response:
-    await refresh_health(app.state)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
         return await c.get("/readyz")
@@ -159,7 +157,6 @@ async def test_local_mode_ignores_a_halt_left_from_opencrm_mode(
 ) -> None:
     async with engine.begin() as conn:
         await repo.record_halt(conn, "OpenCRM refused the API credentials")
-    await refresh_health(app.state)
     response = await client.get("/readyz")
     assert response.status_code == 200
     assert response.json()["problems"] == []
