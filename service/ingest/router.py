@@ -1,7 +1,139 @@
-"""HTTP endpoints of this feature."""
+"""HTTP endpoint of ingestion: POST /v1/webhooks/sage/postings (rules in service.py)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Any
 
-router = APIRouter()
+from fastapi import APIRouter, Request, Response
+
+from service.errors import PROBLEM_JSON, ServiceError
+from service.ingest.schemas import IngestResult, PostingBatch
+from service.ingest.service import WebhookIngest, count_rejection, too_large
+
+router = APIRouter(tags=["ingest"])
+
+WEBHOOK_PATH = "/v1/webhooks/sage/postings"
+
+
+def _inline_schema(model: type[PostingBatch]) -> dict[str, Any]:
+    """The model's JSON schema with its $defs inlined, for a body FastAPI does not parse."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return resolve(defs[ref.removeprefix("#/$defs/")])
+            return {key: resolve(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [resolve(item) for item in node]
+        return node
+
+    resolved: dict[str, Any] = resolve(schema)
+    return resolved
+
+
+def _problem(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {PROBLEM_JSON: {}}}
+
+
+SIGNATURE_HEADERS = [
+    {
+        "name": "webhook-id",
+        "in": "header",
+        "required": True,
+        "description": "Unique per batch; a retry of the same batch sends the same id",
+        "schema": {"type": "string", "maxLength": 255},
+    },
+    {
+        "name": "webhook-timestamp",
+        "in": "header",
+        "required": True,
+        "description": "Unix time in seconds when the delivery was signed",
+        "schema": {"type": "string", "pattern": "^[0-9]+$"},
+    },
+    {
+        "name": "webhook-signature",
+        "in": "header",
+        "required": True,
+        "description": 'Space-separated "v1,<base64 HMAC-SHA256 of id.timestamp.body>"',
+        "schema": {"type": "string"},
+    },
+]
+
+
+@router.post(
+    WEBHOOK_PATH,
+    operation_id="ingestSagePostings",
+    summary="Receive a signed batch of Sage postings",
+    status_code=202,
+    response_model=IngestResult,
+    responses={
+        200: {
+            "model": IngestResult,
+            "description": "This webhook-id was applied before: "
+            "its stored answer, nothing applied again",
+        },
+        202: {"description": "Stored (committed) and the affected invoices queued"},
+        400: _problem("The body is not JSON"),
+        401: _problem("Missing headers, bad signature, or timestamp outside the tolerance"),
+        409: _problem("The same webhook-id is being processed right now; retry"),
+        413: _problem("Body over LEDGERLINK_MAX_BODY_BYTES"),
+        422: _problem(
+            "A posting is invalid (errors name postings[i].field; nothing stored), or the "
+            "webhook-id was used before for a different body"
+        ),
+        503: _problem("No webhook secret configured, or the database is unavailable; retry"),
+    },
+    openapi_extra={
+        "parameters": SIGNATURE_HEADERS,
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": _inline_schema(PostingBatch)}},
+        },
+    },
+)
+async def receive_postings(request: Request) -> Response:
+    """Standard Webhooks signed, idempotent by `webhook-id`, stored all-or-nothing.
+
+    The body is read here, not by FastAPI: the signature is over the exact bytes received,
+    and an oversize body is refused before it is read whole.
+    """
+    ingest = _ingest(request)
+    try:
+        signed = ingest.check_headers(
+            request.headers.get("webhook-id"),
+            request.headers.get("webhook-timestamp"),
+            request.headers.get("webhook-signature"),
+        )
+        body = await _read_body(request, ingest)
+        answer = await ingest.receive(signed, body)
+    except ServiceError as exc:
+        count_rejection(exc)
+        raise
+    return Response(answer.body, status_code=answer.status_code, media_type="application/json")
+
+
+def _ingest(request: Request) -> WebhookIngest:
+    state = request.app.state
+    ingest: WebhookIngest | None = getattr(state, "webhook_ingest", None)
+    if ingest is None:
+        ingest = WebhookIngest(state.settings, state.engine)
+        state.webhook_ingest = ingest
+    return ingest
+
+
+async def _read_body(request: Request, ingest: WebhookIngest) -> bytes:
+    limit = ingest.settings.max_body_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit():
+        ingest.check_length(int(declared))
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)

@@ -23,7 +23,14 @@ class Invoice(SQLModel, table=True):
     __table_args__ = (
         sa.Index("ix_invoices_account_ref", "account_ref", "invoice_number"),
         sa.Index("ix_invoices_status", "status", "invoice_number"),
-        sa.Index("ix_invoices_sage_tran_number", "sage_tran_number", unique=True),
+        # Live invoices only: ingest lets a deleted invoice keep the SI it came from while
+        # that SI (its reference edited) now feeds another invoice number.
+        sa.Index(
+            "ix_invoices_sage_tran_number",
+            "sage_tran_number",
+            unique=True,
+            postgresql_where=sa.text("NOT deleted"),
+        ),
         sa.Index(
             "ix_invoices_dirty",
             "dirty_since",

@@ -1,0 +1,1 @@
+"""Benchmarks: `make bench` (full, writes docs/BENCHMARKS.md) and `make bench-quick`."""

@@ -1,0 +1,257 @@
+"""What every benchmark shares: the result record, the service started as `make run` starts it,
+and small statistics helpers."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import math
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH_DATABASE_ENV = "LEDGERLINK_BENCH_DATABASE_URL"
+BENCH_API_KEY = "bench-admin-key-0000000000000000"
+BENCH_WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"ledgerlink-bench-secret-0123456789").decode()
+READY_TIMEOUT_SECONDS = 180.0
+
+
+@dataclass
+class BenchResult:
+    """One figure beside its baseline. `met` is None when the figure has no target."""
+
+    name: str
+    value: float
+    unit: str
+    baseline_name: str | None = None
+    baseline_value: float | None = None
+    ratio: float | None = None
+    target: str = ""
+    met: bool | None = None
+    notes: str = ""
+
+    def __post_init__(self) -> None:
+        if self.ratio is None and self.baseline_value:
+            self.ratio = self.value / self.baseline_value
+
+
+@dataclass(frozen=True)
+class Service:
+    base_url: str
+    database_url: str
+    api_key: str
+    webhook_secret: str
+    pid: int
+    log_path: Path
+    # The embedded PostgreSQL's postmaster (None for LEDGERLINK_BENCH_DATABASE_URL).
+    postmaster_pid: int | None = None
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _ledgerlink_command() -> list[str]:
+    script = Path(sys.executable).with_name("ledgerlink")
+    if script.exists():
+        return [str(script)]
+    found = shutil.which("ledgerlink")
+    if found:
+        return [found]
+    return [sys.executable, "-c", "from service.cli import main; main()"]
+
+
+@contextlib.contextmanager
+def database() -> Iterator[str]:
+    """LEDGERLINK_BENCH_DATABASE_URL when set, else an embedded PostgreSQL in a temporary
+    directory (the same wheel and defaults `make run` uses), gone afterwards."""
+    with _database() as (url, _postmaster_pid):
+        yield url
+
+
+@contextlib.contextmanager
+def _database() -> Iterator[tuple[str, int | None]]:
+    """database(), with the postmaster's pid when the server is ours."""
+    url = os.environ.get(BENCH_DATABASE_ENV)
+    if url:
+        yield url, None
+        return
+    from service.db import EmbeddedPostgres
+
+    with tempfile.TemporaryDirectory(prefix="ledgerlink-bench-pg-") as tmp:
+        embedded = EmbeddedPostgres(Path(tmp), cleanup="delete")
+        try:
+            url = embedded.start()
+            yield url, embedded.postmaster_pid()
+        finally:
+            embedded.stop()
+
+
+@contextlib.contextmanager
+def running_service(*, extra_env: dict[str, str] | None = None) -> Iterator[Service]:
+    """`ledgerlink serve --dev` (what `make run` runs: migrate, serve, worker in process) on a
+    free port, with bench credentials, until /readyz answers 200.
+
+    The database is the harness's own (see `database()`), handed over as
+    LEDGERLINK_DATABASE_URL, so a baseline can write to the very same server.
+    """
+    with (
+        _database() as (database_url, postmaster_pid),
+        tempfile.TemporaryDirectory(prefix="ledgerlink-bench-") as tmp,
+    ):
+        port = free_port()
+        env = {
+            **os.environ,
+            "LEDGERLINK_DATA_DIR": tmp,
+            "LEDGERLINK_DATABASE_URL": database_url,
+            "LEDGERLINK_HOST": "127.0.0.1",
+            "LEDGERLINK_PORT": str(port),
+            "LEDGERLINK_API_KEYS": json.dumps({BENCH_API_KEY: ["admin"]}),
+            "LEDGERLINK_WEBHOOK_SECRETS": BENCH_WEBHOOK_SECRET,
+            "LEDGERLINK_LOG_LEVEL": "WARNING",
+            **(extra_env or {}),
+        }
+        log_path = Path(tmp) / "service.log"
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(
+                [*_ledgerlink_command(), "serve", "--dev"],
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        base_url = f"http://127.0.0.1:{port}"
+        try:
+            _wait_ready(base_url, process, log_path)
+            yield Service(
+                base_url=base_url,
+                database_url=database_url,
+                api_key=BENCH_API_KEY,
+                webhook_secret=BENCH_WEBHOOK_SECRET,
+                pid=process.pid,
+                log_path=log_path,
+                postmaster_pid=postmaster_pid,
+            )
+        finally:
+            _stop(process)
+
+
+def _wait_ready(base_url: str, process: subprocess.Popen[bytes], log_path: Path) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(
+                f"the service exited with {process.returncode} before it was ready:\n"
+                + log_path.read_text(errors="replace")[-3000:]
+            )
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{base_url}/readyz", timeout=2).status_code == 200:
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"the service was not ready within {READY_TIMEOUT_SECONDS:.0f}s")
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """The service we started, by its id: SIGINT (as Ctrl-C after `make run`), then SIGKILL."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
+
+
+def percentile(values: Sequence[float], pct: float) -> float:
+    """Nearest-rank percentile (pct in 0..100)."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(pct / 100 * len(ordered)) - 1)]
+
+
+@dataclass
+class Timer:
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+
+class CpuMeter:
+    """CPU used during a measurement: by the benchmark's own processes (this one, the service,
+    our PostgreSQL) and by everything else on the machine, which the figures cannot exclude."""
+
+    def __init__(self, service: Service) -> None:
+        self._service = service
+        self._start: tuple[float, float, float] | None = None
+        self.ours = 0.0
+        self.others = 0.0
+        self.capacity = 0.0
+
+    def _ours_now(self) -> float:
+        import psutil
+
+        roots = [os.getpid(), self._service.pid]
+        if self._service.postmaster_pid:
+            roots.append(self._service.postmaster_pid)
+        processes: dict[int, psutil.Process] = {}
+        for root in roots:
+            with contextlib.suppress(psutil.Error):
+                parent = psutil.Process(root)
+                for proc in [parent, *parent.children(recursive=True)]:
+                    processes[proc.pid] = proc  # the service is also this process's child
+        total = 0.0
+        for proc in processes.values():
+            with contextlib.suppress(psutil.Error):
+                times = proc.cpu_times()
+                total += times.user + times.system
+        return total
+
+    @staticmethod
+    def _machine_now() -> tuple[float, float]:
+        import psutil
+
+        times = psutil.cpu_times()
+        return sum(times) - times.idle - getattr(times, "iowait", 0.0), time.monotonic()
+
+    def __enter__(self) -> CpuMeter:
+        busy, now = self._machine_now()
+        self._start = (busy, now, self._ours_now())
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        assert self._start is not None
+        busy0, t0, ours0 = self._start
+        busy1, t1 = self._machine_now()
+        # Processes that ended during the run (pool connections) are not counted as ours.
+        self.ours = max(0.0, self._ours_now() - ours0)
+        self.others = max(0.0, (busy1 - busy0) - self.ours)
+        self.capacity = (t1 - t0) * (os.cpu_count() or 1)
+
+    def describe(self) -> str:
+        if not self.capacity:
+            return ""
+        return (
+            f"CPU during the run: benchmark + service + PostgreSQL "
+            f"{self.ours / self.capacity:.0%}, other processes on the machine "
+            f"{self.others / self.capacity:.0%}"
+        )

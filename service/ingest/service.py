@@ -1,0 +1,315 @@
+"""The webhook's rules: who may deliver, what a batch must hold, and that each delivery is
+applied exactly once, whole, before it is acknowledged. (HTTP lives in router.py, SQL in
+repository.py.)"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service.errors import (
+    Conflict,
+    PayloadTooLarge,
+    ServiceError,
+    ServiceUnavailable,
+    Unauthorized,
+    Unprocessable,
+)
+from service.ingest import repository
+from service.ingest.schemas import IngestResult, PostingBatch
+from service.ingest.signature import SignatureRejected, SignedHeaders, Verifier
+from service.logging import get_logger
+from service.ops.metrics import BATCH_SIZE, INGEST_LATENCY, POSTINGS, WEBHOOK_DELIVERIES
+from service.settings import Settings
+
+log = get_logger(__name__)
+
+# Errors listed in one problem response; a batch of 5000 bad postings does not need 5000.
+MAX_ERRORS = 50
+# Deadlocks between concurrent batches touching the same invoices are resolved by PostgreSQL
+# aborting one of them; the whole delivery is simply run again.
+RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
+ATTEMPTS = 3
+
+
+class InvalidBody(ServiceError):
+    status_code = 400
+    title = "Invalid body"
+
+
+def rejected(
+    error: type[ServiceError],
+    reason: str,
+    detail: str,
+    *,
+    errors: list[dict[str, Any]] | None = None,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> ServiceError:
+    """A refusal whose `reason` is both in the problem body and the metric label."""
+    return error(detail, errors=errors, headers=headers, extra={"reason": reason, **extra})
+
+
+@dataclass(frozen=True)
+class Answer:
+    status_code: int
+    body: bytes
+    replayed: bool
+
+
+class WebhookIngest:
+    """One per app: the verifier is built from the settings once."""
+
+    def __init__(self, settings: Settings, engine: AsyncEngine) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.misconfigured: str | None = None
+        try:
+            self.verifier = Verifier(settings.webhook_secrets, settings.webhook_tolerance_seconds)
+        except ValueError as exc:
+            self.verifier = Verifier([], settings.webhook_tolerance_seconds)
+            self.misconfigured = f"LEDGERLINK_WEBHOOK_SECRETS: {exc}"
+
+    def check_headers(
+        self, webhook_id: str | None, timestamp: str | None, signature: str | None
+    ) -> SignedHeaders:
+        if not self.verifier.configured:
+            why = (
+                self.misconfigured or "no webhook secret is configured (LEDGERLINK_WEBHOOK_SECRETS)"
+            )
+            refused = ServiceUnavailable(
+                f"{why}, so no delivery can be authenticated; nothing was stored",
+                retry_after=60,
+            )
+            refused.extra["reason"] = "not_configured"
+            raise refused
+        try:
+            return self.verifier.check_headers(webhook_id, timestamp, signature, now=time.time())
+        except SignatureRejected as exc:
+            raise rejected(Unauthorized, exc.reason, exc.detail) from None
+
+    def check_length(self, declared: int) -> None:
+        if declared > self.settings.max_body_bytes:
+            raise too_large(self.settings.max_body_bytes)
+
+    async def receive(self, headers: SignedHeaders, body: bytes) -> Answer:
+        started = time.perf_counter()
+        try:
+            self.verifier.verify(headers, body)
+        except SignatureRejected as exc:
+            raise rejected(Unauthorized, exc.reason, exc.detail) from None
+        batch = parse_batch(body)
+        answer = await self._apply_once(headers.webhook_id, body, batch)
+        if answer.replayed:
+            WEBHOOK_DELIVERIES.labels("replayed", "").inc()
+        else:
+            WEBHOOK_DELIVERIES.labels("accepted", "").inc()
+            INGEST_LATENCY.observe(time.perf_counter() - started)
+        return answer
+
+    async def _apply_once(self, webhook_id: str, body: bytes, batch: PostingBatch) -> Answer:
+        body_sha256 = hashlib.sha256(body).digest()
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                return await self._apply(webhook_id, body_sha256, batch)
+            except Exception as exc:
+                if attempt == ATTEMPTS or _sqlstate(exc) not in RETRYABLE_SQLSTATES:
+                    raise
+                log.warning("webhook.retried", webhook_id=webhook_id, sqlstate=_sqlstate(exc))
+        raise AssertionError("unreachable")
+
+    async def _apply(self, webhook_id: str, body_sha256: bytes, batch: PostingBatch) -> Answer:
+        received = len(batch.postings)
+        async with self.engine.connect() as conn:
+            async with conn.begin():
+                claim = await repository.claim_delivery(
+                    conn, webhook_id, body_sha256, batch.source, received
+                )
+                if claim is repository.Claim.IN_FLIGHT:
+                    raise rejected(
+                        Conflict,
+                        "in_flight",
+                        f"delivery {webhook_id} is being processed right now; "
+                        "retry shortly to get its answer",
+                        headers={"Retry-After": "1"},
+                    )
+                if claim is repository.Claim.DELIVERED:
+                    result = None
+                else:
+                    outcome = await repository.store(
+                        conn, batch.postings, event_id=webhook_id, settings=self.settings
+                    )
+                    result = IngestResult(
+                        event_id=webhook_id,
+                        postings_received=received,
+                        postings_applied=outcome.applied,
+                        postings_unchanged=outcome.unchanged,
+                        invoices_affected=outcome.invoices_affected,
+                    )
+                    await repository.record_answer(conn, webhook_id, result)
+        if result is None:
+            return await self._replay(webhook_id, body_sha256)
+        # Only here, after the commit, is the delivery acknowledged.
+        POSTINGS.labels("received").inc(received)
+        POSTINGS.labels("applied").inc(result.postings_applied)
+        POSTINGS.labels("unchanged").inc(result.postings_unchanged)
+        BATCH_SIZE.observe(received)
+        return Answer(202, result.model_dump_json().encode(), replayed=False)
+
+    async def _replay(self, webhook_id: str, body_sha256: bytes) -> Answer:
+        async with self.engine.connect() as conn:
+            stored = await repository.stored_delivery(conn, webhook_id)
+        if stored is None:  # pragma: no cover - the row was committed before we looked
+            raise rejected(Conflict, "in_flight", f"delivery {webhook_id}: retry shortly")
+        stored_sha256, response = stored
+        if stored_sha256 != body_sha256:
+            raise rejected(
+                Unprocessable,
+                "id_reused",
+                f"webhook-id {webhook_id} was already delivered with a different body; "
+                "a new batch needs a new webhook-id",
+            )
+        result = IngestResult.model_validate(response)
+        return Answer(200, result.model_dump_json().encode(), replayed=True)
+
+
+def too_large(limit: int) -> ServiceError:
+    return rejected(
+        PayloadTooLarge,
+        "too_large",
+        f"the body is larger than {limit} bytes (LEDGERLINK_MAX_BODY_BYTES); "
+        "send fewer postings per batch",
+    )
+
+
+def count_rejection(exc: ServiceError) -> None:
+    reason = exc.extra.get("reason") or type(exc).__name__.lower()
+    WEBHOOK_DELIVERIES.labels("rejected", str(reason)).inc()
+
+
+def parse_batch(body: bytes) -> PostingBatch:
+    try:
+        batch = PostingBatch.model_validate_json(body, strict=True)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_input=False, include_context=False)
+        if errors and errors[0]["type"] == "json_invalid":
+            raise rejected(
+                InvalidBody, "invalid_json", f"the body is not valid JSON: {errors[0]['msg']}"
+            ) from None
+        raise _invalid_batch([_field_error(e) for e in errors]) from None
+    twice = _duplicate_keys(body, batch) or _duplicate_tran_numbers(batch)
+    if twice:
+        raise _invalid_batch(twice)
+    return batch
+
+
+def _invalid_batch(errors: list[dict[str, Any]]) -> ServiceError:
+    shown = errors[:MAX_ERRORS]
+    first = "; ".join(f"{e['field']}: {e['msg']}" for e in shown[:3])
+    more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
+    return rejected(
+        Unprocessable,
+        "invalid_batch",
+        f"the batch was not stored, because {first}{more}",
+        errors=shown,
+        error_count=len(errors),
+    )
+
+
+_FRIENDLIER = {
+    "string_pattern_mismatch": "must not contain control characters",
+    "multiple_of": "must have at most 2 decimal places",
+}
+
+
+def _field_error(error: Any) -> dict[str, Any]:
+    loc = list(error["loc"])
+    field = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc)
+    out: dict[str, Any] = {
+        "loc": loc,
+        "field": field.lstrip(".") or "body",
+        "msg": _FRIENDLIER.get(error["type"], error["msg"]),
+        "type": error["type"],
+    }
+    if len(loc) >= 2 and loc[0] == "postings" and isinstance(loc[1], int):
+        out["posting_index"] = loc[1]
+    return out
+
+
+def _duplicate_keys(body: bytes, batch: PostingBatch) -> list[dict[str, Any]]:
+    """A key twice in one JSON object means what each parser decides (the last one for ours):
+    a signed body must mean one thing, so it is refused.
+
+    Fast path: every ':' of the body is either a key's (one per field present, which pydantic
+    records in model_fields_set) or inside a text value. Only when the count does not add up,
+    or a colon may hide as an escape, is the body parsed again to look.
+    """
+    if b"\\u003a" not in body and b"\\u003A" not in body:
+        expected = len(batch.model_fields_set) + (batch.source or "").count(":")
+        for p in batch.postings:
+            expected += (
+                len(p.model_fields_set)
+                + p.account_ref.count(":")
+                + p.reference.count(":")
+                + p.details.count(":")
+                + p.nominal_code.count(":")
+            )
+            for allocation in p.allocations:
+                expected += len(allocation.model_fields_set)
+        if body.count(b":") == expected:
+            return []
+    repeated: list[str] = []
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        keys = [key for key, _ in items]
+        repeated.extend(sorted({key for key in keys if keys.count(key) > 1}))
+        return dict(items)
+
+    try:
+        json.loads(body, object_pairs_hook=pairs)
+    except ValueError:  # pydantic-core took it; a stricter parser here is no reason to store it
+        return [{"loc": [], "field": "body", "msg": "not plain JSON", "type": "json_invalid"}]
+    return [
+        {
+            "loc": [key],
+            "field": key,
+            "msg": f"the key {key!r} appears twice in one JSON object; send each key once",
+            "type": "duplicate_key",
+        }
+        for key in dict.fromkeys(repeated)
+    ]
+
+
+def _duplicate_tran_numbers(batch: PostingBatch) -> list[dict[str, Any]]:
+    first_at: dict[int, int] = {}
+    errors = []
+    for index, posting in enumerate(batch.postings):
+        earlier = first_at.setdefault(posting.tran_number, index)
+        if earlier != index:
+            errors.append(
+                {
+                    "loc": ["postings", index, "tran_number"],
+                    "field": f"postings[{index}].tran_number",
+                    "msg": f"{posting.tran_number} is already postings[{earlier}]; "
+                    "send each transaction once per batch",
+                    "type": "duplicate",
+                    "posting_index": index,
+                }
+            )
+    return errors
+
+
+def _sqlstate(exc: BaseException) -> str | None:
+    current: BaseException | None = exc
+    while current is not None:
+        state = getattr(current, "sqlstate", None)
+        if isinstance(state, str):
+            return state
+        current = getattr(current, "orig", None) or current.__cause__
+    return None
