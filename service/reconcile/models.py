@@ -27,6 +27,10 @@ class SyncRun(SQLModel, table=True):
         sa.Index(
             "ix_sync_runs_queued", "requested_at", postgresql_where=sa.text("status = 'queued'")
         ),
+        # Requested runs in progress: a worker takes over one whose heartbeat went stale.
+        sa.Index(
+            "ix_sync_runs_running", "heartbeat_at", postgresql_where=sa.text("status = 'running'")
+        ),
     )
 
     id: uuid.UUID = Field(sa_column=sa.Column(pg.UUID(as_uuid=True), primary_key=True))
@@ -52,6 +56,13 @@ class SyncRun(SQLModel, table=True):
     skipped_protected: int = Field(default=0, sa_column=_count())
     conflicts: int = Field(default=0, sa_column=_count())
     error: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
+    # Keyset position of a requested run (the last invoice number it examined): a run is
+    # executed in batches, each its own transaction, and resumes from here after a crash.
+    cursor: str | None = Field(default=None, sa_column=sa.Column(sa.String(30)))
+    # Refreshed by every batch of a running requested run; a stale one is taken over.
+    heartbeat_at: datetime | None = Field(
+        default=None, sa_column=sa.Column(sa.DateTime(timezone=True))
+    )
 
 
 class SyncRunChange(SQLModel, table=True):

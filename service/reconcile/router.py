@@ -1,7 +1,221 @@
-"""HTTP endpoints of this feature."""
+"""HTTP endpoints of reconciliation: sync runs and reports."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import csv
+import io
+import time
+import uuid
+from decimal import Decimal
+from typing import Annotated, Any
 
-router = APIRouter()
+from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.responses import JSONResponse
+
+from service.auth import ReadKey, WriteKey
+from service.deps import EngineDep, SettingsDep
+from service.errors import NotFound
+from service.reconcile import service
+from service.reconcile.repository import RunScope
+from service.reconcile.schemas import (
+    Report,
+    ReportItem,
+    ReportKind,
+    RunChange,
+    RunCounts,
+    SyncRunOut,
+    SyncTrigger,
+    SyncTriggered,
+)
+
+router = APIRouter(tags=["reconciliation"])
+
+_CSV_FIELDS = list(ReportItem.model_fields)
+
+
+@router.post(
+    "/v1/sync/trigger",
+    operation_id="trigger_sync",
+    status_code=202,
+    response_model=SyncTriggered,
+    responses={
+        200: {"model": SyncRunOut, "description": "With ?wait=true: the finished run"},
+    },
+)
+async def trigger_sync(
+    body: SyncTrigger,
+    principal: WriteKey,
+    engine: EngineDep,
+    settings: SettingsDep,
+    request: Request,
+    wait: Annotated[
+        bool,
+        Query(
+            description="Execute the run within the request and answer 200 with it; a run "
+            "that does not finish in time is handed to the workers (202)"
+        ),
+    ] = False,
+) -> Any:
+    """Request a sync run. Queued for the workers (202), or with `wait=true` executed within
+    the request. A dry run computes and records every change and writes nothing else."""
+    scope = RunScope(
+        scope=body.scope,
+        account_ref=body.account_ref,
+        invoice_numbers=list(dict.fromkeys(body.invoice_numbers))
+        if body.invoice_numbers is not None
+        else None,
+    )
+    run_id = await service.request_run(
+        engine, scope, dry_run=body.dry_run, actor=principal.name, running=wait
+    )
+    location = {"Location": f"/v1/sync/runs/{run_id}"}
+    if wait:
+        deadline = time.monotonic() + max(1.0, settings.request_timeout_seconds * 0.7)
+        if await service.execute_run(engine, settings, run_id, deadline=deadline):
+            async with engine.connect() as conn:
+                view = await service.run_view(conn, run_id, changes_limit=100, changes_cursor=None)
+            assert view is not None
+            return JSONResponse(
+                _run_out(view).model_dump(mode="json"), status_code=200, headers=location
+            )
+        await service.requeue_run(engine, run_id)
+        _wake_worker(request)
+        return JSONResponse(
+            SyncTriggered(run_id=run_id, status="queued").model_dump(mode="json"),
+            status_code=202,
+            headers=location,
+        )
+    _wake_worker(request)
+    return JSONResponse(
+        SyncTriggered(run_id=run_id, status="queued").model_dump(mode="json"),
+        status_code=202,
+        headers=location,
+    )
+
+
+@router.get("/v1/sync/runs/{run_id}", operation_id="get_sync_run", response_model=SyncRunOut)
+async def get_sync_run(
+    run_id: uuid.UUID,
+    principal: ReadKey,
+    engine: EngineDep,
+    changes_limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    changes_cursor: Annotated[str | None, Query(max_length=100)] = None,
+) -> SyncRunOut:
+    """A sync run with its counts and a page of its changes."""
+    async with engine.connect() as conn:
+        view = await service.run_view(
+            conn, run_id, changes_limit=changes_limit, changes_cursor=changes_cursor
+        )
+    if view is None:
+        raise NotFound(f"no sync run {run_id}")
+    return _run_out(view)
+
+
+@router.get(
+    "/v1/reconciliation/report",
+    operation_id="reconciliation_report",
+    response_model=Report,
+    responses={200: {"content": {"text/csv": {"schema": {"type": "string"}}}}},
+)
+async def reconciliation_report(
+    principal: ReadKey,
+    engine: EngineDep,
+    settings: SettingsDep,
+    request: Request,
+    kind: Annotated[
+        ReportKind,
+        Query(
+            description="divergent: status differs from the derived label, overpaid, "
+            "duplicate invoice number, deleted in Sage, or a warning (missing picklist label); "
+            "conflicts: protected invoices whose postings disagree; "
+            "mismatches: Sage's outstanding differs from the allocations"
+        ),
+    ] = "divergent",
+    limit: Annotated[int, Query(ge=1, le=5000)] = 100,
+    cursor: Annotated[str | None, Query(max_length=100)] = None,
+    accept: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> Any:
+    """Invoices that need a person's eye, paged by invoice number. JSON, or CSV with
+    `Accept: text/csv` (the next page's URL is then in the `Link` header)."""
+    async with engine.connect() as conn:
+        rows, next_cursor = await service.report(conn, kind, settings, limit=limit, cursor=cursor)
+    items = [ReportItem.model_validate(row) for row in rows]
+    if accept is not None and "text/csv" in accept.lower():
+        headers = {"Content-Disposition": f'attachment; filename="{kind}.csv"'}
+        if next_cursor is not None:
+            url = request.url.include_query_params(cursor=next_cursor)
+            headers["Link"] = f'<{url}>; rel="next"'
+        return Response(_csv(items), media_type="text/csv; charset=utf-8", headers=headers)
+    return Report(kind=kind, items=items, next_cursor=next_cursor)
+
+
+def _run_out(view: service.RunView) -> SyncRunOut:
+    run = view.run
+    return SyncRunOut(
+        run_id=run.id,
+        status=run.status,
+        trigger=run.trigger,
+        dry_run=run.dry_run,
+        scope=run.scope,
+        actor=run.actor,
+        requested_at=run.requested_at,
+        started_at=run.started_at,
+        finished_at=run.finished_at,
+        error=run.error,
+        counts=RunCounts(
+            examined=run.examined,
+            changed=run.changed,
+            unchanged=run.unchanged,
+            skipped_protected=run.skipped_protected,
+            conflicts=run.conflicts,
+        ),
+        changes=[
+            RunChange(
+                invoice_number=c.invoice_number,
+                from_status=c.from_status,
+                to_status=c.to_status,
+                from_outstanding=c.from_outstanding,
+                to_outstanding=c.to_outstanding,
+            )
+            for c in view.changes
+        ],
+        next_changes_cursor=view.next_changes_cursor,
+    )
+
+
+def _csv(items: list[ReportItem]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(_CSV_FIELDS)
+    for item in items:
+        writer.writerow(_csv_cell(getattr(item, name)) for name in _CSV_FIELDS)
+    return out.getvalue()
+
+
+def _csv_cell(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, Decimal):
+        return f"{value:.2f}"
+    if isinstance(value, list):
+        return ";".join(str(v) for v in value)
+    text = str(value)
+    # A cell a spreadsheet would run as a formula is defused (CSV injection).
+    return "'" + text if text[:1] in ("=", "+", "-", "@") and not _is_number(text) else text
+
+
+def _is_number(text: str) -> bool:
+    try:
+        Decimal(text)
+    except ArithmeticError:
+        return False
+    return True
+
+
+def _wake_worker(request: Request) -> None:
+    """The in-process worker, if any, starts at once (pg_notify reaches the others)."""
+    worker = getattr(request.app.state, "worker", None)
+    if worker is not None:
+        worker.wake()

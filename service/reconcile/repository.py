@@ -1,0 +1,779 @@
+"""All SQL of reconciliation.
+
+The engine is one statement per batch (`_APPLY`): it aggregates the live allocations of the
+batch's invoices, classifies write-offs, derives the state and the label to write, and writes
+invoice + status_history + outbox + sync_run_changes + the run's counts, set-based, in the
+caller's transaction. The claim is a separate, earlier statement of the same transaction, so
+the apply statement's snapshot is taken while the rows are already locked: anything committed
+before it is seen, anything not yet committed (an ingest waiting on our row lock) re-marks the
+invoice dirty after we commit. Nothing is lost and nothing is done twice.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from functools import lru_cache
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from service.rules import write_off_sql
+from service.settings import DERIVED_STATES, SAGELINK_FALLBACK, Settings, WriteOffMode
+
+OUTBOX_CHANNEL = "ledgerlink_outbox"
+DIRTY_CHANNEL = "ledgerlink_dirty"
+WRITE_OFF_STATES = ("written_off", "paid_written_off")
+_BIG_BATCH = 1000
+_HUGE_BATCH = 10_000
+_BIG_BATCH_WORK_MEM = "64MB"
+
+# ---------------------------------------------------------------------------------------------
+# Claims
+# ---------------------------------------------------------------------------------------------
+
+_CLAIM_DIRTY = sa.text(
+    """
+    SELECT invoice_number FROM invoices
+    WHERE dirty_since IS NOT NULL
+    ORDER BY dirty_since
+    LIMIT :limit
+    FOR UPDATE SKIP LOCKED
+    """
+)
+
+
+async def claim_dirty(conn: AsyncConnection, limit: int) -> list[str]:
+    """Lock up to `limit` dirty invoices, oldest first, skipping those another worker holds."""
+    rows = await conn.execute(_CLAIM_DIRTY, {"limit": limit})
+    return list(rows.scalars())
+
+
+@dataclass(frozen=True)
+class RunScope:
+    scope: str  # dirty | all
+    account_ref: str | None = None
+    invoice_numbers: list[str] | None = None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RunScope:
+        return cls(
+            scope=str(data.get("scope", "dirty")),
+            account_ref=data.get("account_ref"),
+            invoice_numbers=data.get("invoice_numbers"),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"scope": self.scope}
+        if self.account_ref is not None:
+            out["account_ref"] = self.account_ref
+        if self.invoice_numbers is not None:
+            out["invoice_numbers"] = self.invoice_numbers
+        return out
+
+
+async def claim_for_run(
+    conn: AsyncConnection,
+    scope: RunScope,
+    *,
+    limit: int,
+    after: str | None,
+    dirty_bound: datetime | None,
+    dry_run: bool,
+) -> list[str]:
+    """The next batch of a requested run.
+
+    Scope `all` (and any account / invoice-list narrowing) walks invoice numbers in order
+    (keyset on `after`) and waits for row locks in that order, so a worker's batch in hand is
+    finished first and recomputed after it. Scope `dirty` takes what was dirty when the run
+    started, skipping rows another worker is reconciling right now. A dry run locks nothing.
+    """
+    where: list[str] = []
+    params: dict[str, Any] = {"limit": limit}
+    if scope.account_ref is not None:
+        where.append("account_ref = :account_ref")
+        params["account_ref"] = scope.account_ref
+    if scope.invoice_numbers is not None:
+        where.append("invoice_number = ANY(CAST(:numbers AS text[]))")
+        params["numbers"] = scope.invoice_numbers
+    if scope.scope == "dirty":
+        where.append("dirty_since IS NOT NULL")
+    if scope.scope == "dirty" and not dry_run:
+        where.append("dirty_since <= :bound")
+        params["bound"] = dirty_bound
+        order, lock = "dirty_since", "FOR UPDATE SKIP LOCKED"
+    else:
+        if after is not None:
+            where.append("invoice_number > :after")
+            params["after"] = after
+        order, lock = "invoice_number", "" if dry_run else "FOR UPDATE"
+    sql = (
+        "SELECT invoice_number FROM invoices "
+        f"WHERE {' AND '.join(where) or 'true'} ORDER BY {order} LIMIT :limit {lock}"
+    )
+    rows = await conn.execute(sa.text(sql), params)
+    return list(rows.scalars())
+
+
+# ---------------------------------------------------------------------------------------------
+# The engine
+# ---------------------------------------------------------------------------------------------
+
+# `t`: the batch, as locked. `alloc`: its live allocations (allocation and settling posting
+# not deleted), each with its kind: P paid (SR, SA), R refund (SP), D discount (SD), W write-off
+# (SC classified by service/rules.py), C credit (other SC); anything else (an allocation on an
+# SI) counts for nothing. `fig` computes the figures, `st` the state, `fin` what to write.
+_COMPUTE = """
+WITH
+labels AS MATERIALIZED (
+    SELECT m.state, m.label, m.fallback,
+           m.label IN (SELECT value FROM picklist_values) AS label_ok,
+           m.fallback IN (SELECT value FROM picklist_values) AS fallback_ok
+    FROM unnest(
+        CAST(:states AS text[]), CAST(:labels AS text[]), CAST(:fallbacks AS text[])
+    ) AS m(state, label, fallback)
+),
+t AS MATERIALIZED (
+    SELECT i.ctid AS tid, i.invoice_number, i.sage_tran_number, i.gross, i.sage_outstanding,
+           i.status, i.derived_state, i.outstanding, i.computed_outstanding, i.paid,
+           i.discounted, i.written_off, i.credited, i.conflict, i.mismatch, i.warning,
+           i.deleted, i.dirty_since,
+           i.status = ANY(CAST(:protected AS text[])) AS protected
+    FROM unnest(CAST(:numbers AS text[])) AS n(invoice_number)
+    JOIN invoices AS i ON i.invoice_number = n.invoice_number
+),
+sums AS (
+    SELECT x.sage_tran_number,
+           sum(CASE x.kind WHEN 'P' THEN x.amount WHEN 'R' THEN -x.amount END) AS paid,
+           sum(CASE x.kind WHEN 'D' THEN x.amount END) AS discounted,
+           sum(CASE x.kind WHEN 'W' THEN x.amount END) AS written_off,
+           sum(CASE x.kind WHEN 'C' THEN x.amount END) AS credited
+    FROM (
+        SELECT t.sage_tran_number, a.amount,
+               CASE p.type
+                   WHEN 'SR' THEN 'P' WHEN 'SA' THEN 'P' WHEN 'SP' THEN 'R' WHEN 'SD' THEN 'D'
+                   WHEN 'SC' THEN CASE WHEN {write_off} THEN 'W' ELSE 'C' END
+               END AS kind
+        FROM t
+        JOIN allocations AS a ON a.invoice_tran_number = t.sage_tran_number AND NOT a.deleted
+        JOIN postings AS p ON p.tran_number = a.posting_tran_number AND NOT p.deleted
+        WHERE NOT t.deleted
+    ) AS x
+    GROUP BY x.sage_tran_number
+),
+-- The figures and the state, computed once per invoice (materialized: inlined, the planner
+-- would repeat the numeric arithmetic wherever a later expression names a figure).
+fig AS MATERIALIZED (
+    SELECT q.*,
+           CASE
+               WHEN q.n_balance <= 0 THEN
+                   CASE
+                       WHEN q.n_written_off <= 0 THEN 'paid'
+                       WHEN q.n_paid > 0 OR q.n_discounted > 0 OR q.n_credited > 0
+                           THEN 'paid_written_off'
+                       ELSE 'written_off'
+                   END
+               WHEN q.n_balance < q.gross THEN 'part_paid'
+               ELSE 'unpaid'
+           END AS true_state,
+           -- Sums no numeric(14,2) column can hold (a corrupt export): never written, never
+           -- allowed to wedge the batch; the invoice is left as it is, with a warning.
+           greatest(abs(q.n_paid), abs(q.n_discounted), abs(q.n_written_off),
+                    abs(q.n_credited), abs(q.n_computed)) >= 1000000000000 AS out_of_range
+    FROM (
+        SELECT c.*, coalesce(c.sage_outstanding, c.n_computed) AS n_balance
+        FROM (
+            SELECT t.*, s.n_paid, s.n_discounted, s.n_written_off, s.n_credited,
+                   t.gross - s.n_paid - s.n_discounted - s.n_written_off - s.n_credited
+                       AS n_computed
+            FROM t
+            LEFT JOIN sums ON sums.sage_tran_number = t.sage_tran_number AND NOT t.deleted
+            CROSS JOIN LATERAL (
+                SELECT coalesce(sums.paid, 0.00) AS n_paid,
+                       coalesce(sums.discounted, 0.00) AS n_discounted,
+                       coalesce(sums.written_off, 0.00) AS n_written_off,
+                       coalesce(sums.credited, 0.00) AS n_credited
+                OFFSET 0
+            ) AS s
+        ) AS c
+        OFFSET 0
+    ) AS q
+),
+res AS MATERIALIZED (
+    SELECT r.*,
+           r.new_status IS DISTINCT FROM r.status AS status_changed,
+           -- Never reconciled: the balance the row holds is ingestion's placeholder, so the
+           -- first reconcile always tells the CRM the figures (outbox), even when unchanged.
+           CASE WHEN r.derived_state IS NULL THEN NULL ELSE r.outstanding END
+               AS from_outstanding,
+           (r.new_status IS DISTINCT FROM r.status OR r.new_outstanding <> r.outstanding
+            OR (r.derived_state IS NULL AND NOT r.frozen)) AS changed,
+           CASE WHEN r.new_status IS DISTINCT FROM r.status THEN format(
+               'derived %s%s from postings: paid %s, discounted %s, written off %s, '
+               'credited %s, outstanding %s%s',
+               r.n_state,
+               CASE WHEN r.n_state <> r.true_state
+                    THEN format(' (%s, shown as in SageLink)', r.true_state) ELSE '' END,
+               r.n_paid, r.n_discounted, r.n_written_off, r.n_credited, r.n_balance,
+               CASE WHEN r.new_warning IS NOT NULL THEN '; ' || r.new_warning ELSE '' END
+           ) END AS reason,
+           (r.new_status IS DISTINCT FROM r.status OR r.dirty_since IS NOT NULL
+            OR r.new_outstanding <> r.outstanding
+            OR r.new_state IS DISTINCT FROM r.derived_state
+            OR r.new_computed IS DISTINCT FROM r.computed_outstanding
+            OR r.new_paid <> r.paid OR r.new_discounted <> r.discounted
+            OR r.new_written_off <> r.written_off OR r.new_credited <> r.credited
+            OR r.new_conflict IS DISTINCT FROM r.conflict
+            OR r.new_mismatch <> r.mismatch
+            OR r.new_warning IS DISTINCT FROM r.warning) AS needs_write
+    FROM (
+        SELECT d.*,
+               CASE WHEN d.frozen THEN d.status
+                    WHEN d.label_ok THEN d.want
+                    WHEN d.fallback_ok THEN d.fallback
+                    ELSE d.status END AS new_status,
+               CASE WHEN d.frozen THEN d.outstanding ELSE d.n_balance END AS new_outstanding,
+               CASE WHEN d.frozen THEN d.paid ELSE d.n_paid END AS new_paid,
+               CASE WHEN d.frozen THEN d.discounted ELSE d.n_discounted END AS new_discounted,
+               CASE WHEN d.frozen THEN d.written_off ELSE d.n_written_off END
+                   AS new_written_off,
+               CASE WHEN d.frozen THEN d.credited ELSE d.n_credited END AS new_credited,
+               CASE WHEN d.deleted OR d.out_of_range THEN d.derived_state ELSE d.n_state END
+                   AS new_state,
+               CASE WHEN d.deleted OR d.out_of_range THEN d.computed_outstanding
+                    ELSE d.n_computed END AS new_computed,
+               CASE WHEN d.deleted OR d.out_of_range THEN d.mismatch
+                    ELSE d.sage_outstanding IS NOT NULL AND d.sage_outstanding <> d.n_computed
+               END AS new_mismatch,
+               CASE
+                   WHEN NOT d.frozen_protected THEN NULL
+                   WHEN d.status NOT IN (SELECT label FROM labels) THEN NULL
+                   WHEN d.true_label <> d.status THEN format(
+                       'postings now say %s (outstanding %s); the status %s is protected',
+                       d.true_label, d.n_balance, d.status)
+                   WHEN d.n_balance < 0 AND d.true_state IN ('written_off', 'paid_written_off')
+                       THEN format(
+                       'postings show %s received on top of the write-off (outstanding %s); '
+                       'the status %s is protected', -d.n_balance, d.n_balance, d.status)
+               END AS new_conflict,
+               CASE
+                   WHEN d.deleted THEN format(
+                       'the Sage invoice (SI %s) is deleted; status and balance left as they '
+                       'were', d.sage_tran_number)
+                   WHEN d.out_of_range THEN
+                       'the allocations add up to more than an amount can hold; left as it was'
+                   WHEN d.protected OR d.label_ok THEN NULL
+                   WHEN d.fallback_ok THEN format(
+                       '%s is not in the status picklist; wrote the SageLink status %s instead',
+                       d.want, d.fallback)
+                   ELSE format(
+                       'neither %s nor the SageLink status %s is in the status picklist; '
+                       'status left as %s', d.want, d.fallback, d.status)
+               END AS new_warning
+        FROM (
+            SELECT e.*, m.label AS want, m.fallback AS fallback, m.label_ok, m.fallback_ok,
+                   tm.label AS true_label,
+                   (e.protected AND NOT e.deleted) AS frozen_protected,
+                   (e.protected OR e.deleted OR e.out_of_range) AS frozen
+            FROM (
+                SELECT f.*,
+                       CASE WHEN :sagelink AND f.true_state IN ('written_off', 'paid_written_off')
+                            THEN 'paid' ELSE f.true_state END AS n_state
+                FROM fig AS f
+            ) AS e
+            JOIN labels AS m ON m.state = e.n_state
+            JOIN labels AS tm ON tm.state = e.true_state
+            OFFSET 0
+        ) AS d
+        OFFSET 0
+    ) AS r
+),
+cnt AS (
+    SELECT count(*) AS examined,
+           count(*) FILTER (WHERE changed) AS changed,
+           count(*) FILTER (WHERE frozen_protected) AS skipped_protected,
+           count(*) FILTER (WHERE new_conflict IS NOT NULL) AS conflicts,
+           count(*) FILTER (WHERE new_conflict IS NOT NULL
+                            AND new_conflict IS DISTINCT FROM conflict) AS new_conflicts
+    FROM res
+),
+chg AS (
+    INSERT INTO sync_run_changes AS c (
+        run_id, invoice_number, from_status, to_status, from_outstanding, to_outstanding
+    )
+    SELECT CAST(:run_id AS uuid), r.invoice_number, r.status, r.new_status,
+           r.from_outstanding, r.new_outstanding
+    FROM res AS r
+    WHERE r.changed
+    ORDER BY r.invoice_number
+    {on_conflict}
+    RETURNING 1
+),
+{writes}
+{run}
+SELECT c.examined, c.changed, c.skipped_protected, c.conflicts, c.new_conflicts,
+       (SELECT count(*) FROM chg) AS recorded_changes,
+       {write_counts},
+       (SELECT count(*) FROM run_row) AS run_rows,
+       ARRAY(
+           SELECT extract(epoch FROM clock_timestamp() - r.dirty_since)::float8
+           FROM res AS r WHERE r.changed AND r.dirty_since IS NOT NULL
+       ) AS latencies,
+       ARRAY(SELECT r.new_status FROM res AS r WHERE r.status_changed) AS new_statuses
+FROM cnt AS c
+"""
+
+# Invoice + status_history + outbox (contract 3 in docs/ARCHITECTURE.md); pg_notify is
+# delivered at commit, so the dispatcher never wakes to rows it cannot see.
+_WRITES = """
+upd AS (
+    UPDATE invoices AS i SET
+        status = r.new_status,
+        outstanding = r.new_outstanding,
+        paid = r.new_paid,
+        discounted = r.new_discounted,
+        written_off = r.new_written_off,
+        credited = r.new_credited,
+        derived_state = r.new_state,
+        computed_outstanding = r.new_computed,
+        conflict = r.new_conflict,
+        mismatch = r.new_mismatch,
+        warning = r.new_warning,
+        dirty_since = NULL,
+        reconciled_at = now(),
+        updated_at = CASE WHEN r.changed OR r.new_state IS DISTINCT FROM r.derived_state
+                          THEN now() ELSE i.updated_at END
+    -- By tuple id, in physical order: the rows are locked by this transaction, so their
+    -- tids are stable, and a large batch then walks the heap instead of jumping about.
+    FROM (SELECT * FROM res WHERE needs_write ORDER BY tid) AS r
+    WHERE i.ctid = r.tid
+    RETURNING i.invoice_number
+),
+hist AS (
+    INSERT INTO status_history (
+        invoice_number, from_status, to_status, from_outstanding, to_outstanding,
+        source, actor, reason, run_id
+    )
+    SELECT r.invoice_number, r.status, r.new_status, r.from_outstanding, r.new_outstanding,
+           'sync', :actor, r.reason, CAST(:run_id AS uuid)
+    FROM res AS r
+    WHERE r.status_changed
+    ORDER BY r.invoice_number
+    RETURNING id, invoice_number
+),
+outb AS (
+    INSERT INTO outbox (invoice_number, source, payload)
+    SELECT r.invoice_number, 'sync',
+           jsonb_build_object(
+               'status', r.new_status,
+               'outstanding', CAST(r.new_outstanding AS text),
+               'history_id', h.id
+           )
+    FROM res AS r
+    LEFT JOIN hist AS h ON h.invoice_number = r.invoice_number
+    WHERE r.changed
+    ORDER BY r.invoice_number
+    RETURNING 1
+),
+notified AS (
+    SELECT pg_notify(:outbox_channel, '') WHERE EXISTS (SELECT 1 FROM outb)
+),
+"""
+
+_WRITE_COUNTS = """(SELECT count(*) FROM upd) AS written,
+       (SELECT count(*) FROM hist) AS history_rows,
+       (SELECT count(*) FROM outb) AS outbox_rows,
+       (SELECT count(*) FROM notified) AS notified"""
+
+_DRY_COUNTS = "0 AS written, 0 AS history_rows, 0 AS outbox_rows, 0 AS notified"
+
+# A worker batch records itself as a finished run, but only when it changed something or
+# raised a new conflict: an idle or no-op pass leaves no row (metrics still count it).
+_RUN_INSERT = """
+run_row AS (
+    INSERT INTO sync_runs (
+        id, status, trigger, scope, dry_run, actor, requested_at, started_at, finished_at,
+        examined, changed, unchanged, skipped_protected, conflicts
+    )
+    SELECT CAST(:run_id AS uuid), 'succeeded', :trigger, CAST(:scope AS jsonb), false, :actor,
+now(), now(), clock_timestamp(), c.examined, c.changed,
+           c.examined - c.changed - c.skipped_protected, c.skipped_protected, c.conflicts
+    FROM cnt AS c
+    WHERE c.changed > 0 OR c.new_conflicts > 0
+    RETURNING 1
+)
+"""
+
+# A batch of a requested run adds its counts to the run, moves its cursor, and on its last
+# batch finishes it, in the same transaction as the batch.
+_RUN_UPDATE = """
+run_row AS (
+    UPDATE sync_runs AS s SET
+        examined = s.examined + c.examined,
+        changed = s.changed + c.changed,
+        unchanged = s.unchanged + (c.examined - c.changed - c.skipped_protected),
+        skipped_protected = s.skipped_protected + c.skipped_protected,
+        conflicts = s.conflicts + c.conflicts,
+        cursor = coalesce(:cursor, s.cursor),
+        heartbeat_at = now(),
+        status = CASE WHEN :finish THEN 'succeeded' ELSE s.status END,
+        finished_at = CASE WHEN :finish THEN clock_timestamp() ELSE s.finished_at END
+    FROM cnt AS c
+    WHERE s.id = CAST(:run_id AS uuid)
+    RETURNING 1
+)
+"""
+
+
+@lru_cache(maxsize=64)
+def _apply_sql(write_off: str, dry_run: bool, new_run: bool) -> sa.TextClause:
+    sql = _COMPUTE.format(
+        write_off=write_off,
+        # A worker batch is a run of its own: no invoice can be in it twice, and a plain
+        # insert is cheaper than a speculative one. A requested run of the dirty scope can
+        # meet an invoice again (re-dirtied meanwhile): its last change wins.
+        on_conflict=""
+        if new_run
+        else "ON CONFLICT (run_id, invoice_number) DO UPDATE SET "
+        "to_status = EXCLUDED.to_status, to_outstanding = EXCLUDED.to_outstanding",
+        writes="" if dry_run else _WRITES,
+        run=_RUN_INSERT if new_run else _RUN_UPDATE,
+        write_counts=_DRY_COUNTS if dry_run else _WRITE_COUNTS,
+    )
+    return sa.text(sql)
+
+
+@dataclass
+class BatchResult:
+    examined: int = 0
+    changed: int = 0
+    skipped_protected: int = 0
+    conflicts: int = 0
+    new_conflicts: int = 0
+    history_rows: int = 0
+    outbox_rows: int = 0
+    run_recorded: bool = False
+    latencies: list[float] = field(default_factory=list)
+    new_statuses: list[str] = field(default_factory=list)
+
+    @property
+    def unchanged(self) -> int:
+        return self.examined - self.changed - self.skipped_protected
+
+
+def label_params(settings: Settings) -> dict[str, Any]:
+    states = list(DERIVED_STATES)
+    return {
+        "states": states,
+        "labels": [settings.status_labels[s] for s in states],
+        "fallbacks": [settings.status_labels[SAGELINK_FALLBACK[s]] for s in states],
+        "protected": list(settings.protected_statuses),
+        "sagelink": settings.write_off_mode is WriteOffMode.sagelink,
+    }
+
+
+async def apply_batch(
+    conn: AsyncConnection,
+    numbers: list[str],
+    settings: Settings,
+    *,
+    run_id: uuid.UUID,
+    actor: str,
+    dry_run: bool = False,
+    new_run: RunInsert | None = None,
+    cursor: str | None = None,
+    finish: bool = False,
+) -> BatchResult:
+    """Reconcile the invoices `numbers` (already locked by the caller, unless dry_run).
+
+    With `new_run`, the batch records itself as a finished run (worker batches); otherwise it
+    adds its counts to the existing run `run_id` (requested runs).
+    """
+    write_off, wo_params = write_off_sql("p", settings)
+    params: dict[str, Any] = {
+        **wo_params,
+        **label_params(settings),
+        "numbers": numbers,
+        "run_id": str(run_id),
+        "actor": actor,
+        "outbox_channel": OUTBOX_CHANNEL,
+    }
+    if new_run is not None:
+        params.update(trigger=new_run.trigger, scope=new_run.scope_json)
+    else:
+        params.update(cursor=cursor, finish=finish)
+    # For this transaction only. Up to a very large batch, allocations are looked up by index
+    # whatever the statistics say: right after a bulk load they can claim the table is empty,
+    # and a hash join over every allocation and posting per batch turns milliseconds into
+    # seconds (and a backlog into a spiral). A huge batch (a backlog catching up) may scan,
+    # with the memory to hash and aggregate without spilling to temporary files.
+    settings_sql = []
+    if len(numbers) < _HUGE_BATCH:
+        settings_sql.append("set_config('enable_seqscan', 'off', true)")
+    if len(numbers) >= _BIG_BATCH:
+        settings_sql.append(f"set_config('work_mem', '{_BIG_BATCH_WORK_MEM}', true)")
+    await conn.execute(sa.text(f"SELECT {', '.join(settings_sql)}"))
+    row = (
+        (await conn.execute(_apply_sql(write_off, dry_run, new_run is not None), params))
+        .mappings()
+        .one()
+    )
+    return BatchResult(
+        examined=row["examined"],
+        changed=row["changed"],
+        skipped_protected=row["skipped_protected"],
+        conflicts=row["conflicts"],
+        new_conflicts=row["new_conflicts"],
+        history_rows=row["history_rows"],
+        outbox_rows=row["outbox_rows"],
+        run_recorded=row["run_rows"] > 0,
+        latencies=list(row["latencies"]),
+        new_statuses=list(row["new_statuses"]),
+    )
+
+
+@dataclass(frozen=True)
+class RunInsert:
+    trigger: str
+    scope_json: str
+
+
+# ---------------------------------------------------------------------------------------------
+# Requested runs
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunRow:
+    id: uuid.UUID
+    status: str
+    trigger: str
+    scope: dict[str, Any]
+    dry_run: bool
+    actor: str | None
+    requested_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    examined: int
+    changed: int
+    unchanged: int
+    skipped_protected: int
+    conflicts: int
+    error: str | None
+    cursor: str | None
+
+
+_RUN_COLUMNS = (
+    "id, status, trigger, scope, dry_run, actor, requested_at, started_at, finished_at, "
+    "examined, changed, unchanged, skipped_protected, conflicts, error, cursor"
+)
+
+
+def _run_row(row: Any) -> RunRow:
+    return RunRow(**dict(row._mapping))
+
+
+async def insert_run(
+    conn: AsyncConnection,
+    *,
+    run_id: uuid.UUID,
+    scope: RunScope,
+    dry_run: bool,
+    actor: str,
+    running: bool,
+) -> None:
+    """A requested run: queued for a worker, or running already (executed by the caller)."""
+    await conn.execute(
+        sa.text(
+            """
+            INSERT INTO sync_runs (id, status, trigger, scope, dry_run, actor, started_at,
+                                   heartbeat_at)
+            VALUES (:id, :status, 'api', CAST(:scope AS jsonb), :dry_run, :actor,
+                    CASE WHEN :running THEN now() END, CASE WHEN :running THEN now() END)
+            """
+        ),
+        {
+            "id": run_id,
+            "status": "running" if running else "queued",
+            "scope": json.dumps(scope.to_json()),
+            "dry_run": dry_run,
+            "actor": actor,
+            "running": running,
+        },
+    )
+    if not running:
+        await notify(conn, DIRTY_CHANNEL)
+
+
+async def notify(conn: AsyncConnection, channel: str) -> None:
+    await conn.execute(sa.text("SELECT pg_notify(:c, '')"), {"c": channel})
+
+
+async def claim_requested_run(conn: AsyncConnection, stale_seconds: float) -> uuid.UUID | None:
+    """Take the oldest queued run, or a running one whose executor stopped heart-beating."""
+    row = (
+        await conn.execute(
+            sa.text(
+                """
+                WITH c AS (
+                    SELECT id FROM sync_runs
+                    WHERE status = 'queued'
+                       OR (status = 'running'
+                           AND heartbeat_at < now() - make_interval(secs => :stale))
+                    ORDER BY requested_at
+                    LIMIT 1
+                    FOR UPDATE SKIP LOCKED
+                )
+                UPDATE sync_runs AS s
+                SET status = 'running', started_at = coalesce(s.started_at, now()),
+                    heartbeat_at = now()
+                FROM c WHERE s.id = c.id
+                RETURNING s.id
+                """
+            ),
+            {"stale": stale_seconds},
+        )
+    ).first()
+    return None if row is None else uuid.UUID(str(row[0]))
+
+
+async def lock_run(conn: AsyncConnection, run_id: uuid.UUID) -> RunRow | None:
+    """The run, locked for one batch: two executors of one run take turns, never overlap."""
+    row = (
+        await conn.execute(
+            sa.text(f"SELECT {_RUN_COLUMNS} FROM sync_runs WHERE id = :id FOR UPDATE"),
+            {"id": run_id},
+        )
+    ).first()
+    return None if row is None else _run_row(row)
+
+
+async def get_run(conn: AsyncConnection, run_id: uuid.UUID) -> RunRow | None:
+    row = (
+        await conn.execute(
+            sa.text(f"SELECT {_RUN_COLUMNS} FROM sync_runs WHERE id = :id"), {"id": run_id}
+        )
+    ).first()
+    return None if row is None else _run_row(row)
+
+
+async def finish_run(
+    conn: AsyncConnection, run_id: uuid.UUID, *, status: str, error: str | None = None
+) -> None:
+    await conn.execute(
+        sa.text(
+            """
+            UPDATE sync_runs SET status = :status, error = :error,
+                   finished_at = clock_timestamp(), heartbeat_at = now()
+            WHERE id = :id AND status IN ('queued', 'running')
+            """
+        ),
+        {"id": run_id, "status": status, "error": error},
+    )
+
+
+async def requeue_run(conn: AsyncConnection, run_id: uuid.UUID) -> None:
+    await conn.execute(
+        sa.text("UPDATE sync_runs SET status = 'queued' WHERE id = :id AND status = 'running'"),
+        {"id": run_id},
+    )
+    await notify(conn, DIRTY_CHANNEL)
+
+
+@dataclass(frozen=True)
+class ChangeRow:
+    invoice_number: str
+    from_status: str | None
+    to_status: str
+    from_outstanding: Decimal | None
+    to_outstanding: Decimal | None
+
+
+async def run_changes(
+    conn: AsyncConnection, run_id: uuid.UUID, *, after: str | None, limit: int
+) -> list[ChangeRow]:
+    keyset = "" if after is None else "AND invoice_number > :after"
+    rows = await conn.execute(
+        sa.text(
+            f"""
+            SELECT invoice_number, from_status, to_status, from_outstanding, to_outstanding
+            FROM sync_run_changes
+            WHERE run_id = :id {keyset}
+            ORDER BY invoice_number
+            LIMIT :limit
+            """
+        ),
+        {"id": run_id, "after": after, "limit": limit},
+    )
+    return [ChangeRow(**dict(r._mapping)) for r in rows]
+
+
+# ---------------------------------------------------------------------------------------------
+# Reports and readiness
+# ---------------------------------------------------------------------------------------------
+
+_REPORT_COLUMNS = """
+    i.invoice_number, i.account_ref, i.status, i.derived_state, i.gross, i.outstanding,
+    i.computed_outstanding, i.sage_outstanding, i.paid, i.discounted, i.written_off,
+    i.credited, i.conflict, i.mismatch, i.warning, i.duplicate_of, i.deleted,
+    i.status = ANY(CAST(:protected AS text[])) AS protected,
+    m.label AS expected_status
+"""
+
+_EXPECTED = """
+    LEFT JOIN unnest(CAST(:states AS text[]), CAST(:labels AS text[])) AS m(state, label)
+        ON m.state = i.derived_state
+"""
+
+# Why an invoice is divergent: anything a person should look at that is neither a conflict
+# (protected and disagreeing) nor a Sage mismatch.
+_DIVERGENT_REASONS = """
+    array_remove(ARRAY[
+        CASE WHEN NOT i.status = ANY(CAST(:protected AS text[])) AND m.label IS NOT NULL
+                  AND i.status <> m.label THEN 'status_differs' END,
+        CASE WHEN i.outstanding < 0 THEN 'overpaid' END,
+        CASE WHEN i.duplicate_of IS NOT NULL THEN 'duplicate' END,
+        CASE WHEN i.deleted THEN 'deleted' END,
+        CASE WHEN i.warning IS NOT NULL THEN 'warning' END
+    ], NULL)
+"""
+
+_REPORT_FILTERS = {
+    "divergent": f"cardinality({_DIVERGENT_REASONS}) > 0",
+    "conflicts": "i.conflict IS NOT NULL AND i.status = ANY(CAST(:protected AS text[]))",
+    "mismatches": "i.mismatch",
+}
+
+
+async def report(
+    conn: AsyncConnection, kind: str, settings: Settings, *, after: str | None, limit: int
+) -> list[dict[str, Any]]:
+    labels = label_params(settings)
+    keyset = "" if after is None else "AND i.invoice_number > :after"
+    sql = f"""
+        SELECT {_REPORT_COLUMNS}, {_DIVERGENT_REASONS} AS divergent_reasons
+        FROM invoices AS i {_EXPECTED}
+        WHERE {_REPORT_FILTERS[kind]} {keyset}
+        ORDER BY i.invoice_number
+        LIMIT :limit
+    """
+    rows = await conn.execute(
+        sa.text(sql),
+        {
+            "states": labels["states"],
+            "labels": labels["labels"],
+            "protected": labels["protected"],
+            "after": after,
+            "limit": limit,
+        },
+    )
+    return [dict(r._mapping) for r in rows]
+
+
+async def picklist_values(conn: AsyncConnection) -> set[str]:
+    rows = await conn.execute(sa.text("SELECT value FROM picklist_values"))
+    return set(rows.scalars())

@@ -1,0 +1,344 @@
+"""Reconciliation: dirty batches for the worker, requested sync runs, reports, readiness.
+
+The rules themselves are one SQL statement (repository.apply_batch); this module decides
+what to run, in which transaction, and what to count. See docs/readme/reconcile.md.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import time
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from service.errors import Unprocessable
+from service.logging import get_logger
+from service.ops.metrics import (
+    CONFLICTS,
+    POSTING_TO_STATUS,
+    RECONCILE_DURATION,
+    RECONCILE_RUNS,
+    STATUS_CHANGES,
+)
+from service.reconcile import repository as repo
+from service.reconcile.repository import BatchResult, ChangeRow, RunRow, RunScope
+from service.settings import DERIVED_STATES, Settings, WriteOffMode
+
+log = get_logger(__name__)
+
+WORKER_ACTOR = "worker"
+# A requested run whose executor has not finished a batch for this long is taken over.
+STALE_RUN_SECONDS = 120.0
+_RUN_KEY = "reconcile.run_id"
+# Deadlock and serialization failures: the batch is retried, it changed nothing.
+_RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
+_ATTEMPTS = 3
+
+T = TypeVar("T")
+
+
+# ---------------------------------------------------------------------------------------------
+# Dirty invoices (the worker's automatic runs)
+# ---------------------------------------------------------------------------------------------
+
+
+async def reconcile_dirty(
+    engine: AsyncEngine, settings: Settings, *, limit: int | None = None
+) -> BatchResult:
+    """Claim one batch of dirty invoices and reconcile it, all in one transaction.
+
+    The batch is recorded as a finished worker run when it changed something or found a new
+    conflict; otherwise it leaves no sync_runs row (the metrics still count it).
+    """
+    batch = limit or settings.worker_batch_size
+    run_id = uuid.uuid4()
+    started = time.perf_counter()
+
+    async def attempt() -> tuple[BatchResult, float]:
+        async with engine.begin() as conn:
+            numbers = await repo.claim_dirty(conn, batch)
+            if not numbers:
+                return BatchResult(), 0.0
+            result = await repo.apply_batch(
+                conn,
+                numbers,
+                settings,
+                run_id=run_id,
+                actor=WORKER_ACTOR,
+                new_run=repo.RunInsert(trigger="worker", scope_json='{"scope": "dirty"}'),
+            )
+            applied_at = time.perf_counter()
+        return result, time.perf_counter() - applied_at
+
+    result, commit_delay = await _with_retries(attempt)
+    if result.examined:
+        _observe(result, "worker", time.perf_counter() - started, commit_delay, dry_run=False)
+        RECONCILE_RUNS.labels("worker", "succeeded").inc()
+        log.debug(
+            "reconcile.batch",
+            run_id=str(run_id) if result.run_recorded else None,
+            examined=result.examined,
+            changed=result.changed,
+            conflicts=result.conflicts,
+        )
+    return result
+
+
+async def reconcile_all_dirty(engine: AsyncEngine, settings: Settings) -> int:
+    """Drain the dirty backlog (tests, benchmarks, one-off tools); returns invoices examined."""
+    total = 0
+    while True:
+        result = await reconcile_dirty(engine, settings)
+        if not result.examined:
+            return total
+        total += result.examined
+
+
+# ---------------------------------------------------------------------------------------------
+# Requested runs
+# ---------------------------------------------------------------------------------------------
+
+
+async def request_run(
+    engine: AsyncEngine, scope: RunScope, *, dry_run: bool, actor: str, running: bool
+) -> uuid.UUID:
+    """Record a requested run: queued (a worker executes it) or running (the caller does)."""
+    run_id = uuid.uuid4()
+    async with engine.begin() as conn:
+        await repo.insert_run(
+            conn, run_id=run_id, scope=scope, dry_run=dry_run, actor=actor, running=running
+        )
+    return run_id
+
+
+async def execute_run_batch(
+    engine: AsyncEngine, settings: Settings, run_id: uuid.UUID
+) -> tuple[int, bool]:
+    """One batch of a running requested run, in its own transaction: (examined, finished)."""
+    started = time.perf_counter()
+
+    async def attempt() -> tuple[BatchResult, bool, bool, float] | None:
+        async with engine.begin() as conn:
+            run = await repo.lock_run(conn, run_id)
+            if run is None or run.status != "running":
+                return None  # finished, failed or requeued by another executor meanwhile
+            scope = RunScope.from_json(run.scope)
+            limit = settings.worker_batch_size
+            numbers = await repo.claim_for_run(
+                conn,
+                scope,
+                limit=limit,
+                after=run.cursor,
+                dirty_bound=run.started_at,
+                dry_run=run.dry_run,
+            )
+            finish = len(numbers) < limit
+            keyset = run.dry_run or scope.scope != "dirty"
+            result = await repo.apply_batch(
+                conn,
+                numbers,
+                settings,
+                run_id=run_id,
+                actor=run.actor or "api",
+                dry_run=run.dry_run,
+                cursor=numbers[-1] if numbers and keyset else None,
+                finish=finish,
+            )
+            applied_at = time.perf_counter()
+        return result, finish, run.dry_run, time.perf_counter() - applied_at
+
+    outcome = await _with_retries(attempt)
+    if outcome is None:
+        return 0, True
+    result, finished, dry_run, commit_delay = outcome
+    if result.examined:
+        _observe(result, "api", time.perf_counter() - started, commit_delay, dry_run=dry_run)
+    if finished:
+        RECONCILE_RUNS.labels("api", "succeeded").inc()
+        log.info("reconcile.run.finished", run_id=str(run_id), dry_run=dry_run)
+    return result.examined, finished
+
+
+async def execute_run(
+    engine: AsyncEngine, settings: Settings, run_id: uuid.UUID, *, deadline: float | None
+) -> bool:
+    """Execute a running requested run batch by batch until it finishes (True) or the
+    monotonic `deadline` passes (False: the run is left running, resumable from its cursor)."""
+    while True:
+        _, finished = await _batch_or_fail(engine, settings, run_id)
+        if finished:
+            return True
+        if deadline is not None and time.monotonic() >= deadline:
+            return False
+
+
+async def requeue_run(engine: AsyncEngine, run_id: uuid.UUID) -> None:
+    """Hand a run that could not finish within a request to the workers."""
+    async with engine.begin() as conn:
+        await repo.requeue_run(conn, run_id)
+
+
+async def advance_requested_run(
+    engine: AsyncEngine, settings: Settings, state: dict[str, Any]
+) -> int:
+    """The worker's share of requested runs: one batch of the run in hand, claiming the oldest
+    queued (or abandoned) run when it holds none. Returns work done (0 = nothing to do)."""
+    run_id = state.get(_RUN_KEY)
+    if run_id is None:
+        async with engine.begin() as conn:
+            run_id = await repo.claim_requested_run(conn, STALE_RUN_SECONDS)
+        if run_id is None:
+            return 0
+        state[_RUN_KEY] = run_id
+        log.info("reconcile.run.started", run_id=str(run_id))
+    try:
+        examined, finished = await _batch_or_fail(engine, settings, run_id)
+    except BaseException:
+        state.pop(_RUN_KEY, None)
+        raise
+    if finished:
+        state.pop(_RUN_KEY, None)
+    return max(examined, 1)
+
+
+async def _batch_or_fail(
+    engine: AsyncEngine, settings: Settings, run_id: uuid.UUID
+) -> tuple[int, bool]:
+    try:
+        return await execute_run_batch(engine, settings, run_id)
+    except Exception as exc:
+        error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500]
+        try:
+            async with engine.begin() as conn:
+                await repo.finish_run(conn, run_id, status="failed", error=error)
+        except Exception:
+            # The database itself is away: leave the run running; once its heartbeat is
+            # stale a worker resumes it from its cursor.
+            raise exc from None
+        RECONCILE_RUNS.labels("api", "failed").inc()
+        log.warning("reconcile.run.failed", run_id=str(run_id), error=error)
+        return 0, True
+
+
+@dataclass(frozen=True)
+class RunView:
+    run: RunRow
+    changes: list[ChangeRow]
+    next_changes_cursor: str | None
+
+
+async def run_view(
+    conn: AsyncConnection, run_id: uuid.UUID, *, changes_limit: int, changes_cursor: str | None
+) -> RunView | None:
+    run = await repo.get_run(conn, run_id)
+    if run is None:
+        return None
+    after = decode_cursor(changes_cursor, "changes_cursor")
+    changes = await repo.run_changes(conn, run_id, after=after, limit=changes_limit + 1)
+    more = len(changes) > changes_limit
+    changes = changes[:changes_limit]
+    next_cursor = encode_cursor(changes[-1].invoice_number) if more and changes else None
+    return RunView(run=run, changes=changes, next_changes_cursor=next_cursor)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reports, readiness
+# ---------------------------------------------------------------------------------------------
+
+
+async def report(
+    conn: AsyncConnection, kind: str, settings: Settings, *, limit: int, cursor: str | None
+) -> tuple[list[dict[str, Any]], str | None]:
+    after = decode_cursor(cursor, "cursor")
+    rows = await repo.report(conn, kind, settings, after=after, limit=limit + 1)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    for row in rows:
+        reasons: list[str] = list(row.pop("divergent_reasons") or [])
+        if row["conflict"] is not None and row["protected"]:
+            reasons.append("conflict")
+        if row["mismatch"]:
+            reasons.append("mismatch")
+        row["reasons"] = reasons
+    next_cursor = encode_cursor(rows[-1]["invoice_number"]) if more and rows else None
+    return rows, next_cursor
+
+
+def sync_states(settings: Settings) -> list[str]:
+    """The derived states whose label a sync may write in the configured mode."""
+    if settings.write_off_mode is WriteOffMode.sagelink:
+        return [s for s in DERIVED_STATES if s not in repo.WRITE_OFF_STATES]
+    return list(DERIVED_STATES)
+
+
+async def missing_labels(conn: AsyncConnection, settings: Settings) -> list[str]:
+    """Labels the sync would write in the configured mode that the picklist lacks (it writes
+    the SageLink label instead, with a warning on the invoice). For readiness."""
+    present = await repo.picklist_values(conn)
+    wanted = dict.fromkeys(settings.status_labels[s] for s in sync_states(settings))
+    return [label for label in wanted if label not in present]
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def encode_cursor(invoice_number: str) -> str:
+    return base64.urlsafe_b64encode(invoice_number.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str | None, name: str) -> str | None:
+    if cursor is None:
+        return None
+    try:
+        value = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        value = ""
+    if not value or len(value) > 30 or "\x00" in value:
+        raise Unprocessable(
+            f"{name} is not a cursor this server gave out; start again without it",
+            errors=[{"loc": ["query", name], "field": name, "msg": "invalid cursor"}],
+        )
+    return value
+
+
+def _observe(
+    result: BatchResult, trigger: str, duration: float, commit_delay: float, *, dry_run: bool
+) -> None:
+    RECONCILE_DURATION.observe(duration)
+    if dry_run:
+        return
+    for status, count in Counter(result.new_statuses).items():
+        STATUS_CHANGES.labels("sync", status).inc(count)
+    if result.new_conflicts:
+        CONFLICTS.inc(result.new_conflicts)
+    for seconds in result.latencies:
+        POSTING_TO_STATUS.observe(max(seconds + commit_delay, 0.0))
+
+
+def _sqlstate(exc: DBAPIError) -> str | None:
+    for candidate in (exc.orig, getattr(exc.orig, "__cause__", None)):
+        code = getattr(candidate, "sqlstate", None)
+        if isinstance(code, str):
+            return code
+    return None
+
+
+async def _with_retries(attempt: Callable[[], Awaitable[T]]) -> T:
+    for number in range(1, _ATTEMPTS + 1):
+        try:
+            return await attempt()
+        except DBAPIError as exc:
+            code = _sqlstate(exc)
+            if code not in _RETRYABLE_SQLSTATES or number == _ATTEMPTS:
+                raise
+            log.info("reconcile.batch.retry", sqlstate=code, attempt=number)
+    raise AssertionError("unreachable")
