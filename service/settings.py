@@ -96,7 +96,13 @@ class Settings(BaseSettings):
     opencrm_status_field: str = "invoicestatus"
     opencrm_number_field: str = "invoice_no"
     opencrm_timeout_seconds: float = Field(default=10.0, gt=0)
+    # Where an API method is posted, relative to OPENCRM_BASE_URL (from an unofficial client:
+    # check it on your system).
+    opencrm_path_template: str = "/api/rest/{method}"
     crm_max_attempts: int = Field(default=8, ge=1, le=100)
+    # Full-jitter exponential backoff between delivery attempts: up to base * 2^(n-1), capped.
+    crm_retry_base_seconds: float = Field(default=5.0, gt=0)
+    crm_retry_max_seconds: float = Field(default=900.0, gt=0)
 
     write_off_mode: WriteOffMode = WriteOffMode.classify
     write_off_nominals: Annotated[list[str], NoDecode] = Field(default=["8100-8199"])
@@ -147,6 +153,13 @@ class Settings(BaseSettings):
             re.compile(value)
         except re.error as exc:
             raise ValueError(f"not a valid regular expression: {exc}") from None
+        return value
+
+    @field_validator("opencrm_path_template")
+    @classmethod
+    def _path_has_method(cls, value: str) -> str:
+        if "{method}" not in value or not value.startswith("/"):
+            raise ValueError("must start with / and contain {method}, like /api/rest/{method}")
         return value
 
     @field_validator("status_labels", mode="before")

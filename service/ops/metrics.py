@@ -50,6 +50,11 @@ STATUS_CHANGES = Counter(
     "Invoice status changes by source and new status",
     ["source", "status"],
 )
+BULK_JOBS = Counter(
+    "ledgerlink_bulk_jobs_total",
+    "Global Update jobs by where they ran (inline, queued, worker) and outcome",
+    ["mode", "status"],
+)
 CONFLICTS = Counter("ledgerlink_conflicts_total", "Protected invoices found disagreeing with Sage")
 POSTING_TO_STATUS = Histogram(
     "ledgerlink_posting_to_status_seconds",
