@@ -23,7 +23,13 @@ from service.settings import Settings
 
 log = get_logger(__name__)
 
-CHANNELS = ("ledgerlink_dirty", "ledgerlink_jobs", "ledgerlink_outbox")
+# Which task a notification wakes; a task not named here wakes on any of them.
+CHANNEL_TASKS = {
+    "ledgerlink_dirty": "reconcile",
+    "ledgerlink_jobs": "bulk_jobs",
+    "ledgerlink_outbox": "crm_outbox",
+}
+CHANNELS = tuple(CHANNEL_TASKS)
 
 
 @dataclass
@@ -53,53 +59,67 @@ def default_tasks() -> list[tuple[str, Task]]:
 
 
 class Worker:
+    """One loop per task, so a slow CRM pass never delays reconciliation (or the reverse)."""
+
     def __init__(self, ctx: WorkerContext, tasks: list[tuple[str, Task]] | None = None) -> None:
         self.ctx = ctx
         self.tasks = tasks if tasks is not None else default_tasks()
-        self._wake = asyncio.Event()
+        self._wakes = {name: asyncio.Event() for name, _ in self.tasks}
         self._listener: asyncpg.Connection | None = None
 
-    def wake(self) -> None:
-        self._wake.set()
+    def wake(self, name: str | None = None) -> None:
+        for task_name, event in self._wakes.items():
+            if name is None or task_name == name:
+                event.set()
 
     def stop(self) -> None:
-        """Finish the batch in hand, then return from run()."""
+        """Finish the batches in hand, then return from run()."""
         self.ctx.stopping.set()
-        self._wake.set()
+        self.wake()
 
     async def run(self) -> None:
         log.info("worker.started", tasks=[name for name, _ in self.tasks])
+        listener = asyncio.create_task(self._keep_listening(), name="worker-listener")
         try:
-            while not self.ctx.stopping.is_set():
-                await self._ensure_listener()
-                did_work = await self.run_all_once()
-                if did_work:
-                    continue
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(
-                        self._wake.wait(), timeout=self.ctx.settings.worker_sweep_seconds
-                    )
+            await asyncio.gather(*(self._loop(name, task) for name, task in self.tasks))
         finally:
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener
             await self._close_listener()
             log.info("worker.stopped")
 
     async def run_all_once(self) -> bool:
-        """One pass over every task; True when any of them did something."""
+        """One pass over every task; True when any of them did something (tests, tools)."""
         did_work = False
         for name, task in self.tasks:
-            if self.ctx.stopping.is_set():
-                break
-            try:
-                done = await task(self.ctx)
-            except Exception as exc:
-                # A failing task (database restarting, a bug) must not kill the others;
-                # the work stays claimed in PostgreSQL and is retried on the next pass.
-                log.warning("worker.task.failed", task=name, error=f"{type(exc).__name__}: {exc}")
-                await asyncio.sleep(1.0)
-                continue
-            did_work = did_work or done > 0
+            did_work = await self._pass(name, task) > 0 or did_work
         return did_work
+
+    async def _loop(self, name: str, task: Task) -> None:
+        wake = self._wakes[name]
+        while not self.ctx.stopping.is_set():
+            # Clear before the pass: a notification arriving during it must cause another.
+            wake.clear()
+            if await self._pass(name, task) > 0:
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), timeout=self.ctx.settings.worker_sweep_seconds)
+
+    async def _pass(self, name: str, task: Task) -> int:
+        try:
+            return await task(self.ctx)
+        except Exception as exc:
+            # A failing task (database restarting, a bug) must not kill the others; its work
+            # stays claimable in PostgreSQL and is retried on the next pass.
+            log.warning("worker.task.failed", task=name, error=f"{type(exc).__name__}: {exc}")
+            await asyncio.sleep(1.0)
+            return 0
+
+    async def _keep_listening(self) -> None:
+        while not self.ctx.stopping.is_set():
+            await self._ensure_listener()
+            await asyncio.sleep(self.ctx.settings.worker_sweep_seconds)
 
     async def _ensure_listener(self) -> None:
         if self._listener is not None and not self._listener.is_closed():
@@ -109,13 +129,19 @@ class Worker:
             for channel in CHANNELS:
                 await conn.add_listener(channel, self._on_notify)
             self._listener = conn
+            # Anything notified while we were not listening is found by a pass now.
+            self.wake()
         except Exception as exc:
             # Without LISTEN the periodic sweep still finds the work.
             log.warning("worker.listen.failed", error=f"{type(exc).__name__}: {exc}")
             self._listener = None
 
-    def _on_notify(self, *_args: object) -> None:
-        self._wake.set()
+    def _on_notify(self, _conn: object, _pid: object, channel: str, _payload: object) -> None:
+        target = CHANNEL_TASKS.get(channel)
+        if target is not None and target in self._wakes:
+            self._wakes[target].set()
+        else:
+            self.wake()
 
     async def _close_listener(self) -> None:
         if self._listener is not None and not self._listener.is_closed():
