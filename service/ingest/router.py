@@ -65,7 +65,7 @@ SIGNATURE_HEADERS = [
 
 @router.post(
     WEBHOOK_PATH,
-    operation_id="ingestSagePostings",
+    operation_id="ingest_sage_postings",
     summary="Receive a signed batch of Sage postings",
     status_code=202,
     response_model=IngestResult,
