@@ -119,6 +119,9 @@ def serve(
             log_config=None,
             timeout_graceful_shutdown=int(settings.request_timeout_seconds),
             timeout_keep_alive=5,
+            # h11, not httptools: only h11 honours a limit on the size of a request's headers
+            # (httptools would take megabytes of them, however slowly they come).
+            http="h11",
             h11_max_incomplete_event_size=64 * 1024,
         )
     finally:

@@ -142,33 +142,105 @@ def install_error_handlers(app: FastAPI) -> None:
         detail = exc.detail if isinstance(exc.detail, str) else "request failed"
         return problem(exc.status_code, detail, detail, headers=getattr(exc, "headers", None))
 
+    async def _storage(request: Request, exc: Exception) -> JSONResponse:
+        return _answer_failure(request, exc)
+
+    # The storage layer's failures: a database restarting (503) or text it cannot hold (422)
+    # is answered here. Only what the generic handler below catches is re-raised to the server
+    # as a crash; these are not crashes.
+    for storage_error in _storage_errors():
+        app.add_exception_handler(storage_error, _storage)
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        from service.logging import get_logger
+        return _answer_failure(request, exc)
 
-        get_logger("service.errors").exception("request.failed", error=type(exc).__name__)
-        if _is_database_unavailable(exc):
-            return problem(
-                503,
-                "Service unavailable",
-                "the database is not reachable right now; nothing was stored, retry later",
-                headers={"Retry-After": "5"},
-            )
-        return problem(500, "Internal error", "an unexpected error occurred; it has been logged")
+
+def _storage_errors() -> tuple[type[Exception], ...]:
+    import asyncpg
+    from sqlalchemy.exc import DBAPIError
+    from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+    return (
+        DBAPIError,
+        PoolTimeout,
+        OSError,
+        UnicodeEncodeError,
+        asyncpg.exceptions.PostgresError,
+        asyncpg.exceptions.InterfaceError,
+    )
+
+
+def _answer_failure(request: Request, exc: Exception) -> JSONResponse:
+    from service.logging import get_logger
+
+    log = get_logger("service.errors")
+    if _is_unstorable_text(exc):
+        # Text PostgreSQL cannot hold (NUL, a lone surrogate) that got past a schema: it is
+        # the client's input, refused whole like any other invalid value.
+        log.warning("request.unstorable_text", path=request.url.path)
+        return problem(
+            422,
+            "Validation failed",
+            "a text value contains a character that cannot be stored (NUL or an unpaired "
+            "surrogate); nothing was stored",
+        )
+    if _is_database_unavailable(exc):
+        log.warning("request.database_unavailable", error=f"{type(exc).__name__}: {exc}")
+        return problem(
+            503,
+            "Service unavailable",
+            "the database is not reachable right now; retry later. Had the connection dropped "
+            "while this request was being committed it may be stored already: a retry with the "
+            "same webhook-id or Idempotency-Key is applied at most once",
+            headers={"Retry-After": "5"},
+        )
+    log.exception("request.failed", error=type(exc).__name__)
+    return problem(500, "Internal error", "an unexpected error occurred; it has been logged")
+
+
+# character_not_in_repertoire (NUL in text), untranslatable_character (\u0000 in jsonb).
+_UNSTORABLE_TEXT_SQLSTATES = frozenset({"22021", "22P05"})
+
+
+def _is_unstorable_text(exc: BaseException) -> bool:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, UnicodeEncodeError):
+            return True
+        if getattr(current, "sqlstate", None) in _UNSTORABLE_TEXT_SQLSTATES:
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _is_transient_sqlstate(state: object) -> bool:
+    """Connection exceptions (08), insufficient resources (53: out of memory or of lock table
+    space, too many connections), the server shutting down or starting (57P01..57P03), and
+    serialization failures or deadlocks that outlived the caller's retries: all pass, so the
+    client is told to retry (503), not that the service is broken (500)."""
+    if not isinstance(state, str):
+        return False
+    return state[:2] in ("08", "53") or state in ("57P01", "57P02", "57P03", "40001", "40P01")
 
 
 def _is_database_unavailable(exc: BaseException) -> bool:
     """Connection-level failures (server restarting, pool broken) are retryable 503s."""
     import asyncpg
     from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+    from sqlalchemy.exc import TimeoutError as PoolTimeout
 
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, OperationalError | InterfaceError):
+        if isinstance(current, OperationalError | InterfaceError | PoolTimeout):
             return True
         if isinstance(current, DBAPIError) and current.connection_invalidated:
+            return True
+        if _is_transient_sqlstate(getattr(current, "sqlstate", None)):
             return True
         if isinstance(
             current,
@@ -182,3 +254,100 @@ def _is_database_unavailable(exc: BaseException) -> bool:
             return True
         current = current.__cause__ or current.__context__
     return False
+
+
+# What every error looks like on the wire, for the OpenAPI document.
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "title": "Problem",
+    "description": "RFC 9457 problem details",
+    "type": "object",
+    "required": ["type", "title", "status", "detail"],
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "errors": {
+            "type": "array",
+            "items": {"type": "object"},
+            "description": "For validation: each failing field (loc, field, msg, type)",
+        },
+    },
+    "additionalProperties": True,
+}
+_PROBLEM_DESCRIPTIONS = {
+    "400": "Malformed request (a body that is not JSON, a malformed header); nothing stored",
+    "401": "Missing or unknown API key (send 'Authorization: Bearer <key>')",
+    "403": "The API key lacks the scope this operation needs",
+    "404": "Not found",
+    "408": "The request body did not arrive within LEDGERLINK_REQUEST_TIMEOUT_SECONDS",
+    "413": "The body is larger than LEDGERLINK_MAX_BODY_BYTES",
+    "422": "Validation failed: `errors` names each failing field; nothing was stored",
+    "503": "The database is unavailable: retry after Retry-After seconds (with the same "
+    "webhook-id or Idempotency-Key, so that a change stored just as the connection dropped "
+    "is not applied twice)",
+}
+_HTTP_METHODS = frozenset({"get", "put", "post", "patch", "delete", "head", "options"})
+
+
+def document_problems(spec: dict[str, Any]) -> dict[str, Any]:
+    """Declare, on every operation, the problem+json errors it can answer. The handlers above
+    and the middleware produce them for every route, so the routes do not list them all."""
+    spec.setdefault("components", {}).setdefault("schemas", {})["Problem"] = PROBLEM_SCHEMA
+    for path, item in spec.get("paths", {}).items():
+        for method, operation in item.items():
+            if method not in _HTTP_METHODS:
+                continue
+            responses: dict[str, Any] = operation.setdefault("responses", {})
+            for status in _possible_problems(path, operation):
+                response = responses.setdefault(
+                    status, {"description": _PROBLEM_DESCRIPTIONS[status]}
+                )
+                if status == "422":
+                    # FastAPI documents its own 422 body (application/json); ours differs.
+                    response.pop("content", None)
+                    if response.get("description") == "Validation Error":
+                        response["description"] = _PROBLEM_DESCRIPTIONS[status]
+                if status == "503":
+                    response.setdefault("headers", {})["Retry-After"] = {
+                        "description": "Seconds to wait before retrying",
+                        "schema": {"type": "string", "pattern": "^[0-9]+$"},
+                    }
+            for code, response in responses.items():
+                if code[:1] in ("4", "5") and not response.get("content"):
+                    response["content"] = {PROBLEM_JSON: {}}
+                declared = response.get("content", {}).get(PROBLEM_JSON)
+                if declared is not None:
+                    # A new dict each time: shared ones become YAML anchors in openapi.yaml.
+                    declared.setdefault("schema", {"$ref": "#/components/schemas/Problem"})
+            operation["responses"] = dict(sorted(responses.items()))
+    for unused in ("HTTPValidationError", "ValidationError"):
+        spec["components"]["schemas"].pop(unused, None)
+    return spec
+
+
+def _possible_problems(path: str, operation: dict[str, Any]) -> list[str]:
+    has_body = "requestBody" in operation
+    statuses: list[str] = []
+    if operation.get("security"):
+        statuses += ["401", "403"]
+    if "{" in path:
+        statuses.append("404")
+    if has_body:
+        statuses += ["400", "408", "413"]
+    if has_body or operation.get("parameters"):
+        statuses.append("422")
+    if path.startswith("/v1/"):
+        statuses.append("503")
+    return statuses
+
+
+def install_openapi_problems(app: FastAPI) -> None:
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = document_problems(generate())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

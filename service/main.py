@@ -13,7 +13,7 @@ from fastapi_offline import FastAPIOffline
 
 from service import __version__
 from service.db import EmbeddedPostgres, create_engine
-from service.errors import install_error_handlers
+from service.errors import install_error_handlers, install_openapi_problems
 from service.logging import configure_logging, get_logger
 from service.middleware import RequestContextMiddleware
 from service.settings import Settings, load_settings
@@ -73,20 +73,27 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
     configure_logging(settings.log_level, settings.log_format)
-    docs_url = "/docs" if settings.docs_enabled else None
-    app = FastAPIOffline(
+    # FastAPIOffline serves the docs' assets itself (no CDN), but insists on a schema URL: with
+    # the docs switched off there is no schema URL, no docs page, and plain FastAPI.
+    make = FastAPIOffline if settings.docs_enabled else FastAPI
+    app = make(
         title="ledgerlink",
         version=__version__,
         summary="Sage 50 -> OpenCRM payment statuses that tell write-offs from payments",
-        docs_url=docs_url,
+        docs_url="/docs" if settings.docs_enabled else None,
         redoc_url=None,
         openapi_url="/openapi.json" if settings.docs_enabled else None,
         lifespan=lifespan,
     )
     app.state.settings = settings
     install_error_handlers(app)
-    app.add_middleware(RequestContextMiddleware, receive_timeout=settings.request_timeout_seconds)
+    app.add_middleware(
+        RequestContextMiddleware,
+        receive_timeout=settings.request_timeout_seconds,
+        max_body_bytes=settings.max_body_bytes,
+    )
     _include_routers(app)
+    install_openapi_problems(app)
     return app
 
 

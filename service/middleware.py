@@ -8,9 +8,10 @@ import time
 import uuid
 
 import structlog
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import RequestTimeout
+from service.errors import PayloadTooLarge, RequestTimeout, ServiceError, problem
 from service.logging import get_logger
 from service.ops.metrics import HTTP_LATENCY, HTTP_REQUESTS
 
@@ -32,9 +33,12 @@ _QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, receive_timeout: float = 30.0) -> None:
+    def __init__(
+        self, app: ASGIApp, receive_timeout: float = 30.0, max_body_bytes: int | None = None
+    ) -> None:
         self.app = app
         self.receive_timeout = receive_timeout
+        self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -45,33 +49,69 @@ class RequestContextMiddleware:
         structlog.contextvars.bind_contextvars(request_id=request_id)
         started = time.perf_counter()
         status_holder = {"status": 500}
+        # A body refused while it streams in (413, 408). FastAPI answers any error raised while
+        # it reads a body with a 400: that answer is replaced by this one.
+        refused: ServiceError | None = None
+        replacing = False
 
         async def send_wrapper(message: Message) -> None:
+            nonlocal replacing
             if message["type"] == "http.response.start":
+                if refused is not None and message["status"] != refused.status_code:
+                    replacing = True
+                    message = {
+                        "type": "http.response.start",
+                        "status": refused.status_code,
+                        "headers": _refusal(refused).raw_headers,
+                    }
                 status_holder["status"] = message["status"]
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", request_id.encode()))
+                if refused is not None:
+                    # The rest of the body is still on its way: the connection cannot be reused.
+                    headers.append((b"connection", b"close"))
                 present = {name.lower() for name, _ in headers}
                 headers.extend(h for h in SECURITY_HEADERS if h[0] not in present)
                 message["headers"] = headers
+            elif replacing and refused is not None:
+                if message.get("more_body", False):
+                    return
+                message = {"type": "http.response.body", "body": _refusal(refused).body}
             await send(message)
 
         body_done = False
+        body_size = 0
+        # One deadline for the whole body: a per-chunk timeout would let a client that sends a
+        # byte every few seconds hold the request open for ever.
+        body_deadline = time.monotonic() + self.receive_timeout
 
         async def timed_receive() -> Message:
             # A client that trickles its body (slowloris) gets a 408 instead of holding a
-            # request open forever. Once the body is in, waiting (for a disconnect) is free.
-            nonlocal body_done
+            # request open forever; one sending more than the limit gets a 413 before it is all
+            # read. Once the body is in, waiting (for a disconnect) is free.
+            nonlocal body_done, body_size, refused
             if body_done:
                 return await receive()
+            limit = self.max_body_bytes
+            if limit is not None and body_size == 0 and _declared_length(scope) > limit:
+                refused = _too_large(limit)
+                raise refused
             try:
-                message = await asyncio.wait_for(receive(), self.receive_timeout)
+                message = await asyncio.wait_for(
+                    receive(), max(body_deadline - time.monotonic(), 0.0)
+                )
             except TimeoutError:
-                raise RequestTimeout(
+                refused = RequestTimeout(
                     f"the request body did not arrive within {self.receive_timeout:g} s"
-                ) from None
+                )
+                raise refused from None
             if message["type"] != "http.request" or not message.get("more_body", False):
                 body_done = True
+            if message["type"] == "http.request":
+                body_size += len(message.get("body", b""))
+                if limit is not None and body_size > limit:
+                    refused = _too_large(limit)
+                    raise refused
             return message
 
         try:
@@ -92,6 +132,24 @@ class RequestContextMiddleware:
                     duration_ms=round(elapsed * 1000, 2),
                 )
             structlog.contextvars.clear_contextvars()
+
+
+def _declared_length(scope: Scope) -> int:
+    for name, value in scope.get("headers", []):
+        if name == b"content-length" and value.isdigit():
+            return int(value)
+    return 0
+
+
+def _refusal(error: ServiceError) -> JSONResponse:
+    return problem(error.status_code, error.title, error.detail, extra=error.extra)
+
+
+def _too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"the body is larger than {limit} bytes (LEDGERLINK_MAX_BODY_BYTES)",
+        extra={"reason": "too_large"},
+    )
 
 
 def _incoming_request_id(scope: Scope) -> str | None:

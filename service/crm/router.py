@@ -36,7 +36,7 @@ async def list_outbox(
 ) -> OutboxPage:
     after = 0
     if cursor is not None:
-        if not cursor.isdigit() or int(cursor) > MAX_ID:
+        if not (cursor.isascii() and cursor.isdigit()) or int(cursor) > MAX_ID:
             raise Unprocessable(
                 "cursor: not a cursor this API returned",
                 errors=[
