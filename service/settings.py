@@ -99,7 +99,7 @@ class Settings(BaseSettings):
     # Where an API method is posted, relative to OPENCRM_BASE_URL (from an unofficial client:
     # check it on your system).
     opencrm_path_template: str = "/api/rest/{method}"
-    crm_max_attempts: int = Field(default=8, ge=1, le=100)
+    crm_max_attempts: int = Field(default=20, ge=1, le=100)
     # Full-jitter exponential backoff between delivery attempts: up to base * 2^(n-1), capped.
     crm_retry_base_seconds: float = Field(default=5.0, gt=0)
     crm_retry_max_seconds: float = Field(default=900.0, gt=0)

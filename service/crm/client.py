@@ -160,17 +160,18 @@ class OpenCrmClient:
         finally:
             CRM_LATENCY.labels(method).observe(time.perf_counter() - started)
         log.debug("crm.call", method=method, status=response.status_code)
-        return _parse(method, response)
+        secrets = (form["key"], form["passkey"])
+        return _parse(method, response, secrets)
 
 
-def _parse(method: str, response: httpx.Response) -> Any:
+def _parse(method: str, response: httpx.Response, secrets: tuple[str, ...] = ()) -> Any:
     status = response.status_code
     body: Any = None
     try:
         body = response.json()
     except ValueError:
         body = None
-    error = _error_text(body)
+    error = _redact(_error_text(body), secrets)
     if status in (401, 403) or (error is not None and _AUTH_ERROR.search(error)):
         shown = error or f"HTTP {status}"
         raise CrmAuthError(
@@ -205,6 +206,17 @@ def _error_text(body: Any) -> str | None:
     if isinstance(error, dict):
         error = error.get("message") or error.get("description") or error
     return str(error)
+
+
+def _redact(text: str | None, secrets: tuple[str, ...]) -> str | None:
+    """An error that quotes our credentials back must not carry them into logs, /readyz or
+    the outbox's last_error."""
+    if text is None:
+        return None
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "[redacted]")
+    return text
 
 
 def _clip(text: str) -> str:

@@ -317,7 +317,9 @@ def _change(message: repo.Message, crm_id: str | None) -> Change:
 
 def build_connector(settings: Settings, http: httpx.AsyncClient) -> Connector:
     if settings.crm_mode is CrmMode.local:
-        return LocalConnector(batch_size=settings.worker_batch_size)
+        # One advisory lock per claimed invoice: keep a pass well inside PostgreSQL's lock table
+        # (max_locks_per_transaction), whatever the reconcile batch size is set to.
+        return LocalConnector(batch_size=min(settings.worker_batch_size, LOCAL_BATCH_CAP))
     base_url, key, passkey = (
         settings.opencrm_base_url,
         settings.opencrm_key,
@@ -366,6 +368,9 @@ async def retry_dead_letter(conn: AsyncConnection, message_id: int) -> Any:
     await repo.notify_outbox(conn)
     log.info("crm.dead_letter.retried", message_id=message_id)
     return row
+
+
+LOCAL_BATCH_CAP = 1000
 
 
 # Readiness ------------------------------------------------------------------------------------

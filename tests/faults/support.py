@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import subprocess
-import sys
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -28,58 +25,8 @@ WEBHOOK = "/v1/webhooks/sage/postings"
 ADMIN = {"Authorization": f"Bearer {FAULT_KEY}"}
 
 
-class Service(LedgerlinkProcess):
-    """LedgerlinkProcess whose output is read as it comes.
-
-    The base class reads the child's stdout only when it exits: a service that logs more than
-    a pipe holds (64 KiB, a few hundred request lines) then blocks on its next log line, and
-    every request with it.
-    """
-
-    def start(self, *extra: str) -> Service:
-        self._lines: list[str] = []
-        self._reader: threading.Thread | None = None
-        args = [sys.executable, "-m", "service.cli", self.command, *extra]
-        self.proc = subprocess.Popen(
-            args, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
-        stream = self.proc.stdout
-        assert stream is not None
-        self._reader = threading.Thread(
-            target=lambda: self._lines.extend(stream), name="service-output", daemon=True
-        )
-        self._reader.start()
-        if self.command == "serve":
-            self.wait_ready()
-        return self
-
-    def wait_ready(self, timeout: float = 60) -> None:
-        assert self.proc is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                self.wait(10)
-                raise AssertionError(f"service exited: {self.output[-3000:]}")
-            try:
-                if httpx.get(f"{self.base_url}/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"service not ready in time: {self.log[-3000:]}")
-
-    def wait(self, timeout: float = 60) -> int:
-        assert self.proc is not None
-        code = self.proc.wait(timeout=timeout)
-        if self._reader is not None:
-            self._reader.join(timeout=10)
-        self.output = "".join(self._lines)
-        return code
-
-    @property
-    def log(self) -> str:
-        """What it has printed so far."""
-        return "".join(list(self._lines))
+# The fault tests' name for a ledgerlink subprocess.
+Service = LedgerlinkProcess
 
 
 @asynccontextmanager

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from types import TracebackType
@@ -80,16 +81,27 @@ class LedgerlinkProcess:
         self.env = env
         self.proc: subprocess.Popen[str] | None = None
         self.output = ""
+        self._lines: list[str] = []
+        self._reader = threading.Thread()
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, *extra: str) -> LedgerlinkProcess:
+        self._lines = []
         args = [sys.executable, "-m", "service.cli", self.command, *extra]
         self.proc = subprocess.Popen(
             args, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
+        stream = self.proc.stdout
+        assert stream is not None
+        # Read the output as it comes: a service whose pipe (64 KiB) fills up blocks on its
+        # next log line, and every request with it.
+        self._reader = threading.Thread(
+            target=lambda: self._lines.extend(stream), name="ledgerlink-output", daemon=True
+        )
+        self._reader.start()
         if self.command == "serve":
             self.wait_ready()
         return self
@@ -99,14 +111,20 @@ class LedgerlinkProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise AssertionError(f"service exited: {self.proc.communicate()[0]}")
+                self.wait(10)
+                raise AssertionError(f"service exited: {self.output[-3000:]}")
             try:
                 if httpx.get(f"{self.base_url}/readyz", timeout=2).status_code == 200:
                     return
             except httpx.TransportError:
                 pass
             time.sleep(0.1)
-        raise AssertionError("service not ready in time")
+        raise AssertionError(f"service not ready in time: {self.log[-3000:]}")
+
+    @property
+    def log(self) -> str:
+        """What it has printed so far."""
+        return "".join(list(self._lines))
 
     def signal(self, sig: int) -> None:
         assert self.proc is not None
@@ -114,9 +132,10 @@ class LedgerlinkProcess:
 
     def wait(self, timeout: float = 60) -> int:
         assert self.proc is not None
-        out, _ = self.proc.communicate(timeout=timeout)
-        self.output += out or ""
-        return self.proc.returncode
+        code = self.proc.wait(timeout=timeout)
+        self._reader.join(timeout=10)
+        self.output = "".join(self._lines)
+        return code
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
