@@ -10,6 +10,7 @@ import httpx
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tests.ingest.factories import si as si
 from tests.support.webhooks import signed_request
 
 WEBHOOK = "/v1/webhooks/sage/postings"
@@ -32,22 +33,6 @@ _trans = itertools.count(1)
 
 def next_tran() -> int:
     return next(_trans)
-
-
-def si(tran: int, ref: str, gross: str = "120.00", **extra: Any) -> dict[str, Any]:
-    return {
-        "tran_number": tran,
-        "type": "SI",
-        "account_ref": "ACME01",
-        "reference": ref,
-        "date": "2026-01-05",
-        "details": "Widgets",
-        "nominal_code": "4000",
-        "net_amount": gross,
-        "tax_amount": "0.00",
-        "gross_amount": gross,
-        **extra,
-    }
 
 
 def settling(
