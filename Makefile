@@ -45,7 +45,7 @@ openapi: install ## Write openapi.yaml from the app
 openapi-check: install ## Fail when openapi.yaml differs from the app
 	$(RUN) python -m service.openapi check
 
-bench: install ## The full benchmark suite; writes docs/BENCHMARKS.md
+bench: install ## The full benchmark suite (~20 min); writes docs/BENCHMARKS.md, benchmarks.json and benchmarks.png
 	$(RUN) python -m bench
 
 bench-quick: install ## A reduced benchmark run (under 2 minutes)

@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -41,6 +42,12 @@ class BenchResult:
     target: str = ""
     met: bool | None = None
     notes: str = ""
+    # A point of a growth line (bench/chart.py): the line's name and its x (postings). Such a
+    # result is also listed in the report's growth table.
+    series: str = ""
+    x: float | None = None
+    # Anything else the chart draws (JSON values), e.g. RSS samples; not shown in the table.
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.ratio is None and self.baseline_value:
@@ -103,6 +110,41 @@ def _database() -> Iterator[tuple[str, int | None]]:
 
 
 @contextlib.contextmanager
+def serving(
+    command: list[str], env: dict[str, str], log_path: Path, port: int
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Any HTTP app started as a subprocess of ours (its own session), until /readyz answers
+    200; stopped as the service is (SIGINT, then SIGKILL) on the way out."""
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        _wait_ready(f"http://127.0.0.1:{port}", process, log_path)
+        yield process
+    except Exception:
+        # What the server said is often the only clue to a 500: show its last lines.
+        tail = log_path.read_text(errors="replace")[-4000:]
+        print(f"--- last lines of {command[-2:]}'s log:\n{tail}", file=sys.stderr, flush=True)
+        raise
+    finally:
+        _stop(process)
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of one process (not its children)."""
+    import psutil
+
+    rss: int = psutil.Process(pid).memory_info().rss
+    return rss
+
+
+@contextlib.contextmanager
 def running_service(*, extra_env: dict[str, str] | None = None) -> Iterator[Service]:
     """`ledgerlink serve --dev` (what `make run` runs: migrate, serve, worker in process) on a
     free port, with bench credentials, until /readyz answers 200.
@@ -127,20 +169,10 @@ def running_service(*, extra_env: dict[str, str] | None = None) -> Iterator[Serv
             **(extra_env or {}),
         }
         log_path = Path(tmp) / "service.log"
-        with log_path.open("wb") as log:
-            process = subprocess.Popen(
-                [*_ledgerlink_command(), "serve", "--dev"],
-                cwd=ROOT,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        base_url = f"http://127.0.0.1:{port}"
-        try:
-            _wait_ready(base_url, process, log_path)
+        command = [*_ledgerlink_command(), "serve", "--dev"]
+        with serving(command, env, log_path, port) as process:
             yield Service(
-                base_url=base_url,
+                base_url=f"http://127.0.0.1:{port}",
                 database_url=database_url,
                 api_key=BENCH_API_KEY,
                 webhook_secret=BENCH_WEBHOOK_SECRET,
@@ -148,8 +180,6 @@ def running_service(*, extra_env: dict[str, str] | None = None) -> Iterator[Serv
                 log_path=log_path,
                 postmaster_pid=postmaster_pid,
             )
-        finally:
-            _stop(process)
 
 
 def _wait_ready(base_url: str, process: subprocess.Popen[bytes], log_path: Path) -> None:
@@ -198,33 +228,49 @@ class Timer:
 
 class CpuMeter:
     """CPU used during a measurement: by the benchmark's own processes (this one, the service,
-    our PostgreSQL) and by everything else on the machine, which the figures cannot exclude."""
+    our PostgreSQL) and by everything else on the machine, which the figures cannot exclude.
+
+    `by_role` splits ours into "load generator" (this process and helpers), "service" and
+    "PostgreSQL". CPU-seconds per unit of work hardly depend on what else runs on the machine,
+    unlike the rate: they are what to compare between runs on a shared box.
+    """
+
+    ROLES = ("load generator", "service", "PostgreSQL")
 
     def __init__(self, service: Service) -> None:
         self._service = service
-        self._start: tuple[float, float, float] | None = None
+        self._start: tuple[float, float, dict[str, float]] | None = None
         self.ours = 0.0
         self.others = 0.0
         self.capacity = 0.0
+        self.seconds = 0.0
+        self.by_role: dict[str, float] = dict.fromkeys(self.ROLES, 0.0)
 
-    def _ours_now(self) -> float:
+    def _ours_now(self) -> dict[str, float]:
         import psutil
 
-        roots = [os.getpid(), self._service.pid]
-        if self._service.postmaster_pid:
-            roots.append(self._service.postmaster_pid)
+        roots = [
+            ("load generator", os.getpid()),
+            ("service", self._service.pid),
+            ("PostgreSQL", self._service.postmaster_pid),
+        ]
+        role_of: dict[int, str] = {}
         processes: dict[int, psutil.Process] = {}
-        for root in roots:
+        for role, root in roots:
+            if not root:
+                continue
             with contextlib.suppress(psutil.Error):
                 parent = psutil.Process(root)
                 for proc in [parent, *parent.children(recursive=True)]:
-                    processes[proc.pid] = proc  # the service is also this process's child
-        total = 0.0
-        for proc in processes.values():
+                    # The service is also this process's child: the later, narrower root wins.
+                    processes[proc.pid] = proc
+                    role_of[proc.pid] = role
+        totals = dict.fromkeys(self.ROLES, 0.0)
+        for pid, proc in processes.items():
             with contextlib.suppress(psutil.Error):
                 times = proc.cpu_times()
-                total += times.user + times.system
-        return total
+                totals[role_of[pid]] += times.user + times.system
+        return totals
 
     @staticmethod
     def _machine_now() -> tuple[float, float]:
@@ -242,10 +288,13 @@ class CpuMeter:
         assert self._start is not None
         busy0, t0, ours0 = self._start
         busy1, t1 = self._machine_now()
+        ours1 = self._ours_now()
         # Processes that ended during the run (pool connections) are not counted as ours.
-        self.ours = max(0.0, self._ours_now() - ours0)
+        self.by_role = {role: max(0.0, ours1[role] - ours0[role]) for role in self.ROLES}
+        self.ours = sum(self.by_role.values())
         self.others = max(0.0, (busy1 - busy0) - self.ours)
-        self.capacity = (t1 - t0) * (os.cpu_count() or 1)
+        self.seconds = t1 - t0
+        self.capacity = self.seconds * (os.cpu_count() or 1)
 
     def describe(self) -> str:
         if not self.capacity:
@@ -254,4 +303,17 @@ class CpuMeter:
             f"CPU during the run: benchmark + service + PostgreSQL "
             f"{self.ours / self.capacity:.0%}, other processes on the machine "
             f"{self.others / self.capacity:.0%}"
+        )
+
+    def per_unit(self, units: int, unit: str = "posting") -> str:
+        """CPU microseconds per unit of work, by role, and the rate that cost allows on this
+        machine's cores if nothing else ran."""
+        if not units or not self.ours:
+            return ""
+        parts = ", ".join(f"{role} {self.by_role[role] / units * 1e6:.1f}" for role in self.ROLES)
+        cores = os.cpu_count() or 1
+        return (
+            f"CPU per {unit}: {self.ours / units * 1e6:.1f} us ({parts}); at that cost "
+            f"{cores} cores with nothing else running could do at most "
+            f"{units * cores / self.ours:,.0f}/s"
         )

@@ -5,7 +5,9 @@ to the service started as `make run` starts it, beside a minimal baseline (the s
 Before the timed run the invoices the receipts pay are loaded through the same webhook, so
 every allocation marks a real invoice dirty and wakes the worker, as in production. The same
 push is then repeated against a service with its worker switched off, to show what the
-reconciliation running beside ingest costs on the same cores.
+reconciliation running beside ingest costs on the same cores. Full mode: 400,000 receipts,
+three times, each in a fresh service and database, the median reported (bench/memory.py pushes
+5,000,000 in one go and reports the rate as the tables grow).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import asyncio
 import datetime as dt
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -44,9 +46,10 @@ TARGET_POSTINGS_PER_SECOND = 50_000
 class Size:
     postings: int
     invoices: int
+    repeats: int = 1  # each in a fresh service and database; the median is reported
 
 
-FULL = Size(postings=1_000_000, invoices=100_000)
+FULL = Size(postings=400_000, invoices=100_000, repeats=3)
 QUICK = Size(postings=50_000, invoices=10_000)
 RECEIPT_BASE = 10_000_000
 
@@ -57,6 +60,8 @@ class PushStats:
     seconds: float
     latencies: list[float]
     cpu: str = ""
+    # CPU microseconds per posting by process: comparable between runs on a shared machine.
+    cost: str = ""
 
     @property
     def rate(self) -> float:
@@ -102,8 +107,18 @@ def batches(postings: list[dict[str, Any]]) -> list[bytes]:
     ]
 
 
-async def push(service: Service, bodies: Sequence[bytes], label: str, postings: int) -> PushStats:
-    """Send every body signed, with CONCURRENCY senders; each must be answered 202."""
+async def push(
+    service: Service,
+    bodies: Iterable[bytes],
+    label: str,
+    postings: int,
+    *,
+    on_accepted: Callable[[int], None] | None = None,
+) -> PushStats:
+    """Send every body signed, with CONCURRENCY senders; each must be answered 202.
+
+    `bodies` may be a generator (made as they are sent); `on_accepted(index)` is called after
+    each 202."""
     latencies: list[float] = []
     queue = iter(enumerate(bodies))
     run = uuid.uuid4().hex[:8]
@@ -127,12 +142,20 @@ async def push(service: Service, bodies: Sequence[bytes], label: str, postings: 
                     raise RuntimeError(
                         f"batch {index} answered {response.status_code}: {response.text[:500]}"
                     )
+                if on_accepted is not None:
+                    on_accepted(index)
 
         with CpuMeter(service) as cpu:
             timer = Timer()
             await asyncio.gather(*(sender() for _ in range(CONCURRENCY)))
             seconds = timer.elapsed
-    return PushStats(postings=postings, seconds=seconds, latencies=latencies, cpu=cpu.describe())
+    return PushStats(
+        postings=postings,
+        seconds=seconds,
+        latencies=latencies,
+        cpu=cpu.describe(),
+        cost=cpu.per_unit(postings),
+    )
 
 
 BASELINE_SCHEMA = "bench_baseline"
@@ -251,12 +274,38 @@ async def _ingest(
     return http, base
 
 
+def _median_run(runs: list[PushStats]) -> PushStats:
+    """The run with the median rate (3 runs: the middle one), all runs' batch latencies."""
+    ordered = sorted(runs, key=lambda r: r.rate)
+    middle = ordered[(len(ordered) - 1) // 2]
+    every = [latency for r in runs for latency in r.latencies]
+    return PushStats(middle.postings, middle.seconds, every, middle.cpu, middle.cost)
+
+
+def _rates(runs: list[PushStats]) -> str:
+    return ", ".join(f"{r.rate:,.0f}" for r in runs) + "/s"
+
+
 async def _run(size: Size) -> list[BenchResult]:
     receipts = [receipt(i, size.invoices) for i in range(size.postings)]
     bodies = batches(receipts)
-    http, base = await _ingest(size, bodies, receipts, worker=True)
-    alone, _ = await _ingest(size, bodies, receipts, worker=False)
-    assert base is not None
+    on_runs: list[PushStats] = []
+    base_runs: list[PushStats] = []
+    off_runs: list[PushStats] = []
+    for repeat in range(size.repeats):
+        http, base = await _ingest(size, bodies, receipts, worker=True)
+        alone, _ = await _ingest(size, bodies, receipts, worker=False)
+        assert base is not None
+        on_runs.append(http)
+        base_runs.append(base)
+        off_runs.append(alone)
+        print(
+            f"  repeat {repeat + 1}: worker on {http.rate:,.0f}/s, worker off "
+            f"{alone.rate:,.0f}/s, baseline {base.rate:,.0f}/s",
+            flush=True,
+        )
+    http, base, alone = (_median_run(r) for r in (on_runs, base_runs, off_runs))
+    runs = f"median of {size.repeats} (runs {_rates(on_runs)}; baseline {_rates(base_runs)})"
     ms = 1000
     return [
         BenchResult(
@@ -268,8 +317,9 @@ async def _run(size: Size) -> list[BenchResult]:
             baseline_value=base.rate,
             target=f">= {TARGET_POSTINGS_PER_SECOND:,} postings/s",
             met=http.rate >= TARGET_POSTINGS_PER_SECOND,
-            notes=f"{http.seconds:.1f}s (baseline {base.seconds:.1f}s); {size.invoices:,} "
-            f"invoices loaded first, every receipt allocated to one; {http.cpu}",
+            notes=f"{runs}; median run {http.seconds:.1f}s (baseline {base.seconds:.1f}s); "
+            f"{size.invoices:,} invoices loaded first, every receipt allocated to one; "
+            f"{http.cpu}; {http.cost}",
         ),
         BenchResult(
             name="ingest: postings/s over HTTP, worker off (ingest alone)",
@@ -277,7 +327,8 @@ async def _run(size: Size) -> list[BenchResult]:
             unit="postings/s",
             baseline_name="asyncpg unnest upsert, no HTTP",
             baseline_value=base.rate,
-            notes=f"{alone.seconds:.1f}s; {alone.cpu}",
+            notes=f"median of {size.repeats} (runs {_rates(off_runs)}); median run "
+            f"{alone.seconds:.1f}s; {alone.cpu}; {alone.cost}",
         ),
         BenchResult(
             name="ingest: p50 batch latency (worker on)",
@@ -285,7 +336,8 @@ async def _run(size: Size) -> list[BenchResult]:
             unit="ms",
             baseline_name="asyncpg p50",
             baseline_value=percentile(base.latencies, 50) * ms,
-            notes="signed POST of 500 postings until its 202 (committed)",
+            notes="signed POST of 500 postings until its 202 (committed); over the batches of "
+            "every run",
         ),
         BenchResult(
             name="ingest: p99 batch latency (worker on)",
