@@ -4,18 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import signal
 import warnings
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
-from sqlmodel.ext.asyncio.session import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 log = logging.getLogger(__name__)
 
@@ -44,24 +38,6 @@ def create_engine(url: str, *, pool_size: int = 10, **kwargs: Any) -> AsyncEngin
         connect_args={"server_settings": {"application_name": "ledgerlink"}},
         **kwargs,
     )
-
-
-@asynccontextmanager
-async def session_scope(engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
-    """One unit of work: commit on success, roll back on any error."""
-    async with AsyncSession(engine, expire_on_commit=False) as session:
-        try:
-            yield session
-            await session.commit()
-        except BaseException:
-            await session.rollback()
-            raise
-
-
-@asynccontextmanager
-async def transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
-    async with engine.begin() as conn:
-        yield conn
 
 
 class EmbeddedPostgres:
@@ -124,19 +100,3 @@ class EmbeddedPostgres:
             return None
         pid: int | None = self._server.get_pid()
         return pid
-
-    def kill_hard(self) -> None:
-        """Simulate a crash of the database (fault tests)."""
-        pid = self.postmaster_pid()
-        if pid:
-            os.kill(pid, signal.SIGKILL)
-
-
-async def database_answers(engine: AsyncEngine) -> bool:
-    try:
-        async with engine.connect() as conn:
-            await conn.execute(sa.text("SELECT 1"))
-        return True
-    except Exception:
-        log.debug("database did not answer", exc_info=True)
-        return False

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any, cast
+from typing import cast
 
 import structlog
 
@@ -48,7 +48,3 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:
     return cast(structlog.stdlib.BoundLogger, structlog.get_logger(name))
-
-
-def bind(**values: Any) -> None:
-    structlog.contextvars.bind_contextvars(**values)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,12 +14,7 @@ import asyncpg
 import httpx
 import psutil
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+from tests.support.processes import free_port
 
 
 def _start(data_dir: Path, port: int) -> subprocess.Popen[str]:
@@ -79,7 +73,7 @@ def _sql(pgdata: Path, query: str) -> object:
 def test_make_run_starts_prints_key_keeps_data_and_leaves_nothing(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     pgdata = (data_dir / "pg").resolve()
-    port = _free_port()
+    port = free_port()
 
     first = _start(data_dir, port)
     try:

@@ -11,7 +11,6 @@ the real API, it does not validate: an unknown field filters nothing), `get_invo
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import socket
 import threading
@@ -24,6 +23,8 @@ from urllib.parse import parse_qsl
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+
+from tests.support.processes import free_port
 
 KEY = "fake-opencrm-key-0001"
 PASSKEY = "fake-opencrm-passkey-0001"
@@ -91,7 +92,7 @@ class FakeOpenCrm:
         self._lock = threading.Lock()
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
-        self.port = _free_port()
+        self.port = free_port()
         self.app = self._build_app()
 
     @property
@@ -287,10 +288,3 @@ class FakeOpenCrm:
                 )
             )
         return {"success": True, "crmid": crm_id}
-
-
-def _free_port() -> int:
-    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
