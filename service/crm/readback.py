@@ -119,7 +119,7 @@ class ReadBack:
 
     def _on_day(self, record: CrmInvoice, day: date) -> bool:
         modified = self._modified(record)
-        return modified is None or modified.startswith(day.isoformat())
+        return modified is not None and modified.startswith(day.isoformat())
 
     def _modified(self, record: CrmInvoice) -> str | None:
         name = self.connector.fields.modified

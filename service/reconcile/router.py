@@ -128,7 +128,9 @@ async def reconciliation_report(
             description="divergent: status differs from the derived label, overpaid, "
             "duplicate invoice number, deleted in Sage, or a warning (missing picklist label); "
             "conflicts: protected invoices whose postings disagree; "
-            "mismatches: Sage's outstanding differs from the allocations"
+            "mismatches: Sage's outstanding differs from the allocations; "
+            "crm_drift: OpenCRM shows another status or balance and nothing of ours is on its "
+            "way there (someone edited it in OpenCRM)"
         ),
     ] = "divergent",
     limit: Annotated[int, Query(ge=1, le=5000)] = 100,
