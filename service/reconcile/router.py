@@ -6,6 +6,7 @@ import csv
 import io
 import time
 import uuid
+from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
@@ -201,6 +202,8 @@ def _csv_cell(value: object) -> str:
         return "true" if value else "false"
     if isinstance(value, Decimal):
         return f"{value:.2f}"
+    if isinstance(value, datetime):
+        return value.isoformat()
     if isinstance(value, list):
         return ";".join(str(v) for v in value)
     text = str(value)

@@ -147,6 +147,7 @@ def opencrm_connector(
     batch_size: int = 20,
     number_query: str = fake_opencrm.NUMBER_FIELD,
     number_record: str | None = None,
+    user_agent: str = "ledgerlink/test",
 ) -> OpenCrmConnector:
     from pydantic import SecretStr
 
@@ -155,7 +156,7 @@ def opencrm_connector(
         base_url=base_url,
         key=SecretStr(fake_opencrm.KEY),
         passkey=SecretStr(fake_opencrm.PASSKEY),
-        user_agent="ledgerlink/test",
+        user_agent=user_agent,
         timeout=5.0,
     )
     fields = CrmFields(
