@@ -9,7 +9,9 @@ import httpx
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service.crm import tasks as crm_tasks
 from service.crm.readback import ReadBack, build_readback
+from service.worker import WorkerContext
 from tests.conftest import READ_KEY, auth
 from tests.crm.e2e import crm_settings
 from tests.crm.support import add_invoice, add_message, scalar
@@ -249,3 +251,19 @@ async def test_a_modified_filter_the_crm_ignores_ends_as_one_full_scan(
 async def state_row(engine: AsyncEngine) -> Any:
     async with engine.connect() as conn:
         return (await conn.execute(sa.text("SELECT * FROM crm_readback_state"))).one()
+
+
+async def test_the_task_reads_nothing_when_off_or_in_local_mode(
+    engine: AsyncEngine, database_url: str, fake_crm: FakeOpenCrm, http: httpx.AsyncClient
+) -> None:
+    await company(engine, fake_crm, count=2)
+    for settings in (
+        crm_settings(database_url, fake_crm, crm_readback_seconds=0),
+        crm_settings(database_url, fake_crm, crm_mode="local"),
+    ):
+        ctx = WorkerContext(settings=settings, engine=engine, http=http, database_url=database_url)
+        assert await crm_tasks.read_back_once(ctx) == 0
+    assert fake_crm.calls() == []
+    on = crm_settings(database_url, fake_crm, crm_readback_seconds=60)
+    ctx = WorkerContext(settings=on, engine=engine, http=http, database_url=database_url)
+    assert await crm_tasks.read_back_once(ctx) == 2
