@@ -44,6 +44,8 @@ class Pushed:
     sent: dict[str, str] = field(default_factory=dict)
     crm_id: str | None = None
     crm_status: str | None = None
+    # The outstanding amount the CRM shows now, when ledgerlink keeps it there.
+    crm_outstanding: Decimal | None = None
 
 
 @dataclass(frozen=True)
@@ -137,7 +139,10 @@ class OpenCrmConnector:
         fields = self.changed_fields(change, invoice)
         if fields:
             await self.client.edit_invoice(invoice.crm_id, fields)
-        return Pushed(sent=fields, crm_id=invoice.crm_id, crm_status=crm_status)
+        shown = change.outstanding if self.fields.outstanding else None
+        return Pushed(
+            sent=fields, crm_id=invoice.crm_id, crm_status=crm_status, crm_outstanding=shown
+        )
 
     def changed_fields(self, change: Change, invoice: CrmInvoice) -> dict[str, str]:
         """Only what differs from the CRM, and never an empty value (OpenCRM would blank it)."""

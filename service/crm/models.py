@@ -127,6 +127,7 @@ class CrmInvoiceView(SQLModel, table=True):
     outstanding: Decimal | None = Field(default=None, sa_column=sa.Column(sa.Numeric(14, 2)))
     # The CRM's modification time, as the CRM writes it.
     modified: str | None = Field(default=None, sa_column=sa.Column(sa.String(32)))
+    # Since when the CRM has shown this (the row is rewritten only when something changes).
     seen_at: datetime = Field(
         sa_column=sa.Column(
             sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()

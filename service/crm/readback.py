@@ -32,7 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from service.crm import repository as repo
 from service.crm.client import CrmError, CrmHalt, CrmInvoice, CrmUnavailable
 from service.crm.connector import OpenCrmConnector, parse_amount
-from service.crm.service import RetryPolicy, build_client, fields_from
+from service.crm.service import RetryPolicy, build_opencrm_connector
 from service.logging import get_logger
 from service.ops.metrics import CRM_READBACK
 from service.settings import Settings
@@ -187,14 +187,9 @@ class ReadBack:
 
 
 def build_readback(settings: Settings, engine: AsyncEngine, http: httpx.AsyncClient) -> ReadBack:
-    connector = OpenCrmConnector(
-        build_client(settings, http),
-        fields_from(settings),
-        protected_statuses=settings.protected_statuses,
-    )
     return ReadBack(
         engine,
-        connector,
+        build_opencrm_connector(settings, http),
         RetryPolicy.from_settings(settings),
         interval=settings.crm_readback_seconds,
     )

@@ -446,6 +446,10 @@ _REMEMBER = sa.text(
       outstanding = EXCLUDED.outstanding,
       modified = coalesce(EXCLUDED.modified, c.modified),
       seen_at = EXCLUDED.seen_at
+    -- Every scan sees every invoice: rewrite only what changed (seen_at: since when).
+    WHERE (c.status, c.outstanding) IS DISTINCT FROM (EXCLUDED.status, EXCLUDED.outstanding)
+       OR c.crm_id IS DISTINCT FROM coalesce(EXCLUDED.crm_id, c.crm_id)
+       OR c.modified IS DISTINCT FROM coalesce(EXCLUDED.modified, c.modified)
     """
 )
 

@@ -193,7 +193,8 @@ class Dispatcher:
         if outcome.crm_status:
             work.seen[outcome.crm_status] += 1
         if self.tracks_health:
-            work.views.append(_view(change, outcome.crm_id, change.status, change.outstanding))
+            status = change.status or outcome.crm_status
+            work.views.append(_view(change, outcome.crm_id, status, outcome.crm_outstanding))
         work.results.append(repo.Result(newest.id, "delivered"))
         work.outcomes["delivered" if outcome.sent else "unchanged"] += 1
         return True
@@ -342,6 +343,10 @@ def build_connector(settings: Settings, http: httpx.AsyncClient) -> Connector:
         # One advisory lock per claimed invoice: keep a pass well inside PostgreSQL's lock table
         # (max_locks_per_transaction), whatever the reconcile batch size is set to.
         return LocalConnector(batch_size=min(settings.worker_batch_size, LOCAL_BATCH_CAP))
+    return build_opencrm_connector(settings, http)
+
+
+def build_opencrm_connector(settings: Settings, http: httpx.AsyncClient) -> OpenCrmConnector:
     return OpenCrmConnector(
         build_client(settings, http),
         fields_from(settings),

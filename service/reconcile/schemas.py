@@ -96,7 +96,9 @@ class ReportItem(BaseModel):
     crm_outstanding: Money | None = Field(
         default=None, description="OpenCRM's outstanding amount, when its field is configured"
     )
-    crm_seen_at: datetime | None = Field(default=None, description="When OpenCRM showed that")
+    crm_seen_at: datetime | None = Field(
+        default=None, description="Since when OpenCRM has shown that, as far as ledgerlink saw"
+    )
     reasons: list[str] = Field(
         description="status_differs, overpaid, duplicate, deleted, warning, conflict, mismatch, "
         "crm_drift"

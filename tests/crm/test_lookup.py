@@ -4,10 +4,12 @@ field, a misconfigured field, and a firewall 403 (dispatcher and fake OpenCRM on
 from __future__ import annotations
 
 from collections.abc import Iterator
+from decimal import Decimal
 from types import SimpleNamespace
 
 import httpx
 import pytest
+import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.crm.connector import OpenCrmConnector
@@ -68,6 +70,15 @@ async def test_an_invoice_beyond_the_first_page_is_found_and_updated_when_the_fi
     assert (await messages(engine))[message].state == "delivered"
     assert [(e.status, e.outstanding) for e in fake_crm.edits_for(TARGET)] == [("Paid", "0.00")]
     assert len(fake_crm.edits) == 1
+    # What the CRM shows now is remembered for the crm_drift report.
+    async with engine.connect() as conn:
+        view = (
+            await conn.execute(
+                sa.text("SELECT status, outstanding FROM crm_invoices WHERE invoice_number = :n"),
+                {"n": TARGET},
+            )
+        ).one()
+    assert tuple(view) == ("Paid", Decimal("0.00"))
     calls = list_calls(fake_crm)
     assert [(c["limit_start"], c["limit_end"]) for c in calls] == [
         ("0", "100"),

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 from typing import Any
 
 import httpx
@@ -267,3 +269,33 @@ async def test_the_task_reads_nothing_when_off_or_in_local_mode(
     on = crm_settings(database_url, fake_crm, crm_readback_seconds=60)
     ctx = WorkerContext(settings=on, engine=engine, http=http, database_url=database_url)
     assert await crm_tasks.read_back_once(ctx) == 2
+
+
+async def test_a_reader_killed_mid_page_leaves_the_cursor_for_the_next_one(
+    engine: AsyncEngine, database_url: str, fake_crm: FakeOpenCrm, http: httpx.AsyncClient
+) -> None:
+    await company(engine, fake_crm)
+    reader = readback(engine, database_url, fake_crm, http)
+    assert await reader.run_once() == 100
+    with socket.socket() as silent:  # accepts the connection, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        stuck = build_readback(
+            crm_settings(
+                database_url,
+                fake_crm,
+                crm_readback_seconds=300,
+                opencrm_base_url=f"http://127.0.0.1:{silent.getsockname()[1]}",
+            ),
+            engine,
+            http,
+        )
+        task = asyncio.create_task(stuck.run_once())
+        await asyncio.sleep(0.5)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    state = await state_row(engine)
+    assert (state.page_start, state.failures) == (100, 0)
+    assert await reader.run_once() == 100
+    assert list_calls(fake_crm)[-1]["limit_start"] == "100"
