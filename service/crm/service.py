@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service import __version__
 from service.crm import repository as repo
-from service.crm.client import CrmError, CrmHalt, CrmUnavailable, OpenCrmClient
+from service.crm.client import CrmAuthError, CrmError, CrmHalt, CrmUnavailable, OpenCrmClient
 from service.crm.connector import (
     Change,
     Connector,
@@ -165,7 +165,7 @@ class Dispatcher:
         except CrmHalt as exc:
             # Every later call would fail the same way: stop, burn no attempt, tell readiness.
             work.halted = str(exc)
-            work.outcomes["auth_failed"] += 1
+            work.outcomes["auth_failed" if isinstance(exc, CrmAuthError) else "misconfigured"] += 1
             return False
         except CrmUnavailable as exc:
             delay = self._fail(newest, str(exc), work, retry_after=exc.retry_after)
