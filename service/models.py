@@ -2,7 +2,12 @@
 
 from sqlmodel import SQLModel
 
-from service.crm.models import CrmObservedStatus, OutboxMessage
+from service.crm.models import (
+    CrmInvoiceView,
+    CrmObservedStatus,
+    CrmReadbackState,
+    OutboxMessage,
+)
 from service.ingest.models import Allocation, Posting, WebhookDelivery
 from service.invoices.models import Invoice, StatusHistory
 from service.jobs.models import Job, JobResult
@@ -13,7 +18,9 @@ metadata = SQLModel.metadata
 
 __all__ = [
     "Allocation",
+    "CrmInvoiceView",
     "CrmObservedStatus",
+    "CrmReadbackState",
     "Invoice",
     "Job",
     "JobResult",

@@ -94,7 +94,18 @@ class Settings(BaseSettings):
     opencrm_passkey: SecretStr | None = None
     opencrm_outstanding_field: str | None = None
     opencrm_status_field: str = "invoicestatus"
-    opencrm_number_field: str = "invoice_no"
+    # OpenCRM's field reference gives a field one name in a `query_string` and another as the key
+    # of a record read back; the record name defaults to the query name.
+    opencrm_number_field: str = Field(default="invoice_no", min_length=1)
+    opencrm_number_record_field: str | None = None
+    # Query (and record) name of the modification time; unset: every read-back reads every
+    # invoice (no public source confirms the field's name or that it filters).
+    opencrm_modified_field: str | None = None
+    opencrm_list_method: Literal["get_invoice_list", "get_invoice_list_full"] = "get_invoice_list"
+    # Records asked for per list call; OpenCRM answers at most 100.
+    opencrm_page_size: int = Field(default=100, ge=1, le=100)
+    # OpenCRM's firewall rejects some user agents (those containing "python" or "curl").
+    opencrm_user_agent: str | None = None
     opencrm_timeout_seconds: float = Field(default=10.0, gt=0)
     # Where an API method is posted, relative to OPENCRM_BASE_URL (from an unofficial client:
     # check it on your system).
@@ -103,6 +114,8 @@ class Settings(BaseSettings):
     # Full-jitter exponential backoff between delivery attempts: up to base * 2^(n-1), capped.
     crm_retry_base_seconds: float = Field(default=5.0, gt=0)
     crm_retry_max_seconds: float = Field(default=900.0, gt=0)
+    # How often statuses are read back from OpenCRM (0: never).
+    crm_readback_seconds: float = Field(default=300.0, ge=0)
 
     write_off_mode: WriteOffMode = WriteOffMode.classify
     write_off_nominals: Annotated[list[str], NoDecode] = Field(default=["8100-8199"])
@@ -161,6 +174,18 @@ class Settings(BaseSettings):
         if "{method}" not in value or not value.startswith("/"):
             raise ValueError("must start with / and contain {method}, like /api/rest/{method}")
         return value
+
+    @field_validator("opencrm_user_agent")
+    @classmethod
+    def _agent_not_blocked(cls, value: str | None) -> str | None:
+        if value is not None and re.search(r"python|curl", value, re.IGNORECASE):
+            raise ValueError("OpenCRM's firewall rejects user agents containing python or curl")
+        return value or None
+
+    @field_validator("opencrm_number_record_field", "opencrm_modified_field")
+    @classmethod
+    def _blank_is_unset(cls, value: str | None) -> str | None:
+        return value.strip() or None if value is not None else None
 
     @field_validator("status_labels", mode="before")
     @classmethod
@@ -224,6 +249,10 @@ class Settings(BaseSettings):
             low, _, high = item.partition("-")
             ranges.append((low, high or low))
         return ranges
+
+    @property
+    def number_record_field(self) -> str:
+        return self.opencrm_number_record_field or self.opencrm_number_field
 
     def label_for(self, state: str) -> str:
         return self.status_labels[state]

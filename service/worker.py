@@ -1,4 +1,5 @@
-"""The background worker: reconciliation, bulk jobs and CRM delivery, all claimed from PostgreSQL.
+"""The background worker: reconciliation, bulk jobs, CRM delivery and read-back, claimed from
+PostgreSQL.
 
 Woken by LISTEN/NOTIFY, with a periodic sweep as a safety net; every claim uses
 FOR UPDATE SKIP LOCKED, so any number of workers (and API replicas running one) share the work.
@@ -55,6 +56,7 @@ def default_tasks() -> list[tuple[str, Task]]:
         ("reconcile", reconcile_tasks.run_once),
         ("bulk_jobs", invoice_tasks.run_once),
         ("crm_outbox", crm_tasks.run_once),
+        ("crm_readback", crm_tasks.read_back_once),
     ]
 
 

@@ -16,6 +16,8 @@ def test_defaults_match_the_design() -> None:
     assert settings.protected_statuses == ["Written Off", "Paid/Written Off"]
     assert settings.nominal_ranges == [("8100", "8199")]
     assert settings.status_labels["paid_written_off"] == "Paid/Written Off"
+    assert settings.crm_readback_seconds == 300
+    assert settings.number_record_field == settings.opencrm_number_field == "invoice_no"
 
 
 @pytest.mark.parametrize(
@@ -32,6 +34,10 @@ def test_defaults_match_the_design() -> None:
         ("LEDGERLINK_API_KEYS", '{"0123456789abcdefXX": ["root"]}', "read/write/admin"),
         ("LEDGERLINK_STATUS_LABELS", '{"bogus": "X"}', "unknown derived states"),
         ("LEDGERLINK_DATABASE_URL", "mysql://x", "postgresql://"),
+        ("LEDGERLINK_OPENCRM_USER_AGENT", "python-requests/2.32", "LEDGERLINK_OPENCRM_USER_AGENT"),
+        ("LEDGERLINK_OPENCRM_USER_AGENT", "curl/8.5", "python or curl"),
+        ("LEDGERLINK_OPENCRM_PAGE_SIZE", "500", "LEDGERLINK_OPENCRM_PAGE_SIZE"),
+        ("LEDGERLINK_CRM_READBACK_SECONDS", "-1", "LEDGERLINK_CRM_READBACK_SECONDS"),
     ],
 )
 def test_bad_setting_names_itself(
@@ -43,6 +49,18 @@ def test_bad_setting_names_itself(
     message = str(info.value)
     assert expected in message
     assert "\n" not in message
+
+
+def test_the_number_field_has_a_query_name_and_a_record_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("LEDGERLINK_OPENCRM_NUMBER_FIELD", "invoice_number")
+    monkeypatch.setenv("LEDGERLINK_OPENCRM_NUMBER_RECORD_FIELD", "invoice_no")
+    settings = load_settings()
+    assert (settings.opencrm_number_field, settings.number_record_field) == (
+        "invoice_number",
+        "invoice_no",
+    )
 
 
 def test_opencrm_mode_requires_credentials(monkeypatch: pytest.MonkeyPatch) -> None:

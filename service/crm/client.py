@@ -1,9 +1,14 @@
 """The OpenCRM REST API over httpx: find, read and edit invoices, errors mapped to exceptions.
 
-What is known about the API (DOMAIN.md "OpenCRM"): form-encoded POSTs to
+What is known about the API (docs/CRM.md, "What is confirmed"): form-encoded POSTs to
 `{base}/api/rest/{method}`, credentials as the form fields `key` and `passkey`, errors as
-`{"error": "..."}` (even with HTTP 200; "Unauthorized" for bad credentials). The shape of a
-successful answer is not documented, so it is parsed defensively (`records_in`).
+`{"error": "..."}` (even with HTTP 200; "Unauthorized" for bad credentials); lists paged with
+`limit_start` / `limit_end` (an end index: records 50-99 are `limit_start=50, limit_end=100`)
+and filtered with `query_string=FIELD|OP|VALUE`. Source: the public client
+Jacobomara901/opencrm_api (`src/opencrm/resources/base.py` pages with
+`limit_end=offset + batch_size`; `src/opencrm/client.py` raises on `{"error": "Unauthorized"}`
+with HTTP 200; commit a11ca65 "OpenCRM's WAF blocks user-agents containing 'python'"). The
+shape of a successful answer is not documented, so it is parsed defensively (`records_in`).
 
 Credentials never appear in an exception, a log line or a metric label.
 """
@@ -13,7 +18,7 @@ from __future__ import annotations
 import email.utils
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -30,8 +35,11 @@ log = get_logger(__name__)
 _LIST_KEYS = ("results", "result", "records", "data", "invoices", "items", "rows", "list")
 # Names the record id may carry in a record (OpenCRM calls it `crmid` in requests).
 ID_KEYS = ("crmid", "invoiceid", "invoice_id", "id", "recordid", "record_id")
+# What the API itself says when it refuses us (credentials, API access, its IP allow-list); a
+# 403 without such words comes from the firewall in front of it.
 _AUTH_ERROR = re.compile(
-    r"unauthori[sz]ed|not authori[sz]ed|access denied|invalid (?:api )?(?:key|passkey|credential)",
+    r"unauthori[sz]ed|not authori[sz]ed|access denied|invalid (?:api )?(?:key|passkey|credential)"
+    r"|ip (?:address )?(?:is )?not (?:allowed|permitted)|allow-?list|white-?list",
     re.IGNORECASE,
 )
 _MAX_MESSAGE = 300
@@ -41,8 +49,16 @@ class CrmError(Exception):
     """A failed OpenCRM call, with a message safe to log and to show an operator."""
 
 
-class CrmAuthError(CrmError):
+class CrmHalt(CrmError):
+    """A problem every call shares and only a person can fix: deliveries halt, none is lost."""
+
+
+class CrmAuthError(CrmHalt):
     """OpenCRM refused our credentials (or our address): retrying cannot help."""
+
+
+class CrmMisconfigured(CrmHalt):
+    """OpenCRM's answers do not carry a field a setting names (the invoice number)."""
 
 
 class CrmUnavailable(CrmError):
@@ -51,6 +67,10 @@ class CrmUnavailable(CrmError):
     def __init__(self, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class CrmBlocked(CrmUnavailable):
+    """HTTP 403 that is not about credentials: OpenCRM's firewall rejected the request."""
 
 
 class CrmRejected(CrmError):
@@ -100,22 +120,36 @@ class OpenCrmClient:
         self._timeout = timeout
         self._user_agent = user_agent
 
-    async def find_invoices(
-        self, field_name: str, value: str, *, limit: int = 100
+    async def list_page(
+        self,
+        *,
+        start: int,
+        size: int,
+        query: str | None = None,
+        method: str = "get_invoice_list",
     ) -> list[CrmInvoice]:
-        """Invoices whose `field_name` equals `value` (`get_invoice_list` with a query_string)."""
-        body = await self.call(
-            "get_invoice_list",
-            query_string=f"{field_name}|=|{value}",
-            limit_start="0",
-            limit_end=str(limit),
-        )
-        found = []
-        for record in records_in(body):
-            crm_id = record_id(record)
-            if crm_id is not None:
-                found.append(CrmInvoice(crm_id, record))
-        return found
+        """One page of invoices: records `start` to `start + size - 1` of the (filtered) list.
+
+        Records without an id are kept out, but a page is only short when the list ends: the
+        caller pages on while a page holds `size` answers.
+        """
+        params = {"limit_start": str(start), "limit_end": str(start + size)}
+        if query is not None:
+            params["query_string"] = query
+        body = await self.call(method, **params)
+        return [CrmInvoice(record_id(r) or "", r) for r in records_in(body)]
+
+    async def pages(
+        self, query: str | None, *, size: int, method: str = "get_invoice_list"
+    ) -> AsyncIterator[list[CrmInvoice]]:
+        """Every page of a list, first to last (a page shorter than `size` is the last)."""
+        start = 0
+        while True:
+            page = await self.list_page(start=start, size=size, query=query, method=method)
+            yield page
+            if len(page) < size:
+                return
+            start += len(page)
 
     async def get_invoice(self, crm_id: str) -> CrmInvoice:
         body = await self.call("get_invoice", crmid=crm_id)
@@ -161,10 +195,15 @@ class OpenCrmClient:
             CRM_LATENCY.labels(method).observe(time.perf_counter() - started)
         log.debug("crm.call", method=method, status=response.status_code)
         secrets = (form["key"], form["passkey"])
-        return _parse(method, response, secrets)
+        return _parse(method, response, secrets, self._user_agent)
 
 
-def _parse(method: str, response: httpx.Response, secrets: tuple[str, ...] = ()) -> Any:
+def _parse(
+    method: str,
+    response: httpx.Response,
+    secrets: tuple[str, ...] = (),
+    user_agent: str = "",
+) -> Any:
     status = response.status_code
     body: Any = None
     try:
@@ -172,12 +211,21 @@ def _parse(method: str, response: httpx.Response, secrets: tuple[str, ...] = ())
     except ValueError:
         body = None
     error = _redact(_error_text(body), secrets)
-    if status in (401, 403) or (error is not None and _AUTH_ERROR.search(error)):
+    if status == 401 or (error is not None and _AUTH_ERROR.search(error)):
         shown = error or f"HTTP {status}"
         raise CrmAuthError(
             f"OpenCRM refused the API credentials for {method} ({_clip(shown)}): check "
             "LEDGERLINK_OPENCRM_KEY / LEDGERLINK_OPENCRM_PASSKEY, that API access is enabled "
             "and that this address is on the IP allow-list"
+        )
+    if status == 403:
+        raise CrmBlocked(
+            f"OpenCRM's firewall rejected {method} (HTTP 403"
+            + (f": {_clip(error)}" if error else "")
+            + f", not a credentials error): it blocks some user agents (containing 'python' or "
+            f"'curl') and addresses; ledgerlink sent User-Agent '{user_agent}' "
+            "(LEDGERLINK_OPENCRM_USER_AGENT); ask OpenCRM support to check their firewall",
+            retry_after=retry_after_seconds(response.headers.get("Retry-After")),
         )
     if status == 429 or status >= 500:
         raise CrmUnavailable(

@@ -15,9 +15,13 @@ from service.crm.client import (
     CrmAmbiguous,
     CrmInvoice,
     CrmInvoiceNotFound,
+    CrmMisconfigured,
     CrmRejected,
     OpenCrmClient,
 )
+from service.logging import get_logger
+
+log = get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,8 @@ class Pushed:
     sent: dict[str, str] = field(default_factory=dict)
     crm_id: str | None = None
     crm_status: str | None = None
+    # The outstanding amount the CRM shows now, when ledgerlink keeps it there.
+    crm_outstanding: Decimal | None = None
 
 
 @dataclass(frozen=True)
@@ -80,49 +86,75 @@ class LocalConnector:
         return Pushed(sent=sent, crm_id=change.crm_id)
 
 
+@dataclass(frozen=True)
+class CrmFields:
+    """Where OpenCRM keeps what ledgerlink reads and writes.
+
+    The invoice number has two names: OpenCRM's field reference says the name used in a
+    `query_string` can differ from the key of a record read back (see the public client
+    Jacobomara901/opencrm_api, README "Field Names": `smownerid` vs `assigned_user_id`).
+    """
+
+    status: str
+    number_query: str
+    number_record: str
+    outstanding: str | None = None
+    modified: str | None = None
+    page_size: int = 100
+    list_method: str = "get_invoice_list"
+
+
 class OpenCrmConnector:
     name = "opencrm"
 
     def __init__(
         self,
         client: OpenCrmClient,
+        fields: CrmFields,
         *,
-        status_field: str,
-        number_field: str,
-        outstanding_field: str | None,
         protected_statuses: list[str],
         batch_size: int = 20,
     ) -> None:
         self.client = client
+        self.fields = fields
         self.batch_size = batch_size
-        self._status_field = status_field
-        self._number_field = number_field
-        self._outstanding_field = outstanding_field or None
-        self._protected = {s.strip().casefold(): s for s in protected_statuses if s.strip()}
+        self._protected = protected_map(protected_statuses)
+        # Record ids learnt while paging through lists, by invoice number: cached by the
+        # dispatcher so that no invoice is searched for twice.
+        self.seen_ids: dict[str, str] = {}
+        self._warned_unfiltered = False
+
+    def protected(self, crm_status: str | None) -> str | None:
+        """The configured spelling of a protected status the CRM shows, else None."""
+        return self._protected.get(crm_status.casefold()) if crm_status else None
 
     async def deliver(self, change: Change) -> Outcome:
         invoice = await self.read(change.invoice_number, change.crm_id)
-        crm_status = invoice.text(self._status_field) or None
-        if change.source == "sync" and crm_status is not None:
-            kept = self._protected.get(crm_status.casefold())
+        crm_status = invoice.text(self.fields.status) or None
+        if change.source == "sync":
+            kept = self.protected(crm_status)
             if kept is not None and kept != change.status:
                 # A person decided this in OpenCRM's own screens; a sync never overrides it.
                 return KeptCrmStatus(crm_status=kept, crm_id=invoice.crm_id)
         fields = self.changed_fields(change, invoice)
         if fields:
             await self.client.edit_invoice(invoice.crm_id, fields)
-        return Pushed(sent=fields, crm_id=invoice.crm_id, crm_status=crm_status)
+        shown = change.outstanding if self.fields.outstanding else None
+        return Pushed(
+            sent=fields, crm_id=invoice.crm_id, crm_status=crm_status, crm_outstanding=shown
+        )
 
     def changed_fields(self, change: Change, invoice: CrmInvoice) -> dict[str, str]:
         """Only what differs from the CRM, and never an empty value (OpenCRM would blank it)."""
         fields: dict[str, str] = {}
         status = (change.status or "").strip()
-        if status and invoice.text(self._status_field) != status:
-            fields[self._status_field] = status
-        if self._outstanding_field and change.outstanding is not None:
+        if status and invoice.text(self.fields.status) != status:
+            fields[self.fields.status] = status
+        outstanding_field = self.fields.outstanding
+        if outstanding_field and change.outstanding is not None:
             wanted = format_amount(change.outstanding)
-            if _amount(invoice.text(self._outstanding_field)) != Decimal(wanted):
-                fields[self._outstanding_field] = wanted
+            if parse_amount(invoice.text(outstanding_field)) != Decimal(wanted):
+                fields[outstanding_field] = wanted
         return fields
 
     async def read(self, invoice_number: str, cached_id: str | None) -> CrmInvoice:
@@ -132,54 +164,81 @@ class OpenCrmConnector:
                 invoice = await self.client.get_invoice(cached_id)
             except CrmRejected:
                 invoice = None  # deleted or merged in the CRM: find it again by number
-            if invoice is not None and self._is_invoice(invoice, invoice_number):
+            if invoice is not None and self.number_of(invoice) == invoice_number:
                 return invoice
         crm_id = await self.resolve(invoice_number)
         invoice = await self.client.get_invoice(crm_id)
-        if not self._is_invoice(invoice, invoice_number):
+        if self.number_of(invoice) != invoice_number:
             raise CrmRejected(
                 f"OpenCRM record {crm_id} found for invoice {invoice_number} carries "
-                f"{self._number_field}={invoice.text(self._number_field)!r}; check "
-                "LEDGERLINK_OPENCRM_NUMBER_FIELD"
+                f"{self.fields.number_record}={invoice.text(self.fields.number_record)!r}; "
+                "check LEDGERLINK_OPENCRM_NUMBER_RECORD_FIELD"
             )
         return invoice
 
-    async def resolve(self, invoice_number: str) -> str:
-        """The record id of the one CRM invoice with this number (list call, query filter).
-
-        The API validates almost nothing, so a filter on a field it does not know may come back
-        as an unfiltered list: only records that carry the number are trusted.
-        """
-        found = await self.client.find_invoices(self._number_field, invoice_number)
-        carrying = [r for r in found if r.text(self._number_field) is not None]
-        if carrying:
-            found = [r for r in carrying if r.text(self._number_field) == invoice_number]
-        elif len(found) > 1:
-            raise CrmAmbiguous(
-                f"OpenCRM returned {len(found)} invoices for {self._number_field}="
-                f"{invoice_number} without that field in them; check "
-                "LEDGERLINK_OPENCRM_NUMBER_FIELD"
+    def number_of(self, invoice: CrmInvoice) -> str | None:
+        """The invoice number a record carries; a record without the field is a settings error
+        (trusting it would edit whatever invoice an ignored filter put first)."""
+        number = invoice.text(self.fields.number_record)
+        if number is None:
+            shown = ", ".join(sorted(invoice.fields)[:30])
+            raise CrmMisconfigured(
+                f"OpenCRM invoice records carry no field '{self.fields.number_record}' "
+                f"(fields seen: {shown}); set LEDGERLINK_OPENCRM_NUMBER_RECORD_FIELD (or "
+                "LEDGERLINK_OPENCRM_NUMBER_FIELD) to the field holding the Sage invoice number"
             )
+        return number
+
+    async def resolve(self, invoice_number: str) -> str:
+        """The record id of the one CRM invoice with this number.
+
+        The API validates almost nothing: a filter on a field it does not know comes back as
+        the unfiltered list, 100 at a time. So only records carrying the number are trusted,
+        and the list is paged until the invoice is found or the list ends.
+        """
+        query = f"{self.fields.number_query}|=|{invoice_number}"
+        size, method = self.fields.page_size, self.fields.list_method
+        found: list[CrmInvoice] = []
+        async for page in self.client.pages(query, size=size, method=method):
+            numbered = [(self.number_of(r), r) for r in page if r.crm_id]
+            self.seen_ids.update((n, r.crm_id) for n, r in numbered if n)
+            found = [r for n, r in numbered if n == invoice_number]
+            if len(found) < len(numbered):
+                self._warn_unfiltered(invoice_number)
+            if found:
+                break
         if not found:
             raise CrmInvoiceNotFound(
-                f"no OpenCRM invoice has {self._number_field}={invoice_number} (not created in "
-                "the CRM yet, or LEDGERLINK_OPENCRM_NUMBER_FIELD is not the field that holds "
-                "the Sage invoice number)"
+                f"no OpenCRM invoice has {self.fields.number_record}={invoice_number} (not "
+                "created in the CRM yet, or LEDGERLINK_OPENCRM_NUMBER_FIELD / "
+                "LEDGERLINK_OPENCRM_NUMBER_RECORD_FIELD do not name the field that holds the "
+                "Sage invoice number)"
             )
         ids = sorted({r.crm_id for r in found})
         if len(ids) > 1:
             raise CrmAmbiguous(
-                f"{len(ids)} OpenCRM invoices have {self._number_field}={invoice_number} "
+                f"{len(ids)} OpenCRM invoices have {self.fields.number_record}={invoice_number} "
                 f"(crmid {', '.join(ids[:5])}); none was changed"
             )
         return ids[0]
 
-    def _is_invoice(self, invoice: CrmInvoice, invoice_number: str) -> bool:
-        number = invoice.text(self._number_field)
-        return number is None or number == invoice_number
+    def _warn_unfiltered(self, invoice_number: str) -> None:
+        if not self._warned_unfiltered:
+            self._warned_unfiltered = True
+            log.warning(
+                "crm.query_field.ignored",
+                query_field=self.fields.number_query,
+                invoice_number=invoice_number,
+                hint="OpenCRM ignored the query_string: every lookup pages through all "
+                "invoices; set LEDGERLINK_OPENCRM_NUMBER_FIELD to the field's query name",
+            )
 
 
-def _amount(text: str | None) -> Decimal | None:
+def protected_map(statuses: list[str]) -> dict[str, str]:
+    return {s.strip().casefold(): s for s in statuses if s.strip()}
+
+
+def parse_amount(text: str | None) -> Decimal | None:
     """An amount as the CRM shows it ("1,200.50", "£12.00", "12"); None when unreadable."""
     if text is None:
         return None

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
+from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
@@ -107,4 +108,72 @@ class CrmDispatcherState(SQLModel, table=True):
         sa_column=sa.Column(
             sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
         )
+    )
+
+
+class CrmInvoiceView(SQLModel, table=True):
+    """What OpenCRM last showed for an invoice: read back, or known from a delivery.
+
+    Compared with `invoices` for the `crm_drift` report; kept apart from the mirror so that
+    reading the CRM never touches what reconciliation owns.
+    """
+
+    __tablename__ = "crm_invoices"
+
+    invoice_number: str = Field(sa_column=sa.Column(sa.String(30), primary_key=True))
+    crm_id: str | None = Field(default=None, sa_column=sa.Column(sa.String(64)))
+    status: str | None = Field(default=None, sa_column=sa.Column(sa.String(64)))
+    # NULL when LEDGERLINK_OPENCRM_OUTSTANDING_FIELD is unset or the CRM's value is unreadable.
+    outstanding: Decimal | None = Field(default=None, sa_column=sa.Column(sa.Numeric(14, 2)))
+    # The CRM's modification time, as the CRM writes it.
+    modified: str | None = Field(default=None, sa_column=sa.Column(sa.String(32)))
+    # Since when the CRM has shown this (the row is rewritten only when something changes).
+    seen_at: datetime = Field(
+        sa_column=sa.Column(
+            sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+        )
+    )
+
+
+class CrmReadbackState(SQLModel, table=True):
+    """One row: where the periodic read-back of OpenCRM stands (its cursor and its health).
+
+    Locked with FOR UPDATE SKIP LOCKED by the worker reading a page, so one worker reads at a
+    time; the cursor moves in the same transaction as what the page taught us.
+    """
+
+    __tablename__ = "crm_readback_state"
+    __table_args__ = (sa.CheckConstraint("id = 1", name="ck_crm_readback_state_single_row"),)
+
+    id: int = Field(
+        default=1,
+        sa_column=sa.Column(
+            sa.SmallInteger, primary_key=True, autoincrement=False, server_default=sa.text("1")
+        ),
+    )
+    next_run_at: datetime = Field(
+        sa_column=sa.Column(
+            sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+        )
+    )
+    # Set while a scan is under way; the scan resumes at (scan_day, page_start).
+    scan_started_at: datetime | None = Field(
+        default=None, sa_column=sa.Column(sa.DateTime(timezone=True))
+    )
+    # The modification day the scan filters on; NULL: every invoice.
+    scan_day: date | None = Field(default=None, sa_column=sa.Column(sa.Date))
+    page_start: int = Field(
+        default=0, sa_column=sa.Column(sa.Integer, nullable=False, server_default="0")
+    )
+    # The latest modification time seen (the CRM's text), where the next scan starts from.
+    last_modified: str | None = Field(default=None, sa_column=sa.Column(sa.String(32)))
+    failures: int = Field(
+        default=0, sa_column=sa.Column(sa.Integer, nullable=False, server_default="0")
+    )
+    last_error: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
+    last_error_at: datetime | None = Field(
+        default=None, sa_column=sa.Column(sa.DateTime(timezone=True))
+    )
+    last_completed_at: datetime | None = Field(
+        default=None, sa_column=sa.Column(sa.DateTime(timezone=True))
     )

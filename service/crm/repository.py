@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, Literal
 
@@ -417,3 +417,223 @@ async def requeue_dead(conn: AsyncConnection, message_id: int) -> sa.Row[Any] | 
 
 async def notify_outbox(conn: AsyncConnection) -> None:
     await conn.execute(sa.text("SELECT pg_notify('ledgerlink_outbox', '')"))
+
+
+# What the CRM shows (read back, or known from a delivery) -------------------------------------
+
+
+@dataclass(frozen=True)
+class CrmView:
+    invoice_number: str
+    crm_id: str | None
+    status: str | None
+    outstanding: Decimal | None
+    modified: str | None = None
+
+
+_REMEMBER = sa.text(
+    """
+    INSERT INTO crm_invoices AS c (invoice_number, crm_id, status, outstanding, modified, seen_at)
+    SELECT v.invoice_number, v.crm_id, v.status, v.outstanding, v.modified, now()
+    FROM unnest(CAST(:numbers AS text[]), CAST(:ids AS text[]), CAST(:statuses AS text[]),
+                CAST(:outstanding AS numeric[]), CAST(:modified AS text[]))
+      AS v(invoice_number, crm_id, status, outstanding, modified)
+    JOIN invoices AS i ON i.invoice_number = v.invoice_number
+    ORDER BY v.invoice_number
+    ON CONFLICT (invoice_number) DO UPDATE SET
+      crm_id = coalesce(EXCLUDED.crm_id, c.crm_id),
+      status = EXCLUDED.status,
+      outstanding = EXCLUDED.outstanding,
+      modified = coalesce(EXCLUDED.modified, c.modified),
+      seen_at = EXCLUDED.seen_at
+    -- Every scan sees every invoice: rewrite only what changed (seen_at: since when).
+    WHERE (c.status, c.outstanding) IS DISTINCT FROM (EXCLUDED.status, EXCLUDED.outstanding)
+       OR c.crm_id IS DISTINCT FROM coalesce(EXCLUDED.crm_id, c.crm_id)
+       OR c.modified IS DISTINCT FROM coalesce(EXCLUDED.modified, c.modified)
+    """
+)
+
+
+async def remember_crm_views(conn: AsyncConnection, views: Sequence[CrmView]) -> None:
+    """Store what the CRM shows for invoices we hold (one row per invoice number given)."""
+    if not views:
+        return
+    ordered = sorted(views, key=lambda v: v.invoice_number)
+    await conn.execute(
+        _REMEMBER,
+        {
+            "numbers": [v.invoice_number for v in ordered],
+            "ids": [v.crm_id for v in ordered],
+            "statuses": [v.status for v in ordered],
+            "outstanding": [v.outstanding for v in ordered],
+            "modified": [v.modified for v in ordered],
+        },
+    )
+
+
+async def people_deciding(conn: AsyncConnection) -> list[str]:
+    """Invoices with a person's change (PATCH, Global Update) not yet delivered to the CRM."""
+    rows = await conn.execute(
+        sa.text(
+            "SELECT DISTINCT invoice_number FROM outbox "
+            "WHERE state = 'pending' AND source IN ('manual', 'bulk')"
+        )
+    )
+    return list(rows.scalars())
+
+
+_ADOPT = sa.text(
+    """
+    WITH seen AS (
+        SELECT s.invoice_number, s.status
+        FROM unnest(CAST(:numbers AS text[]), CAST(:statuses AS text[]))
+          AS s(invoice_number, status)
+        WHERE s.invoice_number <> ALL(CAST(:deciding AS text[]))
+    ),
+    old AS (
+        SELECT i.invoice_number, i.status, i.outstanding
+        FROM invoices AS i JOIN seen AS s ON s.invoice_number = i.invoice_number
+        WHERE i.status IS DISTINCT FROM s.status
+          AND NOT EXISTS (
+            SELECT 1 FROM outbox AS o
+            WHERE o.invoice_number = i.invoice_number AND o.state = 'pending'
+              AND o.source IN ('manual', 'bulk'))
+        ORDER BY i.invoice_number
+        FOR UPDATE OF i
+    ),
+    adopted AS (
+        UPDATE invoices AS i SET status = s.status, updated_at = now()
+        FROM old JOIN seen AS s ON s.invoice_number = old.invoice_number
+        WHERE i.invoice_number = old.invoice_number
+        RETURNING i.invoice_number, s.status
+    )
+    INSERT INTO status_history (invoice_number, from_status, to_status, from_outstanding,
+      to_outstanding, source, actor, reason)
+    SELECT a.invoice_number, old.status, a.status, old.outstanding, old.outstanding, 'crm',
+           'opencrm', format(:reason, a.status)
+    FROM adopted AS a JOIN old ON old.invoice_number = a.invoice_number
+    ORDER BY a.invoice_number
+    RETURNING invoice_number
+    """
+)
+
+
+async def adopt_protected(
+    conn: AsyncConnection, statuses: dict[str, str], *, deciding: Sequence[str], reason: str
+) -> list[str]:
+    """Give our invoices the protected status the CRM shows, with a history row each (source
+    crm). Not where a person's change made in ledgerlink is on its way to the CRM: it was, or
+    may have been, decided after what the CRM showed. `reason` has one %s, the status."""
+    if not statuses:
+        return []
+    numbers = sorted(statuses)
+    rows = await conn.execute(
+        _ADOPT,
+        {
+            "numbers": numbers,
+            "statuses": [statuses[n] for n in numbers],
+            "deciding": list(deciding),
+            "reason": reason,
+        },
+    )
+    return list(rows.scalars())
+
+
+# The read-back cursor (one row, id 1) -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReadbackState:
+    scan_started_at: datetime | None
+    scan_day: date | None
+    page_start: int
+    last_modified: str | None
+    failures: int
+    last_error: str | None = None
+    last_error_at: datetime | None = None
+    last_completed_at: datetime | None = None
+
+
+_READBACK_COLUMNS = (
+    "scan_started_at, scan_day, page_start, last_modified, failures, last_error, "
+    "last_error_at, last_completed_at"
+)
+
+
+async def claim_readback(conn: AsyncConnection, *, interval: float) -> ReadbackState | None:
+    """The cursor, locked for this transaction, when a page is due; None when it is not, or
+    when another worker is reading a page (SKIP LOCKED: one reader at a time)."""
+    await conn.execute(
+        sa.text("INSERT INTO crm_readback_state (id) VALUES (1) ON CONFLICT (id) DO NOTHING")
+    )
+    row = (
+        await conn.execute(
+            sa.text(
+                f"""
+                SELECT {_READBACK_COLUMNS} FROM crm_readback_state
+                WHERE id = 1 AND next_run_at <= now()
+                  AND (scan_started_at IS NOT NULL OR last_completed_at IS NULL
+                       OR last_completed_at + :interval * interval '1 second' <= now())
+                FOR UPDATE SKIP LOCKED
+                """
+            ),
+            {"interval": interval},
+        )
+    ).first()
+    return ReadbackState(**row._mapping) if row is not None else None
+
+
+async def advance_readback(
+    conn: AsyncConnection,
+    *,
+    scan_day: date | None,
+    page_start: int,
+    last_modified: str | None,
+    finished: bool,
+) -> None:
+    """Move the cursor past the page just applied (same transaction as what it taught us)."""
+    await conn.execute(
+        sa.text(
+            """
+            UPDATE crm_readback_state SET
+              scan_started_at = CASE WHEN :finished THEN NULL
+                                     ELSE coalesce(scan_started_at, now()) END,
+              scan_day = :scan_day,
+              page_start = :page_start,
+              last_modified = :last_modified,
+              failures = 0,
+              last_completed_at = CASE WHEN :finished THEN now() ELSE last_completed_at END,
+              next_run_at = now()
+            WHERE id = 1
+            """
+        ),
+        {
+            "finished": finished,
+            "scan_day": scan_day,
+            "page_start": page_start,
+            "last_modified": last_modified,
+        },
+    )
+
+
+async def readback_failed(conn: AsyncConnection, *, error: str, delay: float) -> None:
+    """Keep the cursor; no reader tries again before `delay` seconds."""
+    await conn.execute(
+        sa.text(
+            """
+            UPDATE crm_readback_state SET failures = failures + 1, last_error = :error,
+              last_error_at = now(), next_run_at = now() + :delay * interval '1 second'
+            WHERE id = 1
+            """
+        ),
+        {"error": error, "delay": delay},
+    )
+
+
+async def read_readback_state(conn: AsyncConnection) -> ReadbackState | None:
+    row = (
+        await conn.execute(
+            sa.text(f"SELECT {_READBACK_COLUMNS} FROM crm_readback_state WHERE id = 1")
+        )
+    ).first()
+    return ReadbackState(**row._mapping) if row is not None else None

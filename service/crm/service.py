@@ -25,10 +25,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service import __version__
 from service.crm import repository as repo
-from service.crm.client import CrmAuthError, CrmError, CrmUnavailable, OpenCrmClient
+from service.crm.client import CrmAuthError, CrmError, CrmHalt, CrmUnavailable, OpenCrmClient
 from service.crm.connector import (
     Change,
     Connector,
+    CrmFields,
     KeptCrmStatus,
     LocalConnector,
     OpenCrmConnector,
@@ -86,6 +87,8 @@ class _Pass:
     results: list[repo.Result] = field(default_factory=list)
     superseded: list[int] = field(default_factory=list)
     crm_ids: dict[str, str] = field(default_factory=dict)
+    # What the CRM shows after this pass, per invoice (for the crm_drift report).
+    views: list[repo.CrmView] = field(default_factory=list)
     seen: Counter[str] = field(default_factory=Counter)
     outcomes: Counter[str] = field(default_factory=Counter)
     halted: str | None = None
@@ -159,10 +162,10 @@ class Dispatcher:
             return True
         try:
             outcome = await self.connector.deliver(change)
-        except CrmAuthError as exc:
+        except CrmHalt as exc:
             # Every later call would fail the same way: stop, burn no attempt, tell readiness.
             work.halted = str(exc)
-            work.outcomes["auth_failed"] += 1
+            work.outcomes["auth_failed" if isinstance(exc, CrmAuthError) else "misconfigured"] += 1
             return False
         except CrmUnavailable as exc:
             delay = self._fail(newest, str(exc), work, retry_after=exc.retry_after)
@@ -183,11 +186,15 @@ class Dispatcher:
             work.crm_ids[group.invoice_number] = outcome.crm_id
         if isinstance(outcome, KeptCrmStatus):
             work.seen[outcome.crm_status] += 1
+            work.views.append(_view(change, outcome.crm_id, outcome.crm_status, None))
             await self._keep_crm_status(conn, newest, outcome, work)
             return True
         assert isinstance(outcome, Pushed)
         if outcome.crm_status:
             work.seen[outcome.crm_status] += 1
+        if self.tracks_health:
+            status = change.status or outcome.crm_status
+            work.views.append(_view(change, outcome.crm_id, status, outcome.crm_outstanding))
         work.results.append(repo.Result(newest.id, "delivered"))
         work.outcomes["delivered" if outcome.sent else "unchanged"] += 1
         return True
@@ -257,7 +264,8 @@ class Dispatcher:
         now = self._db_now()
         await repo.supersede(conn, work.superseded)
         await repo.record(conn, work.results, now=now)
-        await repo.cache_crm_ids(conn, work.crm_ids)
+        await repo.cache_crm_ids(conn, {**self._learnt_ids(), **work.crm_ids})
+        await repo.remember_crm_views(conn, work.views)
         await repo.observe_statuses(conn, dict(work.seen))
         if not self.tracks_health:
             return
@@ -268,6 +276,15 @@ class Dispatcher:
                 await repo.record_success(conn)
         elif work.failure is not None:
             await repo.record_failure(conn, work.failure)
+
+    def _learnt_ids(self) -> dict[str, str]:
+        """Record ids the connector saw while paging for an invoice (the others on the page)."""
+        learnt = getattr(self.connector, "seen_ids", None)
+        if not isinstance(learnt, dict):
+            return {}
+        ids = dict(learnt)
+        learnt.clear()
+        return ids
 
     def _success_due(self) -> bool:
         if self._success_written is None or self.halted_reason is not None:
@@ -315,11 +332,29 @@ def _change(message: repo.Message, crm_id: str | None) -> Change:
     )
 
 
+def _view(
+    change: Change, crm_id: str | None, status: str | None, outstanding: Decimal | None
+) -> repo.CrmView:
+    return repo.CrmView(change.invoice_number, crm_id, status, outstanding)
+
+
 def build_connector(settings: Settings, http: httpx.AsyncClient) -> Connector:
     if settings.crm_mode is CrmMode.local:
         # One advisory lock per claimed invoice: keep a pass well inside PostgreSQL's lock table
         # (max_locks_per_transaction), whatever the reconcile batch size is set to.
         return LocalConnector(batch_size=min(settings.worker_batch_size, LOCAL_BATCH_CAP))
+    return build_opencrm_connector(settings, http)
+
+
+def build_opencrm_connector(settings: Settings, http: httpx.AsyncClient) -> OpenCrmConnector:
+    return OpenCrmConnector(
+        build_client(settings, http),
+        fields_from(settings),
+        protected_statuses=settings.protected_statuses,
+    )
+
+
+def build_client(settings: Settings, http: httpx.AsyncClient) -> OpenCrmClient:
     base_url, key, passkey = (
         settings.opencrm_base_url,
         settings.opencrm_key,
@@ -327,21 +362,26 @@ def build_connector(settings: Settings, http: httpx.AsyncClient) -> Connector:
     )
     if not base_url or key is None or passkey is None:  # the settings validator prevents it
         raise SettingsError("LEDGERLINK_CRM_MODE=opencrm needs the OPENCRM_* settings")
-    client = OpenCrmClient(
+    return OpenCrmClient(
         http,
         base_url=base_url,
         key=key,
         passkey=passkey,
         path_template=settings.opencrm_path_template,
         timeout=settings.opencrm_timeout_seconds,
-        user_agent=USER_AGENT,
+        user_agent=settings.opencrm_user_agent or USER_AGENT,
     )
-    return OpenCrmConnector(
-        client,
-        status_field=settings.opencrm_status_field,
-        number_field=settings.opencrm_number_field,
-        outstanding_field=settings.opencrm_outstanding_field,
-        protected_statuses=settings.protected_statuses,
+
+
+def fields_from(settings: Settings) -> CrmFields:
+    return CrmFields(
+        status=settings.opencrm_status_field,
+        number_query=settings.opencrm_number_field,
+        number_record=settings.number_record_field,
+        outstanding=settings.opencrm_outstanding_field,
+        modified=settings.opencrm_modified_field,
+        page_size=settings.opencrm_page_size,
+        list_method=settings.opencrm_list_method,
     )
 
 
@@ -400,8 +440,22 @@ async def readiness_problems(conn: AsyncConnection, app_state: Any) -> tuple[lis
     if halted is not None:
         fatal.append(f"CRM deliveries halted, nothing is lost meanwhile: {halted}")
     elif _failing(state):
-        warnings.append(f"OpenCRM not reachable: {state.last_error}")
+        warnings.append(f"OpenCRM calls failing: {state.last_error}")
+    if settings.crm_readback_seconds > 0:
+        warnings.extend(_readback_warnings(await repo.read_readback_state(conn)))
     return fatal, warnings
+
+
+def _readback_warnings(state: repo.ReadbackState | None) -> list[str]:
+    if state is None or state.last_error_at is None:
+        return []
+    if state.last_completed_at is not None and state.last_completed_at > state.last_error_at:
+        return []
+    return [
+        f"CRM read-back failing ({state.failures} attempt(s) since "
+        f"{state.last_error_at.isoformat()}; statuses set in OpenCRM are not seen): "
+        f"{state.last_error}"
+    ]
 
 
 def _failing(state: repo.DispatcherState) -> bool:

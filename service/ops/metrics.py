@@ -72,6 +72,11 @@ OUTBOX_AGE = Gauge(
 CRM_DELIVERIES = Counter(
     "ledgerlink_crm_deliveries_total", "Outbox deliveries by outcome", ["outcome"]
 )
+CRM_READBACK = Counter(
+    "ledgerlink_crm_readback_total",
+    "CRM read-back: invoice records read, protected statuses adopted, failed page reads",
+    ["outcome"],
+)
 CRM_LATENCY = Histogram(
     "ledgerlink_crm_request_duration_seconds",
     "OpenCRM API call latency by method",

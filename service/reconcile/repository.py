@@ -721,12 +721,24 @@ _REPORT_COLUMNS = """
     i.computed_outstanding, i.sage_outstanding, i.paid, i.discounted, i.written_off,
     i.credited, i.conflict, i.mismatch, i.warning, i.duplicate_of, i.deleted,
     i.status = ANY(CAST(:protected AS text[])) AS protected,
-    m.label AS expected_status
+    m.label AS expected_status,
+    c.status AS crm_status, c.outstanding AS crm_outstanding, c.seen_at AS crm_seen_at
 """
 
 _EXPECTED = """
     LEFT JOIN unnest(CAST(:states AS text[]), CAST(:labels AS text[])) AS m(state, label)
         ON m.state = i.derived_state
+    LEFT JOIN crm_invoices AS c ON c.invoice_number = i.invoice_number
+"""
+
+# The CRM shows another status or balance than ours, and no change of ours is on its way to it:
+# someone edited the invoice in OpenCRM (or a delivery ended as a dead letter).
+CRM_DRIFT = """
+    (c.status IS DISTINCT FROM i.status
+     OR (c.outstanding IS NOT NULL AND c.outstanding <> i.outstanding))
+    AND c.invoice_number IS NOT NULL
+    AND NOT EXISTS (SELECT 1 FROM outbox AS o
+                    WHERE o.invoice_number = i.invoice_number AND o.state = 'pending')
 """
 
 # Why an invoice is divergent: anything a person should look at that is neither a conflict
@@ -746,6 +758,7 @@ _REPORT_FILTERS = {
     "divergent": f"cardinality({_DIVERGENT_REASONS}) > 0",
     "conflicts": "i.conflict IS NOT NULL AND i.status = ANY(CAST(:protected AS text[]))",
     "mismatches": "i.mismatch",
+    "crm_drift": CRM_DRIFT,
 }
 
 
@@ -755,7 +768,8 @@ async def report(
     labels = label_params(settings)
     keyset = "" if after is None else "AND i.invoice_number > :after"
     sql = f"""
-        SELECT {_REPORT_COLUMNS}, {_DIVERGENT_REASONS} AS divergent_reasons
+        SELECT {_REPORT_COLUMNS}, {_DIVERGENT_REASONS} AS divergent_reasons,
+               {CRM_DRIFT} AS crm_drift
         FROM invoices AS i {_EXPECTED}
         WHERE {_REPORT_FILTERS[kind]} {keyset}
         ORDER BY i.invoice_number

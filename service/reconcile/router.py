@@ -6,6 +6,7 @@ import csv
 import io
 import time
 import uuid
+from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
@@ -128,7 +129,9 @@ async def reconciliation_report(
             description="divergent: status differs from the derived label, overpaid, "
             "duplicate invoice number, deleted in Sage, or a warning (missing picklist label); "
             "conflicts: protected invoices whose postings disagree; "
-            "mismatches: Sage's outstanding differs from the allocations"
+            "mismatches: Sage's outstanding differs from the allocations; "
+            "crm_drift: OpenCRM shows another status or balance and nothing of ours is on its "
+            "way there (someone edited it in OpenCRM)"
         ),
     ] = "divergent",
     limit: Annotated[int, Query(ge=1, le=5000)] = 100,
@@ -199,6 +202,8 @@ def _csv_cell(value: object) -> str:
         return "true" if value else "false"
     if isinstance(value, Decimal):
         return f"{value:.2f}"
+    if isinstance(value, datetime):
+        return value.isoformat()
     if isinstance(value, list):
         return ";".join(str(v) for v in value)
     text = str(value)

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, StrictBool
 # Money in responses: a string with two decimals ("120.00"); never a float.
 Money = Annotated[Decimal, PlainSerializer(lambda v: f"{v:.2f}", return_type=str)]
 RunStatus = Literal["queued", "running", "succeeded", "failed"]
-ReportKind = Literal["divergent", "conflicts", "mismatches"]
+ReportKind = Literal["divergent", "conflicts", "mismatches", "crm_drift"]
 InvoiceNumber = Annotated[str, Field(min_length=1, max_length=30)]
 MAX_INVOICE_NUMBERS = 10_000
 
@@ -90,8 +90,18 @@ class ReportItem(BaseModel):
     warning: str | None
     duplicate_of: int | None = Field(description="The other SI carrying this invoice number")
     deleted: bool
+    crm_status: str | None = Field(
+        default=None, description="What OpenCRM showed when last read back or written"
+    )
+    crm_outstanding: Money | None = Field(
+        default=None, description="OpenCRM's outstanding amount, when its field is configured"
+    )
+    crm_seen_at: datetime | None = Field(
+        default=None, description="Since when OpenCRM has shown that, as far as ledgerlink saw"
+    )
     reasons: list[str] = Field(
-        description="status_differs, overpaid, duplicate, deleted, warning, conflict, mismatch"
+        description="status_differs, overpaid, duplicate, deleted, warning, conflict, mismatch, "
+        "crm_drift"
     )
 
 

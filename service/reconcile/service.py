@@ -266,6 +266,8 @@ async def report(
             reasons.append("conflict")
         if row["mismatch"]:
             reasons.append("mismatch")
+        if row.pop("crm_drift"):
+            reasons.append("crm_drift")
         row["reasons"] = reasons
     next_cursor = encode_cursor(rows[-1]["invoice_number"]) if more and rows else None
     return rows, next_cursor

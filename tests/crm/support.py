@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.crm.client import OpenCrmClient
-from service.crm.connector import Connector, LocalConnector, OpenCrmConnector
+from service.crm.connector import Connector, CrmFields, LocalConnector, OpenCrmConnector
 from service.crm.service import Dispatcher, RetryPolicy
 from tests.support import fake_opencrm
 
@@ -145,6 +145,9 @@ def opencrm_connector(
     base_url: str = BASE_URL,
     outstanding_field: str | None = fake_opencrm.OUTSTANDING_FIELD,
     batch_size: int = 20,
+    number_query: str = fake_opencrm.NUMBER_FIELD,
+    number_record: str | None = None,
+    user_agent: str = "ledgerlink/test",
 ) -> OpenCrmConnector:
     from pydantic import SecretStr
 
@@ -153,14 +156,18 @@ def opencrm_connector(
         base_url=base_url,
         key=SecretStr(fake_opencrm.KEY),
         passkey=SecretStr(fake_opencrm.PASSKEY),
-        user_agent="ledgerlink/test",
+        user_agent=user_agent,
         timeout=5.0,
+    )
+    fields = CrmFields(
+        status=fake_opencrm.STATUS_FIELD,
+        number_query=number_query,
+        number_record=number_record or number_query,
+        outstanding=outstanding_field,
     )
     return OpenCrmConnector(
         client,
-        status_field=fake_opencrm.STATUS_FIELD,
-        number_field=fake_opencrm.NUMBER_FIELD,
-        outstanding_field=outstanding_field,
+        fields,
         protected_statuses=["Written Off", "Paid/Written Off"],
         batch_size=batch_size,
     )

@@ -12,6 +12,7 @@ from pydantic import SecretStr
 
 from service.crm.client import (
     CrmAuthError,
+    CrmBlocked,
     CrmInvoiceNotFound,
     CrmRejected,
     CrmUnavailable,
@@ -59,17 +60,36 @@ async def test_get_invoice_posts_form_with_credentials_and_our_user_agent(
 
 
 @respx.mock
-async def test_find_invoices_filters_with_a_query_string_and_pages(
+async def test_list_page_asks_for_an_end_index_with_a_query_string(
     http: httpx.AsyncClient,
 ) -> None:
     route = respx.post(f"{API}/get_invoice_list").respond(
         json={"results": [{"crmid": "7", "invoice_no": "INV-9"}], "total": 1}
     )
-    found = await client(http).find_invoices("invoice_no", "INV-9")
+    found = await client(http).list_page(start=200, size=100, query="invoice_no|=|INV-9")
     assert [f.crm_id for f in found] == ["7"]
     sent = form(route.calls.last.request)
     assert sent["query_string"] == "invoice_no|=|INV-9"
-    assert (sent["limit_start"], sent["limit_end"]) == ("0", "100")
+    assert (sent["limit_start"], sent["limit_end"]) == ("200", "300")
+
+
+@respx.mock
+async def test_pages_go_on_while_pages_are_full_and_stop_after_a_short_one(
+    http: httpx.AsyncClient,
+) -> None:
+    def answer(request: httpx.Request) -> httpx.Response:
+        start, end = int(form(request)["limit_start"]), int(form(request)["limit_end"])
+        rows = [{"crmid": str(i + 1)} for i in range(start, min(end, 5))]
+        return httpx.Response(200, json=rows)
+
+    route = respx.post(f"{API}/get_invoice_list_full").mock(side_effect=answer)
+    pages = [
+        [r.crm_id for r in page]
+        async for page in client(http).pages(None, size=2, method="get_invoice_list_full")
+    ]
+    assert pages == [["1", "2"], ["3", "4"], ["5"]]
+    assert [form(c.request)["limit_start"] for c in route.calls] == ["0", "2", "4"]
+    assert "query_string" not in form(route.calls.last.request)
 
 
 @respx.mock
@@ -118,6 +138,7 @@ async def test_edit_refuses_empty_fields_and_creating(
         httpx.Response(200, json={"error": "Invalid API key"}),
         httpx.Response(401, text="no"),
         httpx.Response(403, json={"error": "IP address not allowed"}),
+        httpx.Response(403, json={"error": "Unauthorized"}),
     ],
 )
 @respx.mock
@@ -131,6 +152,30 @@ async def test_refused_credentials_are_an_auth_error_without_the_secrets(
     assert "LEDGERLINK_OPENCRM_KEY" in message
     assert KEY not in message
     assert PASSKEY not in message
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        httpx.Response(403, text="<html><h1>403 Forbidden</h1>Request blocked</html>"),
+        httpx.Response(403, json={"error": "Request blocked by security rule"}),
+        httpx.Response(403),
+    ],
+)
+@respx.mock
+async def test_a_403_that_is_not_about_credentials_is_the_firewall(
+    http: httpx.AsyncClient, answer: httpx.Response
+) -> None:
+    respx.post(f"{API}/get_invoice").mock(return_value=answer)
+    with pytest.raises(CrmBlocked) as caught:
+        await client(http, user_agent="ledgerlink/9.9.9").get_invoice("1")
+    message = str(caught.value)
+    assert "firewall" in message
+    assert "not a credentials error" in message
+    assert "'ledgerlink/9.9.9'" in message
+    assert "LEDGERLINK_OPENCRM_USER_AGENT" in message
+    assert "LEDGERLINK_OPENCRM_KEY" not in message
+    assert isinstance(caught.value, CrmUnavailable)
 
 
 @pytest.mark.parametrize("status", [500, 502, 503])

@@ -85,7 +85,12 @@ async def test_resolves_the_record_id_by_number_then_writes_only_what_changed(
 ) -> None:
     listing, get, edit = crm({"42": record(status="Unpaid", outstanding="0.00")})
     outcome = await opencrm_connector(http).deliver(change("Paid", "0.00"))
-    assert outcome == Pushed(sent={"invoicestatus": "Paid"}, crm_id="42", crm_status="Unpaid")
+    assert outcome == Pushed(
+        sent={"invoicestatus": "Paid"},
+        crm_id="42",
+        crm_status="Unpaid",
+        crm_outstanding=Decimal("0.00"),
+    )
     assert sent(listing) == [
         {"query_string": "invoice_no|=|INV-1", "limit_start": "0", "limit_end": "100"}
     ]
@@ -130,7 +135,9 @@ async def test_nothing_is_written_when_the_crm_already_shows_the_change(
 ) -> None:
     _, _, edit = crm({"42": record(status="Paid", outstanding="0")})
     outcome = await opencrm_connector(http).deliver(change("Paid", "0.00"))
-    assert outcome == Pushed(sent={}, crm_id="42", crm_status="Paid")
+    assert outcome == Pushed(
+        sent={}, crm_id="42", crm_status="Paid", crm_outstanding=Decimal("0.00")
+    )
     assert not edit.called
 
 
@@ -139,8 +146,13 @@ async def test_outstanding_is_sent_only_when_its_field_is_configured(
     http: httpx.AsyncClient,
 ) -> None:
     _, _, edit = crm({"42": record(status="Unpaid", outstanding="100.00")})
-    await opencrm_connector(http, outstanding_field=None).deliver(change("Part Paid", "40.00"))
+    outcome = await opencrm_connector(http, outstanding_field=None).deliver(
+        change("Part Paid", "40.00")
+    )
     assert sent(edit) == [{"crmid": "42", "invoicestatus": "Part Paid"}]
+    # The CRM's balance is not ours to know then: nothing is claimed about it.
+    assert isinstance(outcome, Pushed)
+    assert outcome.crm_outstanding is None
 
 
 @pytest.mark.parametrize(

@@ -148,7 +148,7 @@ async def test_unreachable_crm_and_dead_letters_are_warnings_only(
     response = await readyz(opencrm_app)
     assert response.status_code == 200, response.text
     warnings = " | ".join(response.json()["warnings"])
-    assert "OpenCRM not reachable: OpenCRM get_invoice: ConnectError" in warnings
+    assert "OpenCRM calls failing: OpenCRM get_invoice: ConnectError" in warnings
     assert "1 CRM outbox message(s) are dead letters" in warnings
 
 

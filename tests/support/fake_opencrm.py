@@ -1,10 +1,14 @@
 """A small fake OpenCRM for tests: a real HTTP server on a local port, invoices in memory.
 
-It speaks what DOMAIN.md says of the API: form-encoded POSTs to `/api/rest/{method}`,
-credentials `key`/`passkey`, `get_invoice_list` (query_string `FIELD|=|VALUE`, which, like
-the real API, it does not validate: an unknown field filters nothing), `get_invoice`,
-`edit_invoice` (a field sent empty is saved blank; `crmid=0` creates), errors as
-`{"error": ...}` with HTTP 200. It records every request and can be told to fail
+It speaks what public code written against OpenCRM shows of the API (docs/CRM.md): form-encoded
+POSTs to `/api/rest/{method}`, credentials `key`/`passkey`, `get_invoice_list` and
+`get_invoice_list_full` (query_string `FIELD|=|VALUE` or `FIELD|BEGINS|VALUE`, which, like the
+real API, it does not validate: an unknown field filters nothing; `limit_start`/`limit_end` as
+an end index, at most 100 records a call), `get_invoice`, `edit_invoice` (a field sent empty is
+saved blank; `crmid=0` creates), errors as `{"error": ...}` with HTTP 200, and a firewall that
+answers 403 with an HTML page to user agents containing "python" or "curl". A field can have a
+query name other than its record key (`query_names`). Every record carries a modification time
+that edits (ours and a person's) move on. It records every request and can be told to fail
 (5xx, 429 with Retry-After, "Unauthorized"), to hold an edit, or to go down entirely.
 """
 
@@ -12,17 +16,19 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import re
 import socket
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl
 
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from tests.support.processes import free_port
 
@@ -31,6 +37,14 @@ PASSKEY = "fake-opencrm-passkey-0001"
 NUMBER_FIELD = "invoice_no"
 STATUS_FIELD = "invoicestatus"
 OUTSTANDING_FIELD = "amount_outstanding"
+MODIFIED_FIELD = "modifiedtime"
+MAX_PAGE = 100
+BLOCKED_AGENTS = re.compile(r"python|curl", re.IGNORECASE)
+
+
+_FIREWALL_PAGE = (
+    "<html><head><title>403 Forbidden</title></head><body>Request blocked</body></html>"
+)
 
 
 @dataclass(frozen=True)
@@ -75,10 +89,20 @@ class Hold:
 
 
 class FakeOpenCrm:
-    def __init__(self, *, key: str = KEY, passkey: str = PASSKEY) -> None:
+    def __init__(
+        self,
+        *,
+        key: str = KEY,
+        passkey: str = PASSKEY,
+        query_names: dict[str, str] | None = None,
+    ) -> None:
         self.key = key
         self.passkey = passkey
+        # query_string name -> record key, where they differ (OpenCRM's field reference).
+        self.query_names = dict(query_names or {})
         self.invoices: dict[str, dict[str, str]] = {}
+        # The CRM's clock for modification times; tests move it to another day.
+        self.clock = datetime(2026, 11, 20, 9, 0, 0)
         self.requests: list[Recorded] = []
         self.edits: list[Edit] = []
         self.created: list[dict[str, str]] = []
@@ -112,9 +136,15 @@ class FakeOpenCrm:
                 "subject": f"Invoice {number}",
                 STATUS_FIELD: status,
                 OUTSTANDING_FIELD: outstanding,
+                MODIFIED_FIELD: self._tick(),
                 **fields,
             }
         return crm_id
+
+    def _tick(self) -> str:
+        """The next modification time (called with the lock held)."""
+        self.clock += timedelta(seconds=1)
+        return self.clock.strftime("%Y-%m-%d %H:%M:%S")
 
     def invoice(self, number: str) -> dict[str, str]:
         with self._lock:
@@ -129,6 +159,7 @@ class FakeOpenCrm:
             for record in self.invoices.values():
                 if record.get(NUMBER_FIELD) == number:
                     record.update(fields)
+                    record[MODIFIED_FIELD] = self._tick()
                     return
         raise KeyError(number)
 
@@ -227,9 +258,11 @@ class FakeOpenCrm:
                 status_code=failure.status,
                 headers=headers,
             )
+        if BLOCKED_AGENTS.search(request.headers.get("user-agent", "")):
+            return HTMLResponse(_FIREWALL_PAGE, status_code=403)
         if self.unauthorized or not credentials_ok:
             return JSONResponse({"error": "Unauthorized"})
-        if method == "get_invoice_list":
+        if method in ("get_invoice_list", "get_invoice_list_full"):
             return JSONResponse(self._list(params))
         if method == "get_invoice":
             with self._lock:
@@ -248,15 +281,20 @@ class FakeOpenCrm:
         return record.get(NUMBER_FIELD) if record else None
 
     def _list(self, params: dict[str, str]) -> dict[str, Any]:
-        field_name, _, value = (params.get("query_string") or "||").partition("|=|")
+        field_name, operator, value = ((params.get("query_string") or "") + "||").split("|")[:3]
         start = int(params.get("limit_start") or 0)
-        end = int(params.get("limit_end") or 100)
+        end = min(int(params.get("limit_end") or MAX_PAGE), start + MAX_PAGE)
         with self._lock:
             records = [dict(r) for r in self.invoices.values()]
-        known = any(field_name in r for r in records)
-        if known:
-            # Like the real API, a field it does not know filters nothing.
-            records = [r for r in records if r.get(field_name) == value]
+        key = self.query_names.get(field_name)
+        if key is None and field_name not in self.query_names.values():
+            key = field_name
+        # Like the real API, a field it does not know filters nothing.
+        if key and any(key in r for r in records):
+            if operator == "BEGINS":
+                records = [r for r in records if r.get(key, "").startswith(value)]
+            else:
+                records = [r for r in records if r.get(key) == value]
         return {"total": len(records), "results": records[start:end]}
 
     async def _edit(self, params: dict[str, str], request: Request) -> dict[str, Any]:
@@ -278,6 +316,7 @@ class FakeOpenCrm:
             if record is None:
                 return {"error": "Record not found"}
             record.update(params)  # an empty value blanks the field, as OpenCRM does
+            record[MODIFIED_FIELD] = self._tick()
             self.edits.append(
                 Edit(
                     crm_id,
