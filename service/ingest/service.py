@@ -234,6 +234,8 @@ _FRIENDLIER = {
 def _field_error(error: Any) -> dict[str, Any]:
     loc = list(error["loc"])
     msg = _FRIENDLIER.get(error["type"], error["msg"])
+    if error["type"] == "string_pattern_mismatch" and loc[-1:] == ["currency"]:
+        msg = "must be an ISO 4217 code of 3 capital letters, like USD"
     if error["type"] == "currency":
         # Raised for the whole posting; it names the field at fault within it.
         loc += list(error["ctx"]["loc"])
