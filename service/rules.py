@@ -2,15 +2,16 @@
 invoices) and reconciliation (write-off SCs are not credits; revaluation SCs are neither).
 
 Write-offs follow the write-off wizard's output: the nominal code is the reliable signal,
-details/reference text is the fallback (docs/readme/reconcile.md).
+details/reference text is the fallback (README, "Writing off invoices").
 
 Revaluations follow Sage's knowledge base, "Foreign Trader - posting foreign currency
 transactions" (gb-kb.sage.com, k2dockey 211021152642110): when an invoice and a receipt at
 different exchange rates are allocated, Sage posts an automatic revaluation with reference
 REVAL, on the exchange rate variance nominal (7906 unless changed in the Foreign Trader set-up,
-hence the setting), details "Currency Reval [amount] to [type and number]", T9, and, when the
-receipt brought fewer pounds, raises it as an SC allocated to the invoice. See
-docs/CURRENCY.md.
+"Revaluation N/C", hence the setting), details "Currency Reval [amount] to [type and number]",
+T9, and, when the receipt brought fewer pounds, raises it as an SC allocated to the invoice.
+Any one of the three marks a revaluation, so a changed nominal or edited details still leave
+the other signals. See docs/CURRENCY.md.
 """
 
 from __future__ import annotations
