@@ -19,7 +19,23 @@ WRITE_OFF_STATES = {"written_off", "paid_written_off"}
 
 
 @dataclass(frozen=True)
-class Before:
+class BaseFigures:
+    """What reconciliation writes in the base currency (beside the invoice-currency figures)."""
+
+    outstanding_base: Decimal
+    computed_outstanding_base: Decimal | None
+    paid_base: Decimal
+    discounted_base: Decimal
+    written_off_base: Decimal
+    credited_base: Decimal
+    exchange_adjustment: Decimal
+
+
+BASE_FIGURES = tuple(BaseFigures.__dataclass_fields__)
+
+
+@dataclass(frozen=True)
+class Before(BaseFigures):
     """The invoice row as ingestion mirrored it and the last reconcile (or a person) left it."""
 
     invoice_number: str
@@ -39,17 +55,10 @@ class Before:
     currency: str | None
     gross_base: Decimal
     sage_outstanding_base: Decimal | None
-    outstanding_base: Decimal
-    computed_outstanding_base: Decimal | None
-    paid_base: Decimal
-    discounted_base: Decimal
-    written_off_base: Decimal
-    credited_base: Decimal
-    exchange_adjustment: Decimal
 
 
 @dataclass(frozen=True)
-class Expected:
+class Expected(BaseFigures):
     status: str
     outstanding: Decimal
     paid: Decimal
@@ -59,13 +68,6 @@ class Expected:
     derived_state: str | None
     computed_outstanding: Decimal | None
     mismatch: bool
-    outstanding_base: Decimal
-    computed_outstanding_base: Decimal | None
-    paid_base: Decimal
-    discounted_base: Decimal
-    written_off_base: Decimal
-    credited_base: Decimal
-    exchange_adjustment: Decimal
     has_conflict: bool
     has_warning: bool
     status_changed: bool
@@ -206,13 +208,7 @@ def _unchanged(before: Before, *, has_warning: bool, has_conflict: bool) -> Expe
         derived_state=before.derived_state,
         computed_outstanding=before.computed_outstanding,
         mismatch=before.mismatch,
-        outstanding_base=before.outstanding_base,
-        computed_outstanding_base=before.computed_outstanding_base,
-        paid_base=before.paid_base,
-        discounted_base=before.discounted_base,
-        written_off_base=before.written_off_base,
-        credited_base=before.credited_base,
-        exchange_adjustment=before.exchange_adjustment,
+        **{name: getattr(before, name) for name in BASE_FIGURES},
         has_conflict=has_conflict,
         has_warning=has_warning,
         status_changed=False,
