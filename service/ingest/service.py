@@ -244,8 +244,8 @@ def _field_error(error: Any) -> dict[str, Any]:
 
 
 def _error_at(loc: list[str | int], msg: str, type_: str) -> dict[str, Any]:
-    out: dict[str, Any] = {"loc": loc, "field": loc_text(tuple(loc)) or "body", "msg": msg}
-    out["type"] = type_
+    field = loc_text(tuple(loc)) or "body"
+    out: dict[str, Any] = {"loc": loc, "field": field, "msg": msg, "type": type_}
     if len(loc) >= 2 and loc[0] == "postings" and isinstance(loc[1], int):
         out["posting_index"] = loc[1]
     return out
