@@ -90,7 +90,10 @@ class PostingIn(BaseModel):
     gross_amount: Money
     outstanding: SignedMoney | None = None
     # Foreign Trader. Absent: the posting is in the base currency. Present: the amounts
-    # above are in the base currency and these in `currency` (AUDIT_HEADER's FOREIGN_*).
+    # above are in the base currency and these in `currency`: AUDIT_HEADER's CURRENCY (as
+    # CURRENCY.CODE), FOREIGN_RATE and FOREIGN_* columns, per Zynk's published Sage 50 UK
+    # schema (zynksoftware/Zynk-Workflow, _docs/Sage-50-UK-Connector/Schema/
+    # Sage-50-UK-AUDIT_HEADER-Columns.md, ...-AUDIT_USAGE-... and ...-CURRENCY-...).
     currency: CurrencyCode | None = None
     exchange_rate: ExchangeRate | None = None
     foreign_net_amount: Money | None = None
