@@ -120,6 +120,10 @@ class Settings(BaseSettings):
     write_off_mode: WriteOffMode = WriteOffMode.classify
     write_off_nominals: Annotated[list[str], NoDecode] = Field(default=["8100-8199"])
     write_off_pattern: str = r"bad\s*debt|write[\s-]*off|baddbt"
+    # Foreign Trader: the company's base currency, and the nominal codes Sage posts its
+    # automatic exchange revaluations to ("Revaluation N/C", 7906 by default).
+    base_currency: str = "GBP"
+    exchange_variance_nominals: Annotated[list[str], NoDecode] = Field(default=["7906"])
     protected_statuses: Annotated[list[str], NoDecode] = Field(
         default=["Written Off", "Paid/Written Off"]
     )
@@ -135,7 +139,13 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(default=10, ge=1, le=200)
     request_timeout_seconds: float = Field(default=30.0, gt=0)
 
-    @field_validator("webhook_secrets", "write_off_nominals", "protected_statuses", mode="before")
+    @field_validator(
+        "webhook_secrets",
+        "write_off_nominals",
+        "exchange_variance_nominals",
+        "protected_statuses",
+        mode="before",
+    )
     @classmethod
     def _comma_separated(cls, value: Any) -> Any:
         return _split_csv(value)
@@ -148,7 +158,7 @@ class Settings(BaseSettings):
                 raise ValueError("each secret must start with 'whsec_'")
         return value
 
-    @field_validator("write_off_nominals")
+    @field_validator("write_off_nominals", "exchange_variance_nominals")
     @classmethod
     def _nominal_ranges(cls, value: list[str]) -> list[str]:
         for item in value:
@@ -157,6 +167,13 @@ class Settings(BaseSettings):
             low, _, high = item.partition("-")
             if high and int(high) < int(low):
                 raise ValueError(f"range '{item}' ends before it starts")
+        return value
+
+    @field_validator("base_currency")
+    @classmethod
+    def _currency_code(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Z]{3}", value):
+            raise ValueError(f"'{value}' is not an ISO 4217 code of 3 capital letters, like GBP")
         return value
 
     @field_validator("write_off_pattern")
@@ -243,12 +260,13 @@ class Settings(BaseSettings):
 
     @cached_property
     def nominal_ranges(self) -> list[tuple[str, str]]:
-        """Inclusive (low, high) pairs, compared as zero-padded strings in SQL."""
-        ranges = []
-        for item in self.write_off_nominals:
-            low, _, high = item.partition("-")
-            ranges.append((low, high or low))
-        return ranges
+        """The write-off nominals as inclusive (low, high) pairs."""
+        return _ranges(self.write_off_nominals)
+
+    @cached_property
+    def exchange_variance_ranges(self) -> list[tuple[str, str]]:
+        """The exchange-variance nominals as inclusive (low, high) pairs."""
+        return _ranges(self.exchange_variance_nominals)
 
     @property
     def number_record_field(self) -> str:
@@ -261,6 +279,14 @@ class Settings(BaseSettings):
         """Every label a sync may write, in either write-off mode."""
         labels = [self.status_labels[s] for s in DERIVED_STATES]
         return list(dict.fromkeys(labels))
+
+
+def _ranges(items: list[str]) -> list[tuple[str, str]]:
+    pairs = []
+    for item in items:
+        low, _, high = item.partition("-")
+        pairs.append((low, high or low))
+    return pairs
 
 
 def _parse_api_keys(raw: str) -> dict[str, ApiKey]:

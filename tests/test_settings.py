@@ -15,6 +15,8 @@ def test_defaults_match_the_design() -> None:
     assert settings.max_body_bytes == 10 * 1024 * 1024
     assert settings.protected_statuses == ["Written Off", "Paid/Written Off"]
     assert settings.nominal_ranges == [("8100", "8199")]
+    assert settings.base_currency == "GBP"
+    assert settings.exchange_variance_ranges == [("7906", "7906")]
     assert settings.status_labels["paid_written_off"] == "Paid/Written Off"
     assert settings.crm_readback_seconds == 300
     assert settings.number_record_field == settings.opencrm_number_field == "invoice_no"
@@ -28,6 +30,8 @@ def test_defaults_match_the_design() -> None:
         ("LEDGERLINK_CRM_MODE", "salesforce", "LEDGERLINK_CRM_MODE"),
         ("LEDGERLINK_WRITE_OFF_NOMINALS", "8199-8100", "ends before it starts"),
         ("LEDGERLINK_WRITE_OFF_PATTERN", "(unclosed", "LEDGERLINK_WRITE_OFF_PATTERN"),
+        ("LEDGERLINK_BASE_CURRENCY", "gbp", "LEDGERLINK_BASE_CURRENCY"),
+        ("LEDGERLINK_EXCHANGE_VARIANCE_NOMINALS", "79O6", "LEDGERLINK_EXCHANGE_VARIANCE_NOMINALS"),
         ("LEDGERLINK_WEBHOOK_SECRETS", "plainsecret", "whsec_"),
         ("LEDGERLINK_API_KEYS", "not json", "LEDGERLINK_API_KEYS"),
         ("LEDGERLINK_API_KEYS", '{"short": ["read"]}', "shorter than 16"),

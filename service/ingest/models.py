@@ -11,6 +11,7 @@ from sqlalchemy.dialects import postgresql as pg
 from sqlmodel import Field, SQLModel
 
 MONEY = sa.Numeric(14, 2)
+RATE = sa.Numeric(20, 10)
 
 
 class Posting(SQLModel, table=True):
@@ -33,6 +34,22 @@ class Posting(SQLModel, table=True):
     tax_amount: Decimal = Field(sa_column=sa.Column(MONEY, nullable=False))
     gross_amount: Decimal = Field(sa_column=sa.Column(MONEY, nullable=False))
     outstanding: Decimal | None = Field(default=None, sa_column=sa.Column(MONEY, nullable=True))
+    # Foreign Trader (docs/CURRENCY.md): NULL currency = the base currency, and then every
+    # foreign_* column is NULL too.
+    currency: str | None = Field(default=None, sa_column=sa.Column(sa.String(3), nullable=True))
+    exchange_rate: Decimal | None = Field(default=None, sa_column=sa.Column(RATE, nullable=True))
+    foreign_net_amount: Decimal | None = Field(
+        default=None, sa_column=sa.Column(MONEY, nullable=True)
+    )
+    foreign_tax_amount: Decimal | None = Field(
+        default=None, sa_column=sa.Column(MONEY, nullable=True)
+    )
+    foreign_gross_amount: Decimal | None = Field(
+        default=None, sa_column=sa.Column(MONEY, nullable=True)
+    )
+    foreign_outstanding: Decimal | None = Field(
+        default=None, sa_column=sa.Column(MONEY, nullable=True)
+    )
     deleted: bool = Field(sa_column=sa.Column(sa.Boolean, nullable=False, server_default="false"))
     # Hash of the posting with its allocations: a re-send with the same hash is "unchanged".
     content_hash: bytes = Field(sa_column=sa.Column(sa.LargeBinary, nullable=False))
@@ -69,6 +86,8 @@ class Allocation(SQLModel, table=True):
     seq: int = Field(sa_column=sa.Column(sa.Integer, primary_key=True))
     invoice_tran_number: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))
     amount: Decimal = Field(sa_column=sa.Column(MONEY, nullable=False))
+    # In the settling posting's currency; NULL when that is the base currency.
+    foreign_amount: Decimal | None = Field(default=None, sa_column=sa.Column(MONEY, nullable=True))
     date: dt.date | None = Field(default=None, sa_column=sa.Column(sa.Date, nullable=True))
     deleted: bool = Field(sa_column=sa.Column(sa.Boolean, nullable=False, server_default="false"))
 

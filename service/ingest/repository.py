@@ -18,7 +18,7 @@ from pydantic import TypeAdapter
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.ingest.schemas import IngestResult, PostingIn
-from service.rules import write_off_sql
+from service.rules import revaluation_sql, write_off_sql
 from service.settings import Settings
 
 DIRTY_CHANNEL = "ledgerlink_dirty"
@@ -46,35 +46,48 @@ WITH input AS (
         p.tax_amount::numeric(14, 2) AS tax_amount,
         p.gross_amount::numeric(14, 2) AS gross_amount,
         p.outstanding::numeric(14, 2) AS outstanding,
+        p.currency, p.exchange_rate::numeric(20, 10) AS exchange_rate,
+        p.foreign_net_amount::numeric(14, 2) AS foreign_net_amount,
+        p.foreign_tax_amount::numeric(14, 2) AS foreign_tax_amount,
+        p.foreign_gross_amount::numeric(14, 2) AS foreign_gross_amount,
+        p.foreign_outstanding::numeric(14, 2) AS foreign_outstanding,
         coalesce(p.deleted, false) AS deleted,
         coalesce(p.allocations, '[]'::json) AS allocations
     FROM ROWS FROM (
         json_to_recordset($1::json) AS (
             tran_number bigint, type text, account_ref text, reference text, date date,
             details text, nominal_code text, net_amount numeric, tax_amount numeric,
-            gross_amount numeric, outstanding numeric, deleted boolean, allocations json
+            gross_amount numeric, outstanding numeric, currency text, exchange_rate numeric,
+            foreign_net_amount numeric, foreign_tax_amount numeric,
+            foreign_gross_amount numeric, foreign_outstanding numeric, deleted boolean,
+            allocations json
         )
     ) WITH ORDINALITY AS p (
         tran_number, type, account_ref, reference, date, details, nominal_code,
-        net_amount, tax_amount, gross_amount, outstanding, deleted, allocations, ord
+        net_amount, tax_amount, gross_amount, outstanding, currency, exchange_rate,
+        foreign_net_amount, foreign_tax_amount, foreign_gross_amount, foreign_outstanding,
+        deleted, allocations, ord
     )
     ORDER BY p.tran_number, p.ord DESC
 ),
 alloc_in AS (
     SELECT i.tran_number AS posting_tran_number, a.seq::integer AS seq,
-           a.invoice_tran_number, a.amount::numeric(14, 2) AS amount, a.date,
+           a.invoice_tran_number, a.amount::numeric(14, 2) AS amount,
+           a.foreign_amount::numeric(14, 2) AS foreign_amount, a.date,
            coalesce(a.deleted, false) AS deleted
     FROM input AS i
     CROSS JOIN LATERAL ROWS FROM (
         json_to_recordset(i.allocations) AS (
-            invoice_tran_number bigint, amount numeric, date date, deleted boolean
+            invoice_tran_number bigint, amount numeric, foreign_amount numeric, date date,
+            deleted boolean
         )
-    ) WITH ORDINALITY AS a (invoice_tran_number, amount, date, deleted, seq)
+    ) WITH ORDINALITY AS a (invoice_tran_number, amount, foreign_amount, date, deleted, seq)
 ),
 alloc_text AS (
     SELECT posting_tran_number,
            string_agg(
-               concat_ws(':', invoice_tran_number, amount, date - DATE '1970-01-01', deleted),
+               concat_ws(':', invoice_tran_number, amount, date - DATE '1970-01-01', deleted,
+                         'f' || foreign_amount),
                ',' ORDER BY seq
            ) AS allocations
     FROM alloc_in
@@ -85,7 +98,14 @@ hashed AS (
            sha256(convert_to(concat_ws(
                E'\\x1f', i.type, i.account_ref, i.reference, i.date - DATE '1970-01-01',
                i.details, i.nominal_code, i.net_amount, i.tax_amount, i.gross_amount,
-               coalesce(i.outstanding::text, '-'), i.deleted, coalesce(t.allocations, '')
+               coalesce(i.outstanding::text, '-'), i.deleted, coalesce(t.allocations, ''),
+               CASE WHEN i.currency IS NOT NULL THEN concat_ws(
+                   '|', i.currency, coalesce(i.exchange_rate::text, '-'),
+                   coalesce(i.foreign_net_amount::text, '-'),
+                   coalesce(i.foreign_tax_amount::text, '-'),
+                   coalesce(i.foreign_gross_amount::text, '-'),
+                   coalesce(i.foreign_outstanding::text, '-')
+               ) END
            ), 'UTF8')) AS content_hash
     FROM input AS i
     LEFT JOIN alloc_text AS t ON t.posting_tran_number = i.tran_number
@@ -93,10 +113,14 @@ hashed AS (
 up AS (
     INSERT INTO postings AS t (
         tran_number, type, account_ref, reference, date, details, nominal_code,
-        net_amount, tax_amount, gross_amount, outstanding, deleted, content_hash, event_id
+        net_amount, tax_amount, gross_amount, outstanding, currency, exchange_rate,
+        foreign_net_amount, foreign_tax_amount, foreign_gross_amount, foreign_outstanding,
+        deleted, content_hash, event_id
     )
     SELECT tran_number, type, account_ref, reference, date, details, nominal_code,
-           net_amount, tax_amount, gross_amount, outstanding, deleted, content_hash, $2
+           net_amount, tax_amount, gross_amount, outstanding, currency, exchange_rate,
+           foreign_net_amount, foreign_tax_amount, foreign_gross_amount, foreign_outstanding,
+           deleted, content_hash, $2
     FROM hashed
     ORDER BY tran_number
     ON CONFLICT (tran_number) DO UPDATE SET
@@ -110,6 +134,12 @@ up AS (
         tax_amount = EXCLUDED.tax_amount,
         gross_amount = EXCLUDED.gross_amount,
         outstanding = EXCLUDED.outstanding,
+        currency = EXCLUDED.currency,
+        exchange_rate = EXCLUDED.exchange_rate,
+        foreign_net_amount = EXCLUDED.foreign_net_amount,
+        foreign_tax_amount = EXCLUDED.foreign_tax_amount,
+        foreign_gross_amount = EXCLUDED.foreign_gross_amount,
+        foreign_outstanding = EXCLUDED.foreign_outstanding,
         deleted = EXCLUDED.deleted,
         content_hash = EXCLUDED.content_hash,
         event_id = EXCLUDED.event_id,
@@ -129,15 +159,17 @@ old_alloc AS (
 ),
 new_alloc AS (
     INSERT INTO allocations AS t (
-        posting_tran_number, seq, invoice_tran_number, amount, date, deleted
+        posting_tran_number, seq, invoice_tran_number, amount, foreign_amount, date, deleted
     )
-    SELECT a.posting_tran_number, a.seq, a.invoice_tran_number, a.amount, a.date, a.deleted
+    SELECT a.posting_tran_number, a.seq, a.invoice_tran_number, a.amount, a.foreign_amount,
+           a.date, a.deleted
     FROM alloc_in AS a
     JOIN up ON up.tran_number = a.posting_tran_number
     ORDER BY a.posting_tran_number, a.seq
     ON CONFLICT (posting_tran_number, seq) DO UPDATE SET
         invoice_tran_number = EXCLUDED.invoice_tran_number,
         amount = EXCLUDED.amount,
+        foreign_amount = EXCLUDED.foreign_amount,
         date = EXCLUDED.date,
         deleted = EXCLUDED.deleted
     RETURNING t.invoice_tran_number
@@ -209,25 +241,29 @@ FROM (
 """
 
 # One invoice per reference, from every SI that is a customer invoice (not a write-off
-# document): live ones first, then the highest tran_number; the runner-up is `duplicate_of`.
+# document, not one of Sage's exchange revaluations): live ones first, then the highest
+# tran_number; the runner-up is `duplicate_of`.
 # An invoice whose every SI is deleted stays, deleted; one left with no SI at all stays
 # deleted from the detach step.
 _MIRROR_SQL = """
 WITH candidates AS (
     SELECT p.reference, p.tran_number, p.account_ref, p.date, p.gross_amount,
-           p.outstanding, p.deleted,
+           p.outstanding, p.currency, p.foreign_gross_amount, p.foreign_outstanding, p.deleted,
            row_number() OVER (
                PARTITION BY p.reference ORDER BY p.deleted, p.tran_number DESC
            ) AS rank
     FROM postings AS p
-    WHERE p.type = 'SI' AND p.reference = ANY(:refs) AND NOT {write_off}
+    WHERE p.type = 'SI' AND p.reference = ANY(:refs) AND NOT {write_off} AND NOT {revaluation}
 )
 INSERT INTO invoices AS i (
-    invoice_number, account_ref, sage_tran_number, invoice_date, gross, sage_outstanding,
-    status, deleted, duplicate_of, dirty_since
+    invoice_number, account_ref, sage_tran_number, invoice_date, currency, gross,
+    sage_outstanding, gross_base, sage_outstanding_base, status, deleted, duplicate_of,
+    dirty_since
 )
-SELECT w.reference, w.account_ref, w.tran_number, w.date, w.gross_amount, w.outstanding,
-       :unpaid, w.deleted, d.tran_number, now()
+SELECT w.reference, w.account_ref, w.tran_number, w.date, w.currency,
+       coalesce(w.foreign_gross_amount, w.gross_amount),
+       CASE WHEN w.currency IS NULL THEN w.outstanding ELSE w.foreign_outstanding END,
+       w.gross_amount, w.outstanding, :unpaid, w.deleted, d.tran_number, now()
 FROM candidates AS w
 LEFT JOIN candidates AS d ON d.reference = w.reference AND d.rank = 2
 WHERE w.rank = 1
@@ -236,8 +272,11 @@ ON CONFLICT (invoice_number) DO UPDATE SET
     account_ref = EXCLUDED.account_ref,
     sage_tran_number = EXCLUDED.sage_tran_number,
     invoice_date = EXCLUDED.invoice_date,
+    currency = EXCLUDED.currency,
     gross = EXCLUDED.gross,
     sage_outstanding = EXCLUDED.sage_outstanding,
+    gross_base = EXCLUDED.gross_base,
+    sage_outstanding_base = EXCLUDED.sage_outstanding_base,
     deleted = EXCLUDED.deleted,
     duplicate_of = EXCLUDED.duplicate_of,
     dirty_since = coalesce(i.dirty_since, now()),
@@ -312,13 +351,15 @@ async def store(
 
 async def _mirror_invoices(conn: AsyncConnection, refs: list[str], settings: Settings) -> set[str]:
     write_off, params = write_off_sql("p", settings)
+    revaluation, reval_params = revaluation_sql("p", settings)
+    params.update(reval_params)
     # Two batches mirroring one invoice number take turns; the second then reads (new
     # statement, new snapshot) the SIs the first committed, so the later SI wins either way.
     await conn.execute(sa.text(_LOCK_REFS_SQL), {"refs": refs})
     detached = await conn.execute(sa.text(_DETACH_SQL), {"refs": refs})
     affected = set(detached.scalars())
     mirrored = await conn.execute(
-        sa.text(_MIRROR_SQL.format(write_off=write_off)),
+        sa.text(_MIRROR_SQL.format(write_off=write_off, revaluation=revaluation)),
         {**params, "refs": refs, "unpaid": settings.status_labels["unpaid"]},
     )
     affected.update(mirrored.scalars())

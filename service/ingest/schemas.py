@@ -12,7 +12,9 @@ from pydantic import (
     Field,
     StrictBool,
     StringConstraints,
+    model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 PostingType = Literal["SI", "SC", "SR", "SA", "SD", "SP"]
 MAX_POSTINGS = 5000
@@ -35,6 +37,14 @@ SignedMoney = Annotated[
     Field(ge=-MAX_AMOUNT, le=MAX_AMOUNT, multiple_of=CENT, allow_inf_nan=False),
 ]
 TranNumber = Annotated[int, Field(gt=0, le=2**63 - 1)]
+# ISO 4217, as Sage's CURRENCY table holds it (CODE).
+CurrencyCode = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
+# Sage's FOREIGN_RATE: currency units per one unit of the base currency. Stored as
+# numeric(20,10); the bounds keep a rate from rounding to 0 or overflowing there.
+ExchangeRate = Annotated[
+    Decimal,
+    Field(ge=Decimal("0.0000000001"), le=Decimal("9999999999"), allow_inf_nan=False),
+]
 
 # Sage's column widths. Control characters are refused by a pattern, checked in pydantic-core
 # (a Python validator for them cost a third of the validation time of a batch).
@@ -55,6 +65,9 @@ class AllocationIn(BaseModel):
 
     invoice_tran_number: TranNumber
     amount: PositiveMoney
+    # AUDIT_USAGE.FOREIGN_AMOUNT: the same allocation in the currency of the posting. Zero
+    # for Sage's revaluations, which move pounds only.
+    foreign_amount: Money | None = None
     date: dt.date | None = None
     deleted: StrictBool = False
 
@@ -76,8 +89,85 @@ class PostingIn(BaseModel):
     tax_amount: Money
     gross_amount: Money
     outstanding: SignedMoney | None = None
+    # Foreign Trader. Absent: the posting is in the base currency. Present: the amounts
+    # above are in the base currency and these in `currency`: AUDIT_HEADER's CURRENCY (as
+    # CURRENCY.CODE), FOREIGN_RATE and FOREIGN_* columns, per Zynk's published Sage 50 UK
+    # schema (zynksoftware/Zynk-Workflow, _docs/Sage-50-UK-Connector/Schema/
+    # Sage-50-UK-AUDIT_HEADER-Columns.md, ...-AUDIT_USAGE-... and ...-CURRENCY-...).
+    currency: CurrencyCode | None = None
+    exchange_rate: ExchangeRate | None = None
+    foreign_net_amount: Money | None = None
+    foreign_tax_amount: Money | None = None
+    foreign_gross_amount: Money | None = None
+    foreign_outstanding: SignedMoney | None = None
     deleted: StrictBool = False
     allocations: Annotated[list[AllocationIn], Field(max_length=MAX_POSTINGS)] = []
+
+    @model_validator(mode="after")
+    def _currency_complete(self) -> PostingIn:
+        problem = currency_problem(self)
+        if problem is not None:
+            loc, message = problem
+            raise PydanticCustomError(
+                "currency", "{field}: " + message, {"field": loc_text(loc), "loc": loc}
+            )
+        return self
+
+
+FOREIGN_FIELDS = (
+    "exchange_rate",
+    "foreign_net_amount",
+    "foreign_tax_amount",
+    "foreign_gross_amount",
+    "foreign_outstanding",
+)
+
+
+FOREIGN_FIELDS_SET = frozenset(FOREIGN_FIELDS)
+Loc = tuple[str | int, ...]
+
+
+def currency_problem(posting: PostingIn) -> tuple[Loc, str] | None:
+    """The first field that makes a posting's currency figures unreadable (its location
+    within the posting), and why.
+
+    Foreign figures mean nothing without their currency; a foreign posting needs its gross,
+    and the foreign side of every figure the service computes with (Sage's outstanding, each
+    allocation).
+    """
+    if posting.currency is None:
+        # Run for every posting of every batch: today's senders take the quickest way out.
+        if not FOREIGN_FIELDS_SET.isdisjoint(posting.model_fields_set):
+            for name in FOREIGN_FIELDS:
+                if getattr(posting, name) is not None:
+                    return (name,), "given without currency; send the posting's currency too"
+        for i, allocation in enumerate(posting.allocations):
+            if allocation.foreign_amount is not None:
+                return (
+                    ("allocations", i, "foreign_amount"),
+                    "given on a posting without currency; send the posting's currency too",
+                )
+        return None
+    if posting.foreign_gross_amount is None:
+        return ("foreign_gross_amount",), f"required with currency {posting.currency}"
+    if posting.outstanding is not None and posting.foreign_outstanding is None:
+        return (
+            ("foreign_outstanding",),
+            f"required with currency {posting.currency} when outstanding is given",
+        )
+    for i, allocation in enumerate(posting.allocations):
+        if allocation.foreign_amount is None:
+            return (
+                ("allocations", i, "foreign_amount"),
+                f"required with currency {posting.currency}",
+            )
+    return None
+
+
+def loc_text(loc: Loc) -> str:
+    """("postings", 3, "allocations", 0, "amount") -> "postings[3].allocations[0].amount"."""
+    text = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc)
+    return text.lstrip(".")
 
 
 class PostingBatch(BaseModel):

@@ -22,7 +22,7 @@ from service.errors import (
     Unprocessable,
 )
 from service.ingest import repository
-from service.ingest.schemas import IngestResult, PostingBatch
+from service.ingest.schemas import IngestResult, PostingBatch, loc_text
 from service.ingest.signature import SignatureRejected, SignedHeaders, Verifier
 from service.logging import get_logger
 from service.ops.metrics import BATCH_SIZE, INGEST_LATENCY, POSTINGS, WEBHOOK_DELIVERIES
@@ -104,7 +104,7 @@ class WebhookIngest:
             self.verifier.verify(headers, body)
         except SignatureRejected as exc:
             raise rejected(Unauthorized, exc.reason, exc.detail) from None
-        batch = parse_batch(body)
+        batch = parse_batch(body, base_currency=self.settings.base_currency)
         answer = await self._apply_once(headers.webhook_id, body, batch)
         if answer.replayed:
             WEBHOOK_DELIVERIES.labels("replayed", "").inc()
@@ -193,11 +193,11 @@ def count_rejection(exc: ServiceError) -> None:
     WEBHOOK_DELIVERIES.labels("rejected", str(reason)).inc()
 
 
-def parse_batch(body: bytes) -> PostingBatch:
+def parse_batch(body: bytes, *, base_currency: str) -> PostingBatch:
     try:
         batch = PostingBatch.model_validate_json(body, strict=True)
     except ValidationError as exc:
-        errors = exc.errors(include_url=False, include_input=False, include_context=False)
+        errors = exc.errors(include_url=False, include_input=False)
         if errors and errors[0]["type"] == "json_invalid":
             raise rejected(
                 InvalidBody, "invalid_json", f"the body is not valid JSON: {errors[0]['msg']}"
@@ -206,6 +206,9 @@ def parse_batch(body: bytes) -> PostingBatch:
     twice = _duplicate_keys(body, batch) or _duplicate_tran_numbers(batch)
     if twice:
         raise _invalid_batch(twice)
+    in_base = _base_currency_errors(batch, base_currency)
+    if in_base:
+        raise _invalid_batch(in_base)
     return batch
 
 
@@ -230,16 +233,61 @@ _FRIENDLIER = {
 
 def _field_error(error: Any) -> dict[str, Any]:
     loc = list(error["loc"])
-    field = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc)
-    out: dict[str, Any] = {
-        "loc": loc,
-        "field": field.lstrip(".") or "body",
-        "msg": _FRIENDLIER.get(error["type"], error["msg"]),
-        "type": error["type"],
-    }
+    msg = _FRIENDLIER.get(error["type"], error["msg"])
+    if error["type"] == "string_pattern_mismatch" and loc[-1:] == ["currency"]:
+        msg = "must be an ISO 4217 code of 3 capital letters, like USD"
+    if error["type"] == "currency":
+        # Raised for the whole posting; it names the field at fault within it.
+        loc += list(error["ctx"]["loc"])
+        msg = msg.split(": ", 1)[1]
+    return _error_at(loc, msg, error["type"])
+
+
+def _error_at(loc: list[str | int], msg: str, type_: str) -> dict[str, Any]:
+    field = loc_text(tuple(loc)) or "body"
+    out: dict[str, Any] = {"loc": loc, "field": field, "msg": msg, "type": type_}
     if len(loc) >= 2 and loc[0] == "postings" and isinstance(loc[1], int):
         out["posting_index"] = loc[1]
     return out
+
+
+_BASE_PAIRS = (
+    ("foreign_net_amount", "net_amount"),
+    ("foreign_tax_amount", "tax_amount"),
+    ("foreign_gross_amount", "gross_amount"),
+    ("foreign_outstanding", "outstanding"),
+)
+
+
+def _base_currency_errors(batch: PostingBatch, base_currency: str) -> list[dict[str, Any]]:
+    """A posting in the base currency must say the same thing twice: Sage repeats the base
+    amounts in the FOREIGN_* columns of such rows, at rate 1. Anything else is two different
+    amounts for one figure, and no way to tell which one is right."""
+    errors = []
+    for index, posting in enumerate(batch.postings):
+        if posting.currency != base_currency:
+            continue
+        where: list[str | int] = ["postings", index]
+        why = f"{base_currency} is the base currency (LEDGERLINK_BASE_CURRENCY), so it"
+        if posting.exchange_rate is not None and posting.exchange_rate != 1:
+            errors.append(_error_at([*where, "exchange_rate"], f"{why} must be 1", "base_rate"))
+        for foreign, base in _BASE_PAIRS:
+            value, expected = getattr(posting, foreign), getattr(posting, base)
+            if value is not None and value != expected:
+                errors.append(
+                    _error_at([*where, foreign], f"{why} must equal {base}", "base_amount")
+                )
+        for i, allocation in enumerate(posting.allocations):
+            value = allocation.foreign_amount
+            if value is not None and value != allocation.amount:
+                errors.append(
+                    _error_at(
+                        [*where, "allocations", i, "foreign_amount"],
+                        f"{why} must equal amount",
+                        "base_amount",
+                    )
+                )
+    return errors
 
 
 def _duplicate_keys(body: bytes, batch: PostingBatch) -> list[dict[str, Any]]:

@@ -46,6 +46,11 @@ class Invoice(SQLModel, table=True):
     invoice_date: date = Field(sa_column=sa.Column(sa.Date, nullable=False))
     gross: Decimal = Field(sa_column=_money())
     sage_outstanding: Decimal | None = Field(default=None, sa_column=_money(nullable=True))
+    # NULL = the base currency. gross, sage_outstanding and the figures below are in this
+    # currency; the *_base columns are the same figures in the base currency.
+    currency: str | None = Field(default=None, sa_column=sa.Column(sa.String(3)))
+    gross_base: Decimal = Field(sa_column=_money())
+    sage_outstanding_base: Decimal | None = Field(default=None, sa_column=_money(nullable=True))
     # Set by reconciliation.
     status: str = Field(sa_column=sa.Column(sa.String(64), nullable=False, server_default="Unpaid"))
     derived_state: str | None = Field(default=None, sa_column=sa.Column(sa.String(20)))
@@ -55,6 +60,15 @@ class Invoice(SQLModel, table=True):
     discounted: Decimal = Field(sa_column=_money())
     written_off: Decimal = Field(sa_column=_money())
     credited: Decimal = Field(sa_column=_money())
+    outstanding_base: Decimal = Field(sa_column=_money())
+    computed_outstanding_base: Decimal | None = Field(default=None, sa_column=_money(nullable=True))
+    paid_base: Decimal = Field(sa_column=_money())
+    discounted_base: Decimal = Field(sa_column=_money())
+    written_off_base: Decimal = Field(sa_column=_money())
+    credited_base: Decimal = Field(sa_column=_money())
+    # Sage's automatic revaluations (REVAL) allocated to the invoice, in the base currency:
+    # neither paid, credited nor written off.
+    exchange_adjustment: Decimal = Field(sa_column=_money())
     # A protected invoice whose postings disagree with its status: listed for a human.
     conflict: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
     # Sage's OUTSTANDING disagrees with the allocations we hold.

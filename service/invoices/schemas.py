@@ -53,16 +53,38 @@ class Amounts(BaseModel):
     credited: str = Field(examples=["0.00"])
 
 
+class BaseCurrencyAmounts(BaseModel):
+    """The invoice's figures in the company's base currency (what Sage's ledgers hold)."""
+
+    currency: str = Field(examples=["GBP"])
+    gross: str = Field(examples=["1280.00"])
+    outstanding: str = Field(examples=["0.00"])
+    paid: str = Field(examples=["1250.00"])
+    discounted: str = Field(examples=["0.00"])
+    written_off: str = Field(examples=["0.00"])
+    credited: str = Field(examples=["0.00"])
+    exchange_adjustment: str = Field(
+        examples=["30.00"],
+        description="Sage's automatic exchange revaluations (REVAL) allocated to the invoice: "
+        "neither paid, credited nor written off",
+    )
+
+
 class InvoiceOut(BaseModel):
     invoice_number: str
     account_ref: str
     invoice_date: date
+    currency: str = Field(
+        examples=["GBP"],
+        description="ISO 4217; gross, outstanding and amounts are in this currency",
+    )
     gross: str = Field(examples=["120.00"])
     outstanding: str = Field(examples=["0.00"])
     status: str
     derived_state: DerivedState | None = Field(description="NULL until first reconciled")
     protected: bool = Field(description="The status is one a sync never changes")
     amounts: Amounts
+    base: BaseCurrencyAmounts
     sage_tran_number: int
     conflict: str | None = Field(description="Why Sage disagrees with a protected status")
     mismatch: bool = Field(description="Sage's OUTSTANDING disagrees with the allocations")

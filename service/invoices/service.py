@@ -38,6 +38,7 @@ from service.invoices import repository as repo
 from service.invoices.repository import BulkPlan, ChunkCounts, InvoiceFilters
 from service.invoices.schemas import (
     Amounts,
+    BaseCurrencyAmounts,
     BulkStatusRequest,
     HistoryEntry,
     InvoiceDetail,
@@ -89,6 +90,7 @@ def _invoice_fields(row: Row[Any], settings: Settings) -> dict[str, Any]:
         "invoice_number": row.invoice_number,
         "account_ref": row.account_ref,
         "invoice_date": row.invoice_date,
+        "currency": row.currency or settings.base_currency,
         "gross": money(row.gross),
         "outstanding": money(row.outstanding),
         "status": row.status,
@@ -99,6 +101,16 @@ def _invoice_fields(row: Row[Any], settings: Settings) -> dict[str, Any]:
             discounted=money(row.discounted),
             written_off=money(row.written_off),
             credited=money(row.credited),
+        ),
+        "base": BaseCurrencyAmounts(
+            currency=settings.base_currency,
+            gross=money(row.gross_base),
+            outstanding=money(row.outstanding_base),
+            paid=money(row.paid_base),
+            discounted=money(row.discounted_base),
+            written_off=money(row.written_off_base),
+            credited=money(row.credited_base),
+            exchange_adjustment=money(row.exchange_adjustment),
         ),
         "sage_tran_number": row.sage_tran_number,
         "conflict": row.conflict,

@@ -22,7 +22,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from service.rules import write_off_sql
+from service.rules import revaluation_sql, write_off_sql
 from service.settings import DERIVED_STATES, SAGELINK_FALLBACK, Settings, WriteOffMode
 
 OUTBOX_CHANNEL = "ledgerlink_outbox"
@@ -123,10 +123,14 @@ async def claim_for_run(
 # The engine
 # ---------------------------------------------------------------------------------------------
 
-# `t`: the batch, as locked. `alloc`: its live allocations (allocation and settling posting
-# not deleted), each with its kind: P paid (SR, SA), R refund (SP), D discount (SD), W write-off
-# (SC classified by service/rules.py), C credit (other SC); anything else (an allocation on an
-# SI) counts for nothing. `fig` computes the figures, `st` the state, `fin` what to write.
+# `t`: the batch, as locked. `sums`: its live allocations (allocation and settling posting
+# not deleted), each with its kind: P paid (SR, SA), R refund (SP), D discount (SD), X Sage's
+# exchange revaluation, W write-off (SCs classified by service/rules.py, in that order), C
+# credit (other SC); anything else (an allocation on an SI) counts for nothing. Each figure is
+# summed twice: in the invoice's currency (the allocation's foreign amount; the amount itself
+# for base-currency postings) and in the base currency (`b_*`). A revaluation moves pounds
+# only: it is the exchange adjustment, in the base figures alone. `fig` computes the figures
+# and the state (from the invoice-currency figures), `res` what to write.
 _COMPUTE = """
 WITH
 labels AS MATERIALIZED (
@@ -141,22 +145,30 @@ t AS MATERIALIZED (
     SELECT i.ctid AS tid, i.invoice_number, i.sage_tran_number, i.gross, i.sage_outstanding,
            i.status, i.derived_state, i.outstanding, i.computed_outstanding, i.paid,
            i.discounted, i.written_off, i.credited, i.conflict, i.mismatch, i.warning,
-           i.deleted, i.dirty_since,
+           i.deleted, i.dirty_since, i.currency, i.gross_base, i.sage_outstanding_base,
+           i.outstanding_base, i.computed_outstanding_base, i.paid_base, i.discounted_base,
+           i.written_off_base, i.credited_base, i.exchange_adjustment,
            i.status = ANY(CAST(:protected AS text[])) AS protected
     FROM unnest(CAST(:numbers AS text[])) AS n(invoice_number)
     JOIN invoices AS i ON i.invoice_number = n.invoice_number
 ),
 sums AS (
     SELECT x.sage_tran_number,
-           sum(CASE x.kind WHEN 'P' THEN x.amount WHEN 'R' THEN -x.amount END) AS paid,
-           sum(CASE x.kind WHEN 'D' THEN x.amount END) AS discounted,
-           sum(CASE x.kind WHEN 'W' THEN x.amount END) AS written_off,
-           sum(CASE x.kind WHEN 'C' THEN x.amount END) AS credited
+           sum(CASE x.kind WHEN 'P' THEN x.fx WHEN 'R' THEN -x.fx END) AS paid,
+           sum(CASE x.kind WHEN 'D' THEN x.fx END) AS discounted,
+           sum(CASE x.kind WHEN 'W' THEN x.fx END) AS written_off,
+           sum(CASE x.kind WHEN 'C' THEN x.fx END) AS credited,
+           sum(CASE x.kind WHEN 'P' THEN x.amount WHEN 'R' THEN -x.amount END) AS b_paid,
+           sum(CASE x.kind WHEN 'D' THEN x.amount END) AS b_discounted,
+           sum(CASE x.kind WHEN 'W' THEN x.amount END) AS b_written_off,
+           sum(CASE x.kind WHEN 'C' THEN x.amount END) AS b_credited,
+           sum(CASE x.kind WHEN 'X' THEN x.amount END) AS b_exchange
     FROM (
-        SELECT t.sage_tran_number, a.amount,
+        SELECT t.sage_tran_number, a.amount, coalesce(a.foreign_amount, a.amount) AS fx,
                CASE p.type
                    WHEN 'SR' THEN 'P' WHEN 'SA' THEN 'P' WHEN 'SP' THEN 'R' WHEN 'SD' THEN 'D'
-                   WHEN 'SC' THEN CASE WHEN {write_off} THEN 'W' ELSE 'C' END
+                   WHEN 'SC' THEN CASE WHEN {revaluation} THEN 'X' WHEN {write_off} THEN 'W'
+                                       ELSE 'C' END
                END AS kind
         FROM t
         JOIN allocations AS a ON a.invoice_tran_number = t.sage_tran_number AND NOT a.deleted
@@ -183,20 +195,30 @@ fig AS MATERIALIZED (
            -- Sums no numeric(14,2) column can hold (a corrupt export): never written, never
            -- allowed to wedge the batch; the invoice is left as it is, with a warning.
            greatest(abs(q.n_paid), abs(q.n_discounted), abs(q.n_written_off),
-                    abs(q.n_credited), abs(q.n_computed)) >= 1000000000000 AS out_of_range
+                    abs(q.n_credited), abs(q.n_computed), abs(q.b_paid), abs(q.b_discounted),
+                    abs(q.b_written_off), abs(q.b_credited), abs(q.b_exchange),
+                    abs(q.b_computed)) >= 1000000000000 AS out_of_range
     FROM (
-        SELECT c.*, coalesce(c.sage_outstanding, c.n_computed) AS n_balance
+        SELECT c.*, coalesce(c.sage_outstanding, c.n_computed) AS n_balance,
+               coalesce(c.sage_outstanding_base, c.b_computed) AS b_balance
         FROM (
-            SELECT t.*, s.n_paid, s.n_discounted, s.n_written_off, s.n_credited,
+            SELECT t.*, s.*,
                    t.gross - s.n_paid - s.n_discounted - s.n_written_off - s.n_credited
-                       AS n_computed
+                       AS n_computed,
+                   t.gross_base - s.b_paid - s.b_discounted - s.b_written_off - s.b_credited
+                       - s.b_exchange AS b_computed
             FROM t
             LEFT JOIN sums ON sums.sage_tran_number = t.sage_tran_number AND NOT t.deleted
             CROSS JOIN LATERAL (
                 SELECT coalesce(sums.paid, 0.00) AS n_paid,
                        coalesce(sums.discounted, 0.00) AS n_discounted,
                        coalesce(sums.written_off, 0.00) AS n_written_off,
-                       coalesce(sums.credited, 0.00) AS n_credited
+                       coalesce(sums.credited, 0.00) AS n_credited,
+                       coalesce(sums.b_paid, 0.00) AS b_paid,
+                       coalesce(sums.b_discounted, 0.00) AS b_discounted,
+                       coalesce(sums.b_written_off, 0.00) AS b_written_off,
+                       coalesce(sums.b_credited, 0.00) AS b_credited,
+                       coalesce(sums.b_exchange, 0.00) AS b_exchange
                 OFFSET 0
             ) AS s
         ) AS c
@@ -214,11 +236,15 @@ res AS MATERIALIZED (
             OR (r.derived_state IS NULL AND NOT r.frozen)) AS changed,
            CASE WHEN r.new_status IS DISTINCT FROM r.status THEN format(
                'derived %s%s from postings: paid %s, discounted %s, written off %s, '
-               'credited %s, outstanding %s%s',
+               'credited %s, outstanding %s%s%s',
                r.n_state,
                CASE WHEN r.n_state <> r.true_state
                     THEN format(' (%s, shown as in SageLink)', r.true_state) ELSE '' END,
                r.n_paid, r.n_discounted, r.n_written_off, r.n_credited, r.n_balance,
+               CASE WHEN r.currency IS NOT NULL AND r.currency <> CAST(:base_currency AS text)
+                    THEN format(' %s (exchange adjustment %s %s)', r.currency,
+                                r.b_exchange, CAST(:base_currency AS text))
+                    ELSE '' END,
                CASE WHEN r.new_warning IS NOT NULL THEN '; ' || r.new_warning ELSE '' END
            ) END AS reason,
            (r.new_status IS DISTINCT FROM r.status OR r.dirty_since IS NOT NULL
@@ -227,6 +253,12 @@ res AS MATERIALIZED (
             OR r.new_computed IS DISTINCT FROM r.computed_outstanding
             OR r.new_paid <> r.paid OR r.new_discounted <> r.discounted
             OR r.new_written_off <> r.written_off OR r.new_credited <> r.credited
+            OR r.new_outstanding_base <> r.outstanding_base
+            OR r.new_computed_base IS DISTINCT FROM r.computed_outstanding_base
+            OR r.new_paid_base <> r.paid_base OR r.new_discounted_base <> r.discounted_base
+            OR r.new_written_off_base <> r.written_off_base
+            OR r.new_credited_base <> r.credited_base
+            OR r.new_exchange <> r.exchange_adjustment
             OR r.new_conflict IS DISTINCT FROM r.conflict
             OR r.new_mismatch <> r.mismatch
             OR r.new_warning IS DISTINCT FROM r.warning) AS needs_write
@@ -242,12 +274,28 @@ res AS MATERIALIZED (
                CASE WHEN d.frozen THEN d.written_off ELSE d.n_written_off END
                    AS new_written_off,
                CASE WHEN d.frozen THEN d.credited ELSE d.n_credited END AS new_credited,
+               CASE WHEN d.frozen THEN d.outstanding_base ELSE d.b_balance END
+                   AS new_outstanding_base,
+               CASE WHEN d.frozen THEN d.paid_base ELSE d.b_paid END AS new_paid_base,
+               CASE WHEN d.frozen THEN d.discounted_base ELSE d.b_discounted END
+                   AS new_discounted_base,
+               CASE WHEN d.frozen THEN d.written_off_base ELSE d.b_written_off END
+                   AS new_written_off_base,
+               CASE WHEN d.frozen THEN d.credited_base ELSE d.b_credited END
+                   AS new_credited_base,
+               CASE WHEN d.frozen THEN d.exchange_adjustment ELSE d.b_exchange END
+                   AS new_exchange,
                CASE WHEN d.deleted OR d.out_of_range THEN d.derived_state ELSE d.n_state END
                    AS new_state,
                CASE WHEN d.deleted OR d.out_of_range THEN d.computed_outstanding
                     ELSE d.n_computed END AS new_computed,
+               CASE WHEN d.deleted OR d.out_of_range THEN d.computed_outstanding_base
+                    ELSE d.b_computed END AS new_computed_base,
+               -- Sage's own balance against ours, in the invoice's currency and in pounds.
                CASE WHEN d.deleted OR d.out_of_range THEN d.mismatch
-                    ELSE d.sage_outstanding IS NOT NULL AND d.sage_outstanding <> d.n_computed
+                    ELSE (d.sage_outstanding IS NOT NULL AND d.sage_outstanding <> d.n_computed)
+                         OR (d.sage_outstanding_base IS NOT NULL
+                             AND d.sage_outstanding_base <> d.b_computed)
                END AS new_mismatch,
                CASE
                    WHEN NOT d.frozen_protected THEN NULL
@@ -338,6 +386,13 @@ upd AS (
         discounted = r.new_discounted,
         written_off = r.new_written_off,
         credited = r.new_credited,
+        outstanding_base = r.new_outstanding_base,
+        computed_outstanding_base = r.new_computed_base,
+        paid_base = r.new_paid_base,
+        discounted_base = r.new_discounted_base,
+        written_off_base = r.new_written_off_base,
+        credited_base = r.new_credited_base,
+        exchange_adjustment = r.new_exchange,
         derived_state = r.new_state,
         computed_outstanding = r.new_computed,
         conflict = r.new_conflict,
@@ -430,9 +485,10 @@ run_row AS (
 
 
 @lru_cache(maxsize=64)
-def _apply_sql(write_off: str, dry_run: bool, new_run: bool) -> sa.TextClause:
+def _apply_sql(write_off: str, revaluation: str, dry_run: bool, new_run: bool) -> sa.TextClause:
     sql = _COMPUTE.format(
         write_off=write_off,
+        revaluation=revaluation,
         # A worker batch is a run of its own: no invoice can be in it twice, and a plain
         # insert is cheaper than a speculative one. A requested run of the dirty scope can
         # meet an invoice again (re-dirtied meanwhile): its last change wins.
@@ -494,9 +550,12 @@ async def apply_batch(
     adds its counts to the existing run `run_id` (requested runs).
     """
     write_off, wo_params = write_off_sql("p", settings)
+    revaluation, reval_params = revaluation_sql("p", settings)
     params: dict[str, Any] = {
         **wo_params,
+        **reval_params,
         **label_params(settings),
+        "base_currency": settings.base_currency,
         "numbers": numbers,
         "run_id": str(run_id),
         "actor": actor,
@@ -518,7 +577,11 @@ async def apply_batch(
         settings_sql.append(f"set_config('work_mem', '{_BIG_BATCH_WORK_MEM}', true)")
     await conn.execute(sa.text(f"SELECT {', '.join(settings_sql)}"))
     row = (
-        (await conn.execute(_apply_sql(write_off, dry_run, new_run is not None), params))
+        (
+            await conn.execute(
+                _apply_sql(write_off, revaluation, dry_run, new_run is not None), params
+            )
+        )
         .mappings()
         .one()
     )
@@ -717,9 +780,13 @@ async def run_changes(
 # ---------------------------------------------------------------------------------------------
 
 _REPORT_COLUMNS = """
-    i.invoice_number, i.account_ref, i.status, i.derived_state, i.gross, i.outstanding,
+    i.invoice_number, i.account_ref, i.status, i.derived_state,
+    coalesce(i.currency, CAST(:base_currency AS text)) AS currency, i.gross, i.outstanding,
     i.computed_outstanding, i.sage_outstanding, i.paid, i.discounted, i.written_off,
-    i.credited, i.conflict, i.mismatch, i.warning, i.duplicate_of, i.deleted,
+    i.credited, i.gross_base, i.outstanding_base, i.computed_outstanding_base,
+    i.sage_outstanding_base, i.paid_base, i.discounted_base, i.written_off_base,
+    i.credited_base, i.exchange_adjustment, i.conflict, i.mismatch, i.warning,
+    i.duplicate_of, i.deleted,
     i.status = ANY(CAST(:protected AS text[])) AS protected,
     m.label AS expected_status,
     c.status AS crm_status, c.outstanding AS crm_outstanding, c.seen_at AS crm_seen_at
@@ -781,6 +848,7 @@ async def report(
             "states": labels["states"],
             "labels": labels["labels"],
             "protected": labels["protected"],
+            "base_currency": settings.base_currency,
             "after": after,
             "limit": limit,
         },

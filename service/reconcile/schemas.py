@@ -77,14 +77,29 @@ class ReportItem(BaseModel):
     derived_state: str | None
     expected_status: str | None = Field(description="The label of derived_state")
     protected: bool
-    gross: Money
+    currency: str = Field(description="The invoice's currency (ISO 4217)", examples=["GBP"])
+    gross: Money = Field(description="In the invoice's currency, like every unsuffixed figure")
     outstanding: Money
     computed_outstanding: Money | None = Field(description="From the allocations we hold")
-    sage_outstanding: Money | None = Field(description="Sage's own OUTSTANDING, when sent")
+    sage_outstanding: Money | None = Field(
+        description="Sage's own outstanding (FOREIGN_OUTSTANDING), when sent"
+    )
     paid: Money
     discounted: Money
     written_off: Money
     credited: Money
+    gross_base: Money = Field(description="In the base currency, like every *_base figure")
+    outstanding_base: Money
+    computed_outstanding_base: Money | None
+    sage_outstanding_base: Money | None = Field(description="Sage's OUTSTANDING, when sent")
+    paid_base: Money
+    discounted_base: Money
+    written_off_base: Money
+    credited_base: Money
+    exchange_adjustment: Money = Field(
+        description="Sage's automatic exchange revaluations (REVAL) allocated to the invoice, "
+        "in the base currency: neither paid, credited nor written off"
+    )
     mismatch: bool
     conflict: str | None
     warning: str | None

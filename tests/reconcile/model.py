@@ -1,5 +1,5 @@
-"""A small plain-Python model of the reconciliation rules, written from DESIGN.md
-("Reconciliation rules") and docs/readme/reconcile.md, independent of the SQL engine.
+"""A small plain-Python model of the reconciliation rules, written from the README
+("Reconciliation: the rules") and docs/CURRENCY.md, independent of the SQL engine.
 
 The property test feeds both the same postings and compares every figure: this is our guard
 for money. Keep it naive and obviously right; speed does not matter here.
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from service.ingest.schemas import PostingIn
-from service.rules import is_write_off
+from service.rules import is_revaluation, is_write_off
 from service.settings import SAGELINK_FALLBACK, Settings, WriteOffMode
 
 ZERO = Decimal("0.00")
@@ -19,7 +19,23 @@ WRITE_OFF_STATES = {"written_off", "paid_written_off"}
 
 
 @dataclass(frozen=True)
-class Before:
+class BaseFigures:
+    """What reconciliation writes in the base currency (beside the invoice-currency figures)."""
+
+    outstanding_base: Decimal
+    computed_outstanding_base: Decimal | None
+    paid_base: Decimal
+    discounted_base: Decimal
+    written_off_base: Decimal
+    credited_base: Decimal
+    exchange_adjustment: Decimal
+
+
+BASE_FIGURES = tuple(BaseFigures.__dataclass_fields__)
+
+
+@dataclass(frozen=True)
+class Before(BaseFigures):
     """The invoice row as ingestion mirrored it and the last reconcile (or a person) left it."""
 
     invoice_number: str
@@ -36,10 +52,13 @@ class Before:
     credited: Decimal
     computed_outstanding: Decimal | None
     mismatch: bool
+    currency: str | None
+    gross_base: Decimal
+    sage_outstanding_base: Decimal | None
 
 
 @dataclass(frozen=True)
-class Expected:
+class Expected(BaseFigures):
     status: str
     outstanding: Decimal
     paid: Decimal
@@ -55,28 +74,46 @@ class Expected:
     sent_to_crm: bool  # an outbox row
 
 
-def figures(tran_number: int, postings: list[PostingIn], settings: Settings) -> dict[str, Decimal]:
-    """paid / discounted / written_off / credited from the live allocations to one SI."""
-    out = {"paid": ZERO, "discounted": ZERO, "written_off": ZERO, "credited": ZERO}
+def figures(
+    tran_number: int, postings: list[PostingIn], settings: Settings
+) -> tuple[dict[str, Decimal], dict[str, Decimal]]:
+    """paid / discounted / written_off / credited from the live allocations to one SI: in the
+    invoice's currency (each allocation's foreign amount, or its amount when the settling
+    posting is in the base currency), and in the base currency with the exchange adjustment
+    (Sage's revaluations, which count in the base currency only)."""
+    names = ("paid", "discounted", "written_off", "credited")
+    fx = dict.fromkeys(names, ZERO)
+    base = dict.fromkeys((*names, "exchange_adjustment"), ZERO)
     for posting in postings:
         if posting.deleted:
             continue
         for allocation in posting.allocations:
             if allocation.deleted or allocation.invoice_tran_number != tran_number:
                 continue
-            amount = allocation.amount
-            if posting.type in ("SR", "SA"):
-                out["paid"] += amount
-            elif posting.type == "SP":
-                out["paid"] -= amount
-            elif posting.type == "SD":
-                out["discounted"] += amount
-            elif posting.type == "SC":
-                wo = is_write_off(
-                    posting.nominal_code, posting.details, posting.reference, settings
-                )
-                out["written_off" if wo else "credited"] += amount
-    return out
+            figure, sign = _kind(posting, settings)
+            if figure is None:
+                continue
+            base[figure] += sign * allocation.amount
+            if figure != "exchange_adjustment":
+                foreign = allocation.foreign_amount
+                fx[figure] += sign * (allocation.amount if foreign is None else foreign)
+    return fx, base
+
+
+def _kind(posting: PostingIn, settings: Settings) -> tuple[str | None, int]:
+    """Which figure an allocation from this posting counts in, and with which sign."""
+    texts = (posting.nominal_code, posting.details, posting.reference, settings)
+    if posting.type in ("SR", "SA"):
+        return "paid", 1
+    if posting.type == "SP":
+        return "paid", -1
+    if posting.type == "SD":
+        return "discounted", 1
+    if posting.type == "SC":
+        if is_revaluation(*texts):
+            return "exchange_adjustment", 1
+        return ("written_off" if is_write_off(*texts) else "credited"), 1
+    return None, 0
 
 
 def state_of(balance: Decimal, gross: Decimal, f: dict[str, Decimal]) -> str:
@@ -95,9 +132,16 @@ def expected(
     before: Before, postings: list[PostingIn], settings: Settings, picklist: set[str]
 ) -> Expected:
     labels = settings.status_labels
-    f = figures(before.sage_tran_number, postings, settings)
+    f, b = figures(before.sage_tran_number, postings, settings)
     computed = before.gross - f["paid"] - f["discounted"] - f["written_off"] - f["credited"]
     balance = before.sage_outstanding if before.sage_outstanding is not None else computed
+    computed_base = before.gross_base - sum(b.values(), ZERO)
+    balance_base = (
+        before.sage_outstanding_base if before.sage_outstanding_base is not None else computed_base
+    )
+    mismatch = (before.sage_outstanding is not None and before.sage_outstanding != computed) or (
+        before.sage_outstanding_base is not None and before.sage_outstanding_base != computed_base
+    )
     true_state = state_of(balance, before.gross, f)
     state = true_state
     if settings.write_off_mode is WriteOffMode.sagelink and state in WRITE_OFF_STATES:
@@ -116,8 +160,8 @@ def expected(
                 **frozen.__dict__,
                 "derived_state": state,
                 "computed_outstanding": computed,
-                "mismatch": before.sage_outstanding is not None
-                and before.sage_outstanding != computed,
+                "computed_outstanding_base": computed_base,
+                "mismatch": mismatch,
             }
         )
 
@@ -138,7 +182,14 @@ def expected(
         credited=f["credited"],
         derived_state=state,
         computed_outstanding=computed,
-        mismatch=before.sage_outstanding is not None and before.sage_outstanding != computed,
+        mismatch=mismatch,
+        outstanding_base=balance_base,
+        computed_outstanding_base=computed_base,
+        paid_base=b["paid"],
+        discounted_base=b["discounted"],
+        written_off_base=b["written_off"],
+        credited_base=b["credited"],
+        exchange_adjustment=b["exchange_adjustment"],
         has_conflict=False,
         has_warning=warning,
         status_changed=status_changed,
@@ -157,6 +208,7 @@ def _unchanged(before: Before, *, has_warning: bool, has_conflict: bool) -> Expe
         derived_state=before.derived_state,
         computed_outstanding=before.computed_outstanding,
         mismatch=before.mismatch,
+        **{name: getattr(before, name) for name in BASE_FIGURES},
         has_conflict=has_conflict,
         has_warning=has_warning,
         status_changed=False,

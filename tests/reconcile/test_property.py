@@ -1,6 +1,7 @@
 """Property: for random postings and allocations, the SQL engine agrees with the plain-Python
 model of DESIGN.md's rules (tests/reconcile/model.py), figure for figure, in both modes, with
-protected invoices, missing picklist labels, edits and deletions. Our guard for money."""
+protected invoices, missing picklist labels, edits and deletions, in the base currency and in
+a foreign one (with Sage's revaluations). Our guard for money."""
 
 from __future__ import annotations
 
@@ -19,9 +20,21 @@ from tests.conftest import make_settings
 from tests.reconcile import model
 from tests.reconcile.conftest import load, reconcile
 
-NOMINALS = ["4000", "8100", "8150", "8199", "8200", "1200", "", " 8105", "81O0", "08100"]
-DETAILS = ["", "Bad Debt Write Off", "bad  debt", "Write-off", "Payment", "Credit", "BADDBT x"]
-REFERENCES = ["", "BADDBT", "CN001", "REF", "write off"]
+NOMINALS = ["4000", "8100", "8150", "8199", "8200", "1200", "", " 8105", "81O0", "08100", "7906"]
+DETAILS = [
+    "",
+    "Bad Debt Write Off",
+    "bad  debt",
+    "Write-off",
+    "Payment",
+    "Credit",
+    "BADDBT x",
+    "Currency Reval 30.00 to SI 2",
+]
+REFERENCES = ["", "BADDBT", "CN001", "REF", "write off", "REVAL", " reval"]
+# None: the base currency, as today's senders send it; GBP: the base currency with Sage's
+# FOREIGN_* columns repeating the base amounts; USD: a foreign currency.
+CURRENCIES = [None, None, "GBP", "USD", "USD"]
 LABEL_SETS = [
     {},
     {"written_off": "WO", "paid_written_off": "Paid + WO"},
@@ -32,12 +45,45 @@ cents = st.integers(min_value=1, max_value=40_000).map(lambda c: Decimal(c) / 10
 
 
 @st.composite
-def allocation(draw: st.DrawFn, tran_numbers: int) -> AllocationIn:
+def allocation(draw: st.DrawFn, tran_numbers: int, currency: str | None) -> AllocationIn:
+    amount = draw(cents)
+    foreign: Decimal | None = None
+    if currency == "GBP":
+        foreign = amount
+    elif currency == "USD":
+        foreign = draw(st.one_of(cents, st.just(Decimal("0.00"))))
     return AllocationIn(
         invoice_tran_number=draw(st.integers(1, tran_numbers + 2)),
-        amount=draw(cents),
+        amount=amount,
+        foreign_amount=foreign,
         deleted=draw(st.integers(0, 9)) == 0,
     )
+
+
+def in_currency(
+    draw: st.DrawFn, currency: str | None, gross: Decimal, outstanding: Decimal | None
+) -> dict[str, Any]:
+    """The currency fields of a posting whose base gross and outstanding are given."""
+    if currency is None:
+        return {}
+    if currency == "GBP":
+        foreign_gross, foreign_outstanding, rate = gross, outstanding, Decimal(1)
+    else:
+        foreign_gross = draw(st.one_of(cents, st.just(Decimal("0.00"))))
+        foreign_outstanding = None
+        if outstanding is not None:
+            foreign_outstanding = draw(
+                st.sampled_from([foreign_gross, Decimal("0.00"), foreign_gross / 2])
+            ).quantize(Decimal("0.01"))
+        rate = Decimal("1.25")
+    return {
+        "currency": currency,
+        "exchange_rate": rate,
+        "foreign_net_amount": foreign_gross,
+        "foreign_tax_amount": Decimal("0.00"),
+        "foreign_gross_amount": foreign_gross,
+        "foreign_outstanding": foreign_outstanding,
+    }
 
 
 @st.composite
@@ -48,6 +94,7 @@ def invoice_si(draw: st.DrawFn, tran: int) -> PostingIn:
         outstanding = draw(st.sampled_from([gross, Decimal("0.00"), gross / 2, -gross]))
         outstanding = outstanding.quantize(Decimal("0.01"))
     write_off_si = draw(st.integers(0, 9)) == 0  # a small-overpayment write-off SI
+    revaluation_si = draw(st.integers(0, 14)) == 0  # Sage's REVAL SI: not an invoice either
     return PostingIn(
         tran_number=tran,
         type="SI",
@@ -55,18 +102,20 @@ def invoice_si(draw: st.DrawFn, tran: int) -> PostingIn:
         reference=f"INV{draw(st.integers(1, 5))}",
         date=dt.date(2026, 10, 1),
         details="Bad Debt Write Off" if write_off_si else "Goods",
-        nominal_code="8100" if write_off_si else "4000",
+        nominal_code="8100" if write_off_si else "7906" if revaluation_si else "4000",
         net_amount=gross,
         tax_amount=Decimal("0.00"),
         gross_amount=gross,
         outstanding=outstanding,
         deleted=draw(st.integers(0, 14)) == 0,
+        **in_currency(draw, draw(st.sampled_from(CURRENCIES)), gross, outstanding),
     )
 
 
 @st.composite
 def settling(draw: st.DrawFn, tran: int, tran_numbers: int) -> PostingIn:
-    allocations = draw(st.lists(allocation(tran_numbers), min_size=0, max_size=3))
+    currency = draw(st.sampled_from(CURRENCIES))
+    allocations = draw(st.lists(allocation(tran_numbers, currency), min_size=0, max_size=3))
     total = sum((a.amount for a in allocations), Decimal("0.00"))
     return PostingIn(
         tran_number=tran,
@@ -81,6 +130,7 @@ def settling(draw: st.DrawFn, tran: int, tran_numbers: int) -> PostingIn:
         gross_amount=total,
         deleted=draw(st.integers(0, 9)) == 0,
         allocations=allocations,
+        **in_currency(draw, currency, total, None),
     )
 
 
@@ -98,7 +148,7 @@ def scenario(draw: st.DrawFn) -> dict[str, Any]:
             posting.model_copy(
                 update={
                     "deleted": not posting.deleted,
-                    "allocations": draw(st.lists(allocation(n_si), max_size=2)),
+                    "allocations": draw(st.lists(allocation(n_si, posting.currency), max_size=2)),
                 }
             )
         )
@@ -179,6 +229,9 @@ async def _check(
             continue
         want = model.expected(before, live, config, picklist)
         event(f"state {want.derived_state}")
+        event(f"currency {before.currency}")
+        if want.exchange_adjustment:
+            event("exchange_adjustment")
         for flag in ("has_conflict", "has_warning", "mismatch", "status_changed"):
             if getattr(want, flag):
                 event(flag)
@@ -192,6 +245,7 @@ async def _check(
             derived_state=got["derived_state"],
             computed_outstanding=got["computed_outstanding"],
             mismatch=got["mismatch"],
+            **{name: got[name] for name in model.BASE_FIGURES},
             has_conflict=got["conflict"] is not None,
             has_warning=got["warning"] is not None,
             status_changed=history_after.get(number, 0) - history_before.get(number, 0) == 1,
