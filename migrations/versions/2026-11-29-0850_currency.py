@@ -5,7 +5,7 @@ Every row already stored is in the base currency: its currency stays NULL, and t
 base-currency figures start as copies of the figures they hold.
 
 Revision ID: 0016
-Revises: 0005
+Revises: 0015
 Create Date: 2026-11-29
 """
 
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0016"
-down_revision: str | None = "0005"
+down_revision: str | None = "0015"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
