@@ -37,6 +37,7 @@ from ledgerlink_exporter.sage import (
     Row,
     SageExport,
     build_export,
+    check_columns,
 )
 
 HEADER_TABLE = "AUDIT_HEADER"
@@ -52,6 +53,8 @@ class Cursor(Protocol):
     def execute(self, sql: str) -> Any: ...
 
     def fetchall(self) -> Sequence[Sequence[Any]]: ...
+
+    def columns(self, *, table: str) -> Iterable[Sequence[Any]]: ...
 
 
 class Connection(Protocol):
@@ -96,47 +99,53 @@ def read_odbc(connection: Connection, since: dt.datetime | None) -> SageExport:
     reader = _Reader(connection)
     if since is None:
         return build_export(
-            reader.select(HEADER_TABLE, _header_columns()),
-            reader.select(SPLIT_TABLE, _split_columns()),
-            reader.select(USAGE_TABLE, _usage_columns()),
+            reader.select(HEADER_TABLE),
+            reader.select(SPLIT_TABLE),
+            reader.select(USAGE_TABLE),
         )
     return _read_changed(reader, since)
 
 
 def _read_changed(reader: _Reader, since: dt.datetime) -> SageExport:
     changed = f"{MODIFIED_COLUMN} >= {literal(since)}"
-    headers = _keyed(reader.select(HEADER_TABLE, _header_columns(), changed), "HEADER_NUMBER")
-    splits = _keyed(reader.select(SPLIT_TABLE, _split_columns(), changed), "TRAN_NUMBER")
-    usages = _usage_keyed(reader.select(USAGE_TABLE, _usage_columns(), changed))
+    headers = _keyed(reader.select(HEADER_TABLE, changed), "HEADER_NUMBER")
+    splits = _keyed(reader.select(SPLIT_TABLE, changed), "TRAN_NUMBER")
+    usages = _usage_keyed(reader.select(USAGE_TABLE, changed))
 
     named = _numbers(usages.values(), "SPLIT_NUMBER", "SPLIT_CROSSREF") - splits.keys()
     splits.update(_split_rows(reader, "TRAN_NUMBER", named))
     touched = frozenset(headers) | _numbers(splits.values(), "HEADER_NUMBER")
 
-    lines = reader.select_in(SPLIT_TABLE, _split_columns(), "HEADER_NUMBER", touched)
+    lines = reader.select_in(SPLIT_TABLE, "HEADER_NUMBER", touched)
     splits.update(_keyed(lines, "TRAN_NUMBER"))
     own = _numbers(lines, "TRAN_NUMBER")
     for column in ("SPLIT_NUMBER", "SPLIT_CROSSREF"):
-        usages.update(_usage_keyed(reader.select_in(USAGE_TABLE, _usage_columns(), column, own)))
+        usages.update(_usage_keyed(reader.select_in(USAGE_TABLE, column, own)))
 
     far = _numbers(usages.values(), "SPLIT_NUMBER", "SPLIT_CROSSREF") - splits.keys()
     splits.update(_split_rows(reader, "TRAN_NUMBER", far))
     wanted = (touched | _numbers(splits.values(), "HEADER_NUMBER")) - headers.keys()
-    headers.update(
-        _keyed(
-            reader.select_in(HEADER_TABLE, _header_columns(), "HEADER_NUMBER", wanted),
-            "HEADER_NUMBER",
-        )
-    )
+    far_headers = reader.select_in(HEADER_TABLE, "HEADER_NUMBER", wanted)
+    headers.update(_keyed(far_headers, "HEADER_NUMBER"))
     return build_export(headers.values(), splits.values(), usages.values(), only_headers=touched)
+
+
+# Per table: the columns it must have, then those read when the install has them.
+_COLUMNS = {
+    HEADER_TABLE: (HEADER_COLUMNS, HEADER_OPTIONAL),
+    SPLIT_TABLE: (SPLIT_COLUMNS, SPLIT_OPTIONAL),
+    USAGE_TABLE: (("USAGE_NUMBER", *USAGE_COLUMNS), USAGE_OPTIONAL),
+}
 
 
 class _Reader:
     def __init__(self, connection: Connection) -> None:
         self._connection = connection
+        self._columns: dict[str, tuple[str, ...]] = {}
 
-    def select(self, table: str, columns: Sequence[str], where: str = "") -> list[Row]:
-        sql = f"SELECT {', '.join(columns)} FROM {table}" + (f" WHERE {where}" if where else "")
+    def select(self, table: str, where: str = "") -> list[Row]:
+        columns = ", ".join(self._columns_of(table))
+        sql = f"SELECT {columns} FROM {table}" + (f" WHERE {where}" if where else "")
         cursor = self._connection.cursor()
         try:
             cursor.execute(sql)
@@ -149,30 +158,33 @@ class _Reader:
             for index, record in enumerate(records, start=1)
         ]
 
-    def select_in(
-        self, table: str, columns: Sequence[str], column: str, numbers: Iterable[int]
-    ) -> list[Row]:
+    def select_in(self, table: str, column: str, numbers: Iterable[int]) -> list[Row]:
         rows: list[Row] = []
         for chunk in _chunks(sorted(numbers), CHUNK):
             values = ", ".join(literal(number) for number in chunk)
-            rows += self.select(table, columns, f"{column} IN ({values})")
+            rows += self.select(table, f"{column} IN ({values})")
         return rows
+
+    def _columns_of(self, table: str) -> tuple[str, ...]:
+        """Asks the driver's catalog (SQLColumns) what the table has: columns such as
+        RECORD_DELETED exist on some Sage versions only."""
+        if table not in self._columns:
+            try:
+                present = {
+                    str(row[3]).upper() for row in self._connection.cursor().columns(table=table)
+                }
+            except Exception as exc:  # each driver raises its own pyodbc.Error subclasses
+                raise ExportFileError(table, f"cannot list the columns: {_one_line(exc)}") from None
+            if not present:
+                raise ExportFileError(table, "no such table in this ODBC source")
+            required, optional = _COLUMNS[table]
+            check_columns(table, present, required)
+            self._columns[table] = (*required, *(c for c in optional if c in present))
+        return self._columns[table]
 
 
 def _split_rows(reader: _Reader, column: str, numbers: Iterable[int]) -> dict[int, Row]:
-    return _keyed(reader.select_in(SPLIT_TABLE, _split_columns(), column, numbers), "TRAN_NUMBER")
-
-
-def _header_columns() -> tuple[str, ...]:
-    return (*HEADER_COLUMNS, *HEADER_OPTIONAL)
-
-
-def _split_columns() -> tuple[str, ...]:
-    return (*SPLIT_COLUMNS, *SPLIT_OPTIONAL)
-
-
-def _usage_columns() -> tuple[str, ...]:
-    return ("USAGE_NUMBER", *USAGE_COLUMNS, *USAGE_OPTIONAL)
+    return _keyed(reader.select_in(SPLIT_TABLE, column, numbers), "TRAN_NUMBER")
 
 
 def _keyed(rows: Iterable[Row], column: str) -> dict[int, Row]:
