@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import socket
 
 import httpx
 import pytest
@@ -22,6 +21,7 @@ from ledgerlink_exporter.client import (
 from standardwebhooks.webhooks import Webhook
 
 from tests.exporter.stand_in import Answer, problem, stand_in
+from tests.support.processes import free_port
 from tests.support.webhooks import TEST_SECRET
 
 BODY = json.dumps({"source": "sage50-exporter", "postings": [{"tran_number": 1}]}).encode()
@@ -146,9 +146,7 @@ async def test_timeouts_and_dropped_connections_are_retried() -> None:
 
 
 async def test_a_refused_connection_is_not_retried_and_names_the_url() -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        url = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    url = f"http://127.0.0.1:{free_port()}"
     sleeps = Sleeps()
     async with httpx.AsyncClient() as http:
         with pytest.raises(Unreachable) as caught:

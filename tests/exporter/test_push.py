@@ -28,6 +28,7 @@ from service.ingest.schemas import PostingBatch
 from tests.exporter.sage_files import FILES
 from tests.exporter.stand_in import Answer, StandIn, serving
 from tests.exporter.test_sage import CUSTOMER_TRANS
+from tests.support.processes import free_port
 from tests.support.webhooks import OLD_SECRET, TEST_SECRET
 
 PATHS = [str(path) for path in FILES]
@@ -188,9 +189,8 @@ def test_stops_on_422_with_the_servers_detail(service: FakeService) -> None:
     assert "Rejected: 5 postings; not sent: 12 postings" in result.stdout
 
 
-def test_a_refused_connection_fails_at_once_naming_the_url(tmp_path: Path) -> None:
-    with serving(StandIn([])) as server:
-        closed = server.url
+def test_a_refused_connection_fails_at_once_naming_the_url() -> None:
+    closed = f"http://127.0.0.1:{free_port()}"
     result = push(closed, "--max-attempts", "6")
     assert result.exit_code == 1
     [line] = unstamped(result.stderr)

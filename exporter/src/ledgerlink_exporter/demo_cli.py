@@ -103,6 +103,7 @@ def demo(
             or _key_file(data_dir / "webhook-secret", "webhook secret", "--secret", SECRET_ENV)
         )
         key = api_key or _key_file(data_dir / "admin-api-key", "API key", "--api-key", API_KEY_ENV)
+        _check_reachable(target)
         company = generate_company(customers=customers, seed=seed)
         directory = out if out is not None else data_dir / "demo"
         exports = _write_and_read(company, directory)
@@ -121,6 +122,17 @@ def check_or_fail(url: str) -> str:
         return check_url(url)
     except InputError as exc:
         fail(str(exc), 2)
+
+
+def _check_reachable(url: str) -> None:
+    """Before generating anything: a demo pointed at nothing should say so in a second."""
+    try:
+        httpx.get(f"{url}/healthz", timeout=5)
+    except httpx.TransportError as exc:
+        raise ServiceCallError(
+            f"cannot connect to {url} ({exc or type(exc).__name__}): is `make run` going? "
+            f"Point the demo elsewhere with --url or {URL_ENV} (make demo URL=...)"
+        ) from None
 
 
 def _key_file(path: Path, what: str, option: str, env: str) -> str:
