@@ -44,7 +44,9 @@ def uv() -> str:
     return found
 
 
-def run(*command: str | Path, **kwargs: object) -> subprocess.CompletedProcess[str]:
+def run(
+    *command: str | Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
         [str(part) for part in command],
         capture_output=True,
@@ -52,7 +54,7 @@ def run(*command: str | Path, **kwargs: object) -> subprocess.CompletedProcess[s
         timeout=300,
         check=False,
         cwd=ROOT,
-        **kwargs,  # type: ignore[call-overload]
+        env=env,
     )
     assert result.returncode == 0, f"{command}: {result.stdout}{result.stderr}"
     return result
@@ -95,11 +97,19 @@ async def test_the_installed_wheel_and_the_zipapp_push_to_a_running_service(
     env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGERLINK_")}
     env["LEDGERLINK_EXPORTER_SECRET"] = TEST_SECRET
     with LedgerlinkProcess(database_url, api_keys=json.dumps(API_KEYS)) as service:
-        command = [bare_venv / "bin" / "ledgerlink-exporter", "push", "--url", service.base_url]
+        command: list[str | Path] = [
+            bare_venv / "bin" / "ledgerlink-exporter",
+            "push",
+            "--url",
+            service.base_url,
+        ]
         pushed = await asyncio.to_thread(run, *command, *FILES, env=env)
         assert "Sent: 22 postings in 1 batch (22 applied" in pushed.stdout
         # -I -S: no site-packages at all, only the standard library and the zip itself.
-        zipapp = [sys.executable, "-I", "-S", built[1], "push", "--url", service.base_url]
+        zipapp: list[str | Path] = [
+            *(sys.executable, "-I", "-S", built[1]),
+            *("push", "--url", service.base_url),
+        ]
         again = await asyncio.to_thread(run, *zipapp, *FILES, env=env)
         assert "Replayed: 1 batch (22 postings) the server already had" in again.stdout
         async with httpx.AsyncClient(base_url=service.base_url, timeout=60) as client:
