@@ -343,3 +343,14 @@ def test_an_empty_account_ref_on_a_customer_row(tmp_path: Path) -> None:
     with pytest.raises(ExportFileError) as caught:
         read_export(*files)
     assert (caught.value.row, caught.value.column) == (2, "ACCOUNT_REF")
+
+
+def test_utf16_as_windows_powershell_writes_it(tmp_path: Path) -> None:
+    """Windows PowerShell 5's `Export-Csv -Encoding Unicode`: UTF-16 with a byte-order mark."""
+    copies = []
+    for path in FILES:
+        copy = tmp_path / path.name
+        copy.write_bytes(path.read_bytes().decode("utf-8-sig").encode("utf-16"))
+        copies.append(copy)
+    header, split, usage = copies
+    assert read_export(header, split, usage).postings == read_export(*FILES).postings
