@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import functools
 import random
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -676,35 +677,40 @@ def _credited_then_written_off(ledger: _Ledger, account: str) -> list[_Outcome]:
     return [(invoice, PAID_WRITTEN_OFF)]
 
 
-def _manual_write_off(ledger: _Ledger, account: str) -> list[_Outcome]:
-    """A batch credit note by hand: bad-debt nominal, VAT reclaimed, free-text details."""
+def _written_off_by_hand(
+    ledger: _Ledger, account: str, *, reference: str, details: str, nominal: str, tax_code: str
+) -> list[_Outcome]:
+    """An SC entered by hand for the whole invoice; `reference` may name the invoice."""
     invoice = ledger.invoice(account)
     ledger.settle(
         invoice,
         "SC",
         invoice.gross,
-        reference="BADDBT",
-        details="Customer dissolved, balance not recoverable",
-        nominal="8105",
-        tax_code="T1",
+        reference=reference.format(invoice=invoice.reference),
+        details=details,
+        nominal=nominal,
+        tax_code=tax_code,
         write_off=True,
     )
     return [(invoice, WRITTEN_OFF)]
 
 
-def _write_off_by_details(ledger: _Ledger, account: str) -> list[_Outcome]:
-    """Posted to sales by mistake: only the details say it is a write-off."""
-    invoice = ledger.invoice(account)
-    ledger.settle(
-        invoice,
-        "SC",
-        invoice.gross,
-        reference=f"WO{invoice.reference}",
-        details="Write off - balance too small to chase",
-        nominal="4000",
-        write_off=True,
-    )
-    return [(invoice, WRITTEN_OFF)]
+# A batch credit note by hand: bad-debt nominal, VAT reclaimed, free-text details.
+_manual_write_off = functools.partial(
+    _written_off_by_hand,
+    reference="BADDBT",
+    details="Customer dissolved, balance not recoverable",
+    nominal="8105",
+    tax_code="T1",
+)
+# Posted to sales by mistake: only the details say it is a write-off.
+_write_off_by_details = functools.partial(
+    _written_off_by_hand,
+    reference="WO{invoice}",
+    details="Write off - balance too small to chase",
+    nominal="4000",
+    tax_code="T9",
+)
 
 
 def _small_overpayment(ledger: _Ledger, account: str) -> list[_Outcome]:
