@@ -59,6 +59,13 @@ def test_signature_verifies_with_standardwebhooks() -> None:
     Webhook(TEST_SECRET).verify(BODY, headers)
 
 
+def test_a_url_safe_secret_signs_what_the_service_checks() -> None:
+    """`make run` creates its secret with token_urlsafe: '-' and '_' in the base64 part."""
+    secret = "whsec_AbcD-efGh_ijKlmnOpqrStuvWxyz0123"
+    headers = Signer.from_secret(secret).headers("msg_1", BODY, dt.datetime.now(dt.UTC))
+    Webhook(secret).verify(BODY, headers)
+
+
 def test_signature_fails_for_other_bytes() -> None:
     headers = Signer.from_secret(TEST_SECRET).headers("msg_1", BODY, dt.datetime.now(dt.UTC))
     with pytest.raises(Exception, match="No matching signature"):

@@ -198,7 +198,7 @@ def sync_run_line(run: Mapping[str, Any]) -> str:
 
 
 def status_table(invoices: Sequence[Mapping[str, Any]], intended: Mapping[str, str]) -> Table:
-    counts = Counter(str(item.get("status")) for item in invoices)
+    counts = Counter(str(item.get("status")) for item in invoices if not item.get("deleted"))
     expected = Counter(intended.values())
     table = Table(title="Invoices by status")
     table.add_column("Status")
