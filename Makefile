@@ -4,8 +4,10 @@ SHELL := /bin/bash
 PYTHON ?= python3
 UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 RUN := $(UV) run --frozen
+# `make demo` talks to the service `make run` started, on the same port (or URL=...).
+URL ?= http://127.0.0.1:$(or $(LEDGERLINK_PORT),8000)
 
-.PHONY: help run test test-faults lint typecheck migrations-check deploy-check openapi openapi-check bench bench-quick demo install clean
+.PHONY: help run test test-faults lint typecheck migrations-check deploy-check openapi openapi-check bench bench-quick demo exporter install clean
 
 help: ## List the commands
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -51,8 +53,11 @@ bench: install ## The full benchmark suite (~20 min); writes docs/BENCHMARKS.md,
 bench-quick: install ## A reduced benchmark run (under 2 minutes)
 	$(RUN) python -m bench --quick
 
-demo: install ## Push a generated Sage company to the running service (after make run)
-	$(RUN) ledgerlink demo
+demo: install ## Push a generated Sage company to the running service (after make run; URL=...)
+	$(RUN) ledgerlink-exporter demo --url $(URL)
+
+exporter: install ## Build the Sage-side exporter's wheel and single-file zipapp into dist/
+	$(RUN) python exporter/build.py --uv $(UV) dist
 
 clean: ## Remove the virtualenv, tool cache and local data
-	rm -rf .venv .tools .data .pytest_cache .mypy_cache .ruff_cache
+	rm -rf .venv .tools .data .pytest_cache .mypy_cache .ruff_cache dist

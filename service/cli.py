@@ -1,4 +1,4 @@
-"""The `ledgerlink` command: serve, migrate, worker (and the exporter's push and demo)."""
+"""The `ledgerlink` command: serve, migrate, worker."""
 
 from __future__ import annotations
 
@@ -174,17 +174,6 @@ def worker_command() -> None:
     finally:
         if embedded is not None:
             embedded.stop()
-
-
-def _register_exporter() -> None:
-    try:
-        from service.exporter.commands import register
-    except ImportError:  # the exporter is optional while it is being built
-        return
-    register(app)
-
-
-_register_exporter()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,6 +1,9 @@
-"""The whole product, end to end, in real processes: `ledgerlink demo` pushes a generated Sage
-company to a running `ledgerlink serve`, whose worker reconciles it; every invoice must end with
-the status its scenario intends (write-offs told apart from payments)."""
+"""The whole product, end to end, in real processes: `ledgerlink-exporter demo` pushes a
+generated Sage company (Sage's own numbering, multi-line invoices and receipts, mirrored and
+zeroed usage rows) to a running `ledgerlink serve`, whose worker reconciles it; every invoice
+must end with the status its scenario intends (write-offs told apart from payments) and the
+paid / discounted / written-off / credited / outstanding figures the demo's ledger holds, with
+no mismatch against Sage's OUTSTANDING."""
 
 from __future__ import annotations
 
@@ -10,9 +13,9 @@ import sys
 from pathlib import Path
 
 import sqlalchemy as sa
+from ledgerlink_exporter.demo import generate_company
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.exporter.demo import generate_company
 from tests.support.processes import FAULT_KEY, LedgerlinkProcess
 from tests.support.webhooks import TEST_SECRET
 
@@ -37,7 +40,7 @@ async def test_demo_company_ends_with_the_intended_statuses(
             [
                 sys.executable,
                 "-m",
-                "service.cli",
+                "ledgerlink_exporter",
                 "demo",
                 "--url",
                 service.base_url,
@@ -63,7 +66,10 @@ async def test_demo_company_ends_with_the_intended_statuses(
     async with engine.connect() as conn:
         rows = (
             await conn.execute(
-                sa.text("SELECT invoice_number, status, deleted FROM invoices ORDER BY 1")
+                sa.text(
+                    "SELECT invoice_number, status, deleted, mismatch, gross, paid, discounted,"
+                    " written_off, credited, outstanding FROM invoices ORDER BY 1"
+                )
             )
         ).all()
         write_off_si_invoices = (
@@ -72,7 +78,32 @@ async def test_demo_company_ends_with_the_intended_statuses(
                 {"t": list(company.write_off_invoices)},
             )
         ).scalar_one()
-    actual = {number: status for number, status, deleted in rows if not deleted}
-    assert actual == intended
-    assert {number for number, _, deleted in rows if deleted} == set(company.deleted_invoices)
+    live = [row for row in rows if not row.deleted]
+    assert {row.invoice_number: row.status for row in live} == intended
+    assert [row.invoice_number for row in live if row.mismatch] == []
+    expected = {
+        invoice.invoice_number: (
+            f.gross,
+            f.paid,
+            f.discounted,
+            f.written_off,
+            f.credited,
+            f.outstanding,
+        )
+        for invoice in company.invoices
+        for f in [invoice.figures]
+    }
+    actual = {
+        row.invoice_number: (
+            row.gross,
+            row.paid,
+            row.discounted,
+            row.written_off,
+            row.credited,
+            row.outstanding,
+        )
+        for row in live
+    }
+    assert actual == expected
+    assert {row.invoice_number for row in rows if row.deleted} == set(company.deleted_invoices)
     assert write_off_si_invoices == 0, "a small-overpayment write-off SI became an invoice"

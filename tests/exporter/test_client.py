@@ -1,38 +1,30 @@
-"""Signing and delivering one batch: what is retried, what stops, and how long it waits."""
+"""Signing and delivering one batch: what is retried, what stops, how long it waits, and what
+it says while it does."""
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
-from typing import Any
+import json
 
 import httpx
-import orjson
 import pytest
-import respx
-from standardwebhooks.webhooks import Webhook
-
-from service.exporter.client import (
+from ledgerlink_exporter.client import (
     BatchRejected,
     DeliveryGaveUp,
     RetryPolicy,
+    Signer,
+    Unreachable,
     WebhookClient,
-    make_webhook,
     retry_after_seconds,
-    signed_headers,
+    webhook_url,
 )
+from standardwebhooks.webhooks import Webhook
 
-SECRET = "whsec_" + base64.b64encode(b"exporter-test-secret-32-bytes!!!").decode()
-BASE = "http://ledgerlink.test"
-ENDPOINT = f"{BASE}/v1/webhooks/sage/postings"
-BODY = orjson.dumps({"source": "sage50-exporter", "postings": [{"tran_number": 1}]})
-ACCEPTED = {
-    "event_id": "evt_1",
-    "postings_received": 1,
-    "postings_applied": 1,
-    "postings_unchanged": 0,
-    "invoices_affected": 1,
-}
+from tests.exporter.stand_in import Answer, problem, stand_in
+from tests.support.processes import free_port
+from tests.support.webhooks import TEST_SECRET
+
+BODY = json.dumps({"source": "sage50-exporter", "postings": [{"tran_number": 1}]}).encode()
 NOW = dt.datetime(2025, 3, 20, 12, 0, tzinfo=dt.UTC)
 
 
@@ -44,158 +36,161 @@ class Sleeps:
         self.calls.append(seconds)
 
 
-def client(http: httpx.AsyncClient, sleeps: Sleeps, attempts: int = 4) -> WebhookClient:
+def client(
+    http: httpx.AsyncClient,
+    url: str,
+    sleeps: Sleeps,
+    attempts: int = 4,
+    announced: list[str] | None = None,
+) -> WebhookClient:
     return WebhookClient(
         http,
-        BASE + "/",
-        make_webhook(SECRET),
+        url,
+        Signer.from_secret(TEST_SECRET),
         policy=RetryPolicy(max_attempts=attempts, base_delay=1.0, max_delay=8.0),
         sleep=sleeps,
         jitter=lambda low, high: high,
+        on_retry=announced.append if announced is not None else None,
     )
 
 
-def problem(status: int, detail: str, **extra: Any) -> httpx.Response:
-    body = {"type": "about:blank", "title": "Error", "status": status, "detail": detail, **extra}
-    return httpx.Response(status, json=body, headers={"content-type": "application/problem+json"})
-
-
 def test_signature_verifies_with_standardwebhooks() -> None:
-    now = dt.datetime.now(dt.UTC)
-    headers = signed_headers(make_webhook(SECRET), "msg_abc", BODY, now)
-    assert Webhook(SECRET).verify(BODY, headers) == orjson.loads(BODY)
-    assert headers["webhook-timestamp"] == str(int(now.timestamp()))
-    assert headers["webhook-signature"].startswith("v1,")
+    headers = Signer.from_secret(TEST_SECRET).headers("msg_1", BODY, dt.datetime.now(dt.UTC))
+    Webhook(TEST_SECRET).verify(BODY, headers)
+
+
+def test_a_url_safe_secret_signs_what_the_service_checks() -> None:
+    """`make run` creates its secret with token_urlsafe: '-' and '_' in the base64 part."""
+    secret = "whsec_AbcD-efGh_ijKlmnOpqrStuvWxyz0123"
+    headers = Signer.from_secret(secret).headers("msg_1", BODY, dt.datetime.now(dt.UTC))
+    Webhook(secret).verify(BODY, headers)
 
 
 def test_signature_fails_for_other_bytes() -> None:
-    headers = signed_headers(make_webhook(SECRET), "msg_abc", BODY, dt.datetime.now(dt.UTC))
+    headers = Signer.from_secret(TEST_SECRET).headers("msg_1", BODY, dt.datetime.now(dt.UTC))
     with pytest.raises(Exception, match="No matching signature"):
-        Webhook(SECRET).verify(BODY.replace(b"1", b"2"), headers)
+        Webhook(TEST_SECRET).verify(BODY + b" ", headers)
 
 
-@pytest.mark.parametrize("secret", ["not-a-secret", "whsec_", "whsec_%%%%"])
+@pytest.mark.parametrize("secret", ["secret", "whsec_", "whsec_not base64!"])
 def test_rejects_a_bad_secret(secret: str) -> None:
-    with pytest.raises(ValueError, match="secret"):
-        make_webhook(secret)
+    with pytest.raises(ValueError, match="whsec_"):
+        Signer.from_secret(secret)
+
+
+@pytest.mark.parametrize(
+    "url", ["http://h:8000", "http://h:8000/", "http://h:8000/v1/webhooks/sage/postings"]
+)
+def test_url_may_be_the_base_or_the_webhook(url: str) -> None:
+    assert webhook_url(url) == "http://h:8000/v1/webhooks/sage/postings"
 
 
 async def test_sends_the_signed_body_and_reads_the_answer() -> None:
     sleeps = Sleeps()
-    with respx.mock(assert_all_called=True) as router:
-        route = router.post(ENDPOINT).mock(return_value=httpx.Response(202, json=ACCEPTED))
+    with stand_in([]) as server:
         async with httpx.AsyncClient() as http:
-            ack = await client(http, sleeps).deliver(BODY, "msg_1")
-    request = route.calls.last.request
-    assert request.content == BODY
+            ack = await client(http, server.url + "/", sleeps).deliver(BODY, "msg_1")
+    [request] = server.received
+    assert request.body == BODY
     assert request.headers["webhook-id"] == "msg_1"
     assert request.headers["content-type"] == "application/json"
-    Webhook(SECRET).verify(request.content, dict(request.headers))
     assert (ack.replayed, ack.postings_applied, ack.invoices_affected) == (False, 1, 1)
     assert sleeps.calls == []
 
 
 async def test_a_200_is_a_replay() -> None:
-    with respx.mock() as router:
-        router.post(ENDPOINT).mock(return_value=httpx.Response(200, json=ACCEPTED))
+    with stand_in([Answer(200)]) as server:
         async with httpx.AsyncClient() as http:
-            ack = await client(http, Sleeps()).deliver(BODY, "msg_1")
+            ack = await client(http, server.url, Sleeps()).deliver(BODY, "msg_1")
     assert ack.replayed is True
 
 
-async def test_retries_503_with_backoff_then_succeeds() -> None:
-    sleeps = Sleeps()
-    with respx.mock() as router:
-        route = router.post(ENDPOINT).mock(
-            side_effect=[
-                problem(503, "database unavailable"),
-                problem(503, "database unavailable"),
-                httpx.Response(202, json=ACCEPTED),
-            ]
-        )
+async def test_retries_503_with_backoff_announcing_each_retry() -> None:
+    sleeps, announced = Sleeps(), list[str]()
+    script = [problem(503, "database unavailable"), problem(503, "database unavailable")]
+    with stand_in(script) as server:
         async with httpx.AsyncClient() as http:
-            ack = await client(http, sleeps).deliver(BODY, "msg_1")
-    assert route.call_count == 3
+            ack = await client(http, server.url, sleeps, announced=announced).deliver(BODY, "msg_1")
+    assert len(server.received) == 3
     assert sleeps.calls == [1.0, 2.0]
     assert ack.postings_applied == 1
-    ids = {call.request.headers["webhook-id"] for call in route.calls}
-    assert ids == {"msg_1"}, "a retry is the same delivery"
+    assert announced == [
+        "retrying 2/4 in 1 s: 503 database unavailable",
+        "retrying 3/4 in 2 s: 503 database unavailable",
+    ]
+    assert {r.headers["webhook-id"] for r in server.received} == {"msg_1"}, "the same delivery"
 
 
 async def test_retry_after_is_honoured_on_429_and_503() -> None:
     sleeps = Sleeps()
-    with respx.mock() as router:
-        router.post(ENDPOINT).mock(
-            side_effect=[
-                httpx.Response(429, headers={"retry-after": "7"}),
-                httpx.Response(503, json={"detail": "unavailable"}, headers={"Retry-After": "3"}),
-                httpx.Response(202, json=ACCEPTED),
-            ]
-        )
+    script = [
+        Answer(429, {}, {"retry-after": "7"}),
+        Answer(503, {"detail": "unavailable"}, {"Retry-After": "3"}),
+    ]
+    with stand_in(script) as server:
         async with httpx.AsyncClient() as http:
-            await client(http, sleeps).deliver(BODY, "msg_1")
+            await client(http, server.url, sleeps).deliver(BODY, "msg_1")
     assert sleeps.calls == [7.0, 3.0]
 
 
 async def test_409_same_id_in_progress_is_retried() -> None:
     sleeps = Sleeps()
-    with respx.mock() as router:
-        route = router.post(ENDPOINT).mock(
-            side_effect=[problem(409, "being processed"), httpx.Response(202, json=ACCEPTED)]
-        )
+    with stand_in([problem(409, "being processed")]) as server:
         async with httpx.AsyncClient() as http:
-            await client(http, sleeps).deliver(BODY, "msg_1")
-    assert route.call_count == 2
+            await client(http, server.url, sleeps).deliver(BODY, "msg_1")
+    assert len(server.received) == 2
     assert len(sleeps.calls) == 1
 
 
-async def test_timeouts_and_connection_errors_are_retried() -> None:
+async def test_timeouts_and_dropped_connections_are_retried() -> None:
+    announced: list[str] = []
+    with stand_in([Answer(delay=1.0), Answer(drop=True)]) as server:
+        async with httpx.AsyncClient(timeout=0.3) as http:
+            await client(http, server.url, Sleeps(), announced=announced).deliver(BODY, "msg_1")
+    assert len(server.received) == 3
+    assert announced[0] == "retrying 2/4 in 1 s: the server did not answer in time"
+    assert announced[1].startswith(f"retrying 3/4 in 2 s: lost the connection to {server.url}")
+
+
+async def test_a_refused_connection_is_not_retried_and_names_the_url() -> None:
+    url = f"http://127.0.0.1:{free_port()}"
     sleeps = Sleeps()
-    with respx.mock() as router:
-        route = router.post(ENDPOINT).mock(
-            side_effect=[
-                httpx.ReadTimeout("slow"),
-                httpx.ConnectError("refused"),
-                httpx.Response(202, json=ACCEPTED),
-            ]
-        )
-        async with httpx.AsyncClient() as http:
-            await client(http, sleeps).deliver(BODY, "msg_1")
-    assert route.call_count == 3
+    async with httpx.AsyncClient() as http:
+        with pytest.raises(Unreachable) as caught:
+            await client(http, url, sleeps).deliver(BODY, "msg_1")
+    assert sleeps.calls == []
+    message = str(caught.value)
+    assert message.startswith(f"cannot connect to {url}/v1/webhooks/sage/postings (")
+    assert "--url or LEDGERLINK_URL" in message
 
 
 async def test_gives_up_after_max_attempts() -> None:
     sleeps = Sleeps()
-    with respx.mock() as router:
-        route = router.post(ENDPOINT).mock(return_value=problem(500, "boom"))
+    with stand_in([], then=problem(500, "boom")) as server:
         async with httpx.AsyncClient() as http:
-            with pytest.raises(DeliveryGaveUp, match="gave up after 3 attempts: HTTP 500: boom"):
-                await client(http, sleeps, attempts=3).deliver(BODY, "msg_1")
-    assert route.call_count == 3
+            with pytest.raises(DeliveryGaveUp, match="gave up after 3 attempts: 500 boom"):
+                await client(http, server.url, sleeps, attempts=3).deliver(BODY, "msg_1")
+    assert len(server.received) == 3
     assert sleeps.calls == [1.0, 2.0]
 
 
 async def test_backoff_is_capped() -> None:
     sleeps = Sleeps()
-    with respx.mock() as router:
-        router.post(ENDPOINT).mock(return_value=problem(502, "bad gateway"))
+    with stand_in([], then=problem(502, "bad gateway")) as server:
         async with httpx.AsyncClient() as http:
             with pytest.raises(DeliveryGaveUp):
-                await client(http, sleeps, attempts=6).deliver(BODY, "msg_1")
+                await client(http, server.url, sleeps, attempts=6).deliver(BODY, "msg_1")
     assert sleeps.calls == [1.0, 2.0, 4.0, 8.0, 8.0]
 
 
 async def test_stops_on_422_with_the_servers_detail() -> None:
     sleeps = Sleeps()
     errors = [{"loc": ["body", "postings", 0, "date"], "msg": "invalid date"}]
-    with respx.mock() as router:
-        route = router.post(ENDPOINT).mock(
-            return_value=problem(422, "posting 0 is invalid", errors=errors)
-        )
+    with stand_in([problem(422, "posting 0 is invalid", errors=errors)]) as server:
         async with httpx.AsyncClient() as http:
             with pytest.raises(BatchRejected) as caught:
-                await client(http, sleeps).deliver(BODY, "msg_1")
-    assert route.call_count == 1
+                await client(http, server.url, sleeps).deliver(BODY, "msg_1")
+    assert len(server.received) == 1
     assert sleeps.calls == []
     assert caught.value.status == 422
     assert caught.value.detail.startswith("posting 0 is invalid (first of 1 errors: ")
@@ -204,11 +199,10 @@ async def test_stops_on_422_with_the_servers_detail() -> None:
 
 
 async def test_a_non_problem_error_still_gives_one_line() -> None:
-    with respx.mock() as router:
-        router.post(ENDPOINT).mock(return_value=httpx.Response(404, text="<html>\nnot\nhere"))
+    with stand_in([Answer(404, raw=b"<html>\nnot\nhere")]) as server:
         async with httpx.AsyncClient() as http:
             with pytest.raises(BatchRejected) as caught:
-                await client(http, Sleeps()).deliver(BODY, "msg_1")
+                await client(http, server.url, Sleeps()).deliver(BODY, "msg_1")
     assert (
         str(caught.value) == "the server rejected the batch (HTTP 404): Not Found <html> not here"
     )

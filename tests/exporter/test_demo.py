@@ -2,28 +2,18 @@
 
 from __future__ import annotations
 
-import base64
 import re
 from collections import defaultdict
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
-import httpx
-import orjson
 import pytest
-import respx
-import typer
-from standardwebhooks.webhooks import Webhook
-from typer.testing import CliRunner
+from click.testing import CliRunner
+from ledgerlink_exporter.cli import app
+from ledgerlink_exporter.csv_source import read_export
+from ledgerlink_exporter.demo import STATUSES, DemoCompany, Figures, generate_company, write_export
+from ledgerlink_exporter.sage import Posting, SageExport
 
-from service.exporter.commands import register
-from service.exporter.demo import STATUSES, DemoCompany, generate_company, write_export
-from service.exporter.sage_csv import Posting, SageExport, read_export
-
-SECRET = "whsec_" + base64.b64encode(b"exporter-demo-secret-32-bytes!!!").decode()
-API_KEY = "demo-admin-key-0123456789"
-BASE = "http://ledgerlink.test"
 # The defaults of LEDGERLINK_WRITE_OFF_NOMINALS and LEDGERLINK_WRITE_OFF_PATTERN.
 WRITE_OFF_PATTERN = re.compile(r"bad\s*debt|write[\s-]*off|baddbt", re.IGNORECASE)
 
@@ -44,8 +34,9 @@ def is_write_off(posting: Posting) -> bool:
     return on_bad_debt or WRITE_OFF_PATTERN.search(text) is not None
 
 
-def statuses_under_default_rules(export: SageExport) -> dict[str, str]:
-    """DESIGN.md's reconciliation rules, written out again here independently of the service."""
+def figures_under_default_rules(export: SageExport) -> dict[str, tuple[Figures, str]]:
+    """The reconciliation rules, written out again here independently of the service: each
+    live invoice's figures and status from the exported rows alone."""
     postings = {p.tran_number: p for p in export.postings}
     invoices = {
         t: p
@@ -67,12 +58,17 @@ def statuses_under_default_rules(export: SageExport) -> dict[str, str]:
         paid = amounts["paid"] - amounts["refunded"]
         others = amounts["discounted"] + amounts["credited"]
         written_off = amounts["written_off"]
-        outstanding = invoice.gross_amount - paid - others - written_off
-        assert outstanding == invoice.outstanding, f"Sage's balance of {invoice.reference}"
-        labels[invoice.reference] = label(
-            outstanding, invoice.gross_amount, paid + others, written_off
+        figures = Figures(
+            invoice.gross_amount, paid, amounts["discounted"], written_off, amounts["credited"]
         )
+        assert figures.outstanding == invoice.outstanding, f"Sage's balance of {invoice.reference}"
+        status = label(figures.outstanding, invoice.gross_amount, paid + others, written_off)
+        labels[invoice.reference] = (figures, status)
     return labels
+
+
+def statuses_under_default_rules(export: SageExport) -> dict[str, str]:
+    return {number: status for number, (_, status) in figures_under_default_rules(export).items()}
 
 
 def label(
@@ -107,6 +103,32 @@ def test_every_status_even_for_the_smallest_company() -> None:
 def test_intended_statuses_follow_the_default_rules(company: DemoCompany, tmp_path: Path) -> None:
     final = read_back(company, len(company.exports) - 1, tmp_path)
     assert statuses_under_default_rules(final) == company.intended_statuses()
+
+
+def test_figures_are_what_the_exported_rows_imply(company: DemoCompany, tmp_path: Path) -> None:
+    final = figures_under_default_rules(read_back(company, len(company.exports) - 1, tmp_path))
+    assert {n: figures for n, (figures, _) in final.items()} == {
+        invoice.invoice_number: invoice.figures for invoice in company.invoices
+    }
+
+
+def test_numbered_the_way_sage_numbers(company: DemoCompany) -> None:
+    final = company.exports[-1]
+    first = final.header[0]
+    assert (first["TRAN_NUMBER"], first["HEADER_NUMBER"], first["ITEM_COUNT"]) == ("1", "1", "2")
+    drifted = [r for r in final.header if r["TRAN_NUMBER"] != r["HEADER_NUMBER"]]
+    assert len(drifted) == len(final.header) - 1, "every header after the first has drifted"
+    lines = {row["TRAN_NUMBER"]: row["HEADER_NUMBER"] for row in final.split}
+    for header in final.header:
+        assert lines[header["TRAN_NUMBER"]] == header["HEADER_NUMBER"], "first line's number"
+    receipts = {r["HEADER_NUMBER"] for r in final.header if r["TYPE"] == "SR"}
+    multi_line = [r for r in final.header if r["TYPE"] == "SR" and int(r["ITEM_COUNT"]) > 1]
+    assert multi_line, "a receipt settling several invoices, a line each"
+    pairs = {(row["SPLIT_NUMBER"], row["SPLIT_CROSSREF"]) for row in final.usage}
+    mirrored = [(a, b) for a, b in pairs if (b, a) in pairs]
+    assert mirrored
+    assert all(lines[a] in receipts or lines[b] in receipts for a, b in mirrored)
+    assert any(Decimal(row["AMOUNT"]) == 0 for row in final.usage), "a zeroed usage row"
 
 
 def test_the_second_export_changes_statuses(company: DemoCompany, tmp_path: Path) -> None:
@@ -145,7 +167,9 @@ def test_deletions_are_flagged_in_the_later_export(company: DemoCompany) -> None
 def test_small_overpayment_write_off_si_is_not_an_invoice(company: DemoCompany) -> None:
     [write_off] = company.write_off_invoices
     header = next(r for r in company.exports[-1].header if r["TRAN_NUMBER"] == str(write_off))
-    split = next(r for r in company.exports[-1].split if r["HEADER_NUMBER"] == str(write_off))
+    split = next(
+        r for r in company.exports[-1].split if r["HEADER_NUMBER"] == header["HEADER_NUMBER"]
+    )
     assert (header["TYPE"], header["DETAILS"], split["NOMINAL_CODE"]) == (
         "SI",
         "Bad Debt Write Off",
@@ -176,97 +200,14 @@ def test_rejects_a_single_customer() -> None:
         generate_company(customers=1)
 
 
-# --- the command, against a stand-in service ----------------------------------------------
-
-
-def test_demo_command_pushes_syncs_and_reports(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.delenv("LEDGERLINK_EXPORTER_SECRET", raising=False)
-    monkeypatch.delenv("LEDGERLINK_API_KEY", raising=False)
-    data_dir = tmp_path / ".data"
-    data_dir.mkdir()
-    (data_dir / "webhook-secret").write_text(SECRET + "\n")
-    (data_dir / "admin-api-key").write_text(f"  {API_KEY}\n")
-    company = generate_company(customers=3, seed=5)
-    items = [
-        {
-            "invoice_number": n,
-            "account_ref": "X",
-            "gross": "1.00",
-            "outstanding": "0.00",
-            "status": status,
-            "derived_state": "paid",
-            "protected": False,
-        }
-        for n, status in sorted(company.intended_statuses().items())
-    ]
-    pushed: list[int] = []
-
-    def webhook(request: httpx.Request) -> httpx.Response:
-        payload = Webhook(SECRET).verify(request.content, dict(request.headers))
-        pushed.extend(p["tran_number"] for p in payload["postings"])
-        n = len(payload["postings"])
-        answer = {
-            "event_id": "e",
-            "postings_received": n,
-            "postings_applied": n,
-            "postings_unchanged": 0,
-            "invoices_affected": 1,
-        }
-        return httpx.Response(202, json=answer)
-
-    def invoices(request: httpx.Request) -> httpx.Response:
-        assert request.headers["authorization"] == f"Bearer {API_KEY}"
-        if request.url.params.get("cursor") == "page-2":
-            return httpx.Response(200, json={"items": items[5:], "next_cursor": None})
-        return httpx.Response(200, json={"items": items[:5], "next_cursor": "page-2"})
-
-    with respx.mock() as router:
-        router.post(f"{BASE}/v1/webhooks/sage/postings").mock(side_effect=webhook)
-        trigger = router.post(f"{BASE}/v1/sync/trigger", params={"wait": "true"}).mock(
-            return_value=httpx.Response(200, json={"run_id": "run-1", "status": "succeeded"})
-        )
-        listing = router.get(f"{BASE}/v1/invoices").mock(side_effect=invoices)
-        app = typer.Typer()
-        register(app)
-        args = [
-            "demo",
-            "--url",
-            BASE,
-            "--customers",
-            "3",
-            "--seed",
-            "5",
-            "--data-dir",
-            str(data_dir),
-        ]
-        result = CliRunner().invoke(app, args)
-
-    assert result.exit_code == 0, result.output
-    assert trigger.call_count == 1
-    trigger_request: Any = trigger.calls.last.request
-    assert orjson.loads(trigger_request.content) == {"scope": "all"}
-    assert trigger_request.headers["authorization"] == f"Bearer {API_KEY}"
-    assert listing.call_count == 2
-    assert [call.request.url.params["limit"] for call in listing.calls] == ["500", "500"]
-    first_export_postings = len(read_back(company, 0, tmp_path).postings)
-    second_export_postings = len(read_back(company, 1, tmp_path).postings)
-    assert len(pushed) == first_export_postings + second_export_postings
-    assert (data_dir / "demo" / "export-2" / "AUDIT_USAGE.csv").exists()
-    assert "Invoices by status" in result.stdout
-    assert f"All {len(items)} demo invoices have their intended status." in result.stdout
+# --- the command ----------------------------------------------------------------------------
 
 
 def test_demo_without_keys_is_one_line_and_exit_2(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("LEDGERLINK_EXPORTER_SECRET", raising=False)
-    app = typer.Typer()
-    register(app)
     result = CliRunner().invoke(app, ["demo", "--data-dir", str(tmp_path)])
     assert result.exit_code == 2
     [line] = result.stderr.splitlines()
-    assert line.startswith(
-        "error: no webhook secret: pass --secret, set LEDGERLINK_EXPORTER_SECRET"
-    )
+    assert " error: no webhook secret: pass --secret, set LEDGERLINK_EXPORTER_SECRET" in line

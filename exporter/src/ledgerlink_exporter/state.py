@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
-
-from service.exporter.sage_csv import ExportFileError
+from ledgerlink_exporter.sage import ExportFileError
 
 _VERSION = 1
 
@@ -42,8 +41,8 @@ class StateFile:
         except OSError as exc:
             raise self._error(f"cannot read the state file ({exc.strerror})") from None
         try:
-            return _parse(orjson.loads(raw))
-        except (orjson.JSONDecodeError, ValueError, TypeError, KeyError):
+            return _parse(json.loads(raw))
+        except (ValueError, TypeError, KeyError):
             raise self._error(
                 "not a ledgerlink exporter state file; move it away to start afresh"
             ) from None
@@ -61,7 +60,7 @@ class StateFile:
             handle, temporary = tempfile.mkstemp(dir=directory, prefix=f".{self.path.name}.")
             try:
                 with os.fdopen(handle, "wb") as file:
-                    file.write(orjson.dumps(payload))
+                    file.write(json.dumps(payload).encode())
                     file.flush()
                     os.fsync(file.fileno())
                 os.replace(temporary, self.path)

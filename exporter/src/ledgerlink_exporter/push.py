@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-import orjson
-
-from service.exporter.client import Acknowledgement, BatchRejected, DeliveryError
-from service.exporter.sage_csv import Posting, SageExport
-from service.exporter.state import PushState, StateFile
+from ledgerlink_exporter.client import Acknowledgement, BatchRejected, DeliveryError
+from ledgerlink_exporter.sage import Posting, SageExport
+from ledgerlink_exporter.state import PushState, StateFile
 
 SOURCE = "sage50-exporter"
 MAX_BATCH = 5000
@@ -83,7 +82,7 @@ def content_hash(posting: Posting) -> str:
 
 
 def canonical_json(value: object) -> bytes:
-    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def plan_push(

@@ -2,17 +2,28 @@
 
 `generate_company` is pure and deterministic for a seed. It returns two exports of the same
 company, in the order they are pushed: as it stands at first, and later, after edits
-(the same TRAN_NUMBER with changed amounts), deletions (DELETED_FLAG=1), allocations made
-later and write-offs. With every invoice it returns the status that invoice is meant to end
-with once the second export is in, under the default rules (DESIGN.md, "Reconciliation
-rules"), so an end-to-end test can hold the service to it.
+(the same TRAN_NUMBER with changed amounts), deletions (DELETED_FLAG=1, their allocations left
+as zero-amount rows), allocations made later and write-offs.
+
+The numbering is Sage's: every line has its own number, a header's TRAN_NUMBER is its first
+line's, and headers are counted apart in HEADER_NUMBER, so the two drift from the first
+multi-line invoice on (the very first one has two lines). Receipts may have several lines,
+each settling another invoice, and allocations by receipt are also written from the other side
+(mirror rows), as Sage does on real companies.
+
+With every invoice it returns what Sage's own ledger says of it once the second export is in:
+the status under the default rules (write-offs told apart) and the paid / discounted /
+written-off / credited / outstanding figures, taken from what the demo posted, not from the
+service's rules, so an end-to-end test can hold the service to them.
 """
 
 from __future__ import annotations
 
 import csv
 import datetime as dt
+import functools
 import random
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
@@ -27,6 +38,8 @@ STATUSES = (UNPAID, PART_PAID, PAID, WRITTEN_OFF, PAID_WRITTEN_OFF)
 
 HEADER_FIELDS = (
     "TRAN_NUMBER",
+    "HEADER_NUMBER",
+    "ITEM_COUNT",
     "TYPE",
     "ACCOUNT_REF",
     "INV_REF",
@@ -44,6 +57,7 @@ HEADER_FIELDS = (
 )
 SPLIT_FIELDS = (
     "TRAN_NUMBER",
+    "SPLIT_NUMBER",
     "HEADER_NUMBER",
     "TYPE",
     "ACCOUNT_REF",
@@ -109,12 +123,28 @@ class ExportRows:
 
 
 @dataclass(frozen=True)
+class Figures:
+    """An invoice as Sage's ledger has it: what settled it, by kind, and what is left."""
+
+    gross: Decimal
+    paid: Decimal
+    discounted: Decimal
+    written_off: Decimal
+    credited: Decimal
+
+    @property
+    def outstanding(self) -> Decimal:
+        return self.gross - self.paid - self.discounted - self.written_off - self.credited
+
+
+@dataclass(frozen=True)
 class DemoInvoice:
     invoice_number: str
     account_ref: str
     tran_number: int
     scenario: str
     intended_status: str
+    figures: Figures
 
 
 @dataclass(frozen=True)
@@ -149,7 +179,9 @@ def generate_company(customers: int = 50, seed: int = 1) -> DemoCompany:
     return DemoCompany(
         exports=(first, ledger.render()),
         invoices=tuple(
-            DemoInvoice(txn.reference, txn.account, txn.number, scenario, status)
+            DemoInvoice(
+                txn.reference, txn.account, txn.number, scenario, status, ledger.figures(txn)
+            )
             for txn, status, scenario in outcomes
         ),
         write_off_invoices=tuple(ledger.write_off_invoices),
@@ -192,7 +224,7 @@ class _Split:
 
 @dataclass
 class _Txn:
-    number: int
+    header_number: int
     type: str
     account: str
     reference: str
@@ -201,6 +233,13 @@ class _Txn:
     splits: list[_Split]
     modified: dt.datetime
     deleted: bool = False
+    # An SC that writes a debt off (as opposed to a credit note).
+    write_off: bool = False
+
+    @property
+    def number(self) -> int:
+        """TRAN_NUMBER: Sage numbers a transaction after its first line."""
+        return self.splits[0].number
 
     @property
     def gross(self) -> Decimal:
@@ -213,6 +252,7 @@ class _Usage:
     invoice: _Txn
     invoice_split: _Split
     settling: _Txn
+    settling_split: _Split
     amount: Decimal
     date: dt.date
     modified: dt.datetime
@@ -232,7 +272,7 @@ class _Ledger:
     deleted_invoices: list[str] = field(default_factory=list)
     _later: list[Callable[[], None]] = field(default_factory=list)
     _later_phase: bool = False
-    _next_txn: int = 1
+    _next_header: int = 1
     _next_split: int = 1
     _next_usage: int = 1
     _next_invoice: int = 10001
@@ -309,11 +349,13 @@ class _Ledger:
         nominal: str,
         tax_code: str = "T9",
         on: dt.date | None = None,
+        write_off: bool = False,
     ) -> _Txn:
         on = on or self.day_after(invoice.date)
         settling = self.post(
             kind, invoice.account, reference, on, details, nominal, amount, tax_code
         )
+        settling.write_off = write_off
         self.allocate(invoice, settling, amount)
         return settling
 
@@ -331,9 +373,12 @@ class _Ledger:
             reference=invoice.reference,
             details="Bad Debt Write Off",
             nominal="8100",
+            write_off=True,
         )
 
-    def allocate(self, invoice: _Txn, settling: _Txn, amount: Decimal) -> None:
+    def allocate(
+        self, invoice: _Txn, settling: _Txn, amount: Decimal, line: _Split | None = None
+    ) -> None:
         """Spreads the amount over the invoice's splits, as Sage allocates split by split."""
         remaining = amount
         for index, split in enumerate(invoice.splits):
@@ -343,7 +388,31 @@ class _Ledger:
                 continue
             split.allocated += take
             remaining -= take
-            self._use(invoice, split, settling, take)
+            self._use(invoice, split, settling, take, line)
+
+    def receive_many(self, invoices: Sequence[_Txn]) -> _Txn:
+        """One receipt for several invoices: a line per invoice, each settling its own."""
+        on = max(invoice.date for invoice in invoices) + dt.timedelta(days=10)
+        lines = [
+            _Split(self._take_split(), "1200", "T9", inv.gross, Decimal(0)) for inv in invoices
+        ]
+        receipt = self._post("SR", invoices[0].account, "BACS", on, "Sales Receipt", lines)
+        for invoice, line in zip(invoices, lines, strict=True):
+            self.allocate(invoice, receipt, invoice.gross, line)
+        return receipt
+
+    def figures(self, invoice: _Txn) -> Figures:
+        sums: dict[str, Decimal] = defaultdict(Decimal)
+        for usage in self.usages:
+            if usage.invoice is invoice and usage.live:
+                sums[_category(usage.settling)] += usage.amount
+        return Figures(
+            gross=invoice.gross,
+            paid=sums["paid"] - sums["refund"],
+            discounted=sums["discounted"],
+            written_off=sums["written_off"],
+            credited=sums["credited"],
+        )
 
     def refund(self, invoice: _Txn, amount: Decimal) -> _Txn:
         on = self.day_after(invoice.date, 45, 60)
@@ -372,13 +441,18 @@ class _Ledger:
                 usage.invoice.modified = settling.modified
 
     def delete(self, txn: _Txn) -> None:
+        """Sage deletes a transaction by flagging it; its allocations are undone, which may
+        leave the usage row behind with a zero amount rather than flag it."""
         txn.deleted = True
         txn.modified = self._stamp(txn.date)
-        for usage in self.usages:
-            if txn in (usage.settling, usage.invoice):
+        touched = [usage for usage in self.usages if txn in (usage.settling, usage.invoice)]
+        for index, usage in enumerate(touched):
+            if index == 0:
+                usage.amount = Decimal(0)
+            else:
                 usage.deleted = True
-                usage.modified = txn.modified
-                usage.invoice.modified = usage.settling.modified = txn.modified
+            usage.modified = txn.modified
+            usage.invoice.modified = usage.settling.modified = txn.modified
 
     # internals
 
@@ -398,15 +472,34 @@ class _Ledger:
         details: str,
         splits: list[_Split],
     ) -> _Txn:
-        txn = _Txn(self._next_txn, kind, account, reference, on, details, splits, self._stamp(on))
-        self._next_txn += 1
+        txn = _Txn(
+            self._next_header, kind, account, reference, on, details, splits, self._stamp(on)
+        )
+        self._next_header += 1
         self.txns.append(txn)
         return txn
 
-    def _use(self, invoice: _Txn, split: _Split, settling: _Txn, amount: Decimal) -> None:
+    def _use(
+        self,
+        invoice: _Txn,
+        split: _Split,
+        settling: _Txn,
+        amount: Decimal,
+        line: _Split | None = None,
+    ) -> None:
         stamp = self._stamp(settling.date)
+        settling_split = line or settling.splits[0]
         self.usages.append(
-            _Usage(self._next_usage, invoice, split, settling, amount, settling.date, stamp)
+            _Usage(
+                self._next_usage,
+                invoice,
+                split,
+                settling,
+                settling_split,
+                amount,
+                settling.date,
+                stamp,
+            )
         )
         self._next_usage += 1
         invoice.modified = settling.modified = stamp
@@ -417,7 +510,7 @@ class _Ledger:
         return ExportRows(
             header=tuple(self._header_row(txn) for txn in self.txns),
             split=tuple(self._split_row(txn, s) for txn in self.txns for s in txn.splits),
-            usage=tuple(self._usage_row(usage) for usage in self.usages),
+            usage=tuple(row for usage in self.usages for row in self._usage_rows(usage)),
         )
 
     def _outstanding(self, txn: _Txn) -> Decimal:
@@ -437,6 +530,8 @@ class _Ledger:
         tax = sum((s.tax for s in txn.splits), Decimal(0))
         return {
             "TRAN_NUMBER": str(txn.number),
+            "HEADER_NUMBER": str(txn.header_number),
+            "ITEM_COUNT": str(len(txn.splits)),
             "TYPE": txn.type,
             "ACCOUNT_REF": txn.account,
             "INV_REF": txn.reference,
@@ -456,7 +551,8 @@ class _Ledger:
     def _split_row(self, txn: _Txn, split: _Split) -> Row:
         return {
             "TRAN_NUMBER": str(split.number),
-            "HEADER_NUMBER": str(txn.number),
+            "SPLIT_NUMBER": str(split.number),
+            "HEADER_NUMBER": str(txn.header_number),
             "TYPE": txn.type,
             "ACCOUNT_REF": txn.account,
             "NOMINAL_CODE": split.nominal,
@@ -469,11 +565,13 @@ class _Ledger:
             "RECORD_MODIFY_DATE": _sage_stamp(txn.modified),
         }
 
-    def _usage_row(self, usage: _Usage) -> Row:
-        return {
-            "USAGE_NUMBER": str(usage.number),
+    def _usage_rows(self, usage: _Usage) -> list[Row]:
+        """The row, and for a receipt its mirror: the same allocation stored from the
+        receipt's side, which must not count twice."""
+        row = {
+            "USAGE_NUMBER": str(usage.number * 2 - 1),
             "SPLIT_NUMBER": str(usage.invoice_split.number),
-            "SPLIT_CROSSREF": str(usage.settling.splits[0].number),
+            "SPLIT_CROSSREF": str(usage.settling_split.number),
             "TYPE": usage.settling.type,
             "REFERENCE": usage.settling.reference,
             "AMOUNT": _double("", usage.amount),
@@ -481,6 +579,17 @@ class _Ledger:
             "DELETED_FLAG": "1" if usage.deleted else "0",
             "RECORD_MODIFY_DATE": _sage_stamp(usage.modified),
         }
+        if usage.settling.type != "SR":
+            return [row]
+        mirror = {
+            **row,
+            "USAGE_NUMBER": str(usage.number * 2),
+            "SPLIT_NUMBER": row["SPLIT_CROSSREF"],
+            "SPLIT_CROSSREF": row["SPLIT_NUMBER"],
+            "TYPE": usage.invoice.type,
+            "REFERENCE": usage.invoice.reference,
+        }
+        return [row, mirror]
 
 
 # --- scenarios: each posts one situation and says how each invoice should end -------------
@@ -568,33 +677,40 @@ def _credited_then_written_off(ledger: _Ledger, account: str) -> list[_Outcome]:
     return [(invoice, PAID_WRITTEN_OFF)]
 
 
-def _manual_write_off(ledger: _Ledger, account: str) -> list[_Outcome]:
-    """A batch credit note by hand: bad-debt nominal, VAT reclaimed, free-text details."""
+def _written_off_by_hand(
+    ledger: _Ledger, account: str, *, reference: str, details: str, nominal: str, tax_code: str
+) -> list[_Outcome]:
+    """An SC entered by hand for the whole invoice; `reference` may name the invoice."""
     invoice = ledger.invoice(account)
     ledger.settle(
         invoice,
         "SC",
         invoice.gross,
-        reference="BADDBT",
-        details="Customer dissolved, balance not recoverable",
-        nominal="8105",
-        tax_code="T1",
+        reference=reference.format(invoice=invoice.reference),
+        details=details,
+        nominal=nominal,
+        tax_code=tax_code,
+        write_off=True,
     )
     return [(invoice, WRITTEN_OFF)]
 
 
-def _write_off_by_details(ledger: _Ledger, account: str) -> list[_Outcome]:
-    """Posted to sales by mistake: only the details say it is a write-off."""
-    invoice = ledger.invoice(account)
-    ledger.settle(
-        invoice,
-        "SC",
-        invoice.gross,
-        reference=f"WO{invoice.reference}",
-        details="Write off - balance too small to chase",
-        nominal="4000",
-    )
-    return [(invoice, WRITTEN_OFF)]
+# A batch credit note by hand: bad-debt nominal, VAT reclaimed, free-text details.
+_manual_write_off = functools.partial(
+    _written_off_by_hand,
+    reference="BADDBT",
+    details="Customer dissolved, balance not recoverable",
+    nominal="8105",
+    tax_code="T1",
+)
+# Posted to sales by mistake: only the details say it is a write-off.
+_write_off_by_details = functools.partial(
+    _written_off_by_hand,
+    reference="WO{invoice}",
+    details="Write off - balance too small to chase",
+    nominal="4000",
+    tax_code="T9",
+)
 
 
 def _small_overpayment(ledger: _Ledger, account: str) -> list[_Outcome]:
@@ -635,6 +751,12 @@ def _refund_after_credit(ledger: _Ledger, account: str) -> list[_Outcome]:
     return [(invoice, PAID)]
 
 
+def _one_receipt_for_several(ledger: _Ledger, account: str) -> list[_Outcome]:
+    invoices = [ledger.invoice(account) for _ in range(ledger.rng.randint(2, 3))]
+    ledger.receive_many(invoices)
+    return [(invoice, PAID) for invoice in invoices]
+
+
 def _edited_invoice_then_paid(ledger: _Ledger, account: str) -> list[_Outcome]:
     invoice = ledger.invoice(account, lines=1)
 
@@ -654,7 +776,7 @@ def _edited_receipt(ledger: _Ledger, account: str) -> list[_Outcome]:
 
 
 def _deleted_receipt(ledger: _Ledger, account: str) -> list[_Outcome]:
-    invoice = ledger.invoice(account)
+    invoice = ledger.invoice(account, lines=2)
     receipt = ledger.receive(invoice, invoice.gross)
     ledger.later(lambda: ledger.delete(receipt))
     return [(invoice, UNPAID)]
@@ -693,7 +815,7 @@ def _duplicate_invoice_deleted(ledger: _Ledger, account: str) -> list[_Outcome]:
 def _account_balance_write_off(ledger: _Ledger, account: str) -> list[_Outcome]:
     """The wizard's "write off account balance": credits and payments on account are
     allocated first, then one SC with reference BADDBT covers every invoice still open."""
-    paid = ledger.invoice(account)
+    paid = ledger.invoice(account, lines=2)
     ledger.receive(paid, paid.gross)
     on_account = ledger.invoice(account)
     ledger.settle(
@@ -712,6 +834,7 @@ def _account_balance_write_off(ledger: _Ledger, account: str) -> list[_Outcome]:
         remainders = [invoice.gross - ledger.settled(invoice) for invoice in open_invoices]
         total = sum(remainders, Decimal(0))
         baddbt = ledger.post("SC", account, "BADDBT", _LATER, "Bad Debt Write Off", "8100", total)
+        baddbt.write_off = True
         for invoice, remainder in zip(open_invoices, remainders, strict=True):
             ledger.allocate(invoice, baddbt, remainder)
 
@@ -739,6 +862,7 @@ _SCENARIOS: dict[str, _Scenario] = {
     "write_off_by_details": _write_off_by_details,
     "small_overpayment": _small_overpayment,
     "refund_after_credit": _refund_after_credit,
+    "one_receipt_for_several": _one_receipt_for_several,
     "edited_invoice_then_paid": _edited_invoice_then_paid,
     "edited_receipt": _edited_receipt,
     "deleted_receipt": _deleted_receipt,
@@ -783,6 +907,12 @@ def _supplier_and_bank_noise(ledger: _Ledger, count: int) -> None:
         transfer = ledger.amount()
         ledger.post("JD", "", "TRF", on, "Transfer to deposit", "1210", transfer)
         ledger.post("JC", "", "TRF", on, "Transfer to deposit", "1200", transfer)
+
+
+def _category(settling: _Txn) -> str:
+    if settling.type == "SC":
+        return "written_off" if settling.write_off else "credited"
+    return {"SR": "paid", "SA": "paid", "SD": "discounted", "SP": "refund"}[settling.type]
 
 
 def _tagged(scenario: str, outcomes: list[_Outcome]) -> list[tuple[_Txn, str, str]]:

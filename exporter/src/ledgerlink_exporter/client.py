@@ -4,8 +4,13 @@ the demo makes (trigger a sync run, list invoices)."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import datetime as dt
 import email.utils
+import hashlib
+import hmac
+import json
 import math
 import random
 from collections.abc import Awaitable, Callable
@@ -13,10 +18,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-import orjson
-from standardwebhooks.webhooks import Webhook
 
 WEBHOOK_PATH = "/v1/webhooks/sage/postings"
+URL_ENV = "LEDGERLINK_URL"
+SECRET_ENV = "LEDGERLINK_EXPORTER_SECRET"
+SECRET_HINT = (
+    f"Check that the exporter's secret (--secret or {SECRET_ENV}) is one of the "
+    "service's LEDGERLINK_WEBHOOK_SECRETS, and that this PC's clock is right"
+)
 _RETRYABLE_STATUSES = frozenset({409, 429})
 
 Sleep = Callable[[float], Awaitable[None]]
@@ -36,6 +45,15 @@ class BatchRejected(DeliveryError):
 
 class DeliveryGaveUp(DeliveryError):
     pass
+
+
+class Unreachable(DeliveryError):
+    def __init__(self, url: str, exc: Exception) -> None:
+        self.url = url
+        super().__init__(
+            f"cannot connect to {url} ({_why(exc)}): is the service running there? "
+            f"Point the exporter elsewhere with --url or {URL_ENV}"
+        )
 
 
 class ServiceCallError(Exception):
@@ -71,53 +89,85 @@ def utc_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def signed_headers(webhook: Webhook, msg_id: str, body: bytes, now: dt.datetime) -> dict[str, str]:
-    """Standard Webhooks headers over exactly `body`, the bytes that go on the wire."""
-    return {
-        "webhook-id": msg_id,
-        "webhook-timestamp": str(math.floor(now.timestamp())),
-        "webhook-signature": webhook.sign(msg_id, now, body.decode("utf-8")),
-    }
+@dataclass(frozen=True)
+class Signer:
+    """Standard Webhooks signing (standardwebhooks.com): HMAC-SHA256 over "id.timestamp.body"
+    with the base64 key of a whsec_ secret. A few lines of the standard library, so the
+    exporter needs no signing package on the Sage PC."""
+
+    key: bytes
+
+    @classmethod
+    def from_secret(cls, secret: str) -> Signer:
+        """Checks the secret up front, so a typo fails before anything is read or sent."""
+        if not secret.startswith("whsec_"):
+            raise ValueError("the webhook secret must start with 'whsec_'")
+        try:
+            # Decoded exactly as the service decodes it (standardwebhooks: padding added,
+            # characters outside the base64 alphabet skipped), so a URL-safe secret such as
+            # the one `make run` creates signs what the service checks.
+            key = base64.b64decode(secret.removeprefix("whsec_") + "==")
+        except (binascii.Error, ValueError):
+            raise ValueError("the webhook secret is not whsec_ followed by base64") from None
+        if not key:
+            raise ValueError("the webhook secret is not whsec_ followed by base64")
+        return cls(key)
+
+    def headers(self, msg_id: str, body: bytes, now: dt.datetime) -> dict[str, str]:
+        """The three headers over exactly `body`, the bytes that go on the wire."""
+        timestamp = str(math.floor(now.timestamp()))
+        signed = f"{msg_id}.{timestamp}.".encode() + body
+        digest = hmac.new(self.key, signed, hashlib.sha256).digest()
+        return {
+            "webhook-id": msg_id,
+            "webhook-timestamp": timestamp,
+            "webhook-signature": "v1," + base64.b64encode(digest).decode(),
+        }
 
 
-def make_webhook(secret: str) -> Webhook:
-    """Checks the secret up front, so a typo fails before anything is read or sent."""
-    if not secret.startswith("whsec_"):
-        raise ValueError("the webhook secret must start with 'whsec_'")
-    try:
-        return Webhook(secret)
-    except Exception:  # the library raises several kinds for a bad base64 body
-        raise ValueError("the webhook secret is not whsec_ followed by base64") from None
+def webhook_url(url: str) -> str:
+    """The webhook's URL from either the service's base URL or the webhook URL itself."""
+    base = url.rstrip("/")
+    return base if base.endswith(WEBHOOK_PATH) else base + WEBHOOK_PATH
+
+
+def base_url(url: str) -> str:
+    return url.rstrip("/").removesuffix(WEBHOOK_PATH)
 
 
 class WebhookClient:
     """Delivers one signed batch, retrying what a retry can fix.
 
-    5xx, 409 (the same id is being processed right now), 429, timeouts and connection errors
+    5xx, 409 (the same id is being processed right now), 429, timeouts and broken connections
     are retried with exponential backoff and jitter, or after Retry-After when the server sends
-    one. Any other answer below 200 or from 400 up stops at once: sending it again would not
-    change the server's mind. Each attempt is signed afresh, since a long wait could otherwise
-    outlive the server's timestamp tolerance.
+    one, and each retry is announced through `on_retry` as it happens. A refused connection is
+    not retried: nothing is listening at that address, and saying so at once, with the URL,
+    helps more than a minute of silent waiting (an unattended `--every` run tries again at its
+    next turn). Any other answer below 200 or from 400 up stops at once: sending it again would
+    not change the server's mind. Each attempt is signed afresh, since a long wait could
+    otherwise outlive the server's timestamp tolerance.
     """
 
     def __init__(
         self,
         http: httpx.AsyncClient,
-        base_url: str,
-        webhook: Webhook,
+        url: str,
+        signer: Signer,
         *,
         policy: RetryPolicy | None = None,
         sleep: Sleep = asyncio.sleep,
         clock: Clock = utc_now,
         jitter: Callable[[float, float], float] = random.uniform,
+        on_retry: Callable[[str], None] | None = None,
     ) -> None:
         self._http = http
-        self._url = base_url.rstrip("/") + WEBHOOK_PATH
-        self._webhook = webhook
+        self._url = webhook_url(url)
+        self._signer = signer
         self._policy = policy or RetryPolicy()
         self._sleep = sleep
         self._clock = clock
         self._jitter = jitter
+        self._on_retry = on_retry
 
     @property
     def url(self) -> str:
@@ -131,24 +181,33 @@ class WebhookClient:
                 return outcome
             if attempt == attempts:
                 raise DeliveryGaveUp(f"gave up after {attempts} attempts: {outcome.reason}")
-            await self._sleep(self._delay(attempt, outcome.retry_after))
+            delay = self._delay(attempt, outcome.retry_after)
+            if self._on_retry is not None:
+                self._on_retry(
+                    f"retrying {attempt + 1}/{attempts} in {delay:.0f} s: {outcome.reason}"
+                )
+            await self._sleep(delay)
         raise AssertionError("unreachable: max_attempts is at least 1")
 
     async def _attempt(self, body: bytes, webhook_id: str) -> Acknowledgement | _Retry:
-        headers = signed_headers(self._webhook, webhook_id, body, self._clock())
+        headers = self._signer.headers(webhook_id, body, self._clock())
         headers["content-type"] = "application/json"
         try:
             response = await self._http.post(self._url, content=body, headers=headers)
         except httpx.TimeoutException:
             return _Retry("the server did not answer in time", None)
+        except httpx.ConnectError as exc:
+            raise Unreachable(self._url, exc) from None
         except httpx.TransportError as exc:
-            return _Retry(f"cannot reach {self._url} ({exc or type(exc).__name__})", None)
+            return _Retry(f"lost the connection to {self._url} ({_why(exc)})", None)
         status = response.status_code
         if response.is_success:
             return _acknowledgement(response)
         if status >= 500 or status in _RETRYABLE_STATUSES:
-            reason = f"HTTP {status}: {problem_detail(response)}"
+            reason = f"{status} {problem_detail(response)}"
             return _Retry(reason, retry_after_seconds(response, self._clock()))
+        if status == 401:
+            raise BatchRejected(status, f"{problem_detail(response)}. {SECRET_HINT}")
         raise BatchRejected(status, problem_detail(response))
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:
@@ -157,6 +216,10 @@ class WebhookClient:
         ceiling = min(self._policy.max_delay, self._policy.base_delay * 2 ** (attempt - 1))
         # "Equal jitter": never zero, so a restarted server is not hit by every client at once.
         return self._jitter(ceiling / 2, ceiling)
+
+
+def _why(exc: Exception) -> str:
+    return str(exc) or type(exc).__name__
 
 
 def _acknowledgement(response: httpx.Response) -> Acknowledgement:
@@ -201,7 +264,7 @@ def problem_detail(response: httpx.Response) -> str:
     if isinstance(detail, str) and detail.strip():
         errors = payload.get("errors")
         if isinstance(errors, list) and errors:
-            first = orjson.dumps(errors[0]).decode()[:200]
+            first = json.dumps(errors[0], ensure_ascii=False)[:200]
             detail = f"{detail} (first of {len(errors)} errors: {first})"
         return _one_line(detail)
     return _one_line(f"{response.reason_phrase} {response.text[:200]}")
@@ -209,8 +272,8 @@ def problem_detail(response: httpx.Response) -> str:
 
 def _json_object(response: httpx.Response) -> dict[str, Any]:
     try:
-        payload = orjson.loads(response.content)
-    except orjson.JSONDecodeError:
+        payload = json.loads(response.content)
+    except (json.JSONDecodeError, UnicodeDecodeError):
         return {}
     return payload if isinstance(payload, dict) else {}
 
@@ -269,7 +332,10 @@ async def _call(
             method, url, params=params, json=json, headers={"authorization": f"Bearer {api_key}"}
         )
     except httpx.TransportError as exc:
-        raise ServiceCallError(f"{method} {url}: cannot reach the service ({exc})") from None
+        raise ServiceCallError(
+            f"{method} {url}: cannot reach the service ({_why(exc)}); "
+            f"point elsewhere with --url or {URL_ENV}"
+        ) from None
     if not response.is_success:
         detail = problem_detail(response)
         raise ServiceCallError(f"{method} {url} answered HTTP {response.status_code}: {detail}")

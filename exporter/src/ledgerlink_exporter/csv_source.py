@@ -1,0 +1,70 @@
+"""Sage 50's audit-trail tables exported as CSV files (Sage's own export, or PowerShell
+`Export-Csv` over its ODBC tables): with or without a byte-order mark, CRLF or LF line ends,
+every field quoted or none, and any extra columns Sage has."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Sequence
+from pathlib import Path
+
+from ledgerlink_exporter.sage import (
+    HEADER_COLUMNS,
+    SPLIT_COLUMNS,
+    USAGE_COLUMNS,
+    ExportFileError,
+    Row,
+    SageExport,
+    build_export,
+    check_columns,
+)
+
+
+def read_export(header_path: Path, split_path: Path, usage_path: Path) -> SageExport:
+    return build_export(
+        read_table(header_path, HEADER_COLUMNS),
+        read_table(split_path, SPLIT_COLUMNS),
+        read_table(usage_path, USAGE_COLUMNS),
+    )
+
+
+def read_table(path: Path, required: Sequence[str]) -> list[Row]:
+    name = str(path)
+    reader = csv.reader(io.StringIO(_decode(path), newline=""))
+    rows: list[Row] = []
+    try:
+        columns = [cell.strip().upper() for cell in next(reader, [])]
+        if not any(columns):
+            raise ExportFileError(name, "empty file, expected a header row of column names")
+        check_columns(name, columns, required)
+        for cells in reader:
+            if not any(cell.strip() for cell in cells):
+                continue
+            if len(cells) != len(columns):
+                raise ExportFileError(
+                    name,
+                    f"{len(cells)} values but the header row has {len(columns)} columns",
+                    row=reader.line_num,
+                )
+            rows.append(Row(name, reader.line_num, dict(zip(columns, cells, strict=True))))
+    except csv.Error as exc:
+        raise ExportFileError(
+            name, f"not a readable CSV file ({exc})", row=reader.line_num
+        ) from None
+    return rows
+
+
+def _decode(path: Path) -> str:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ExportFileError(str(path), f"cannot read the file ({exc.strerror})") from None
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        # Windows PowerShell 5's Export-Csv -Encoding Unicode.
+        return data.decode("utf-16")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        # Sage on Windows writes the ANSI code page when it is not told otherwise.
+        return data.decode("cp1252", errors="replace")

@@ -1,0 +1,155 @@
+"""`push --dsn`: Sage's tables read over ODBC (unixODBC and the SQLite ODBC driver holding
+tables with Sage's names, columns and types) give the very postings the CSV files give, reach
+the real service with every invoice's figures right, and incremental reads by
+RECORD_MODIFY_DATE send whole postings."""
+
+from __future__ import annotations
+
+import datetime as dt
+import sqlite3
+from pathlib import Path
+
+import httpx
+import pytest
+from click.testing import CliRunner
+from ledgerlink_exporter.cli import app
+from ledgerlink_exporter.client import Signer, WebhookClient
+from ledgerlink_exporter.csv_source import read_export
+from ledgerlink_exporter.odbc_source import connect, connection_string, literal, read_odbc
+from ledgerlink_exporter.push import plan_push, run_push
+from ledgerlink_exporter.sage import ExportFileError, SageExport
+
+from tests.exporter.ledger import FIXTURE_LEDGER, live_views, mismatched, sync_and_read
+from tests.exporter.odbc_company import connection_string as sqlite_dsn
+from tests.exporter.odbc_company import create_company, insert_rows, odbc_or_skip
+from tests.exporter.sage_files import FILES
+from tests.support.webhooks import TEST_SECRET
+
+
+@pytest.fixture
+def company(tmp_path: Path) -> Path:
+    odbc_or_skip()
+    return create_company(tmp_path / "sage.db")
+
+
+def read(company: Path, since: dt.datetime | None = None) -> SageExport:
+    connection = connect(sqlite_dsn(company))
+    try:
+        return read_odbc(connection, since)
+    finally:
+        connection.close()
+
+
+def test_odbc_rows_give_the_same_postings_as_the_csv_files(company: Path) -> None:
+    odbc, csv = read(company), read_export(*FILES)
+    assert odbc.postings == csv.postings
+    assert odbc.revisions == csv.revisions
+    assert (odbc.skipped_types, odbc.unlinked_allocations) == (
+        csv.skipped_types,
+        csv.unlinked_allocations,
+    )
+
+
+async def test_pushed_over_odbc_the_company_reconciles_to_its_ledger(
+    company: Path, client: httpx.AsyncClient
+) -> None:
+    plan = plan_push(read(company), None, batch_size=500, lookback=dt.timedelta(0))
+    sender = WebhookClient(client, str(client.base_url), Signer.from_secret(TEST_SECRET))
+    report = await run_push(plan, sender.deliver)
+    assert report.error is None
+    invoices = await sync_and_read(client)
+    assert live_views(invoices) == FIXTURE_LEDGER
+    assert mismatched(invoices) == []
+
+
+def test_an_incremental_read_sends_changed_postings_whole(company: Path) -> None:
+    since = dt.datetime(2025, 4, 1)
+    assert read(company, since).postings == ()
+    with sqlite3.connect(company) as db:
+        # The receipt for FOXG06's two invoices: its second line's allocation is undone.
+        db.execute(
+            "UPDATE AUDIT_USAGE SET AMOUNT = 0, RECORD_MODIFY_DATE = '2025-04-02 09:00:00' "
+            "WHERE SPLIT_NUMBER = 25 AND SPLIT_CROSSREF = 27"
+        )
+    changed = read(company, since)
+    assert [p.tran_number for p in changed.postings] == [25, 26]
+    receipt = changed.postings[1]
+    assert [(a.invoice_tran_number, str(a.amount)) for a in receipt.allocations] == [(24, "200.00")]
+    assert changed.revisions[26] == dt.datetime(2025, 4, 2, 9)
+
+
+def test_an_incremental_read_finds_a_new_allocation_against_an_old_invoice(
+    company: Path,
+) -> None:
+    with sqlite3.connect(company) as db:
+        insert_rows(
+            db,
+            "AUDIT_USAGE",
+            [
+                {
+                    "USAGE_NUMBER": "99",
+                    "SPLIT_NUMBER": "22",
+                    "SPLIT_CROSSREF": "11",
+                    "AMOUNT": "0.37",
+                    "DATE": "",
+                    "DELETED_FLAG": "0",
+                    "RECORD_MODIFY_DATE": "02/04/2025 10:00:00",
+                }
+            ],
+        )
+    changed = read(company, dt.datetime(2025, 4, 1))
+    assert [p.tran_number for p in changed.postings] == [11, 22]
+    payment = changed.postings[0]
+    assert [(a.invoice_tran_number, str(a.amount)) for a in payment.allocations] == [
+        (10, "240.00"),
+        (12, "0.37"),
+        (22, "0.37"),
+    ], "the payment on account is sent with every allocation it has"
+
+
+def test_push_dsn_through_the_command(company: Path) -> None:
+    result = CliRunner().invoke(
+        app,
+        ["push", "--url", "http://ledgerlink.test", "--dsn", sqlite_dsn(company), "--dry-run"],
+    )
+    assert result.exit_code == 0, result.output
+    assert "would send 22 postings in 1 batch" in result.stdout
+
+
+def test_an_unknown_dsn_is_one_line_and_exit_2() -> None:
+    odbc_or_skip()
+    result = CliRunner().invoke(
+        app, ["push", "--url", "http://ledgerlink.test", "--dsn", "NoSuchSage", "--dry-run"]
+    )
+    assert result.exit_code == 2
+    [line] = result.stderr.splitlines()
+    assert "error: ODBC: cannot connect to 'NoSuchSage': " in line
+
+
+def test_missing_tables_are_one_line(tmp_path: Path) -> None:
+    odbc_or_skip()
+    with sqlite3.connect(tmp_path / "empty.db") as db:
+        db.execute("CREATE TABLE OTHER (X INTEGER)")
+    with pytest.raises(ExportFileError, match=r"^AUDIT_HEADER: no such table"):
+        read(tmp_path / "empty.db")
+
+
+def test_a_dsn_name_or_a_connection_string() -> None:
+    assert connection_string("SageLine50v30") == "DSN=SageLine50v30"
+    assert connection_string("DSN=Sage;UID=manager;PWD=x") == "DSN=Sage;UID=manager;PWD=x"
+
+
+@pytest.mark.parametrize(
+    ("value", "sql"),
+    [
+        (42, "42"),
+        ("BACS", "'BACS'"),
+        ("O'Brien's", "'O''Brien''s'"),
+        ("x'; DROP TABLE AUDIT_HEADER; --", "'x''; DROP TABLE AUDIT_HEADER; --'"),
+        (dt.datetime(2025, 3, 20, 16, 45, 5), "{ts '2025-03-20 16:45:05'}"),
+    ],
+)
+def test_literals_are_quoted_for_a_driver_without_parameters(
+    value: int | str | dt.datetime, sql: str
+) -> None:
+    assert literal(value) == sql
