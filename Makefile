@@ -5,7 +5,7 @@ PYTHON ?= python3
 UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 RUN := $(UV) run --frozen
 
-.PHONY: help run test test-faults lint typecheck migrations-check deploy-check openapi openapi-check bench bench-quick demo install clean
+.PHONY: help run test test-faults lint typecheck migrations-check deploy-check openapi openapi-check openapi-lint bench bench-quick demo install clean
 
 help: ## List the commands
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -44,6 +44,10 @@ openapi: install ## Write openapi.yaml from the app
 
 openapi-check: install ## Fail when openapi.yaml differs from the app
 	$(RUN) python -m service.openapi check
+
+REDOCLY_CLI := @redocly/cli@2.77.0
+openapi-lint: ## Redocly's recommended lint of openapi.yaml (needs Node; fetches the pinned CLI once)
+	npx --yes $(REDOCLY_CLI) lint --extends recommended --format stylish openapi.yaml
 
 bench: install ## The full benchmark suite (~20 min); writes docs/BENCHMARKS.md, benchmarks.json and benchmarks.png
 	$(RUN) python -m bench

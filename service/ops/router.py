@@ -9,13 +9,30 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from service.auth import NO_API_KEY
 from service.migrate import head_revisions
 from service.ops.schemas import Health, Readiness
 
 router = APIRouter(tags=["probes"])
 
+# The probes read nothing from the request, so the only client error they can answer is the
+# server's own, before any route runs (uvicorn's h11 refuses headers over 64 KiB).
+MALFORMED_REQUEST: dict[int | str, dict[str, Any]] = {
+    400: {
+        "description": "Malformed HTTP request (e.g. headers over 64 KiB), refused by the "
+        "server before the route runs",
+        "content": {"text/plain": {"schema": {"type": "string"}}},
+    }
+}
 
-@router.get("/healthz", operation_id="healthz", response_model=Health)
+
+@router.get(
+    "/healthz",
+    operation_id="healthz",
+    response_model=Health,
+    responses=MALFORMED_REQUEST,
+    openapi_extra=NO_API_KEY,
+)
 async def healthz() -> Health:
     """Liveness: the process answers. Touches no dependency."""
     return Health(status="ok")
@@ -25,7 +42,11 @@ async def healthz() -> Health:
     "/readyz",
     operation_id="readyz",
     response_model=Readiness,
-    responses={503: {"model": Readiness, "description": "Not ready, with reasons"}},
+    responses={
+        **MALFORMED_REQUEST,
+        503: {"model": Readiness, "description": "Not ready, with reasons"},
+    },
+    openapi_extra=NO_API_KEY,
 )
 async def readyz(request: Request) -> Any:
     """Ready when the database answers and migrations are at head.
@@ -84,7 +105,11 @@ async def readyz(request: Request) -> Any:
     "/metrics",
     operation_id="metrics",
     response_class=Response,
-    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}},
+    responses={
+        200: {"content": {"text/plain": {}}, "description": "Prometheus text format"},
+        **MALFORMED_REQUEST,
+    },
+    openapi_extra=NO_API_KEY,
 )
 async def metrics(request: Request) -> Response:
     from service.ops.gauges import refresh_gauges
