@@ -159,6 +159,7 @@ def worker_command() -> None:
     """Run only the background worker (scale it separately from the API)."""
     from service.db import EmbeddedPostgres
     from service.logging import configure_logging
+    from service.ops.exposition import MetricsPortTaken
     from service.worker import run_standalone
 
     settings = _settings()
@@ -171,6 +172,9 @@ def worker_command() -> None:
         else:
             url = settings.database_url.get_secret_value()
         asyncio.run(run_standalone(settings, url))
+    except MetricsPortTaken as exc:
+        typer.echo(f"ledgerlink: {exc}", err=True)
+        raise typer.Exit(2) from None
     finally:
         if embedded is not None:
             embedded.stop()

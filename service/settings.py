@@ -118,6 +118,9 @@ class Settings(BaseSettings):
     run_worker: bool = True
     worker_batch_size: int = Field(default=2000, ge=1, le=100_000)
     worker_sweep_seconds: float = Field(default=5.0, gt=0)
+    # `ledgerlink worker` serves /metrics and /healthz here, on LEDGERLINK_HOST (9464: the
+    # port Prometheus exporters conventionally use; an API process reports on its own port).
+    worker_metrics_port: int = Field(default=9464, ge=1, le=65535)
     bulk_sync_limit: int = Field(default=1000, ge=1)
     db_pool_size: int = Field(default=10, ge=1, le=200)
     request_timeout_seconds: float = Field(default=30.0, gt=0)

@@ -1,8 +1,25 @@
-"""Prometheus metrics shared by every feature (one registry: the default, with process metrics)."""
+"""Prometheus metrics shared by every feature (one registry: the default, with process metrics).
+
+Conventions: every name starts with `ledgerlink_`, counters end in `_total`, durations are in
+seconds and say so, and label values come from short fixed sets (route templates, outcomes,
+picklist labels), never from client input. docs/OPERATIONS.md lists them all; a test keeps that
+list equal to what the API and the worker export.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+import platform
+
+from prometheus_client import Counter, Gauge, Histogram, Info, disable_created_metrics
+
+from service import __version__
+
+# A `_created` timestamp series beside every counter and histogram doubles what Prometheus
+# stores and nothing here reads it.
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
+BUILD = Info("ledgerlink_build", "The ledgerlink version and Python this process runs")
+BUILD.info({"version": __version__, "python": platform.python_version()})
 
 HTTP_REQUESTS = Counter(
     "ledgerlink_http_requests_total",

@@ -7,7 +7,6 @@ from typing import Any
 import sqlalchemy as sa
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.auth import NO_API_KEY
 from service.migrate import head_revisions
@@ -112,7 +111,6 @@ async def readyz(request: Request) -> Any:
     openapi_extra=NO_API_KEY,
 )
 async def metrics(request: Request) -> Response:
-    from service.ops.gauges import refresh_gauges
+    from service.ops.exposition import metrics_response
 
-    await refresh_gauges(request.app.state.engine)
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    return await metrics_response(request.app.state.engine)
