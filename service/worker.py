@@ -156,6 +156,7 @@ async def run_standalone(settings: Settings, database_url: str) -> None:
 
     from service.db import create_engine
     from service.ops.exposition import (
+        WorkerState,
         bind_metrics_socket,
         worker_metrics_app,
         worker_metrics_server,
@@ -169,7 +170,8 @@ async def run_standalone(settings: Settings, database_url: str) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, worker.stop)
-        server = worker_metrics_server(worker_metrics_app(engine, ctx.stopping))
+        state = WorkerState(settings=settings, engine=engine, worker=worker)
+        server = worker_metrics_server(worker_metrics_app(state, ctx.stopping))
         serving = asyncio.create_task(server.serve(sockets=[sock]), name="worker-metrics")
         log.info("worker.metrics.listening", host=settings.host, port=settings.worker_metrics_port)
         try:

@@ -11,6 +11,8 @@ import asyncio
 import contextlib
 import socket
 from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -21,17 +23,30 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from service.ops.gauges import refresh_gauges
+from service.ops.metrics import READY
+from service.ops.service import check_readiness
+from service.settings import Settings
 
 
-async def metrics_response(engine: AsyncEngine) -> Response:
-    # Backlogs live in PostgreSQL: read them at scrape time, so every process reports them.
-    await refresh_gauges(engine)
+@dataclass
+class WorkerState:
+    """What readiness reads, in the worker process (the API's is `app.state`)."""
+
+    settings: Settings
+    engine: AsyncEngine
+    worker: Any
+
+
+async def metrics_response(state: Any) -> Response:
+    # Backlogs and readiness live in PostgreSQL: read them at scrape time, in every process.
+    await refresh_gauges(state.engine)
+    READY.set(1 if (await check_readiness(state)).status == "ready" else 0)
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
-def worker_metrics_app(engine: AsyncEngine, stopping: asyncio.Event) -> Starlette:
+def worker_metrics_app(state: WorkerState, stopping: asyncio.Event) -> Starlette:
     async def metrics(_: Request) -> Response:
-        return await metrics_response(engine)
+        return await metrics_response(state)
 
     async def healthz(_: Request) -> Response:
         # Answered from the worker's own event loop: a loop blocked by a runaway task fails it.

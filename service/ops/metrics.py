@@ -96,3 +96,13 @@ CRM_LATENCY = Histogram(
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 DEAD_LETTERS = Gauge("ledgerlink_outbox_dead", "Outbox messages in the dead-letter state")
+CRM_HALTED = Gauge(
+    "ledgerlink_crm_dispatcher_halted",
+    "1 while CRM deliveries are halted (OpenCRM refused our credentials), else 0",
+)
+
+# Probes
+READY = Gauge(
+    "ledgerlink_ready",
+    "1 when this process would answer /readyz with 200 (checked at each scrape), else 0",
+)

@@ -33,6 +33,8 @@ async def test_readyz_503_when_migrations_behind(
         assert response.status_code == 503
         assert response.json()["checks"]["migrations"] == "behind"
         assert any("migrations not at head" in p for p in response.json()["problems"])
+        # What the ReadinessFailing alert reads.
+        assert "\nledgerlink_ready 0.0\n" in (await client.get("/metrics")).text
     finally:
         async with engine.begin() as conn:
             await conn.execute(sa.text("UPDATE alembic_version SET version_num = :v"), {"v": head})
@@ -48,6 +50,8 @@ async def test_metrics_expose_request_counts_by_route_template(
     assert 'ledgerlink_http_requests_total{method="GET",route="/healthz",status="200"}' in text
     assert "process_resident_memory_bytes" in text
     assert "ledgerlink_dirty_invoices" in text
+    assert "\nledgerlink_ready 1.0\n" in text
+    assert "\nledgerlink_crm_dispatcher_halted 0.0\n" in text
 
 
 async def test_request_id_is_honoured_and_returned(client: httpx.AsyncClient) -> None:

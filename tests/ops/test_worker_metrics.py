@@ -62,6 +62,7 @@ async def test_worker_process_exports_its_counters_once_postings_are_reconciled(
         )
         assert value(after, "ledgerlink_crm_deliveries_total", outcome="delivered") >= 1
         assert value(after, "ledgerlink_dirty_invoices") == 0, "gauges read from the database"
+        assert value(after, "ledgerlink_ready") == 1
         build = {name: dict(labels) for name, labels in after if name == "ledgerlink_build_info"}
         assert build["ledgerlink_build_info"]["version"] == __version__
         # The worker exports the same families as the API process (one shared definition).
