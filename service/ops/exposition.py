@@ -17,13 +17,14 @@ from typing import Any
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.pool import QueuePool
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from service.ops.gauges import refresh_gauges
-from service.ops.metrics import READY
+from service.ops.metrics import DB_POOL, DB_POOL_MAX, READY
 from service.ops.service import check_readiness
 from service.settings import Settings
 
@@ -41,7 +42,17 @@ async def metrics_response(state: Any) -> Response:
     # Backlogs and readiness live in PostgreSQL: read them at scrape time, in every process.
     await refresh_gauges(state.engine)
     READY.set(1 if (await check_readiness(state)).status == "ready" else 0)
+    _pool_gauges(state.engine, state.settings)
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+def _pool_gauges(engine: AsyncEngine, settings: Settings) -> None:
+    pool = engine.pool
+    if isinstance(pool, QueuePool):
+        DB_POOL.labels("in_use").set(pool.checkedout())
+        DB_POOL.labels("idle").set(pool.checkedin())
+        # service.db.create_engine allows as many overflow connections as the pool size.
+        DB_POOL_MAX.set(2 * settings.db_pool_size)
 
 
 def worker_metrics_app(state: WorkerState, stopping: asyncio.Event) -> Starlette:

@@ -101,7 +101,16 @@ CRM_HALTED = Gauge(
     "1 while CRM deliveries are halted (OpenCRM refused our credentials), else 0",
 )
 
-# Probes
+# Process
+DB_POOL = Gauge(
+    "ledgerlink_db_pool_connections",
+    "This process's database connections by state (in_use, idle)",
+    ["state"],
+)
+DB_POOL_MAX = Gauge(
+    "ledgerlink_db_pool_max_connections",
+    "Connections this process may open (LEDGERLINK_DB_POOL_SIZE plus as many overflow)",
+)
 READY = Gauge(
     "ledgerlink_ready",
     "1 when this process would answer /readyz with 200 (checked at each scrape), else 0",
