@@ -100,6 +100,12 @@ class _BesideTheWorker(uvicorn.Server):
 
 def worker_metrics_server(app: Starlette) -> uvicorn.Server:
     config = uvicorn.Config(
-        app, log_config=None, access_log=False, lifespan="off", http="h11", timeout_keep_alive=5
+        app,
+        log_config=None,
+        log_level="warning",  # worker.metrics.listening says where it listens
+        access_log=False,
+        lifespan="off",
+        http="h11",
+        timeout_keep_alive=5,
     )
     return _BesideTheWorker(config)
