@@ -150,7 +150,7 @@ def _banner(settings: Settings, application: FastAPI) -> str:
         lines.append(f"    Finance console:        {base}/console/")
     demo = "make demo" if base == DEFAULT_URL else f"ledgerlink demo --url {base}"
     lines.append(f"    A demo company:         {demo}   (in another terminal)")
-    lines.append("  Ctrl-C stops the service and its database.\n")
+    lines.append("  Ctrl-C stops everything it started.\n")
     return "\n".join(lines)
 
 
