@@ -55,7 +55,7 @@ INGEST_LATENCY = Histogram(
 
 # Reconciliation
 RECONCILE_RUNS = Counter(
-    "ledgerlink_reconcile_runs_total", "Reconcile runs by trigger", ["trigger", "status"]
+    "ledgerlink_reconcile_runs_total", "Reconcile runs by trigger and status", ["trigger", "status"]
 )
 RECONCILE_DURATION = Histogram(
     "ledgerlink_reconcile_run_duration_seconds",
