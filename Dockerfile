@@ -3,7 +3,7 @@
 # ledgerlink image: one uvicorn process per container (scale with replicas).
 # The same image runs the API (`ledgerlink serve`), the worker
 # (`ledgerlink worker`) and the migration Job (`ledgerlink migrate`);
-# migrations are never run from the entrypoint (see deploy/README.md).
+# migrations are never run from the entrypoint (see docs/OPERATIONS.md).
 
 # Both stages must share one interpreter: the venv built in the first stage
 # points at /usr/local/bin/python3.11 of this exact image.
@@ -33,7 +33,7 @@ RUN --mount=type=cache,target=/root/.cache/uv \
 # Then the project itself. It stays an editable install on purpose: the code
 # finds alembic.ini and migrations/ beside the service/ package
 # (service/migrate.py), which a wheel in site-packages would break.
-COPY README.md alembic.ini ./
+COPY README.md LICENSE alembic.ini ./
 COPY service/ ./service/
 COPY migrations/ ./migrations/
 RUN --mount=type=cache,target=/root/.cache/uv \
@@ -70,7 +70,8 @@ ENV PATH="/app/.venv/bin:${PATH}" \
 
 USER 10001:10001
 
-EXPOSE 8000
+# 8000: the API (`serve`); 9464: /metrics and /healthz of `ledgerlink worker`.
+EXPOSE 8000 9464
 
 # The slim image has no curl; the standard library is enough. Only meaningful
 # for `ledgerlink serve`: compose disables it for the worker and migrate.

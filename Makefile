@@ -7,7 +7,7 @@ RUN := $(UV) run --frozen
 # `make demo` talks to the service `make run` started, on the same port (or URL=...).
 URL ?= http://127.0.0.1:$(or $(LEDGERLINK_PORT),8000)
 
-.PHONY: help run test test-faults lint typecheck migrations-check deploy-check openapi openapi-check bench bench-quick demo exporter install clean
+.PHONY: help run test test-faults lint typecheck migrations-check deploy-check openapi openapi-check openapi-lint bench bench-quick demo exporter install clean
 
 help: ## List the commands
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -46,6 +46,10 @@ openapi: install ## Write openapi.yaml from the app
 
 openapi-check: install ## Fail when openapi.yaml differs from the app
 	$(RUN) python -m service.openapi check
+
+REDOCLY_CLI := @redocly/cli@2.77.0
+openapi-lint: ## Redocly's recommended lint of openapi.yaml (needs Node; fetches the pinned CLI once)
+	npx --yes $(REDOCLY_CLI) lint --extends recommended --format stylish openapi.yaml
 
 bench: install ## The full benchmark suite (~20 min); writes docs/BENCHMARKS.md, benchmarks.json and benchmarks.png
 	$(RUN) python -m bench

@@ -14,6 +14,10 @@ from service.settings import ApiKey, Scope, Settings
 
 _bearer = HTTPBearer(auto_error=False, description="An API key from LEDGERLINK_API_KEYS")
 
+# `openapi_extra` of an operation that takes no API key (probes; the webhook, which is signed
+# instead): client generators and linters read a missing `security` as "unknown", not "none".
+NO_API_KEY: dict[str, Any] = {"security": []}
+
 
 @dataclass(frozen=True)
 class Principal:

@@ -10,11 +10,14 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from service.settings import Settings, SettingsError, load_settings
+from service.settings import Settings, SettingsError, load_settings, refuse_example_secrets
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 app = typer.Typer(
     help="ledgerlink: Sage 50 payment statuses for OpenCRM, write-offs told apart.",
@@ -24,12 +27,17 @@ app = typer.Typer(
 )
 
 DEV_KEY_FILE = "admin-api-key"
+# Where `make demo` pushes unless told otherwise.
+DEFAULT_URL = "http://127.0.0.1:8000"
 DEV_SECRET_FILE = "webhook-secret"
 
 
-def _settings(**overrides: object) -> Settings:
+def _settings(*, dev: bool = False, **overrides: object) -> Settings:
     try:
-        return load_settings(**overrides)
+        settings = load_settings(**overrides)
+        if not dev:
+            refuse_example_secrets(settings)
+        return settings
     except SettingsError as exc:
         typer.echo(f"ledgerlink: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -88,7 +96,7 @@ def serve(
     from service.main import create_app
     from service.migrate import upgrade_to_head
 
-    settings = _settings()
+    settings = _settings(dev=dev)
     overrides: dict[str, object] = {"run_worker": worker and settings.run_worker}
     if dev:
         overrides.update(_dev_credentials(settings))
@@ -100,7 +108,7 @@ def serve(
             embedded = EmbeddedPostgres(settings.data_dir)
             typer.echo(f"  Starting embedded PostgreSQL (data in {embedded.pgdata}) ...")
             overrides["database_url"] = embedded.start()
-        settings = _settings(**overrides)
+        settings = _settings(dev=dev, **overrides)
         if migrate or dev:
             assert settings.database_url is not None
             upgrade_to_head(settings.database_url.get_secret_value())
@@ -108,6 +116,8 @@ def serve(
         # `finally` below still stops the embedded PostgreSQL instead of the process dying.
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
         application = create_app(settings)
+        if dev:
+            typer.echo(_banner(settings, application))
         # What exists now (modules, routes, schemas) lives as long as the process: keep the
         # collector from rescanning it each time a request's garbage triggers a full collection
         # (a webhook batch allocates thousands of objects; this took a quarter off its parsing).
@@ -127,6 +137,21 @@ def serve(
     finally:
         if embedded is not None:
             embedded.stop()
+
+
+def _banner(settings: Settings, application: FastAPI) -> str:
+    """Where to go next, for a person who just typed `make run`."""
+    base = f"http://{settings.host}:{settings.port}"
+    paths = {getattr(route, "path", "") for route in application.routes}
+    lines = [f"  ledgerlink is starting on {base}"]
+    if settings.docs_enabled:
+        lines.append(f"    API docs (Swagger UI):  {base}/docs")
+    if any(path.startswith("/console") for path in paths):
+        lines.append(f"    Finance console:        {base}/console/")
+    demo = "make demo" if base == DEFAULT_URL else f"ledgerlink demo --url {base}"
+    lines.append(f"    A demo company:         {demo}   (in another terminal)")
+    lines.append("  Ctrl-C stops everything it started.\n")
+    return "\n".join(lines)
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:
@@ -159,6 +184,7 @@ def worker_command() -> None:
     """Run only the background worker (scale it separately from the API)."""
     from service.db import EmbeddedPostgres
     from service.logging import configure_logging
+    from service.ops.exposition import MetricsPortTaken
     from service.worker import run_standalone
 
     settings = _settings()
@@ -171,6 +197,9 @@ def worker_command() -> None:
         else:
             url = settings.database_url.get_secret_value()
         asyncio.run(run_standalone(settings, url))
+    except MetricsPortTaken as exc:
+        typer.echo(f"ledgerlink: {exc}", err=True)
+        raise typer.Exit(2) from None
     finally:
         if embedded is not None:
             embedded.stop()

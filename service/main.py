@@ -83,6 +83,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         docs_url="/docs" if settings.docs_enabled else None,
         redoc_url=None,
         openapi_url="/openapi.json" if settings.docs_enabled else None,
+        license_info={"name": "Apache-2.0", "identifier": "Apache-2.0"},
+        # Relative: the docs page and generated clients talk to whichever host served them.
+        servers=[{"url": "/", "description": "The ledgerlink service that serves this document"}],
         lifespan=lifespan,
     )
     app.state.settings = settings

@@ -135,6 +135,9 @@ class Settings(BaseSettings):
     run_worker: bool = True
     worker_batch_size: int = Field(default=2000, ge=1, le=100_000)
     worker_sweep_seconds: float = Field(default=5.0, gt=0)
+    # `ledgerlink worker` serves /metrics and /healthz here, on LEDGERLINK_HOST (9464: the
+    # port Prometheus exporters conventionally use; an API process reports on its own port).
+    worker_metrics_port: int = Field(default=9464, ge=1, le=65535)
     bulk_sync_limit: int = Field(default=1000, ge=1)
     db_pool_size: int = Field(default=10, ge=1, le=200)
     request_timeout_seconds: float = Field(default=30.0, gt=0)
@@ -323,6 +326,36 @@ def _parse_api_keys(raw: str) -> dict[str, ApiKey]:
 
 class SettingsError(Exception):
     """A setting is wrong; the message is one line naming it."""
+
+
+# The example secrets of .env.example (shaped like real ones, so the file works as it stands)
+# and the CHANGE-ME marker of deploy/k8s/secret.example.yaml. Anyone can read them in the
+# repository, so only `serve --dev` may run with them.
+EXAMPLE_SECRETS: tuple[str, ...] = (
+    "pg_example_5c8e2f7a9b1d4e60",
+    "whsec_ZXhhbXBsZS13ZWJob29rLXNlY3JldC03ZDQxYzllMmE2ZjM=",
+    "ll_example_3f9a6c1e8d2b7f40a5e9c3d1",
+    "CHANGE-ME",
+)
+
+
+def refuse_example_secrets(settings: Settings) -> None:
+    """Stop start-up, naming the setting, when a secret is still a published example value."""
+    secrets: list[tuple[str, SecretStr | None]] = [
+        ("DATABASE_URL", settings.database_url),
+        ("API_KEYS", settings.api_keys),
+        ("OPENCRM_KEY", settings.opencrm_key),
+        ("OPENCRM_PASSKEY", settings.opencrm_passkey),
+        *(("WEBHOOK_SECRETS", secret) for secret in settings.webhook_secrets),
+    ]
+    for name, secret in secrets:
+        value = secret.get_secret_value() if secret is not None else ""
+        if any(example in value for example in EXAMPLE_SECRETS):
+            raise SettingsError(
+                f"invalid setting LEDGERLINK_{name}: it holds an example value published with "
+                "ledgerlink (.env.example, secret.example.yaml); generate a real one "
+                "(only `ledgerlink serve --dev` accepts examples)"
+            )
 
 
 def load_settings(**overrides: Any) -> Settings:

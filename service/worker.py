@@ -153,10 +153,18 @@ class Worker:
 
 
 async def run_standalone(settings: Settings, database_url: str) -> None:
+    """`ledgerlink worker`: the worker, and its metrics and liveness on its own port."""
     import signal
 
     from service.db import create_engine
+    from service.ops.exposition import (
+        WorkerState,
+        bind_metrics_socket,
+        worker_metrics_app,
+        worker_metrics_server,
+    )
 
+    sock = bind_metrics_socket(settings.host, settings.worker_metrics_port)
     engine = create_engine(database_url, pool_size=settings.db_pool_size)
     async with httpx.AsyncClient(timeout=settings.opencrm_timeout_seconds) as http:
         ctx = WorkerContext(settings=settings, engine=engine, http=http, database_url=database_url)
@@ -164,9 +172,16 @@ async def run_standalone(settings: Settings, database_url: str) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, worker.stop)
+        state = WorkerState(settings=settings, engine=engine, worker=worker)
+        server = worker_metrics_server(worker_metrics_app(state, ctx.stopping))
+        serving = asyncio.create_task(server.serve(sockets=[sock]), name="worker-metrics")
+        log.info("worker.metrics.listening", host=settings.host, port=settings.worker_metrics_port)
         try:
             await worker.run()
         finally:
+            server.should_exit = True
+            with contextlib.suppress(Exception):
+                await serving
             await engine.dispose()
 
 

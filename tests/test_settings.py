@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
 import pytest
 
 from service.settings import SettingsError, load_settings
+from tests.support.webhooks import TEST_SECRET
 
 
 def test_defaults_match_the_design() -> None:
@@ -116,3 +118,53 @@ def test_cli_refuses_bad_setting_with_one_line() -> None:
         "ledgerlink: invalid setting LEDGERLINK_PORT: "
         "Input should be a valid integer, unable to parse string as an integer"
     ]
+
+
+def _dotenv_example() -> dict[str, str]:
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / ".env.example").read_text()
+    pairs = (line.split("=", 1) for line in text.splitlines() if line and line[0] != "#")
+    return dict(pairs)
+
+
+@pytest.mark.parametrize(
+    ("env", "template", "variable"),
+    [
+        (
+            "LEDGERLINK_DATABASE_URL",
+            "postgresql://ledgerlink:{}@db/ledgerlink",
+            "POSTGRES_PASSWORD",
+        ),
+        ("LEDGERLINK_WEBHOOK_SECRETS", "{}", "LEDGERLINK_WEBHOOK_SECRET"),
+        ("LEDGERLINK_API_KEYS", '{{"{}": ["admin"]}}', "LEDGERLINK_ADMIN_API_KEY"),
+        ("LEDGERLINK_OPENCRM_KEY", "CHANGE-ME-opencrm-key", None),
+    ],
+)
+def test_start_up_refuses_published_example_secrets_outside_dev(
+    monkeypatch: pytest.MonkeyPatch, env: str, template: str, variable: str | None
+) -> None:
+    from typer.testing import CliRunner
+
+    from service import cli
+
+    value = template.format(_dotenv_example()[variable]) if variable else template
+    for name in [n for n in os.environ if n.startswith("LEDGERLINK_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv(env, value)
+    # Valid in shape: only the refusal stops it.
+    assert load_settings() is not None
+    for command in (["migrate"], ["worker"]):
+        result = CliRunner().invoke(cli.app, command)
+        assert result.exit_code == 2, result.output
+        assert f"invalid setting {env}: it holds an example value" in result.output
+    # `serve --dev` (make run) may use them.
+    assert cli._settings(dev=True) is not None
+
+
+def test_real_secrets_are_not_mistaken_for_examples(monkeypatch: pytest.MonkeyPatch) -> None:
+    from service.settings import refuse_example_secrets
+
+    monkeypatch.setenv("LEDGERLINK_WEBHOOK_SECRETS", TEST_SECRET)
+    monkeypatch.setenv("LEDGERLINK_API_KEYS", '{"ll_Zq81nV0c3XfS7yKpA2mR": ["admin"]}')
+    refuse_example_secrets(load_settings())

@@ -6,6 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
+from service.auth import NO_API_KEY
 from service.errors import PROBLEM_JSON, ServiceError
 from service.ingest.schemas import IngestResult, PostingBatch
 from service.ingest.service import WebhookIngest, count_rejection, too_large
@@ -87,6 +88,7 @@ SIGNATURE_HEADERS = [
         503: _problem("No webhook secret configured, or the database is unavailable; retry"),
     },
     openapi_extra={
+        **NO_API_KEY,
         "parameters": SIGNATURE_HEADERS,
         "requestBody": {
             "required": True,

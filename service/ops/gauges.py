@@ -7,7 +7,14 @@ import contextlib
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.ops.metrics import DEAD_LETTERS, DIRTY_AGE, DIRTY_BACKLOG, OUTBOX_AGE, OUTBOX_DEPTH
+from service.ops.metrics import (
+    CRM_HALTED,
+    DEAD_LETTERS,
+    DIRTY_AGE,
+    DIRTY_BACKLOG,
+    OUTBOX_AGE,
+    OUTBOX_DEPTH,
+)
 
 _QUERY = sa.text(
     """
@@ -18,7 +25,8 @@ _QUERY = sa.text(
       (SELECT count(*) FROM outbox WHERE state = 'pending'),
       (SELECT coalesce(extract(epoch FROM now() - min(created_at)), 0)
          FROM outbox WHERE state = 'pending'),
-      (SELECT count(*) FROM outbox WHERE state = 'dead')
+      (SELECT count(*) FROM outbox WHERE state = 'dead'),
+      (SELECT count(*) FROM crm_dispatcher_state WHERE halted_reason IS NOT NULL)
     """
 )
 
@@ -33,3 +41,4 @@ async def refresh_gauges(engine: AsyncEngine) -> None:
         OUTBOX_DEPTH.set(row[2])
         OUTBOX_AGE.set(float(row[3]))
         DEAD_LETTERS.set(row[4])
+        CRM_HALTED.set(row[5])

@@ -1,8 +1,25 @@
-"""Prometheus metrics shared by every feature (one registry: the default, with process metrics)."""
+"""Prometheus metrics shared by every feature (one registry: the default, with process metrics).
+
+Conventions: every name starts with `ledgerlink_`, counters end in `_total`, durations are in
+seconds and say so, and label values come from short fixed sets (route templates, outcomes,
+picklist labels), never from client input. docs/OPERATIONS.md lists them all; a test keeps that
+list equal to what the API and the worker export.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+import platform
+
+from prometheus_client import Counter, Gauge, Histogram, Info, disable_created_metrics
+
+from service import __version__
+
+# A `_created` timestamp series beside every counter and histogram doubles what Prometheus
+# stores and nothing here reads it.
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
+BUILD = Info("ledgerlink_build", "The ledgerlink version and Python this process runs")
+BUILD.info({"version": __version__, "python": platform.python_version()})
 
 HTTP_REQUESTS = Counter(
     "ledgerlink_http_requests_total",
@@ -38,7 +55,7 @@ INGEST_LATENCY = Histogram(
 
 # Reconciliation
 RECONCILE_RUNS = Counter(
-    "ledgerlink_reconcile_runs_total", "Reconcile runs by trigger", ["trigger", "status"]
+    "ledgerlink_reconcile_runs_total", "Reconcile runs by trigger and status", ["trigger", "status"]
 )
 RECONCILE_DURATION = Histogram(
     "ledgerlink_reconcile_run_duration_seconds",
@@ -84,3 +101,22 @@ CRM_LATENCY = Histogram(
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 DEAD_LETTERS = Gauge("ledgerlink_outbox_dead", "Outbox messages in the dead-letter state")
+CRM_HALTED = Gauge(
+    "ledgerlink_crm_dispatcher_halted",
+    "1 while CRM deliveries are halted (OpenCRM refused our credentials), else 0",
+)
+
+# Process
+DB_POOL = Gauge(
+    "ledgerlink_db_pool_connections",
+    "This process's database connections by state (in_use, idle)",
+    ["state"],
+)
+DB_POOL_MAX = Gauge(
+    "ledgerlink_db_pool_max_connections",
+    "Connections this process may open (LEDGERLINK_DB_POOL_SIZE plus as many overflow)",
+)
+READY = Gauge(
+    "ledgerlink_ready",
+    "1 when this process would answer /readyz with 200 (checked at each scrape), else 0",
+)

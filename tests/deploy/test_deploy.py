@@ -28,7 +28,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "Dockerfile"
 DOCKERIGNORE = REPO / ".dockerignore"
-COMPOSE = REPO / "deploy" / "compose.yaml"
+COMPOSE = REPO / "compose.yaml"
 K8S_DIR = REPO / "deploy" / "k8s"
 KUSTOMIZATION = K8S_DIR / "kustomization.yaml"
 SECRET_EXAMPLE = K8S_DIR / "secret.example.yaml"
@@ -181,7 +181,7 @@ def ledgerlink_commands() -> Iterator[tuple[str, list[str]]]:
     services: dict[str, Manifest] = yaml.safe_load(COMPOSE.read_text())["services"]
     for name, service in services.items():
         argv = as_argv(service.get("command"))
-        if argv:
+        if argv and "build" in service:  # the services that run our image
             yield f"compose {name}", argv
 
     for doc in all_manifests():
@@ -192,6 +192,31 @@ def ledgerlink_commands() -> Iterator[tuple[str, list[str]]]:
             )
             if argv:
                 yield f"{doc['kind']}/{doc['metadata']['name']}", argv
+
+
+def dotenv(path: Path) -> dict[str, str]:
+    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+    return {name.strip(): value.strip() for name, value in pairs if not name.startswith("#")}
+
+
+def interpolate(value: str, env: dict[str, str]) -> str:
+    """Compose's `${VAR}`, `${VAR:-default}` and `${VAR:?error}` (an unset VAR with `?` fails)."""
+
+    def one(match: re.Match[str]) -> str:
+        name, op, arg = match.group(1), match.group(2), match.group(3)
+        if env.get(name):
+            return env[name]
+        assert op != "?", f"{name} unset: {arg}"
+        return arg or ""
+
+    return re.sub(r"\$\{(\w+)(?::([-?])([^}]*))?\}", one, value)
+
+
+def compose_environment(service: str) -> dict[str, str]:
+    """A service's environment as compose gives it, with .env copied from .env.example."""
+    env = yaml.safe_load(COMPOSE.read_text())["services"][service]["environment"]
+    values = dotenv(REPO / ".env.example")
+    return {name: interpolate(str(value), values) for name, value in env.items()}
 
 
 def dockerignore_rules() -> list[tuple[bool, re.Pattern[str]]]:
@@ -329,7 +354,7 @@ def test_final_stage_is_non_root_with_healthcheck_and_serves() -> None:
 
     assert exec_form(next(i.args for i in final if i.keyword == "CMD")) == ["ledgerlink", "serve"]
     assert "ENTRYPOINT" not in keywords, "migrations must not hide in an entrypoint"
-    assert "8000" in [i.args for i in final if i.keyword == "EXPOSE"]
+    assert "8000" in " ".join(i.args for i in final if i.keyword == "EXPOSE").split()
     env = " ".join(i.args for i in final if i.keyword == "ENV")
     assert "LEDGERLINK_HOST=0.0.0.0" in env
     assert "LEDGERLINK_LOG_FORMAT=json" in env
@@ -353,7 +378,7 @@ def test_runtime_keeps_migrations_beside_the_package() -> None:
     "path",
     [".venv/bin/python", ".git/HEAD", ".data/pg/PG_VERSION", ".env", "tests/test_x.py",
      "bench/results/run.json", ".pytest_cache/v/x", "service/__pycache__/cli.cpython-311.pyc",
-     "Dockerfile", "deploy/compose.yaml"],
+     "Dockerfile", "compose.yaml", "deploy/prometheus/alerts.yml"],
 )  # fmt: skip
 def test_dockerignore_keeps_local_state_out_of_the_context(path: str) -> None:
     assert not in_build_context(path)
@@ -369,7 +394,7 @@ def test_dockerignore_keeps_everything_the_dockerfile_copies() -> None:
                 token.startswith("--from") for token in tokens
             ):
                 sources += [t.rstrip("/") for t in tokens[:-1] if not t.startswith("--")]
-    assert {"pyproject.toml", "uv.lock", "service", "migrations"} <= set(sources)
+    assert {"pyproject.toml", "uv.lock", "LICENSE", "service", "migrations"} <= set(sources)
     missing = [
         source
         for source in sources
@@ -424,7 +449,7 @@ def test_kustomization_lists_every_manifest_but_the_secret_example() -> None:
 
 
 def test_migration_step_can_be_applied_on_its_own() -> None:
-    # deploy/README.md applies `-l app.kubernetes.io/component=config`, then
+    # docs/OPERATIONS.md applies `-l app.kubernetes.io/component=config`, then
     # `=migrate`, before everything else: those labels must select exactly these.
     listed = yaml.safe_load(KUSTOMIZATION.read_text())["resources"]
     docs = [doc for name in listed for doc in load_documents(K8S_DIR / name)]
@@ -466,13 +491,18 @@ def test_api_deployment_probes_and_ports() -> None:
     assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
 
 
-def test_worker_runs_the_worker_without_http_probes() -> None:
+def test_worker_serves_metrics_and_liveness_on_its_own_port() -> None:
     worker = by_kind_and_name("Deployment", "ledgerlink-worker")
     container = only_container(worker)
     assert container["command"] == ["ledgerlink", "worker"]
-    assert "ports" not in container
-    for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
-        assert "httpGet" not in container.get(probe, {})
+    config = by_kind_and_name("ConfigMap", "ledgerlink-config")["data"]
+    port = int(config["LEDGERLINK_WORKER_METRICS_PORT"])
+    assert [(p["name"], p["containerPort"]) for p in container["ports"]] == [("metrics", port)]
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    # No traffic goes to a worker: nothing to be ready for.
+    assert "readinessProbe" not in container
+    annotations = worker["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == str(port)
     assert worker["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > 0
 
 
@@ -507,7 +537,7 @@ def test_secrets_and_config_are_split() -> None:
 def test_compose_services_and_start_order() -> None:
     compose = yaml.safe_load(COMPOSE.read_text())
     services: dict[str, Manifest] = compose["services"]
-    assert set(services) == {"postgres", "migrate", "api", "worker"}
+    assert set(services) == {"postgres", "migrate", "api", "worker", "prometheus", "grafana"}
 
     postgres = services["postgres"]
     assert postgres["image"].startswith("postgres:16")
@@ -524,14 +554,13 @@ def test_compose_services_and_start_order() -> None:
     assert services["migrate"]["command"] == ["ledgerlink", "migrate"]
     assert services["api"]["command"] == ["ledgerlink", "serve", "--no-worker"]
     assert services["worker"]["command"] == ["ledgerlink", "worker"]
-    assert "8000:8000" in services["api"]["ports"]
-    for name in ("migrate", "worker"):
-        assert services[name]["healthcheck"] == {"disable": True}
+    assert services["migrate"]["healthcheck"] == {"disable": True}
+    assert "9464/healthz" in " ".join(services["worker"]["healthcheck"]["test"])
 
     images = {services[name]["image"] for name in ("migrate", "api", "worker")}
     assert len(images) == 1
     for name in ("migrate", "api", "worker"):
-        env = services[name]["environment"]
+        env = compose_environment(name)
         # Unset, the app would start an embedded PostgreSQL inside the container.
         assert "@postgres:5432/" in env["LEDGERLINK_DATABASE_URL"]
         assert env["LEDGERLINK_HOST"] == "0.0.0.0"
@@ -594,9 +623,14 @@ def test_k8s_config_and_secret_example_are_valid_settings(monkeypatch: pytest.Mo
 
 
 @pytest.mark.parametrize("service", ["migrate", "api", "worker"])
-def test_compose_environment_is_valid_settings(
+def test_compose_environment_is_valid_settings_but_its_examples_are_refused(
     service: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    env = yaml.safe_load(COMPOSE.read_text())["services"][service]["environment"]
-    loaded = _settings_from({name: str(value) for name, value in env.items()}, monkeypatch)
+    from service.settings import SettingsError, refuse_example_secrets
+
+    loaded = _settings_from(compose_environment(service), monkeypatch)
     assert loaded.database_url is not None
+    assert loaded.worker_metrics_port == 9464
+    # .env.example as it stands: valid in shape, refused outside `serve --dev`.
+    with pytest.raises(SettingsError, match="example value"):
+        refuse_example_secrets(loaded)

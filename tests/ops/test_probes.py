@@ -1,11 +1,15 @@
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import httpx
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.conftest import READ_KEY, auth
+from tests.support.metrics import exported
 
 
 async def test_healthz_answers_ok(client: httpx.AsyncClient) -> None:
@@ -33,6 +37,8 @@ async def test_readyz_503_when_migrations_behind(
         assert response.status_code == 503
         assert response.json()["checks"]["migrations"] == "behind"
         assert any("migrations not at head" in p for p in response.json()["problems"])
+        # What the ReadinessFailing alert reads.
+        assert "\nledgerlink_ready 0.0\n" in (await client.get("/metrics")).text
     finally:
         async with engine.begin() as conn:
             await conn.execute(sa.text("UPDATE alembic_version SET version_num = :v"), {"v": head})
@@ -48,6 +54,10 @@ async def test_metrics_expose_request_counts_by_route_template(
     assert 'ledgerlink_http_requests_total{method="GET",route="/healthz",status="200"}' in text
     assert "process_resident_memory_bytes" in text
     assert "ledgerlink_dirty_invoices" in text
+    assert "\nledgerlink_ready 1.0\n" in text
+    assert "\nledgerlink_crm_dispatcher_halted 0.0\n" in text
+    assert "\nledgerlink_db_pool_max_connections 10.0\n" in text  # pool size 5, overflow 5
+    assert 'ledgerlink_db_pool_connections{state="in_use"}' in text
 
 
 async def test_request_id_is_honoured_and_returned(client: httpx.AsyncClient) -> None:
@@ -88,3 +98,13 @@ async def test_unknown_route_is_problem_json(client: httpx.AsyncClient) -> None:
 async def test_probes_need_no_key(client: httpx.AsyncClient, path: str) -> None:
     response = await client.get(path)
     assert response.status_code == 200
+
+
+GUIDE = (Path(__file__).resolve().parents[2] / "docs" / "OPERATIONS.md").read_text()
+
+
+async def test_operations_guide_lists_exactly_the_metrics_exported(
+    client: httpx.AsyncClient,
+) -> None:
+    documented = dict(re.findall(r"^\| `(ledgerlink_\w+)` \| (\w+) \|", GUIDE, re.MULTILINE))
+    assert exported((await client.get("/metrics")).text) == documented

@@ -75,6 +75,8 @@ class LedgerlinkProcess:
                 "LEDGERLINK_WEBHOOK_SECRETS": TEST_SECRET,
                 "LEDGERLINK_LOG_FORMAT": "json",
                 "LEDGERLINK_WORKER_SWEEP_SECONDS": "0.5",
+                # Several workers may run at once: each gets its own metrics port.
+                "LEDGERLINK_WORKER_METRICS_PORT": str(free_port()),
             }
         )
         env.update({f"LEDGERLINK_{k.upper()}": v for k, v in settings.items()})
@@ -87,6 +89,11 @@ class LedgerlinkProcess:
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def metrics_url(self) -> str:
+        """Where `ledgerlink worker` serves /metrics and /healthz."""
+        return f"http://127.0.0.1:{self.env['LEDGERLINK_WORKER_METRICS_PORT']}"
 
     def start(self, *extra: str) -> LedgerlinkProcess:
         self._lines = []
