@@ -13,6 +13,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.invoices.models import Invoice
 from service.invoices.schemas import InvoiceFilter
+from service.rules import write_off_sql
+from service.settings import Settings
 
 INVOICES: sa.Table = Invoice.metadata.tables["invoices"]
 BULK_KIND = "bulk_status"
@@ -113,6 +115,13 @@ async def count_matching(conn: AsyncConnection, f: InvoiceFilter, ctx: FilterCon
     return int(row.scalar_one())
 
 
+async def status_counts(conn: AsyncConnection) -> list[tuple[str, int]]:
+    rows = await conn.execute(
+        sa.text("SELECT status, count(*) FROM invoices GROUP BY status ORDER BY status")
+    )
+    return [(row[0], int(row[1])) for row in rows]
+
+
 async def get_invoice(conn: AsyncConnection, invoice_number: str) -> Row[Any] | None:
     t = INVOICES
     row = await conn.execute(sa.select(t).where(t.c.invoice_number == invoice_number))
@@ -126,6 +135,45 @@ async def history(conn: AsyncConnection, invoice_number: str) -> list[Row[Any]]:
             "reason, run_id, job_id FROM status_history WHERE invoice_number = :n ORDER BY id"
         ),
         {"n": invoice_number},
+    )
+    return list(rows)
+
+
+async def si_posting(conn: AsyncConnection, tran_number: int) -> Row[Any] | None:
+    row = await conn.execute(
+        sa.text(
+            "SELECT tran_number, date, reference, details, nominal_code, net_amount, tax_amount, "
+            "gross_amount, outstanding, deleted FROM postings WHERE tran_number = :t"
+        ),
+        {"t": tran_number},
+    )
+    return row.first()
+
+
+async def allocations(
+    conn: AsyncConnection, tran_number: int, settings: Settings
+) -> list[Row[Any]]:
+    """Every allocation against the SI with its settling posting, classified like the
+    reconciliation classifies it (service/rules.py)."""
+    write_off, params = write_off_sql("p", settings)
+    rows = await conn.execute(
+        sa.text(
+            f"""
+            SELECT a.posting_tran_number, p.type, p.date, p.reference, p.details,
+                   p.nominal_code, a.amount, a.deleted OR coalesce(p.deleted, false) AS deleted,
+                   CASE p.type
+                       WHEN 'SR' THEN 'paid' WHEN 'SA' THEN 'paid' WHEN 'SP' THEN 'refund'
+                       WHEN 'SD' THEN 'discounted'
+                       WHEN 'SC' THEN CASE WHEN {write_off} THEN 'written_off' ELSE 'credited' END
+                       ELSE 'other'
+                   END AS kind
+              FROM allocations AS a
+              LEFT JOIN postings AS p ON p.tran_number = a.posting_tran_number
+             WHERE a.invoice_tran_number = :t
+             ORDER BY p.date NULLS LAST, a.posting_tran_number, a.seq
+            """
+        ),
+        {**params, "t": tran_number},
     )
     return list(rows)
 
@@ -511,6 +559,15 @@ async def get_job(conn: AsyncConnection, job_id: uuid.UUID) -> Row[Any] | None:
         {"id": job_id},
     )
     return row.first()
+
+
+async def job_request(conn: AsyncConnection, job_id: uuid.UUID) -> dict[str, Any] | None:
+    row = await conn.execute(
+        sa.text("SELECT request FROM jobs WHERE id = :id AND kind = :kind"),
+        {"id": job_id, "kind": BULK_KIND},
+    )
+    value = row.scalar_one_or_none()
+    return value if isinstance(value, dict) else None
 
 
 async def job_results(

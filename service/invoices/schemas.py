@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from datetime import date, datetime
 from decimal import Decimal
@@ -84,7 +85,44 @@ class HistoryEntry(BaseModel):
     job_id: uuid.UUID | None
 
 
+class PostingOut(BaseModel):
+    """The Sage sales invoice (SI) this invoice mirrors."""
+
+    tran_number: int
+    date: dt.date
+    reference: str
+    details: str
+    nominal_code: str
+    net: str
+    tax: str = Field(description="VAT")
+    gross: str
+    sage_outstanding: str | None = Field(description="Sage's own OUTSTANDING, when sent")
+    deleted: bool
+
+
+AllocationKind = Literal["paid", "refund", "discounted", "written_off", "credited", "other"]
+
+
+class AllocationOut(BaseModel):
+    """One allocation against the invoice, with the posting that settled it."""
+
+    posting_tran_number: int
+    type: str | None = Field(description="SR, SA, SD, SC, SP; null when not received yet")
+    date: dt.date | None = Field(description="Date of the settling posting")
+    reference: str | None
+    details: str | None
+    nominal_code: str | None
+    amount: str
+    kind: AllocationKind = Field(
+        description="How it counts: paid (SR, SA), refund (SP), discounted (SD), written_off "
+        "(an SC the write-off rule classifies so), credited (any other SC)"
+    )
+    deleted: bool = Field(description="The allocation or its posting was deleted: not counted")
+
+
 class InvoiceDetail(InvoiceOut):
+    posting: PostingOut | None = Field(description="The SI in Sage")
+    allocations: list[AllocationOut] = Field(description="What settled it, oldest first")
     history: list[HistoryEntry] = Field(description="Every status change, oldest first")
 
 

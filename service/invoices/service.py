@@ -37,6 +37,7 @@ from service.invoices import cursor
 from service.invoices import repository as repo
 from service.invoices.repository import BulkPlan, ChunkCounts, FilterContext
 from service.invoices.schemas import (
+    AllocationOut,
     Amounts,
     BulkStatusRequest,
     HistoryEntry,
@@ -47,6 +48,7 @@ from service.invoices.schemas import (
     JobOut,
     JobProgress,
     JobResultOut,
+    PostingOut,
     StatusEdit,
     money,
 )
@@ -191,6 +193,11 @@ async def count_invoices(conn: AsyncConnection, settings: Settings, f: InvoiceFi
     return await repo.count_matching(conn, f, filter_context(settings))
 
 
+async def status_counts(conn: AsyncConnection) -> list[tuple[str, int]]:
+    """How many invoices carry each status."""
+    return await repo.status_counts(conn)
+
+
 async def invoice_detail(
     conn: AsyncConnection, settings: Settings, invoice_number: str
 ) -> InvoiceDetail:
@@ -212,7 +219,41 @@ async def invoice_detail(
         )
         for h in await repo.history(conn, invoice_number)
     ]
-    return InvoiceDetail(**_invoice_fields(row, settings), history=entries)
+    si = await repo.si_posting(conn, row.sage_tran_number)
+    return InvoiceDetail(
+        **_invoice_fields(row, settings),
+        posting=None if si is None else _posting_out(si),
+        allocations=[
+            AllocationOut(
+                posting_tran_number=a.posting_tran_number,
+                type=a.type,
+                date=a.date,
+                reference=a.reference,
+                details=a.details,
+                nominal_code=a.nominal_code,
+                amount=money(a.amount),
+                kind=a.kind,
+                deleted=a.deleted,
+            )
+            for a in await repo.allocations(conn, row.sage_tran_number, settings)
+        ],
+        history=entries,
+    )
+
+
+def _posting_out(si: Row[Any]) -> PostingOut:
+    return PostingOut(
+        tran_number=si.tran_number,
+        date=si.date,
+        reference=si.reference,
+        details=si.details,
+        nominal_code=si.nominal_code,
+        net=money(si.net_amount),
+        tax=money(si.tax_amount),
+        gross=money(si.gross_amount),
+        sage_outstanding=None if si.outstanding is None else money(si.outstanding),
+        deleted=si.deleted,
+    )
 
 
 # --- a person's edit -------------------------------------------------------------------------
@@ -480,6 +521,14 @@ async def job_view(
         ],
         next_results_cursor=next_cursor,
     )
+
+
+async def job_request(conn: AsyncConnection, job_id: uuid.UUID) -> BulkStatusRequest:
+    """What a Global Update job was asked to do (to apply what a dry run previewed)."""
+    stored = await repo.job_request(conn, job_id)
+    if stored is None:
+        raise NotFound(f"no Global Update job '{job_id}'")
+    return BulkStatusRequest.model_validate(stored)
 
 
 async def run_queued_job(

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import sqlalchemy as sa
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service.migrate import head_revisions
+from service.ops.readiness import readiness
 from service.ops.schemas import Health, Readiness
 
 router = APIRouter(tags=["probes"])
@@ -33,51 +32,8 @@ async def readyz(request: Request) -> Any:
     Picklist problems, a missing webhook secret and CRM reachability are reported as
     warnings without failing; CRM authentication failures fail readiness.
     """
-    from service.crm.service import readiness_problems as crm_problems
-    from service.picklist.service import readiness_warnings as picklist_warnings
-
-    settings = request.app.state.settings
-    problems: list[str] = []
-    warnings: list[str] = []
-    checks: dict[str, str] = {}
-    try:
-        async with request.app.state.engine.connect() as conn:
-            await conn.execute(sa.text("SELECT 1"))
-            checks["database"] = "ok"
-            rows = await conn.execute(sa.text("SELECT version_num FROM alembic_version"))
-            current = {r[0] for r in rows}
-            if current == set(head_revisions()):
-                checks["migrations"] = "ok"
-            else:
-                checks["migrations"] = "behind"
-                problems.append(
-                    f"migrations not at head (database {sorted(current)}, "
-                    f"code {sorted(head_revisions())})"
-                )
-            warnings.extend(await picklist_warnings(conn, settings))
-            crm_fatal, crm_warnings = await crm_problems(conn, request.app.state)
-            problems.extend(crm_fatal)
-            warnings.extend(crm_warnings)
-    except Exception as exc:  # readiness must answer, whatever the database does
-        checks.setdefault("database", "unreachable")
-        if checks["database"] == "ok":
-            checks["migrations"] = "unknown"
-            problems.append(f"schema check failed: {type(exc).__name__}")
-        else:
-            problems.append(f"database unreachable: {type(exc).__name__}")
-    if not settings.webhook_secrets:
-        warnings.append(
-            "no webhook secret configured (LEDGERLINK_WEBHOOK_SECRETS): "
-            "the ingest webhook refuses all deliveries"
-        )
-    ready = not problems
-    body = Readiness(
-        status="ready" if ready else "not_ready",
-        checks=checks,
-        problems=problems,
-        warnings=warnings,
-    )
-    return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
+    body = await readiness(request.app.state)
+    return JSONResponse(body.model_dump(), status_code=200 if body.status == "ready" else 503)
 
 
 @router.get(

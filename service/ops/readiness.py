@@ -1,0 +1,59 @@
+"""Readiness: what /readyz answers and the console's overview shows."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+
+from service.migrate import head_revisions
+from service.ops.schemas import Readiness
+
+
+async def readiness(app_state: Any) -> Readiness:
+    """Ready when the database answers and migrations are at head; picklist problems, a
+    missing webhook secret and CRM reachability are warnings; CRM authentication failures
+    are problems."""
+    from service.crm.service import readiness_problems as crm_problems
+    from service.picklist.service import readiness_warnings as picklist_warnings
+
+    settings = app_state.settings
+    problems: list[str] = []
+    warnings: list[str] = []
+    checks: dict[str, str] = {}
+    try:
+        async with app_state.engine.connect() as conn:
+            await conn.execute(sa.text("SELECT 1"))
+            checks["database"] = "ok"
+            rows = await conn.execute(sa.text("SELECT version_num FROM alembic_version"))
+            current = {r[0] for r in rows}
+            if current == set(head_revisions()):
+                checks["migrations"] = "ok"
+            else:
+                checks["migrations"] = "behind"
+                problems.append(
+                    f"migrations not at head (database {sorted(current)}, "
+                    f"code {sorted(head_revisions())})"
+                )
+            warnings.extend(await picklist_warnings(conn, settings))
+            crm_fatal, crm_warnings = await crm_problems(conn, app_state)
+            problems.extend(crm_fatal)
+            warnings.extend(crm_warnings)
+    except Exception as exc:  # readiness must answer, whatever the database does
+        checks.setdefault("database", "unreachable")
+        if checks["database"] == "ok":
+            checks["migrations"] = "unknown"
+            problems.append(f"schema check failed: {type(exc).__name__}")
+        else:
+            problems.append(f"database unreachable: {type(exc).__name__}")
+    if not settings.webhook_secrets:
+        warnings.append(
+            "no webhook secret configured (LEDGERLINK_WEBHOOK_SECRETS): "
+            "the ingest webhook refuses all deliveries"
+        )
+    return Readiness(
+        status="ready" if not problems else "not_ready",
+        checks=checks,
+        problems=problems,
+        warnings=warnings,
+    )
