@@ -5,7 +5,7 @@ PYTHON ?= python3
 UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 RUN := $(UV) run --frozen
 
-.PHONY: help run test test-faults lint typecheck migrations-check deploy-check openapi openapi-check bench bench-quick demo install clean
+.PHONY: help run test test-faults lint typecheck migrations-check deploy-check openapi openapi-check bench bench-quick demo install clean console-screenshots
 
 help: ## List the commands
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -50,6 +50,9 @@ bench: install ## The full benchmark suite (~20 min); writes docs/BENCHMARKS.md,
 
 bench-quick: install ## A reduced benchmark run (under 2 minutes)
 	$(RUN) python -m bench --quick
+
+console-screenshots: install ## Run the console's browser tests and keep their screenshots in docs/console/
+	LEDGERLINK_CONSOLE_SCREENSHOTS=1 $(RUN) pytest tests/console/test_browser.py -q
 
 demo: install ## Push a generated Sage company to the running service (after make run)
 	$(RUN) ledgerlink demo

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
@@ -506,7 +507,8 @@ def install_console(app: FastAPI) -> None:
 
     async def sign_in_required(request: Request, exc: Exception) -> Response:
         if request.method == "GET":
-            return redirect(f"/console/sign-in?next={request.url.path}")
+            wanted = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+            return redirect("/console/sign-in?" + urlencode({"next": wanted}))
         return render(
             request,
             "error.html",

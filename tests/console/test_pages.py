@@ -18,7 +18,7 @@ from tests.invoices.conftest import statuses, table_checksums
 async def test_pages_need_a_session(client: httpx.AsyncClient) -> None:
     response = await client.get("/console/invoices")
     assert response.status_code == 303
-    assert response.headers["location"] == "/console/sign-in?next=/console/invoices"
+    assert response.headers["location"] == "/console/sign-in?next=%2Fconsole%2Finvoices"
 
 
 async def test_sign_in_cookie_is_httponly_strict_and_holds_no_key(
