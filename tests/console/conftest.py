@@ -10,10 +10,9 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.reconcile.service import reconcile_all_dirty
 from service.settings import Settings
 from tests.conftest import make_settings
-from tests.console.support import company_delivery, csrf_from
+from tests.console.support import csrf_from, load_company
 
 CONSOLE_SECRET = "console-test-secret-0123456789abcdef"
 
@@ -27,10 +26,7 @@ def settings(database_url: str) -> Settings:
 
 @pytest.fixture
 async def company(client: httpx.AsyncClient, engine: AsyncEngine, settings: Settings) -> None:
-    body, headers = company_delivery()
-    response = await client.post("/v1/webhooks/sage/postings", content=body, headers=headers)
-    assert response.status_code == 202, response.text
-    await reconcile_all_dirty(engine, settings)
+    await load_company(client, engine, settings)
 
 
 SignIn = Callable[[str], Coroutine[Any, Any, httpx.AsyncClient]]

@@ -7,6 +7,11 @@ import re
 from decimal import Decimal
 from typing import Any
 
+import httpx
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service.reconcile.service import reconcile_all_dirty
+from service.settings import Settings
 from tests.support.webhooks import signed_request
 
 WRITE_OFF = {"nominal_code": "8100", "details": "Bad Debt Write Off"}
@@ -66,6 +71,14 @@ WRITTEN_OFF = ["INV-1001", "INV-2001", "INV-3001"]
 def company_delivery() -> tuple[bytes, dict[str, str]]:
     """The company as one signed delivery: POST it to /v1/webhooks/sage/postings."""
     return signed_request({"source": "console-tests", "postings": COMPANY})
+
+
+async def load_company(client: httpx.AsyncClient, engine: AsyncEngine, settings: Settings) -> None:
+    """Ingest the company through the webhook, then reconcile it."""
+    body, headers = company_delivery()
+    response = await client.post("/v1/webhooks/sage/postings", content=body, headers=headers)
+    assert response.status_code == 202, response.text
+    await reconcile_all_dirty(engine, settings)
 
 
 CSRF_INPUT = re.compile(r'name="csrf_token" value="([^"]+)"')

@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import csv
 import io
+import json
+import time
+from typing import cast
 
 import httpx
 import pytest
+from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
+from itsdangerous import TimestampSigner, URLSafeTimedSerializer
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.conftest import ADMIN_KEY, READ_KEY, WRITE_KEY
-from tests.console.conftest import SignIn
+from service.console.session import COOKIE
+from service.main import create_app
+from tests.conftest import ADMIN_KEY, API_KEYS, READ_KEY, WRITE_KEY, make_settings
+from tests.console.conftest import CONSOLE_SECRET, SignIn
 from tests.console.support import csrf_from
 from tests.invoices.conftest import statuses, table_checksums
 
@@ -226,3 +234,48 @@ async def test_picklist_repair_needs_admin(sign_in: SignIn, engine: AsyncEngine)
     )
     assert repaired.status_code == 303
     assert 'data-picklist="ok"' in (await admin.get(repaired.headers["location"])).text
+
+
+def _forged_cookie(age_seconds: int, fingerprint: str) -> str:
+    """A session cookie signed with the console secret, as if issued `age_seconds` ago."""
+    serializer = URLSafeTimedSerializer(CONSOLE_SECRET, salt="ledgerlink-console-session")
+    signer = cast(TimestampSigner, serializer.make_signer())
+    issued = int(time.time()) - age_seconds
+    signer.get_timestamp = lambda: issued  # type: ignore[method-assign]
+    payload = serializer.dump_payload({"n": "nonce", "k": fingerprint})
+    return signer.sign(payload).decode()
+
+
+async def test_session_expires_after_its_lifetime(app: FastAPI, client: httpx.AsyncClient) -> None:
+    keys = app.state.console_keys
+    fingerprint = keys.fingerprint(READ_KEY)
+    fresh = _forged_cookie(60, fingerprint)
+    stale = _forged_cookie(8 * 3600 + 60, fingerprint)  # the default lifetime is 480 minutes
+    assert (
+        await client.get("/console/", headers={"Cookie": f"{COOKIE}={fresh}"})
+    ).status_code == 200
+    assert (
+        await client.get("/console/", headers={"Cookie": f"{COOKIE}={stale}"})
+    ).status_code == 303
+
+
+async def test_removing_a_key_ends_its_sessions(
+    sign_in: SignIn, database_url: str, app: FastAPI
+) -> None:
+    c = await sign_in(WRITE_KEY)
+    assert (await c.get("/console/")).status_code == 200
+    cookie = c.cookies[COOKIE]
+    without_writer = {k: v for k, v in API_KEYS.items() if k != WRITE_KEY}
+    other = create_app(
+        make_settings(
+            database_url,
+            api_keys=json.dumps(without_writer),
+            write_off_mode="sagelink",
+            console_session_secret=CONSOLE_SECRET,
+        )
+    )
+    async with LifespanManager(other):
+        transport = httpx.ASGITransport(app=other)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as later:
+            answer = await later.get("/console/", headers={"Cookie": f"{COOKIE}={cookie}"})
+    assert answer.status_code == 303
