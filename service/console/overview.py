@@ -65,9 +65,10 @@ async def overview(conn: AsyncConnection, settings: Settings, app_state: Any) ->
         Figure(status, status, count, list_href(InvoiceFilter(status=[status])))
         for status, count in await invoices.status_counts(conn)
     ]
+    counts = await invoices.count_invoices(conn, settings, [f for _, _, f in ATTENTION])
     attention = [
-        Figure(key, label, await invoices.count_invoices(conn, settings, f), list_href(f))
-        for key, label, f in ATTENTION
+        Figure(key, label, count, list_href(f))
+        for (key, label, f), count in zip(ATTENTION, counts, strict=True)
     ]
     return Overview(
         by_status=by_status,

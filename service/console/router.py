@@ -258,7 +258,7 @@ async def update_page(ctx: CtxDep, session: SessionDep, settings: SettingsDep) -
         "update.html",
         ctx=ctx,
         f=f,
-        matching=await invoices.count_invoices(conn, settings, f),
+        matching=(await invoices.count_invoices(conn, settings, [f]))[0],
         query=forms.filter_query(f),
         values=await picklist_repo.values(conn),
         known=await picklist.known_statuses(conn),

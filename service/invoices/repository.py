@@ -35,35 +35,39 @@ class FilterContext:
     labels: dict[str, str]
 
 
-def filter_sql(f: InvoiceFilter, ctx: FilterContext) -> tuple[str, dict[str, Any]]:
+def filter_sql(
+    f: InvoiceFilter, ctx: FilterContext, *, prefix: str = "f_"
+) -> tuple[str, dict[str, Any]]:
     """The filter as `AND ...` conditions over `invoices AS i`, with their bind parameters.
 
     The one definition of every list filter: the list, its counts and the Global Update's
     selection all use it, so a dry run selects exactly what the list showed."""
     clauses: list[str] = []
-    params: dict[str, Any] = {"f_protected": ctx.protected_statuses}
-    is_protected = "i.status = ANY(CAST(:f_protected AS text[]))"
+    params: dict[str, Any] = {f"{prefix}protected": ctx.protected_statuses}
+    is_protected = f"i.status = ANY(CAST(:{prefix}protected AS text[]))"
     if f.status:
-        clauses.append("i.status = ANY(CAST(:f_statuses AS text[]))")
-        params["f_statuses"] = list(f.status)
+        clauses.append(f"i.status = ANY(CAST(:{prefix}statuses AS text[]))")
+        params[f"{prefix}statuses"] = list(f.status)
     if f.account_ref is not None:
-        clauses.append("i.account_ref = CAST(:f_account AS text)")
-        params["f_account"] = f.account_ref
+        clauses.append(f"i.account_ref = CAST(:{prefix}account AS text)")
+        params[f"{prefix}account"] = f.account_ref
     if f.protected is not None:
         clauses.append(is_protected if f.protected else f"NOT ({is_protected})")
     if f.derived_state:
-        clauses.append("i.derived_state = ANY(CAST(:f_states AS text[]))")
-        params["f_states"] = list(f.derived_state)
+        clauses.append(f"i.derived_state = ANY(CAST(:{prefix}states AS text[]))")
+        params[f"{prefix}states"] = list(f.derived_state)
     _flag(clauses, f.written_off, "i.written_off > 0")
     _flag(clauses, f.conflict, "i.conflict IS NOT NULL")
     _flag(clauses, f.mismatch, "i.mismatch")
     if f.divergent is not None:
         # The reconciliation report's `status_differs`, in the same terms.
         states = list(ctx.labels)
-        whens = " ".join(f"WHEN :f_state_{n} THEN :f_label_{n}" for n in range(len(states)))
+        whens = " ".join(
+            f"WHEN :{prefix}state_{n} THEN :{prefix}label_{n}" for n in range(len(states))
+        )
         for n, state in enumerate(states):
-            params[f"f_state_{n}"] = state
-            params[f"f_label_{n}"] = ctx.labels[state]
+            params[f"{prefix}state_{n}"] = state
+            params[f"{prefix}label_{n}"] = ctx.labels[state]
         expected = f"(CASE i.derived_state {whens} END)"
         _flag(
             clauses,
@@ -71,8 +75,8 @@ def filter_sql(f: InvoiceFilter, ctx: FilterContext) -> tuple[str, dict[str, Any
             f"(NOT ({is_protected}) AND {expected} IS NOT NULL AND i.status <> {expected})",
         )
     if f.updated_since is not None:
-        clauses.append("i.updated_at >= CAST(:f_updated_since AS timestamptz)")
-        params["f_updated_since"] = f.updated_since
+        clauses.append(f"i.updated_at >= CAST(:{prefix}updated_since AS timestamptz)")
+        params[f"{prefix}updated_since"] = f.updated_since
     return "".join(f" AND {c}" for c in clauses), params
 
 
@@ -108,11 +112,21 @@ async def list_invoices(
 
 
 async def count_matching(conn: AsyncConnection, f: InvoiceFilter, ctx: FilterContext) -> int:
-    where, params = filter_sql(f, ctx)
-    row = await conn.execute(
-        sa.text(f"SELECT count(*) FROM invoices AS i WHERE true{where}"), params
-    )
-    return int(row.scalar_one())
+    return (await count_each(conn, [f], ctx))[0]
+
+
+async def count_each(
+    conn: AsyncConnection, filters: list[InvoiceFilter], ctx: FilterContext
+) -> list[int]:
+    """How many invoices each filter selects, in one pass over the table."""
+    columns: list[str] = []
+    params: dict[str, Any] = {}
+    for n, f in enumerate(filters):
+        where, own = filter_sql(f, ctx, prefix=f"f{n}_")
+        columns.append(f"count(*) FILTER (WHERE true{where})")
+        params.update(own)
+    row = await conn.execute(sa.text(f"SELECT {', '.join(columns)} FROM invoices AS i"), params)
+    return [int(value) for value in row.one()]
 
 
 async def status_counts(conn: AsyncConnection) -> list[tuple[str, int]]:

@@ -188,9 +188,12 @@ async def list_invoices(
     return InvoicePage(items=items, next_cursor=next_cursor)
 
 
-async def count_invoices(conn: AsyncConnection, settings: Settings, f: InvoiceFilter) -> int:
-    f = await checked_filter(conn, f, loc="query")
-    return await repo.count_matching(conn, f, filter_context(settings))
+async def count_invoices(
+    conn: AsyncConnection, settings: Settings, filters: list[InvoiceFilter]
+) -> list[int]:
+    """How many invoices each filter selects (what the list would show, over all pages)."""
+    checked = [await checked_filter(conn, f, loc="query") for f in filters]
+    return await repo.count_each(conn, checked, filter_context(settings))
 
 
 async def status_counts(conn: AsyncConnection) -> list[tuple[str, int]]:
