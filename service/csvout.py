@@ -7,7 +7,7 @@ import io
 from collections.abc import Iterable, Sequence
 from decimal import Decimal
 
-from fastapi import Response
+from fastapi import Request, Response
 
 CSV_MEDIA_TYPE = "text/csv; charset=utf-8"
 
@@ -40,6 +40,21 @@ def response(
     if next_url is not None:
         headers["Link"] = f'<{next_url}>; rel="next"'
     return Response(render(header, rows), media_type=CSV_MEDIA_TYPE, headers=headers)
+
+
+def page_response(
+    request: Request,
+    header: Sequence[str],
+    rows: Iterable[Iterable[object]],
+    *,
+    filename: str,
+    next_cursor: str | None,
+) -> Response:
+    """One page of a keyset-paged list as CSV; the next page is the same URL with `cursor`."""
+    next_url = None
+    if next_cursor is not None:
+        next_url = str(request.url.include_query_params(cursor=next_cursor))
+    return response(header, rows, filename=filename, next_url=next_url)
 
 
 def cell(value: object) -> str:

@@ -55,12 +55,10 @@ async def bad_debts(
     )
     if not csvout.wants_csv(accept, format):
         return page
-    next_url = None
-    if page.next_cursor is not None:
-        next_url = str(request.url.include_query_params(cursor=page.next_cursor))
-    return csvout.response(
+    return csvout.page_response(
+        request,
         service.CSV_FIELDS,
         service.csv_rows(page.items),
         filename=f"bad-debts-{page.as_of.isoformat()}.csv",
-        next_url=next_url,
+        next_cursor=page.next_cursor,
     )

@@ -57,14 +57,12 @@ async def list_invoices(
     page = await service.list_invoices(conn, settings, filters, limit=limit, cursor_token=cursor)
     if not csvout.wants_csv(accept, format):
         return page
-    next_url = None
-    if page.next_cursor is not None:
-        next_url = str(request.url.include_query_params(cursor=page.next_cursor))
-    return csvout.response(
+    return csvout.page_response(
+        request,
         service.INVOICE_CSV_FIELDS,
         service.invoice_csv_rows(page.items),
         filename="invoices.csv",
-        next_url=next_url,
+        next_cursor=page.next_cursor,
     )
 
 

@@ -139,14 +139,12 @@ async def reconciliation_report(
         rows, next_cursor = await service.report(conn, kind, settings, limit=limit, cursor=cursor)
     items = [ReportItem.model_validate(row) for row in rows]
     if csvout.wants_csv(accept, None):
-        next_url = None
-        if next_cursor is not None:
-            next_url = str(request.url.include_query_params(cursor=next_cursor))
-        return csvout.response(
+        return csvout.page_response(
+            request,
             _CSV_FIELDS,
             ([getattr(item, name) for name in _CSV_FIELDS] for item in items),
             filename=f"{kind}.csv",
-            next_url=next_url,
+            next_cursor=next_cursor,
         )
     return Report(kind=kind, items=items, next_cursor=next_cursor)
 
