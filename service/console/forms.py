@@ -20,8 +20,14 @@ LIST_FIELDS = frozenset({"status", "derived_state", "current_status_in"})
 FILTER_FIELDS = tuple(InvoiceFilter.model_fields)
 
 
+MAX_FIELDS = 500
+
+
 def parse(raw: str) -> Fields:
-    return parse_qs(raw, keep_blank_values=True, max_num_fields=500)
+    try:
+        return parse_qs(raw, keep_blank_values=True, max_num_fields=MAX_FIELDS)
+    except ValueError:
+        raise Unprocessable(f"more than {MAX_FIELDS} fields in one request") from None
 
 
 def values(fields: Fields, model: type[BaseModel]) -> dict[str, Any]:

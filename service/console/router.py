@@ -11,11 +11,12 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import date
-from pathlib import Path
+from pathlib import Path as FilePath
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Depends, FastAPI, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Path, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
@@ -32,14 +33,21 @@ from service.crm import repository as crm_repo
 from service.crm import service as crm
 from service.crm.schemas import OutboxMessageOut, OutboxState
 from service.deps import SessionDep, SettingsDep
-from service.errors import Forbidden, ServiceError, Unauthorized
+from service.errors import (
+    Forbidden,
+    ServiceError,
+    Unauthorized,
+    Unprocessable,
+    describe,
+    validation_errors,
+)
 from service.invoices import service as invoices
-from service.invoices.schemas import AccountRef, BulkStatusRequest, InvoiceFilter
+from service.invoices.schemas import AccountRef, BulkStatusRequest, InvoiceFilter, Text
 from service.picklist import repository as picklist_repo
 from service.picklist import service as picklist
 from service.settings import DERIVED_STATES, Scope, Settings
 
-HERE = Path(__file__).parent
+HERE = FilePath(__file__).parent
 templates = Jinja2Templates(directory=HERE / "templates")
 router = APIRouter(prefix="/console", include_in_schema=False)
 
@@ -48,6 +56,7 @@ RESULTS_PAGE = 200
 OUTBOX_PAGE = 100
 BAD_DEBT_PAGE = 100
 BAD_DEBT_CSV_ROWS = 5000
+MAX_ID_DIGITS = 18
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; "
     "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
@@ -239,7 +248,7 @@ async def invoices_csv(ctx: CtxDep, session: SessionDep, settings: SettingsDep) 
 
 @router.get("/invoices/{invoice_number:path}")
 async def invoice_page(
-    ctx: CtxDep, invoice_number: str, session: SessionDep, settings: SettingsDep
+    ctx: CtxDep, invoice_number: Annotated[Text, Path()], session: SessionDep, settings: SettingsDep
 ) -> Response:
     conn = await session.connection()
     invoice = await invoices.invoice_detail(conn, settings, invoice_number)
@@ -388,7 +397,7 @@ async def outbox_page(ctx: CtxDep, session: SessionDep) -> Response:
         conn,
         state=state,
         invoice_number=None,
-        after_id=int(after) if after.isdigit() else 0,
+        after_id=int(after) if after.isdigit() and len(after) <= MAX_ID_DIGITS else 0,
         limit=OUTBOX_PAGE,
     )
     items = [OutboxMessageOut.from_row(row) for row in rows[:OUTBOX_PAGE]]
@@ -404,7 +413,9 @@ async def outbox_page(ctx: CtxDep, session: SessionDep) -> Response:
 
 
 @router.post("/outbox/{message_id}/retry")
-async def retry_one(ctx: CtxDep, message_id: int, session: SessionDep) -> Response:
+async def retry_one(
+    ctx: CtxDep, message_id: Annotated[int, Path(ge=1, le=2**63 - 1)], session: SessionDep
+) -> Response:
     ctx.need("admin")
     await posted(ctx)
     conn = await session.connection()
@@ -516,7 +527,20 @@ def install_console(app: FastAPI) -> None:
             error=Unauthorized("your session has ended: sign in again, then repeat this"),
         )
 
+    api_validation = app.exception_handlers[RequestValidationError]
+
+    async def validation_error(request: Request, exc: Exception) -> Response:
+        """A malformed address under /console/ (e.g. a job id that is no UUID): an HTML 422."""
+        if not request.url.path.startswith("/console/") or not isinstance(
+            exc, RequestValidationError
+        ):
+            answer = api_validation(request, exc)
+            return answer if isinstance(answer, Response) else await answer
+        errors = validation_errors(exc)
+        return await service_error(request, Unprocessable(describe(errors), errors=errors))
+
     app.add_exception_handler(ServiceError, service_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(SignInRequired, sign_in_required)
 
 

@@ -279,3 +279,27 @@ async def test_removing_a_key_ends_its_sessions(
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as later:
             answer = await later.get("/console/", headers={"Cookie": f"{COOKIE}={cookie}"})
     assert answer.status_code == 303
+
+
+@pytest.mark.usefixtures("company")
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/console/invoices?limit=x&cursor=%%%",
+        "/console/invoices?updated_since=yesterday",
+        "/console/invoices?derived_state=bogus",
+        "/console/invoices/%00",
+        "/console/invoices/" + "9" * 200,
+        "/console/jobs/not-a-uuid",
+        "/console/jobs/00000000-0000-0000-0000-000000000000?results_cursor=zz",
+        "/console/outbox?state=nope&after=" + "9" * 40,
+        "/console/bad-debts?as_of=someday",
+        "/console/bad-debts?cursor=%%%",
+        "/console/update?" + "&".join(f"f{n}=1" for n in range(600)),
+    ],
+)
+async def test_hostile_input_is_never_a_server_error(sign_in: SignIn, path: str) -> None:
+    c = await sign_in(READ_KEY)
+    answer = await c.get(path)
+    assert 200 <= answer.status_code < 500, (answer.status_code, answer.text[-500:])
+    assert answer.headers["content-type"].startswith("text/html")
