@@ -7,7 +7,7 @@ RUN := $(UV) run --frozen
 # `make demo` talks to the service `make run` started, on the same port (or URL=...).
 URL ?= http://127.0.0.1:$(or $(LEDGERLINK_PORT),8000)
 
-.PHONY: help run test test-faults lint typecheck migrations-check deploy-check openapi openapi-check openapi-lint bench bench-quick demo exporter install clean
+.PHONY: help run test test-faults lint typecheck migrations-check deploy-check openapi openapi-check openapi-lint bench bench-quick demo exporter install clean console-screenshots
 
 help: ## List the commands
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -56,6 +56,9 @@ bench: install ## The full benchmark suite (~20 min); writes docs/BENCHMARKS.md,
 
 bench-quick: install ## A reduced benchmark run (under 2 minutes)
 	$(RUN) python -m bench --quick
+
+console-screenshots: install ## Run the console's browser tests and keep their screenshots in docs/console/
+	LEDGERLINK_CONSOLE_SCREENSHOTS=1 $(RUN) pytest tests/console/test_browser.py -q
 
 demo: install ## Push a generated Sage company to the running service (after make run; URL=...)
 	$(RUN) ledgerlink-exporter demo --url $(URL)

@@ -101,6 +101,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 def _include_routers(app: FastAPI) -> None:
+    from service.baddebts.router import router as baddebts_router
+    from service.console.router import install_console
     from service.crm.router import router as crm_router
     from service.ingest.router import router as ingest_router
     from service.invoices.router import router as invoices_router
@@ -115,5 +117,7 @@ def _include_routers(app: FastAPI) -> None:
         invoices_router,
         picklist_router,
         crm_router,
+        baddebts_router,
     ):
         app.include_router(router)
+    install_console(app)

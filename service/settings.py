@@ -129,6 +129,12 @@ class Settings(BaseSettings):
     )
     status_labels: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_STATUS_LABELS))
 
+    # Sage's postings carry no due date: bad debt relief counts six months from the invoice
+    # date plus this term.
+    bad_debt_payment_term_days: int = Field(default=30, ge=0, le=366)
+    console_session_secret: SecretStr | None = None
+    console_session_minutes: int = Field(default=480, ge=1, le=7 * 24 * 60)
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
     docs_enabled: bool = True
@@ -222,6 +228,13 @@ class Settings(BaseSettings):
         merged = dict(DEFAULT_STATUS_LABELS)
         merged.update({k: str(v) for k, v in value.items()})
         return merged
+
+    @field_validator("console_session_secret")
+    @classmethod
+    def _long_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 32:
+            raise ValueError("must be at least 32 characters (e.g. `openssl rand -hex 32`)")
+        return value
 
     @field_validator("api_keys")
     @classmethod

@@ -56,7 +56,12 @@ async def _clean_database(request: pytest.FixtureRequest) -> AsyncIterator[None]
     if "engine" not in request.fixturenames:
         yield
         return
-    engine: AsyncEngine = request.getfixturevalue("engine")
+    await reset_database(request.getfixturevalue("engine"))
+    yield
+
+
+async def reset_database(engine: AsyncEngine) -> None:
+    """Every table empty but the picklist, which holds its default values."""
     async with engine.begin() as conn:
         tables = (
             await conn.execute(
@@ -72,7 +77,6 @@ async def _clean_database(request: pytest.FixtureRequest) -> AsyncIterator[None]
             sa.text("INSERT INTO picklist_values (value, position) VALUES (:v, :p)"),
             [{"v": v, "p": i} for i, v in enumerate(DEFAULT_PICKLIST)],
         )
-    yield
 
 
 def make_settings(database_url: str, **overrides: object) -> Settings:

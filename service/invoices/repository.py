@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
@@ -13,6 +12,9 @@ from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.invoices.models import Invoice
+from service.invoices.schemas import InvoiceFilter
+from service.rules import write_off_sql
+from service.settings import Settings
 
 INVOICES: sa.Table = Invoice.metadata.tables["invoices"]
 BULK_KIND = "bulk_status"
@@ -25,40 +27,120 @@ JOB_LOCK_CLASS = 0x4C4C4A42
 
 
 @dataclass(frozen=True)
-class InvoiceFilters:
-    statuses: list[str] | None = None
-    account_ref: str | None = None
-    protected: bool | None = None
-    derived_state: str | None = None
-    updated_since: datetime | None = None
+class FilterContext:
+    """What a filter needs from the settings: which statuses are protected, and the label of
+    each derived state (to tell a divergent status)."""
+
+    protected_statuses: list[str]
+    labels: dict[str, str]
+
+
+def filter_sql(
+    f: InvoiceFilter, ctx: FilterContext, *, prefix: str = "f_"
+) -> tuple[str, dict[str, Any]]:
+    """The filter as `AND ...` conditions over `invoices AS i`, with their bind parameters.
+
+    The one definition of every list filter: the list, its counts and the Global Update's
+    selection all use it, so a dry run selects exactly what the list showed."""
+    clauses: list[str] = []
+    params: dict[str, Any] = {f"{prefix}protected": ctx.protected_statuses}
+    is_protected = f"i.status = ANY(CAST(:{prefix}protected AS text[]))"
+    if f.status:
+        clauses.append(f"i.status = ANY(CAST(:{prefix}statuses AS text[]))")
+        params[f"{prefix}statuses"] = list(f.status)
+    if f.account_ref is not None:
+        clauses.append(f"i.account_ref = CAST(:{prefix}account AS text)")
+        params[f"{prefix}account"] = f.account_ref
+    if f.protected is not None:
+        clauses.append(is_protected if f.protected else f"NOT ({is_protected})")
+    if f.derived_state:
+        clauses.append(f"i.derived_state = ANY(CAST(:{prefix}states AS text[]))")
+        params[f"{prefix}states"] = list(f.derived_state)
+    _flag(clauses, f.written_off, "i.written_off > 0")
+    _flag(clauses, f.conflict, "i.conflict IS NOT NULL")
+    _flag(clauses, f.mismatch, "i.mismatch")
+    if f.divergent is not None:
+        # The reconciliation report's `status_differs`, in the same terms.
+        states = list(ctx.labels)
+        whens = " ".join(
+            f"WHEN :{prefix}state_{n} THEN :{prefix}label_{n}" for n in range(len(states))
+        )
+        for n, state in enumerate(states):
+            params[f"{prefix}state_{n}"] = state
+            params[f"{prefix}label_{n}"] = ctx.labels[state]
+        expected = f"(CASE i.derived_state {whens} END)"
+        _flag(
+            clauses,
+            f.divergent,
+            f"(NOT ({is_protected}) AND {expected} IS NOT NULL AND i.status <> {expected})",
+        )
+    if f.updated_since is not None:
+        clauses.append(f"i.updated_at >= CAST(:{prefix}updated_since AS timestamptz)")
+        params[f"{prefix}updated_since"] = f.updated_since
+    return "".join(f" AND {c}" for c in clauses), params
+
+
+def _flag(clauses: list[str], wanted: bool | None, condition: str) -> None:
+    if wanted is not None:
+        clauses.append(condition if wanted else f"NOT coalesce({condition}, false)")
 
 
 async def list_invoices(
     conn: AsyncConnection,
-    filters: InvoiceFilters,
+    f: InvoiceFilter,
+    ctx: FilterContext,
     *,
-    protected_statuses: list[str],
     after: str | None,
     limit: int,
 ) -> list[Row[Any]]:
     """One page in invoice-number order, keyset after `after` (the key never changes, so
     paging under concurrent writes neither repeats nor skips an invoice)."""
-    t = INVOICES
-    query = sa.select(t).order_by(t.c.invoice_number).limit(limit)
-    if filters.statuses:
-        query = query.where(t.c.status.in_(filters.statuses))
-    if filters.account_ref is not None:
-        query = query.where(t.c.account_ref == filters.account_ref)
-    if filters.protected is not None:
-        is_protected = t.c.status.in_(protected_statuses)
-        query = query.where(is_protected if filters.protected else sa.not_(is_protected))
-    if filters.derived_state is not None:
-        query = query.where(t.c.derived_state == filters.derived_state)
-    if filters.updated_since is not None:
-        query = query.where(t.c.updated_at >= filters.updated_since)
+    where, params = filter_sql(f, ctx)
+    keyset = ""
     if after is not None:
-        query = query.where(t.c.invoice_number > after)
-    return list(await conn.execute(query))
+        keyset = " AND i.invoice_number > CAST(:after AS text)"
+        params["after"] = after
+    params["limit"] = limit
+    rows = await conn.execute(
+        sa.text(
+            f"SELECT i.* FROM invoices AS i WHERE true{where}{keyset} "
+            "ORDER BY i.invoice_number LIMIT :limit"
+        ),
+        params,
+    )
+    return list(rows)
+
+
+async def count_matching(conn: AsyncConnection, f: InvoiceFilter, ctx: FilterContext) -> int:
+    # A WHERE, not count_each's FILTER: an account's invoices are counted from its index.
+    where, params = filter_sql(f, ctx)
+    row = await conn.execute(
+        sa.text(f"SELECT count(*) FROM invoices AS i WHERE true{where}"), params
+    )
+    return int(row.scalar_one())
+
+
+async def count_each(
+    conn: AsyncConnection, filters: list[InvoiceFilter], ctx: FilterContext
+) -> list[int]:
+    """How many invoices each filter selects, in one pass over the table."""
+    if len(filters) == 1:
+        return [await count_matching(conn, filters[0], ctx)]
+    columns: list[str] = []
+    params: dict[str, Any] = {}
+    for n, f in enumerate(filters):
+        where, own = filter_sql(f, ctx, prefix=f"f{n}_")
+        columns.append(f"count(*) FILTER (WHERE true{where})")
+        params.update(own)
+    row = await conn.execute(sa.text(f"SELECT {', '.join(columns)} FROM invoices AS i"), params)
+    return [int(value) for value in row.one()]
+
+
+async def status_counts(conn: AsyncConnection) -> list[tuple[str, int]]:
+    rows = await conn.execute(
+        sa.text("SELECT status, count(*) FROM invoices GROUP BY status ORDER BY status")
+    )
+    return [(row[0], int(row[1])) for row in rows]
 
 
 async def get_invoice(conn: AsyncConnection, invoice_number: str) -> Row[Any] | None:
@@ -74,6 +156,45 @@ async def history(conn: AsyncConnection, invoice_number: str) -> list[Row[Any]]:
             "reason, run_id, job_id FROM status_history WHERE invoice_number = :n ORDER BY id"
         ),
         {"n": invoice_number},
+    )
+    return list(rows)
+
+
+async def si_posting(conn: AsyncConnection, tran_number: int) -> Row[Any] | None:
+    row = await conn.execute(
+        sa.text(
+            "SELECT tran_number, date, reference, details, nominal_code, net_amount, tax_amount, "
+            "gross_amount, outstanding, deleted FROM postings WHERE tran_number = :t"
+        ),
+        {"t": tran_number},
+    )
+    return row.first()
+
+
+async def allocations(
+    conn: AsyncConnection, tran_number: int, settings: Settings
+) -> list[Row[Any]]:
+    """Every allocation against the SI with its settling posting, classified like the
+    reconciliation classifies it (service/rules.py)."""
+    write_off, params = write_off_sql("p", settings)
+    rows = await conn.execute(
+        sa.text(
+            f"""
+            SELECT a.posting_tran_number, p.type, p.date, p.reference, p.details,
+                   p.nominal_code, a.amount, a.deleted OR coalesce(p.deleted, false) AS deleted,
+                   CASE p.type
+                       WHEN 'SR' THEN 'paid' WHEN 'SA' THEN 'paid' WHEN 'SP' THEN 'refund'
+                       WHEN 'SD' THEN 'discounted'
+                       WHEN 'SC' THEN CASE WHEN {write_off} THEN 'written_off' ELSE 'credited' END
+                       ELSE 'other'
+                   END AS kind
+              FROM allocations AS a
+              LEFT JOIN postings AS p ON p.tran_number = a.posting_tran_number
+             WHERE a.invoice_tran_number = :t
+             ORDER BY p.date NULLS LAST, a.posting_tran_number, a.seq
+            """
+        ),
+        {**params, "t": tran_number},
     )
     return list(rows)
 
@@ -171,6 +292,9 @@ class BulkPlan:
     current_status_in: list[str] | None
     only_settled: bool
     dry_run: bool
+    # filter_sql() of the request's filter: an addition to the keyset selection.
+    filter_where: str = ""
+    filter_params: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -221,11 +345,12 @@ def _chunk_sql(plan: BulkPlan, *, by_numbers: bool, keyset: bool) -> str:
         number, ordinal = "req.invoice_number", "req.ord"
     else:
         after = "AND i.invoice_number > CAST(:after AS text)" if keyset else ""
+        account = "AND i.account_ref = CAST(:account_ref AS text)" if plan.account_ref else ""
         selection = f"""
         cand AS (
             SELECT i.invoice_number, i.account_ref, i.status, i.outstanding
               FROM invoices i
-             WHERE i.account_ref = CAST(:account_ref AS text) {after}
+             WHERE true {account}{plan.filter_where} {after}
              ORDER BY i.invoice_number
              LIMIT :chunk
              {lock}
@@ -338,6 +463,8 @@ async def run_chunk(
         params["account_ref"] = plan.account_ref
     if plan.current_status_in is not None:
         params["current_in"] = plan.current_status_in
+    if not by_numbers:
+        params.update(plan.filter_params)
     row = (await conn.execute(sa.text(sql), params)).one()
     return ChunkCounts(
         rows=row.rows,
@@ -349,13 +476,6 @@ async def run_chunk(
         released=row.released,
         last_key=row.last_key,
     )
-
-
-async def count_account(conn: AsyncConnection, account_ref: str) -> int:
-    row = await conn.execute(
-        sa.text("SELECT count(*) FROM invoices WHERE account_ref = :a"), {"a": account_ref}
-    )
-    return int(row.scalar_one())
 
 
 # --- jobs ------------------------------------------------------------------------------------
@@ -460,6 +580,15 @@ async def get_job(conn: AsyncConnection, job_id: uuid.UUID) -> Row[Any] | None:
         {"id": job_id},
     )
     return row.first()
+
+
+async def job_request(conn: AsyncConnection, job_id: uuid.UUID) -> dict[str, Any] | None:
+    row = await conn.execute(
+        sa.text("SELECT request FROM jobs WHERE id = :id AND kind = :kind"),
+        {"id": job_id, "kind": BULK_KIND},
+    )
+    value = row.scalar_one_or_none()
+    return value if isinstance(value, dict) else None
 
 
 async def job_results(

@@ -3,27 +3,24 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Header, Path, Query, Response
+from fastapi import APIRouter, Header, Path, Query, Request, Response
 
+from service import csvout
 from service.auth import ReadKey, WriteKey
 from service.deps import SessionDep, SettingsDep
 from service.invoices import service
-from service.invoices.repository import InvoiceFilters
 from service.invoices.schemas import (
-    AccountRef,
     BulkStatusRequest,
     InvoiceDetail,
+    InvoiceFilter,
     InvoicePage,
     JobOut,
     Outcome,
-    Status,
     StatusEdit,
     Text,
 )
-from service.settings import DerivedState
 
 router = APIRouter(tags=["invoices"])
 
@@ -31,33 +28,42 @@ InvoiceNumberPath = Annotated[Text, Path(description="The invoice number (Sage I
 ResultsLimit = Annotated[int, Query(ge=1, le=5000, description="Results per page (job results)")]
 
 
-@router.get("/v1/invoices", operation_id="list_invoices", response_model=InvoicePage)
+@router.get(
+    "/v1/invoices",
+    operation_id="list_invoices",
+    response_model=InvoicePage,
+    responses={
+        200: {"content": {"text/csv": {"schema": {"type": "string"}}}},
+        422: {"description": "A filter value is unknown (the allowed values are listed)"},
+    },
+)
 async def list_invoices(
     _: ReadKey,
     session: SessionDep,
     settings: SettingsDep,
-    status: Annotated[
-        list[Status] | None, Query(max_length=100, description="One or more statuses (any of)")
-    ] = None,
-    account_ref: Annotated[AccountRef | None, Query()] = None,
-    protected: Annotated[bool | None, Query(description="Only (un)protected invoices")] = None,
-    derived_state: DerivedState | None = None,
-    updated_since: Annotated[
-        datetime | None, Query(description="Changed at or after (ISO 8601; UTC if no offset)")
-    ] = None,
+    request: Request,
+    filters: Annotated[InvoiceFilter, Query()],
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     cursor: Annotated[str | None, Query(max_length=512, description="From next_cursor")] = None,
-) -> InvoicePage:
-    """Invoices in invoice-number order, keyset-paged (stable while others write)."""
+    format: Annotated[
+        Literal["json", "csv"] | None,
+        Query(description="csv: the same page as CSV (also with `Accept: text/csv`)"),
+    ] = None,
+    accept: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> Any:
+    """Invoices in invoice-number order, keyset-paged (stable while others write). JSON, or
+    CSV with `?format=csv` or `Accept: text/csv` (the next page's URL is then in `Link`)."""
     conn = await session.connection()
-    filters = InvoiceFilters(
-        statuses=status,
-        account_ref=account_ref,
-        protected=protected,
-        derived_state=derived_state,
-        updated_since=updated_since,
+    page = await service.list_invoices(conn, settings, filters, limit=limit, cursor_token=cursor)
+    if not csvout.wants_csv(accept, format):
+        return page
+    return csvout.page_response(
+        request,
+        service.INVOICE_CSV_FIELDS,
+        service.invoice_csv_rows(page.items),
+        filename="invoices.csv",
+        next_cursor=page.next_cursor,
     )
-    return await service.list_invoices(conn, settings, filters, limit=limit, cursor_token=cursor)
 
 
 @router.post(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from datetime import date, datetime
 from decimal import Decimal
@@ -106,13 +107,84 @@ class HistoryEntry(BaseModel):
     job_id: uuid.UUID | None
 
 
+class PostingOut(BaseModel):
+    """The Sage sales invoice (SI) this invoice mirrors."""
+
+    tran_number: int
+    date: dt.date
+    reference: str
+    details: str
+    nominal_code: str
+    net: str
+    tax: str = Field(description="VAT")
+    gross: str
+    sage_outstanding: str | None = Field(description="Sage's own OUTSTANDING, when sent")
+    deleted: bool
+
+
+AllocationKind = Literal["paid", "refund", "discounted", "written_off", "credited", "other"]
+
+
+class AllocationOut(BaseModel):
+    """One allocation against the invoice, with the posting that settled it."""
+
+    posting_tran_number: int
+    type: str | None = Field(description="SR, SA, SD, SC, SP; null when not received yet")
+    date: dt.date | None = Field(description="Date of the settling posting")
+    reference: str | None
+    details: str | None
+    nominal_code: str | None
+    amount: str
+    kind: AllocationKind = Field(
+        description="How it counts: paid (SR, SA), refund (SP), discounted (SD), written_off "
+        "(an SC the write-off rule classifies so), credited (any other SC)"
+    )
+    deleted: bool = Field(description="The allocation or its posting was deleted: not counted")
+
+
 class InvoiceDetail(InvoiceOut):
+    posting: PostingOut | None = Field(description="The SI in Sage")
+    allocations: list[AllocationOut] = Field(description="What settled it, oldest first")
     history: list[HistoryEntry] = Field(description="Every status change, oldest first")
 
 
 class InvoicePage(BaseModel):
     items: list[InvoiceOut]
     next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null at end")
+
+
+class InvoiceFilter(BaseModel):
+    """Which invoices: the list's query parameters, and the Global Update's `filter`. Every
+    criterion given must hold (AND); several values of one criterion are alternatives (OR)."""
+
+    status: Annotated[list[Status] | None, Field(max_length=100)] = Field(
+        default=None, description="Current status, one or more (any of); must be a known status"
+    )
+    account_ref: AccountRef | None = Field(default=None, description="Sage account")
+    protected: bool | None = Field(default=None, description="Only (un)protected invoices")
+    derived_state: Annotated[list[DerivedState] | None, Field(max_length=5)] = Field(
+        default=None, description="What Sage says, one or more (any of)"
+    )
+    written_off: bool | None = Field(
+        default=None, description="true: something written off (> 0); false: nothing"
+    )
+    conflict: bool | None = Field(
+        default=None, description="true: Sage disagrees with the invoice's protected status"
+    )
+    divergent: bool | None = Field(
+        default=None,
+        description="true: unprotected, and the status differs from the label of what Sage "
+        "says (e.g. written off in Sage, Paid in the CRM)",
+    )
+    mismatch: bool | None = Field(
+        default=None, description="true: Sage's own outstanding disagrees with the allocations"
+    )
+    updated_since: datetime | None = Field(
+        default=None, description="Changed at or after (ISO 8601; UTC if no offset)"
+    )
+
+    def is_empty(self) -> bool:
+        return all(value is None for value in self.model_dump().values())
 
 
 class StatusEdit(BaseModel):
@@ -133,6 +205,11 @@ class BulkStatusRequest(BaseModel):
     account_ref: AccountRef | None = Field(
         default=None, description="Select the invoices of this Sage account"
     )
+    filter: InvoiceFilter | None = Field(
+        default=None,
+        description="Select the invoices matching this filter (the list's filters; AND "
+        "account_ref when both); not together with invoice_numbers",
+    )
     invoice_numbers: Annotated[
         list[InvoiceNumber] | None, Field(min_length=1, max_length=MAX_BULK_NUMBERS)
     ] = Field(default=None, description="Select these invoices (AND account_ref when both)")
@@ -149,10 +226,16 @@ class BulkStatusRequest(BaseModel):
 
     @model_validator(mode="after")
     def _needs_a_selector(self) -> BulkStatusRequest:
-        if self.account_ref is None and self.invoice_numbers is None:
+        has_filter = self.filter is not None and not self.filter.is_empty()
+        if self.account_ref is None and self.invoice_numbers is None and not has_filter:
             raise ValueError(
-                "name the invoices to update: give account_ref and/or invoice_numbers "
-                "(there is no update-everything)"
+                "name the invoices to update: give account_ref and/or invoice_numbers, or a "
+                "filter with at least one criterion (there is no update-everything)"
+            )
+        if self.filter is not None and self.invoice_numbers is not None:
+            raise ValueError(
+                "give either invoice_numbers or a filter, not both (add account_ref to narrow "
+                "a filter)"
             )
         return self
 

@@ -23,7 +23,7 @@ import contextlib
 import hashlib
 import json
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC
 from typing import Any
@@ -35,24 +35,27 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from service.errors import Conflict, NotFound, ServiceError, ServiceUnavailable, Unprocessable
 from service.invoices import cursor
 from service.invoices import repository as repo
-from service.invoices.repository import BulkPlan, ChunkCounts, InvoiceFilters
+from service.invoices.repository import BulkPlan, ChunkCounts, FilterContext
 from service.invoices.schemas import (
+    AllocationOut,
     Amounts,
     BaseCurrencyAmounts,
     BulkStatusRequest,
     HistoryEntry,
     InvoiceDetail,
+    InvoiceFilter,
     InvoiceOut,
     InvoicePage,
     JobOut,
     JobProgress,
     JobResultOut,
+    PostingOut,
     StatusEdit,
     money,
 )
 from service.ops.metrics import BULK_JOBS, STATUS_CHANGES
-from service.picklist.service import ensure_allowed
-from service.settings import Settings
+from service.picklist.service import ensure_allowed, ensure_known_statuses
+from service.settings import DERIVED_STATES, Settings
 
 IDEMPOTENCY_TTL_HOURS = 24
 BULK_CHUNK = 10_000
@@ -121,35 +124,65 @@ def _invoice_fields(row: Row[Any], settings: Settings) -> dict[str, Any]:
     }
 
 
-def _filters_fingerprint(filters: InvoiceFilters) -> str:
-    raw = json.dumps(
-        [
-            sorted(filters.statuses) if filters.statuses else None,
-            filters.account_ref,
-            filters.protected,
-            filters.derived_state,
-            filters.updated_since.isoformat() if filters.updated_since else None,
-        ]
+def filter_context(settings: Settings) -> FilterContext:
+    return FilterContext(
+        protected_statuses=list(settings.protected_statuses),
+        labels={state: settings.label_for(state) for state in DERIVED_STATES},
     )
+
+
+async def checked_filter(conn: AsyncConnection, f: InvoiceFilter, *, loc: str) -> InvoiceFilter:
+    """The filter with its statuses checked (422 listing the known ones: a mistyped status
+    would otherwise match nothing, silently) and `updated_since` in UTC when it has no offset."""
+    if f.status:
+        await ensure_known_statuses(conn, f.status, loc=loc)
+    if f.updated_since is not None and f.updated_since.tzinfo is None:
+        f = f.model_copy(update={"updated_since": f.updated_since.replace(tzinfo=UTC)})
+    return f
+
+
+INVOICE_CSV_FIELDS = (
+    "invoice_number",
+    "account_ref",
+    "invoice_date",
+    "status",
+    "derived_state",
+    "protected",
+    "gross",
+    "paid",
+    "discounted",
+    "written_off",
+    "credited",
+    "outstanding",
+    "conflict",
+    "mismatch",
+    "warning",
+    "deleted",
+    "sage_tran_number",
+    "updated_at",
+)
+
+
+def invoice_csv_rows(items: list[InvoiceOut]) -> Iterator[list[object]]:
+    for item in items:
+        flat = {**item.model_dump(exclude={"amounts"}), **item.amounts.model_dump()}
+        yield [flat[name] for name in INVOICE_CSV_FIELDS]
+
+
+def _filters_fingerprint(f: InvoiceFilter) -> str:
+    raw = f.model_dump_json(exclude_none=True)
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
 async def list_invoices(
     conn: AsyncConnection,
     settings: Settings,
-    filters: InvoiceFilters,
+    filters: InvoiceFilter,
     *,
     limit: int,
     cursor_token: str | None,
 ) -> InvoicePage:
-    if filters.updated_since is not None and filters.updated_since.tzinfo is None:
-        filters = InvoiceFilters(
-            statuses=filters.statuses,
-            account_ref=filters.account_ref,
-            protected=filters.protected,
-            derived_state=filters.derived_state,
-            updated_since=filters.updated_since.replace(tzinfo=UTC),
-        )
+    filters = await checked_filter(conn, filters, loc="query")
     fingerprint = _filters_fingerprint(filters)
     after: str | None = None
     if cursor_token is not None:
@@ -158,17 +191,26 @@ async def list_invoices(
             raise cursor.mismatch("cursor")
         after = values["after"]
     rows = await repo.list_invoices(
-        conn,
-        filters,
-        protected_statuses=settings.protected_statuses,
-        after=after,
-        limit=limit + 1,
+        conn, filters, filter_context(settings), after=after, limit=limit + 1
     )
     items = [invoice_out(row, settings) for row in rows[:limit]]
     next_cursor = None
     if len(rows) > limit:
         next_cursor = cursor.encode({"after": items[-1].invoice_number, "q": fingerprint})
     return InvoicePage(items=items, next_cursor=next_cursor)
+
+
+async def count_invoices(
+    conn: AsyncConnection, settings: Settings, filters: list[InvoiceFilter]
+) -> list[int]:
+    """How many invoices each filter selects (what the list would show, over all pages)."""
+    checked = [await checked_filter(conn, f, loc="query") for f in filters]
+    return await repo.count_each(conn, checked, filter_context(settings))
+
+
+async def status_counts(conn: AsyncConnection) -> list[tuple[str, int]]:
+    """How many invoices carry each status."""
+    return await repo.status_counts(conn)
 
 
 async def invoice_detail(
@@ -192,7 +234,41 @@ async def invoice_detail(
         )
         for h in await repo.history(conn, invoice_number)
     ]
-    return InvoiceDetail(**_invoice_fields(row, settings), history=entries)
+    si = await repo.si_posting(conn, row.sage_tran_number)
+    return InvoiceDetail(
+        **_invoice_fields(row, settings),
+        posting=None if si is None else _posting_out(si),
+        allocations=[
+            AllocationOut(
+                posting_tran_number=a.posting_tran_number,
+                type=a.type,
+                date=a.date,
+                reference=a.reference,
+                details=a.details,
+                nominal_code=a.nominal_code,
+                amount=money(a.amount),
+                kind=a.kind,
+                deleted=a.deleted,
+            )
+            for a in await repo.allocations(conn, row.sage_tran_number, settings)
+        ],
+        history=entries,
+    )
+
+
+def _posting_out(si: Row[Any]) -> PostingOut:
+    return PostingOut(
+        tran_number=si.tran_number,
+        date=si.date,
+        reference=si.reference,
+        details=si.details,
+        nominal_code=si.nominal_code,
+        net=money(si.net_amount),
+        tax=money(si.tax_amount),
+        gross=money(si.gross_amount),
+        sage_outstanding=None if si.outstanding is None else money(si.outstanding),
+        deleted=si.deleted,
+    )
 
 
 # --- a person's edit -------------------------------------------------------------------------
@@ -290,12 +366,12 @@ async def submit_bulk(
             return Submitted(job=job, finished=_finished(job.status), replayed=True)
 
     await ensure_allowed(conn, body.status)
+    body = await _checked_body(conn, body)
     numbers = _unique(body.invoice_numbers)
     if numbers is not None:
         size = len(numbers)
     else:
-        assert body.account_ref is not None  # the schema requires a selector
-        size = await repo.count_account(conn, body.account_ref)
+        size = await repo.count_matching(conn, _selection(body), filter_context(settings))
     job_id = uuid.uuid4()
     queued = size > settings.bulk_sync_limit
     await repo.insert_job(
@@ -323,6 +399,21 @@ async def submit_bulk(
     return Submitted(job=job, finished=not queued, replayed=False)
 
 
+async def _checked_body(conn: AsyncConnection, body: BulkStatusRequest) -> BulkStatusRequest:
+    if body.filter is None:
+        return body
+    checked = await checked_filter(conn, body.filter, loc="body.filter")
+    return body.model_copy(update={"filter": checked})
+
+
+def _selection(body: BulkStatusRequest) -> InvoiceFilter:
+    """The keyset selection: the filter, narrowed to account_ref when both are given."""
+    selection = body.filter or InvoiceFilter()
+    if body.account_ref is not None and selection.account_ref is None:
+        selection = selection.model_copy(update={"account_ref": body.account_ref})
+    return selection
+
+
 def _unique(numbers: list[str] | None) -> list[str] | None:
     """Each number once, in code-point order (= COLLATE "C"), so rows lock in one order."""
     return None if numbers is None else sorted(set(numbers))
@@ -341,6 +432,9 @@ async def execute(
     """Run the whole selection in the caller's transaction: one statement per chunk (one in
     all when `chunk` is None), then NOTIFY the CRM dispatcher and reconciliation."""
     protected = list(settings.protected_statuses)
+    where, params = "", dict[str, Any]()
+    if body.filter is not None:
+        where, params = repo.filter_sql(body.filter, filter_context(settings))
     plan = BulkPlan(
         job_id=job_id,
         to_status=body.status,
@@ -352,6 +446,8 @@ async def execute(
         current_status_in=body.current_status_in,
         only_settled=body.only_settled,
         dry_run=body.dry_run,
+        filter_where=where,
+        filter_params=params,
     )
     total = ChunkCounts()
     numbers = _unique(body.invoice_numbers)
@@ -442,6 +538,14 @@ async def job_view(
     )
 
 
+async def job_request(conn: AsyncConnection, job_id: uuid.UUID) -> BulkStatusRequest:
+    """What a Global Update job was asked to do (to apply what a dry run previewed)."""
+    stored = await repo.job_request(conn, job_id)
+    if stored is None:
+        raise NotFound(f"no Global Update job '{job_id}'")
+    return BulkStatusRequest.model_validate(stored)
+
+
 async def run_queued_job(
     conn: AsyncConnection, settings: Settings, job: Row[Any], progress: Progress
 ) -> ChunkCounts:
@@ -449,6 +553,7 @@ async def run_queued_job(
     body = BulkStatusRequest.model_validate(job.request)
     # The target may have left the picklist since the request; hold it until commit.
     await ensure_allowed(conn, body.status)
+    body = await _checked_body(conn, body)
     counts = await execute(
         conn,
         settings,

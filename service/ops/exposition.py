@@ -25,7 +25,7 @@ from starlette.routing import Route
 
 from service.ops.gauges import refresh_gauges
 from service.ops.metrics import DB_POOL, DB_POOL_MAX, READY
-from service.ops.service import check_readiness
+from service.ops.readiness import readiness
 from service.settings import Settings
 
 
@@ -41,7 +41,7 @@ class WorkerState:
 async def metrics_response(state: Any) -> Response:
     # Backlogs and readiness live in PostgreSQL: read them at scrape time, in every process.
     await refresh_gauges(state.engine)
-    READY.set(1 if (await check_readiness(state)).status == "ready" else 0)
+    READY.set(1 if (await readiness(state)).status == "ready" else 0)
     _pool_gauges(state.engine, state.settings)
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.ops.metrics import (
     CRM_HALTED,
@@ -31,14 +32,30 @@ _QUERY = sa.text(
 )
 
 
+@dataclass(frozen=True)
+class Backlog:
+    dirty: int
+    dirty_age_seconds: float
+    pending: int
+    pending_age_seconds: float
+    dead: int
+    crm_halted: int
+
+
+async def backlog(conn: AsyncConnection) -> Backlog:
+    """Invoices waiting for reconciliation, CRM messages waiting, dead letters."""
+    row = (await conn.execute(_QUERY)).one()
+    return Backlog(int(row[0]), float(row[1]), int(row[2]), float(row[3]), int(row[4]), int(row[5]))
+
+
 async def refresh_gauges(engine: AsyncEngine) -> None:
     # A scrape during a database outage still returns the process metrics.
     with contextlib.suppress(Exception):
         async with engine.connect() as conn:
-            row = (await conn.execute(_QUERY)).one()
-        DIRTY_BACKLOG.set(row[0])
-        DIRTY_AGE.set(float(row[1]))
-        OUTBOX_DEPTH.set(row[2])
-        OUTBOX_AGE.set(float(row[3]))
-        DEAD_LETTERS.set(row[4])
-        CRM_HALTED.set(row[5])
+            now = await backlog(conn)
+        DIRTY_BACKLOG.set(now.dirty)
+        DIRTY_AGE.set(now.dirty_age_seconds)
+        OUTBOX_DEPTH.set(now.pending)
+        OUTBOX_AGE.set(now.pending_age_seconds)
+        DEAD_LETTERS.set(now.dead)
+        CRM_HALTED.set(now.crm_halted)

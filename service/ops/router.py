@@ -8,6 +8,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from service.auth import NO_API_KEY
+from service.ops.readiness import readiness
 from service.ops.schemas import Health, Readiness
 
 router = APIRouter(tags=["probes"])
@@ -51,9 +52,7 @@ async def readyz(request: Request) -> Any:
     Picklist problems, a missing webhook secret and CRM reachability are reported as
     warnings without failing; CRM authentication failures fail readiness.
     """
-    from service.ops.service import check_readiness
-
-    body = await check_readiness(request.app.state)
+    body = await readiness(request.app.state)
     return JSONResponse(body.model_dump(), status_code=200 if body.status == "ready" else 503)
 
 

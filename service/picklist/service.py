@@ -110,3 +110,32 @@ async def ensure_allowed(conn: AsyncConnection, status: str) -> None:
         ],
         extra={"allowed": allowed},
     )
+
+
+async def known_statuses(conn: AsyncConnection) -> list[str]:
+    """Every status an invoice can carry: the picklist, then what was seen in the CRM."""
+    values = await repository.values(conn)
+    observed = await repository.observed_in_crm(conn)
+    return list(dict.fromkeys([*values, *observed]))
+
+
+async def ensure_known_statuses(conn: AsyncConnection, statuses: list[str], *, loc: str) -> None:
+    """422 listing the known statuses when a filter names one no invoice can carry."""
+    known = await known_statuses(conn)
+    unknown = [value for value in statuses if value not in known]
+    if not unknown:
+        return
+    names = ", ".join(f"'{value}'" for value in unknown)
+    raise Unprocessable(
+        f"unknown status {names}; statuses are case-sensitive, use one of: "
+        + ", ".join(f"'{value}'" for value in known),
+        errors=[
+            {
+                "loc": [*loc.split("."), "status"],
+                "field": f"{loc}.status",
+                "msg": "not a known invoice status",
+                "type": "enum",
+            }
+        ],
+        extra={"allowed": known},
+    )

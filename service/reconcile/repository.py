@@ -724,6 +724,15 @@ async def get_run(conn: AsyncConnection, run_id: uuid.UUID) -> RunRow | None:
     return None if row is None else _run_row(row)
 
 
+async def latest_run(conn: AsyncConnection) -> RunRow | None:
+    row = (
+        await conn.execute(
+            sa.text(f"SELECT {_RUN_COLUMNS} FROM sync_runs ORDER BY requested_at DESC LIMIT 1")
+        )
+    ).first()
+    return None if row is None else _run_row(row)
+
+
 async def finish_run(
     conn: AsyncConnection, run_id: uuid.UUID, *, status: str, error: str | None = None
 ) -> None:

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import time
 import uuid
-from datetime import datetime
-from decimal import Decimal
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse
 
+from service import csvout
 from service.auth import ReadKey, WriteKey
 from service.deps import EngineDep, SettingsDep
 from service.errors import NotFound
@@ -143,12 +140,14 @@ async def reconciliation_report(
     async with engine.connect() as conn:
         rows, next_cursor = await service.report(conn, kind, settings, limit=limit, cursor=cursor)
     items = [ReportItem.model_validate(row) for row in rows]
-    if accept is not None and "text/csv" in accept.lower():
-        headers = {"Content-Disposition": f'attachment; filename="{kind}.csv"'}
-        if next_cursor is not None:
-            url = request.url.include_query_params(cursor=next_cursor)
-            headers["Link"] = f'<{url}>; rel="next"'
-        return Response(_csv(items), media_type="text/csv; charset=utf-8", headers=headers)
+    if csvout.wants_csv(accept, None):
+        return csvout.page_response(
+            request,
+            _CSV_FIELDS,
+            ([getattr(item, name) for name in _CSV_FIELDS] for item in items),
+            filename=f"{kind}.csv",
+            next_cursor=next_cursor,
+        )
     return Report(kind=kind, items=items, next_cursor=next_cursor)
 
 
@@ -184,39 +183,6 @@ def _run_out(view: service.RunView) -> SyncRunOut:
         ],
         next_changes_cursor=view.next_changes_cursor,
     )
-
-
-def _csv(items: list[ReportItem]) -> str:
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\r\n")
-    writer.writerow(_CSV_FIELDS)
-    for item in items:
-        writer.writerow(_csv_cell(getattr(item, name)) for name in _CSV_FIELDS)
-    return out.getvalue()
-
-
-def _csv_cell(value: object) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, Decimal):
-        return f"{value:.2f}"
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, list):
-        return ";".join(str(v) for v in value)
-    text = str(value)
-    # A cell a spreadsheet would run as a formula is defused (CSV injection).
-    return "'" + text if text[:1] in ("=", "+", "-", "@") and not _is_number(text) else text
-
-
-def _is_number(text: str) -> bool:
-    try:
-        Decimal(text)
-    except ArithmeticError:
-        return False
-    return True
 
 
 def _wake_worker(request: Request) -> None:

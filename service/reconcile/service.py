@@ -273,6 +273,11 @@ async def report(
     return rows, next_cursor
 
 
+async def latest_run(conn: AsyncConnection) -> repo.RunRow | None:
+    """The most recently requested sync run (worker batches that changed something included)."""
+    return await repo.latest_run(conn)
+
+
 def sync_states(settings: Settings) -> list[str]:
     """The derived states whose label a sync may write in the configured mode."""
     if settings.write_off_mode is WriteOffMode.sagelink:

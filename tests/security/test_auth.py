@@ -39,6 +39,7 @@ ENDPOINTS: dict[tuple[str, str], tuple[str, str, Any]] = {
     ("GET", "/v1/sync/runs/{run_id}"): ("read", f"/v1/sync/runs/{RUN}", None),
     ("GET", "/v1/reconciliation/report"): ("read", "/v1/reconciliation/report", None),
     ("GET", "/v1/invoices"): ("read", "/v1/invoices", None),
+    ("GET", "/v1/reports/bad-debts"): ("read", "/v1/reports/bad-debts", None),
     ("POST", "/v1/invoices/bulk-status"): (
         "write",
         "/v1/invoices/bulk-status",

@@ -1,4 +1,4 @@
-"""Readiness: whether this process can do its job, with reasons (no FastAPI here)."""
+"""Readiness: what /readyz answers and the console's overview shows."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ from service.migrate import head_revisions
 from service.ops.schemas import Readiness
 
 
-async def check_readiness(app_state: Any) -> Readiness:
-    """`app_state` carries `settings` and `engine` (and `worker` when one runs in-process);
-    GET /readyz documents the rules."""
+async def readiness(app_state: Any) -> Readiness:
+    """Ready when the database answers and migrations are at head; picklist problems, a
+    missing webhook secret and CRM reachability are warnings; CRM authentication failures
+    are problems."""
     from service.crm.service import readiness_problems as crm_problems
     from service.picklist.service import readiness_warnings as picklist_warnings
 
@@ -51,7 +52,7 @@ async def check_readiness(app_state: Any) -> Readiness:
             "the ingest webhook refuses all deliveries"
         )
     return Readiness(
-        status="not_ready" if problems else "ready",
+        status="ready" if not problems else "not_ready",
         checks=checks,
         problems=problems,
         warnings=warnings,

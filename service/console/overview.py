@@ -1,0 +1,96 @@
+"""The overview's figures, each computed by the function the API uses for the same data, and
+each with the console list that shows the invoices behind it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, get_args
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from service.console.forms import filter_query
+from service.invoices import service as invoices
+from service.invoices.schemas import InvoiceFilter
+from service.ops.gauges import Backlog, backlog
+from service.ops.readiness import readiness
+from service.ops.schemas import Readiness
+from service.reconcile import service as reconcile
+from service.reconcile.repository import RunRow
+from service.reconcile.schemas import ReportKind
+from service.settings import Settings
+
+# What needs a person, as list filters (the overview links to exactly these lists).
+ATTENTION: tuple[tuple[str, str, InvoiceFilter], ...] = (
+    (
+        "unmarked_write_offs",
+        "Written off in Sage, not marked written off",
+        InvoiceFilter(written_off=True, protected=False),
+    ),
+    ("divergent", "Status differs from what Sage says", InvoiceFilter(divergent=True)),
+    (
+        "conflicts",
+        "Conflicts on protected invoices",
+        InvoiceFilter(conflict=True, protected=True),
+    ),
+    ("mismatches", "Sage's outstanding differs from the allocations", InvoiceFilter(mismatch=True)),
+)
+CRM_DRIFT_KIND = "crm_drift"
+CRM_DRIFT_COUNT_CAP = 1000
+
+
+@dataclass(frozen=True)
+class Figure:
+    key: str
+    label: str
+    count: int
+    href: str
+
+
+@dataclass(frozen=True)
+class Overview:
+    by_status: list[Figure]
+    attention: list[Figure]
+    backlog: Backlog
+    crm_drift: int | None
+    last_run: RunRow | None
+    readiness: Readiness
+
+
+def list_href(f: InvoiceFilter) -> str:
+    return "/console/invoices?" + filter_query(f)
+
+
+async def overview(conn: AsyncConnection, settings: Settings, app_state: Any) -> Overview:
+    by_status = [
+        Figure(status, status, count, list_href(InvoiceFilter(status=[status])))
+        for status, count in await invoices.status_counts(conn)
+    ]
+    counts = await invoices.count_invoices(conn, settings, [f for _, _, f in ATTENTION])
+    attention = [
+        Figure(key, label, count, list_href(f))
+        for (key, label, f), count in zip(ATTENTION, counts, strict=True)
+    ]
+    return Overview(
+        by_status=by_status,
+        attention=attention,
+        backlog=await backlog(conn),
+        crm_drift=await crm_drift_count(conn, settings),
+        last_run=await reconcile.latest_run(conn),
+        readiness=await readiness(app_state),
+    )
+
+
+def crm_drift_available() -> bool:
+    """The hook for CRM read-back: the figure appears once the reconciliation report offers
+    the `crm_drift` kind (statuses a person changed in the CRM that differ from ours)."""
+    return CRM_DRIFT_KIND in get_args(ReportKind)
+
+
+async def crm_drift_count(conn: AsyncConnection, settings: Settings) -> int | None:
+    """How many invoices the crm_drift report lists (up to the cap), or None without it."""
+    if not crm_drift_available():
+        return None
+    rows, _ = await reconcile.report(
+        conn, CRM_DRIFT_KIND, settings, limit=CRM_DRIFT_COUNT_CAP, cursor=None
+    )
+    return len(rows)

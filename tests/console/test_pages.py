@@ -1,0 +1,305 @@
+"""The console over plain HTTP: sessions, CSRF, scopes, and each page's content."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from typing import cast
+
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
+from itsdangerous import TimestampSigner, URLSafeTimedSerializer
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service.console.session import COOKIE
+from service.main import create_app
+from tests.conftest import ADMIN_KEY, API_KEYS, READ_KEY, WRITE_KEY, make_settings
+from tests.console.conftest import CONSOLE_SECRET, SignIn
+from tests.console.support import csrf_from
+from tests.invoices.conftest import statuses, table_checksums
+
+
+async def test_pages_need_a_session(client: httpx.AsyncClient) -> None:
+    response = await client.get("/console/invoices")
+    assert response.status_code == 303
+    assert response.headers["location"] == "/console/sign-in?next=%2Fconsole%2Finvoices"
+
+
+async def test_sign_in_cookie_is_httponly_strict_and_holds_no_key(
+    client: httpx.AsyncClient,
+) -> None:
+    page = await client.get("/console/sign-in")
+    answer = await client.post(
+        "/console/sign-in", data={"csrf_token": csrf_from(page.text), "api_key": READ_KEY}
+    )
+    assert answer.status_code == 303
+    cookie = answer.headers["set-cookie"]
+    assert "HttpOnly" in cookie
+    assert "SameSite=strict" in cookie or "samesite=strict" in cookie.lower()
+    assert "Secure" not in cookie
+    assert READ_KEY not in cookie
+    assert READ_KEY not in answer.headers["location"]
+
+
+async def test_cookie_is_secure_behind_tls(client: httpx.AsyncClient) -> None:
+    page = await client.get("/console/sign-in", headers={"X-Forwarded-Proto": "https"})
+    assert "Secure" in page.headers["set-cookie"]
+
+
+async def test_unknown_key_is_refused(client: httpx.AsyncClient) -> None:
+    page = await client.get("/console/sign-in")
+    answer = await client.post(
+        "/console/sign-in", data={"csrf_token": csrf_from(page.text), "api_key": "nope" * 5}
+    )
+    assert answer.status_code == 401
+    assert "not one this service knows" in answer.text
+    assert (await client.get("/console/")).status_code == 303
+
+
+async def test_sign_in_without_csrf_token_is_refused(client: httpx.AsyncClient) -> None:
+    await client.get("/console/sign-in")
+    answer = await client.post("/console/sign-in", data={"api_key": READ_KEY})
+    assert answer.status_code == 403
+    assert (await client.get("/console/")).status_code == 303
+
+
+async def test_sign_out_ends_the_session(sign_in: SignIn) -> None:
+    c = await sign_in(READ_KEY)
+    page = await c.get("/console/")
+    assert page.status_code == 200
+    out = await c.post("/console/sign-out", data={"csrf_token": csrf_from(page.text)})
+    assert out.status_code == 303
+    assert (await c.get("/console/")).status_code == 303
+
+
+@pytest.mark.usefixtures("company")
+async def test_overview_counts(sign_in: SignIn) -> None:
+    c = await sign_in(READ_KEY)
+    page = (await c.get("/console/")).text
+    # sagelink mode: every write-off shows as Paid, so three are written off but not marked.
+    assert '<span class="count">3</span> Written off in Sage, not marked' in page
+    assert 'data-status="Paid">4<' in page
+    assert 'data-status="Unpaid">1<' in page
+
+
+@pytest.mark.usefixtures("company")
+async def test_csrf_refused_without_token_and_nothing_changes(
+    sign_in: SignIn, engine: AsyncEngine
+) -> None:
+    c = await sign_in(WRITE_KEY)
+    before = await table_checksums(engine)
+    answer = await c.post(
+        "/console/update", data={"written_off": "true", "to_status": "Written Off"}
+    )
+    assert answer.status_code == 403
+    assert "CSRF" in answer.text
+    forged = await c.post(
+        "/console/update",
+        data={"written_off": "true", "to_status": "Written Off", "csrf_token": "0" * 64},
+    )
+    assert forged.status_code == 403
+    assert await table_checksums(engine) == before
+
+
+@pytest.mark.usefixtures("company")
+async def test_read_key_cannot_preview_or_apply(sign_in: SignIn, engine: AsyncEngine) -> None:
+    c = await sign_in(READ_KEY)
+    form = await c.get("/console/update?written_off=true&protected=false")
+    assert "can look but not change" in form.text
+    before = await table_checksums(engine)
+    answer = await c.post(
+        "/console/update",
+        data={
+            "csrf_token": csrf_from(form.text),
+            "written_off": "true",
+            "to_status": "Written Off",
+        },
+    )
+    assert answer.status_code == 403
+    assert "needs the &#39;write&#39; scope" in answer.text
+    assert await table_checksums(engine) == before
+
+
+@pytest.mark.usefixtures("company")
+async def test_preview_then_apply(sign_in: SignIn, engine: AsyncEngine) -> None:
+    c = await sign_in(WRITE_KEY)
+    form = await c.get("/console/update?written_off=true&protected=false")
+    assert "data-matching>3<" in form.text
+    preview = await c.post(
+        "/console/update",
+        data={
+            "csrf_token": csrf_from(form.text),
+            "written_off": "true",
+            "protected": "false",
+            "to_status": "Written Off",
+        },
+    )
+    assert preview.status_code == 303, preview.text[-1500:]
+    job = await c.get(preview.headers["location"])
+    assert 'data-count="updated">3<' in job.text
+    assert (await statuses(engine, "INV-1001"))["INV-1001"] == "Paid"
+    applied = await c.post(
+        preview.headers["location"] + "/apply",
+        data={
+            "csrf_token": csrf_from(job.text),
+            "reason": "written off in Sage",
+            "idempotency_key": "k-1",
+        },
+    )
+    assert applied.status_code == 303, applied.text
+    result = await c.get(applied.headers["location"])
+    assert "Global Update: succeeded" in result.text
+    assert await statuses(engine, *("INV-1001", "INV-2001", "INV-3001", "INV-1002")) == {
+        "INV-1001": "Written Off",
+        "INV-2001": "Written Off",
+        "INV-3001": "Written Off",
+        "INV-1002": "Paid",
+    }
+
+
+@pytest.mark.usefixtures("company")
+async def test_apply_needs_a_reason(sign_in: SignIn) -> None:
+    c = await sign_in(WRITE_KEY)
+    form = await c.get("/console/update?written_off=true")
+    preview = await c.post(
+        "/console/update",
+        data={"csrf_token": csrf_from(form.text), "written_off": "true", "to_status": "Paid"},
+    )
+    job = await c.get(preview.headers["location"])
+    applied = await c.post(
+        preview.headers["location"] + "/apply", data={"csrf_token": csrf_from(job.text)}
+    )
+    assert applied.status_code == 400
+    assert "give a reason" in applied.text
+
+
+@pytest.mark.usefixtures("company")
+async def test_unknown_status_filter_is_a_422_page(sign_in: SignIn) -> None:
+    c = await sign_in(READ_KEY)
+    page = await c.get("/console/invoices?status=Writen%20Off")
+    assert page.status_code == 422
+    assert "&#39;Written Off&#39;" in page.text or "'Written Off'" in page.text
+    assert page.headers["content-type"].startswith("text/html")
+
+
+@pytest.mark.usefixtures("company")
+async def test_invoice_page_shows_amounts_postings_and_history(sign_in: SignIn) -> None:
+    c = await sign_in(READ_KEY)
+    page = (await c.get("/console/invoices/INV-2001")).text
+    for text in ("600.00", "500.00", "BADDBT", "written off", "paid", "sync"):
+        assert text in page
+
+
+@pytest.mark.usefixtures("company")
+async def test_invoice_csv_is_the_page_shown(sign_in: SignIn) -> None:
+    c = await sign_in(READ_KEY)
+    page = (await c.get("/console/invoices?written_off=true&limit=25")).text
+    shown = [n for n in ("INV-1001", "INV-2001", "INV-3001", "INV-1002") if f">{n}</a>" in page]
+    answer = await c.get("/console/invoices.csv?written_off=true&limit=25")
+    rows = list(csv.DictReader(io.StringIO(answer.text)))
+    assert [r["invoice_number"] for r in rows] == shown == ["INV-1001", "INV-2001", "INV-3001"]
+
+
+@pytest.mark.usefixtures("company")
+async def test_bad_debt_csv(sign_in: SignIn) -> None:
+    c = await sign_in(READ_KEY)
+    answer = await c.get("/console/bad-debts.csv?as_of=2026-11-29")
+    rows = {r["invoice_number"]: r for r in csv.DictReader(io.StringIO(answer.text))}
+    assert set(rows) == {"INV-1001", "INV-2001", "INV-3001"}
+    assert rows["INV-2001"]["vat_relief"] == "83.33"
+    assert rows["INV-2001"]["qualifies"] == "true"
+    assert rows["INV-3001"]["qualifies"] == "false"
+    assert rows["INV-1001"]["written_off_on"] == "2026-09-30"
+
+
+@pytest.mark.usefixtures("company")
+async def test_picklist_repair_needs_admin(sign_in: SignIn, engine: AsyncEngine) -> None:
+    async with engine.begin() as conn:
+        await conn.exec_driver_sql("DELETE FROM picklist_values WHERE value = 'Paid/Written Off'")
+    writer = await sign_in(WRITE_KEY)
+    page = await writer.get("/console/picklist")
+    assert "Repair needs a key with the admin scope" in page.text
+    refused = await writer.post(
+        "/console/picklist/repair", data={"csrf_token": csrf_from(page.text)}
+    )
+    assert refused.status_code == 403
+    admin = await sign_in(ADMIN_KEY)
+    page = await admin.get("/console/picklist")
+    repaired = await admin.post(
+        "/console/picklist/repair", data={"csrf_token": csrf_from(page.text)}
+    )
+    assert repaired.status_code == 303
+    assert 'data-picklist="ok"' in (await admin.get(repaired.headers["location"])).text
+
+
+def _forged_cookie(age_seconds: int, fingerprint: str) -> str:
+    """A session cookie signed with the console secret, as if issued `age_seconds` ago."""
+    serializer = URLSafeTimedSerializer(CONSOLE_SECRET, salt="ledgerlink-console-session")
+    signer = cast(TimestampSigner, serializer.make_signer())
+    issued = int(time.time()) - age_seconds
+    signer.get_timestamp = lambda: issued  # type: ignore[method-assign]
+    payload = serializer.dump_payload({"n": "nonce", "k": fingerprint})
+    return signer.sign(payload).decode()
+
+
+async def test_session_expires_after_its_lifetime(app: FastAPI, client: httpx.AsyncClient) -> None:
+    keys = app.state.console_keys
+    fingerprint = keys.fingerprint(READ_KEY)
+    fresh = _forged_cookie(60, fingerprint)
+    stale = _forged_cookie(8 * 3600 + 60, fingerprint)  # the default lifetime is 480 minutes
+    assert (
+        await client.get("/console/", headers={"Cookie": f"{COOKIE}={fresh}"})
+    ).status_code == 200
+    assert (
+        await client.get("/console/", headers={"Cookie": f"{COOKIE}={stale}"})
+    ).status_code == 303
+
+
+async def test_removing_a_key_ends_its_sessions(
+    sign_in: SignIn, database_url: str, app: FastAPI
+) -> None:
+    c = await sign_in(WRITE_KEY)
+    assert (await c.get("/console/")).status_code == 200
+    cookie = c.cookies[COOKIE]
+    without_writer = {k: v for k, v in API_KEYS.items() if k != WRITE_KEY}
+    other = create_app(
+        make_settings(
+            database_url,
+            api_keys=json.dumps(without_writer),
+            write_off_mode="sagelink",
+            console_session_secret=CONSOLE_SECRET,
+        )
+    )
+    async with LifespanManager(other):
+        transport = httpx.ASGITransport(app=other)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as later:
+            answer = await later.get("/console/", headers={"Cookie": f"{COOKIE}={cookie}"})
+    assert answer.status_code == 303
+
+
+@pytest.mark.usefixtures("company")
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/console/invoices?limit=x&cursor=%%%",
+        "/console/invoices?updated_since=yesterday",
+        "/console/invoices?derived_state=bogus",
+        "/console/invoices/%00",
+        "/console/invoices/" + "9" * 200,
+        "/console/jobs/not-a-uuid",
+        "/console/jobs/00000000-0000-0000-0000-000000000000?results_cursor=zz",
+        "/console/outbox?state=nope&after=" + "9" * 40,
+        "/console/bad-debts?as_of=someday",
+        "/console/bad-debts?cursor=%%%",
+        "/console/update?" + "&".join(f"f{n}=1" for n in range(600)),
+    ],
+)
+async def test_hostile_input_is_never_a_server_error(sign_in: SignIn, path: str) -> None:
+    c = await sign_in(READ_KEY)
+    answer = await c.get(path)
+    assert 200 <= answer.status_code < 500, (answer.status_code, answer.text[-500:])
+    assert answer.headers["content-type"].startswith("text/html")
