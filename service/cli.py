@@ -148,7 +148,7 @@ def _banner(settings: Settings, application: FastAPI) -> str:
         lines.append(f"    API docs (Swagger UI):  {base}/docs")
     if any(path.startswith("/console") for path in paths):
         lines.append(f"    Finance console:        {base}/console/")
-    demo = "make demo" if base == DEFAULT_URL else f"ledgerlink demo --url {base}"
+    demo = "make demo" if base == DEFAULT_URL else f"make demo URL={base}"
     lines.append(f"    A demo company:         {demo}   (in another terminal)")
     lines.append("  Ctrl-C stops everything it started.\n")
     return "\n".join(lines)

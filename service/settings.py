@@ -348,6 +348,7 @@ EXAMPLE_SECRETS: tuple[str, ...] = (
     "pg_example_5c8e2f7a9b1d4e60",
     "whsec_ZXhhbXBsZS13ZWJob29rLXNlY3JldC03ZDQxYzllMmE2ZjM=",
     "ll_example_3f9a6c1e8d2b7f40a5e9c3d1",
+    "console_example_9d2f4b7a1c6e83f05a2d7c4b9e1f6a38",
     "CHANGE-ME",
 )
 
@@ -359,6 +360,7 @@ def refuse_example_secrets(settings: Settings) -> None:
         ("API_KEYS", settings.api_keys),
         ("OPENCRM_KEY", settings.opencrm_key),
         ("OPENCRM_PASSKEY", settings.opencrm_passkey),
+        ("CONSOLE_SESSION_SECRET", settings.console_session_secret),
         *(("WEBHOOK_SECRETS", secret) for secret in settings.webhook_secrets),
     ]
     for name, secret in secrets:

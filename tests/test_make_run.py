@@ -92,7 +92,7 @@ def test_make_run_starts_prints_key_keeps_data_and_leaves_nothing(tmp_path: Path
     assert key in output
     assert "curl -H" in output
     assert f"API docs (Swagger UI):  http://127.0.0.1:{port}/docs" in output
-    assert f"A demo company:         ledgerlink demo --url http://127.0.0.1:{port}" in output
+    assert f"A demo company:         make demo URL=http://127.0.0.1:{port}" in output
     assert _postgres_for(pgdata) == [], "embedded PostgreSQL left running after Ctrl-C"
 
     second = _start(data_dir, port)
@@ -106,22 +106,17 @@ def test_make_run_starts_prints_key_keeps_data_and_leaves_nothing(tmp_path: Path
     assert _postgres_for(pgdata) == [], "embedded PostgreSQL left running after SIGTERM"
 
 
-def test_banner_names_the_docs_the_console_once_it_exists_and_the_demo() -> None:
-    from starlette.responses import PlainTextResponse
-
+def test_banner_names_the_docs_the_console_and_the_demo() -> None:
     from service.cli import _banner
     from service.main import create_app
     from service.settings import load_settings
 
     settings = load_settings(port=8000)
-    app = create_app(settings)
-    banner = _banner(settings, app)
+    banner = _banner(settings, create_app(settings))
     assert "http://127.0.0.1:8000/docs" in banner
-    assert "/console/" not in banner
-    assert "make demo" in banner
-    app.add_route("/console/", lambda _: PlainTextResponse("console"))
-    assert "Finance console:        http://127.0.0.1:8000/console/" in _banner(settings, app)
+    assert "Finance console:        http://127.0.0.1:8000/console/" in banner
+    assert "A demo company:         make demo   " in banner
     hidden = load_settings(port=8019, docs_enabled=False)
     other = _banner(hidden, create_app(hidden))
     assert "/docs" not in other
-    assert "ledgerlink demo --url http://127.0.0.1:8019" in other
+    assert "make demo URL=http://127.0.0.1:8019" in other

@@ -139,6 +139,7 @@ def _dotenv_example() -> dict[str, str]:
         ("LEDGERLINK_WEBHOOK_SECRETS", "{}", "LEDGERLINK_WEBHOOK_SECRET"),
         ("LEDGERLINK_API_KEYS", '{{"{}": ["admin"]}}', "LEDGERLINK_ADMIN_API_KEY"),
         ("LEDGERLINK_OPENCRM_KEY", "CHANGE-ME-opencrm-key", None),
+        ("LEDGERLINK_CONSOLE_SESSION_SECRET", "{}", "LEDGERLINK_CONSOLE_SESSION_SECRET"),
     ],
 )
 def test_start_up_refuses_published_example_secrets_outside_dev(

@@ -140,6 +140,7 @@ def test_compose_secrets_come_from_dotenv_and_nowhere_else() -> None:
         "POSTGRES_PASSWORD",
         "LEDGERLINK_WEBHOOK_SECRET",
         "LEDGERLINK_ADMIN_API_KEY",
+        "LEDGERLINK_CONSOLE_SESSION_SECRET",
         "GRAFANA_ADMIN_PASSWORD",
     }
     for name in required:
