@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import gc
 import os
 import secrets
@@ -30,6 +31,7 @@ DEV_KEY_FILE = "admin-api-key"
 # Where `make demo` pushes unless told otherwise.
 DEFAULT_URL = "http://127.0.0.1:8000"
 DEV_SECRET_FILE = "webhook-secret"
+DEV_CONSOLE_SECRET_FILE = "console-session-secret"
 
 
 def _settings(*, dev: bool = False, **overrides: object) -> Settings:
@@ -71,11 +73,37 @@ def _dev_credentials(settings: Settings) -> dict[str, object]:
         typer.echo(f'  Try: curl -H "Authorization: Bearer $(cat {key_file})" {base}/v1/invoices\n')
     if not settings.webhook_secrets:
         secret_file = settings.data_dir / DEV_SECRET_FILE
-        secret, created = _read_or_create(secret_file, lambda: "whsec_" + secrets.token_urlsafe(24))
+        secret, created = _read_or_create(secret_file, new_webhook_secret)
+        if not _decodes(secret):
+            # Dev secrets written by earlier versions were URL-safe text, which is base64
+            # only by chance; the exporter and the service would both refuse such a secret.
+            secret_file.unlink()
+            secret, created = _read_or_create(secret_file, new_webhook_secret)
         overrides["webhook_secrets"] = secret
         verb = "Created" if created else "Using"
         typer.echo(f"  {verb} a development webhook secret (stored in {secret_file}).\n")
+    if settings.console_session_secret is None:
+        # Kept with the other dev credentials so console sign-ins survive a restart.
+        console_file = settings.data_dir / DEV_CONSOLE_SECRET_FILE
+        overrides["console_session_secret"], _ = _read_or_create(
+            console_file, lambda: secrets.token_urlsafe(32)
+        )
     return overrides
+
+
+def new_webhook_secret() -> str:
+    """`whsec_` + standard base64 of 24 random bytes: what Standard Webhooks senders expect."""
+    return "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+
+
+def _decodes(secret: str) -> bool:
+    from service.ingest.signature import decode_secret
+
+    try:
+        decode_secret(secret)
+    except ValueError:
+        return False
+    return True
 
 
 @app.command()
