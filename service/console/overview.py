@@ -4,7 +4,7 @@ each with the console list that shows the invoices behind it."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, get_args
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -16,7 +16,6 @@ from service.ops.readiness import readiness
 from service.ops.schemas import Readiness
 from service.reconcile import service as reconcile
 from service.reconcile.repository import RunRow
-from service.reconcile.schemas import ReportKind
 from service.settings import Settings
 
 # What needs a person, as list filters (the overview links to exactly these lists).
@@ -35,6 +34,7 @@ ATTENTION: tuple[tuple[str, str, InvoiceFilter], ...] = (
     ("mismatches", "Sage's outstanding differs from the allocations", InvoiceFilter(mismatch=True)),
 )
 CRM_DRIFT_KIND = "crm_drift"
+# The overview counts drift up to this many (shown as "1000+" past it).
 CRM_DRIFT_COUNT_CAP = 1000
 
 
@@ -51,7 +51,7 @@ class Overview:
     by_status: list[Figure]
     attention: list[Figure]
     backlog: Backlog
-    crm_drift: int | None
+    crm_drift: int
     last_run: RunRow | None
     readiness: Readiness
 
@@ -80,17 +80,9 @@ async def overview(conn: AsyncConnection, settings: Settings, app_state: Any) ->
     )
 
 
-def crm_drift_available() -> bool:
-    """The hook for CRM read-back: the figure appears once the reconciliation report offers
-    the `crm_drift` kind (statuses a person changed in the CRM that differ from ours)."""
-    return CRM_DRIFT_KIND in get_args(ReportKind)
-
-
-async def crm_drift_count(conn: AsyncConnection, settings: Settings) -> int | None:
-    """How many invoices the crm_drift report lists (up to the cap), or None without it."""
-    if not crm_drift_available():
-        return None
+async def crm_drift_count(conn: AsyncConnection, settings: Settings) -> int:
+    """How many invoices the crm_drift report lists, up to the cap (and one more past it)."""
     rows, _ = await reconcile.report(
-        conn, CRM_DRIFT_KIND, settings, limit=CRM_DRIFT_COUNT_CAP, cursor=None
+        conn, CRM_DRIFT_KIND, settings, limit=CRM_DRIFT_COUNT_CAP + 1, cursor=None
     )
     return len(rows)

@@ -27,7 +27,7 @@ from service import csvout
 from service.auth import Principal, find_key
 from service.baddebts import service as baddebts
 from service.console import forms
-from service.console.overview import ATTENTION, overview
+from service.console.overview import ATTENTION, CRM_DRIFT_COUNT_CAP, CRM_DRIFT_KIND, overview
 from service.console.session import CSRF_FIELD, ConsoleSession, SessionKeys
 from service.crm import repository as crm_repo
 from service.crm import service as crm
@@ -45,6 +45,7 @@ from service.invoices import service as invoices
 from service.invoices.schemas import AccountRef, BulkStatusRequest, InvoiceFilter, Text
 from service.picklist import repository as picklist_repo
 from service.picklist import service as picklist
+from service.reconcile import service as reconcile
 from service.settings import DERIVED_STATES, Scope, Settings
 
 HERE = FilePath(__file__).parent
@@ -195,7 +196,23 @@ def _local(url: str) -> str:
 async def overview_page(ctx: CtxDep, session: SessionDep, settings: SettingsDep) -> Response:
     conn = await session.connection()
     view = await overview(conn, settings, ctx.request.app.state)
-    return render(ctx.request, "overview.html", ctx=ctx, view=view)
+    return render(ctx.request, "overview.html", ctx=ctx, view=view, drift_cap=CRM_DRIFT_COUNT_CAP)
+
+
+@router.get("/crm-drift")
+async def crm_drift_page(ctx: CtxDep, session: SessionDep, settings: SettingsDep) -> Response:
+    """The crm_drift report: invoices whose status a person changed in the CRM to something
+    other than ours (not protected, so not adopted), for a person to settle one way or the
+    other."""
+    fields = forms.parse(ctx.request.url.query)
+    limit, cursor = _page_args(fields)
+    conn = await session.connection()
+    rows, next_cursor = await reconcile.report(
+        conn, CRM_DRIFT_KIND, settings, limit=limit, cursor=cursor
+    )
+    return render(
+        ctx.request, "crm_drift.html", ctx=ctx, rows=rows, limit=limit, next_cursor=next_cursor
+    )
 
 
 # --- invoices --------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from typing import cast
 
 import httpx
 import pytest
+import sqlalchemy as sa
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from itsdangerous import TimestampSigner, URLSafeTimedSerializer
@@ -17,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.console.session import COOKIE
 from service.main import create_app
-from tests.conftest import ADMIN_KEY, API_KEYS, READ_KEY, WRITE_KEY, make_settings
+from tests.conftest import ADMIN_KEY, API_KEYS, READ_KEY, WRITE_KEY, auth, make_settings
 from tests.console.conftest import CONSOLE_SECRET, SignIn
 from tests.console.support import csrf_from
 from tests.invoices.conftest import statuses, table_checksums
@@ -303,3 +304,32 @@ async def test_hostile_input_is_never_a_server_error(sign_in: SignIn, path: str)
     answer = await c.get(path)
     assert 200 <= answer.status_code < 500, (answer.status_code, answer.text[-500:])
     assert answer.headers["content-type"].startswith("text/html")
+
+
+@pytest.mark.usefixtures("company")
+async def test_crm_drift_page_lists_what_the_report_lists(
+    sign_in: SignIn, client: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    """A status a person set in the CRM that differs from ours (and is not protected) shows on
+    the overview, linked to a page of exactly the crm_drift report's invoices."""
+    c = await sign_in(READ_KEY)
+    before = (await c.get("/console/crm-drift")).text
+    assert "No status differs from what the CRM shows." in before
+    async with engine.begin() as conn:
+        # Our updates reached the CRM (no worker runs here); then a person changed one there.
+        await conn.execute(sa.text("UPDATE outbox SET state = 'delivered'"))
+        await conn.execute(
+            sa.text(
+                "INSERT INTO crm_invoices (invoice_number, crm_id, status) "
+                "VALUES ('INV-1002', '77', 'Part Paid')"
+            )
+        )
+    report = await client.get("/v1/reconciliation/report?kind=crm_drift", headers=auth(READ_KEY))
+    assert [i["invoice_number"] for i in report.json()["items"]] == ["INV-1002"]
+    overview = (await c.get("/console/")).text
+    assert 'href="/console/crm-drift" data-figure="crm_drift"><span class="count">1</span>' in (
+        overview
+    )
+    page = (await c.get("/console/crm-drift")).text
+    assert ">INV-1002</a>" in page
+    assert "<td>Part Paid</td>" in page
