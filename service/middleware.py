@@ -30,6 +30,10 @@ SECURITY_HEADERS: list[tuple[bytes, bytes]] = [
     ),
 ]
 _QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+# Metric labels come from fixed sets only: a client choosing the method (any token is a valid
+# HTTP method) must not be able to add series, each of which costs memory and scrape time.
+_METHOD_LABELS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+OTHER_METHOD = "OTHER"
 
 
 class RequestContextMiddleware:
@@ -119,7 +123,7 @@ class RequestContextMiddleware:
         finally:
             elapsed = time.perf_counter() - started
             route = _route_template(scope)
-            method = scope["method"]
+            method = method_label(scope["method"])
             status = status_holder["status"]
             HTTP_REQUESTS.labels(route, method, str(status)).inc()
             HTTP_LATENCY.labels(route, method).observe(elapsed)
@@ -132,6 +136,10 @@ class RequestContextMiddleware:
                     duration_ms=round(elapsed * 1000, 2),
                 )
             structlog.contextvars.clear_contextvars()
+
+
+def method_label(method: str) -> str:
+    return method if method in _METHOD_LABELS else OTHER_METHOD
 
 
 def _declared_length(scope: Scope) -> int:
