@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Path, Query, Response
@@ -22,6 +21,7 @@ from service.invoices.schemas import (
     Status,
     StatusEdit,
     Text,
+    UtcDatetime,
 )
 from service.settings import DerivedState
 
@@ -43,7 +43,8 @@ async def list_invoices(
     protected: Annotated[bool | None, Query(description="Only (un)protected invoices")] = None,
     derived_state: DerivedState | None = None,
     updated_since: Annotated[
-        datetime | None, Query(description="Changed at or after (ISO 8601; UTC if no offset)")
+        UtcDatetime | None,
+        Query(description="Changed at or after (ISO 8601; UTC if no offset)"),
     ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     cursor: Annotated[str | None, Query(max_length=512, description="From next_cursor")] = None,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Annotated, Literal
 
@@ -33,6 +33,18 @@ def storable(value: str) -> str:
 
 
 Text = Annotated[str, AfterValidator(storable)]
+
+
+def in_utc(value: datetime) -> datetime:
+    """The same instant in UTC (no offset means UTC), refused when UTC has no such year: a
+    date at the edge of the calendar with an offset (9999-12-31T23:59:59-12:00) is past it."""
+    try:
+        return value.astimezone(UTC) if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    except OverflowError:
+        raise ValueError("is outside years 1 to 9999 once converted to UTC") from None
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(in_utc)]
 Status = Annotated[Text, StringConstraints(min_length=1, max_length=64)]
 InvoiceNumber = Annotated[Text, StringConstraints(min_length=1, max_length=30)]
 AccountRef = Annotated[Text, StringConstraints(min_length=1, max_length=32)]
