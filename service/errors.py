@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -185,6 +186,16 @@ def _answer_failure(request: Request, exc: Exception) -> JSONResponse:
             "a text value contains a character that cannot be stored (NUL or an unpaired "
             "surrogate); nothing was stored",
         )
+    if _is_database_exhausted(exc):
+        log.warning("request.database_exhausted", error=f"{type(exc).__name__}: {exc}")
+        return problem(
+            503,
+            "Service unavailable",
+            "the database is short of a resource right now (memory, lock table space or "
+            "connections) and could not take this request, so nothing of it was stored; retry "
+            "later, or with fewer requests at once",
+            headers={"Retry-After": "5"},
+        )
     if _is_database_unavailable(exc):
         log.warning("request.database_unavailable", error=f"{type(exc).__name__}: {exc}")
         return problem(
@@ -203,17 +214,28 @@ def _answer_failure(request: Request, exc: Exception) -> JSONResponse:
 _UNSTORABLE_TEXT_SQLSTATES = frozenset({"22021", "22P05"})
 
 
-def _is_unstorable_text(exc: BaseException) -> bool:
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """The exception and what caused it, in turn (a driver error under SQLAlchemy's)."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, UnicodeEncodeError):
-            return True
-        if getattr(current, "sqlstate", None) in _UNSTORABLE_TEXT_SQLSTATES:
-            return True
+        yield current
         current = current.__cause__ or current.__context__
-    return False
+
+
+def _is_unstorable_text(exc: BaseException) -> bool:
+    return any(
+        isinstance(current, UnicodeEncodeError)
+        or getattr(current, "sqlstate", None) in _UNSTORABLE_TEXT_SQLSTATES
+        for current in _causes(exc)
+    )
+
+
+def _is_database_exhausted(exc: BaseException) -> bool:
+    """Insufficient resources (SQLSTATE class 53: out of memory or lock table space, too many
+    connections, disk full): the database answered, so it is not "unreachable"."""
+    return any(str(getattr(current, "sqlstate", "")).startswith("53") for current in _causes(exc))
 
 
 def _is_transient_sqlstate(state: object) -> bool:
@@ -232,28 +254,23 @@ def _is_database_unavailable(exc: BaseException) -> bool:
     from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
     from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, OperationalError | InterfaceError | PoolTimeout):
-            return True
-        if isinstance(current, DBAPIError) and current.connection_invalidated:
-            return True
-        if _is_transient_sqlstate(getattr(current, "sqlstate", None)):
-            return True
-        if isinstance(
-            current,
-            OSError
-            | ConnectionError
-            | asyncpg.exceptions.ConnectionDoesNotExistError
-            | asyncpg.exceptions.CannotConnectNowError
-            | asyncpg.exceptions.AdminShutdownError
-            | asyncpg.exceptions.InterfaceError,
-        ):
-            return True
-        current = current.__cause__ or current.__context__
-    return False
+    connection_level = (
+        OperationalError
+        | InterfaceError
+        | PoolTimeout
+        | OSError
+        | ConnectionError
+        | asyncpg.exceptions.ConnectionDoesNotExistError
+        | asyncpg.exceptions.CannotConnectNowError
+        | asyncpg.exceptions.AdminShutdownError
+        | asyncpg.exceptions.InterfaceError
+    )
+    return any(
+        isinstance(current, connection_level)
+        or (isinstance(current, DBAPIError) and current.connection_invalidated)
+        or _is_transient_sqlstate(getattr(current, "sqlstate", None))
+        for current in _causes(exc)
+    )
 
 
 # What every error looks like on the wire, for the OpenAPI document.
