@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from pydantic import ValidationError
@@ -22,7 +25,7 @@ from service.errors import (
     Unprocessable,
 )
 from service.ingest import repository
-from service.ingest.schemas import IngestResult, PostingBatch
+from service.ingest.schemas import CENT, IngestResult, PostingBatch
 from service.ingest.signature import SignatureRejected, SignedHeaders, Verifier
 from service.logging import get_logger
 from service.ops.metrics import BATCH_SIZE, INGEST_LATENCY, POSTINGS, WEBHOOK_DELIVERIES
@@ -203,10 +206,66 @@ def parse_batch(body: bytes) -> PostingBatch:
                 InvalidBody, "invalid_json", f"the body is not valid JSON: {errors[0]['msg']}"
             ) from None
         raise _invalid_batch([_field_error(e) for e in errors]) from None
-    twice = _duplicate_keys(body, batch) or _duplicate_tran_numbers(batch)
-    if twice:
-        raise _invalid_batch(twice)
+    refused = (
+        inexact_numbers(body) or _duplicate_keys(body, batch) or _duplicate_tran_numbers(batch)
+    )
+    if refused:
+        raise _invalid_batch(refused)
     return batch
+
+
+class _NumberText(str):
+    """A JSON number as written in the body (json.loads' parse_float hook)."""
+
+
+# A number token with more than two decimals or an exponent, anywhere in the body (inside a
+# string too: a false alarm there costs only the exact look below). One scan in C; a batch
+# of plain amounts never takes the slow path.
+_SUSPECT_NUMBER = re.compile(rb"[0-9]\.[0-9]{3}|[0-9][eE]")
+_AMOUNT_FIELDS = ("net_amount", "tax_amount", "gross_amount", "outstanding")
+
+
+def inexact_numbers(body: bytes) -> list[dict[str, Any]]:
+    """Amounts sent as JSON numbers that are not exactly a whole number of cents.
+
+    pydantic-core reads JSON numbers as binary floats, so 1.00999999999999999999 would be
+    1.01 and 1e-400 would be 0: the body is read again, numbers as their text, when it may
+    hold such a number.
+    """
+    if _SUSPECT_NUMBER.search(body) is None:
+        return []
+    try:
+        document = json.loads(body, parse_float=_NumberText)
+    except ValueError:  # pydantic-core took it; a stricter parser here is no reason to store it
+        return [{"loc": [], "field": "body", "msg": "not plain JSON", "type": "json_invalid"}]
+    return [
+        {
+            "loc": loc,
+            "field": _field_name(loc),
+            "msg": "must have at most 2 decimal places (JSON numbers are read as written, "
+            "not rounded)",
+            "type": "multiple_of",
+            "posting_index": loc[1],
+        }
+        for loc, value in _amounts(document)
+        if isinstance(value, _NumberText) and not _whole_cents(value)
+    ]
+
+
+def _amounts(document: Any) -> Iterator[tuple[list[Any], Any]]:
+    for i, posting in enumerate(document["postings"]):
+        for name in _AMOUNT_FIELDS:
+            yield ["postings", i, name], posting.get(name)
+        for j, allocation in enumerate(posting.get("allocations") or ()):
+            yield ["postings", i, "allocations", j, "amount"], allocation["amount"]
+
+
+def _whole_cents(text: str) -> bool:
+    try:
+        amount = Decimal(text)
+        return amount == amount.quantize(CENT)
+    except InvalidOperation:  # more digits than any amount has
+        return False
 
 
 def _invalid_batch(errors: list[dict[str, Any]]) -> ServiceError:
@@ -228,12 +287,16 @@ _FRIENDLIER = {
 }
 
 
+def _field_name(loc: list[Any]) -> str:
+    field = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc)
+    return field.lstrip(".") or "body"
+
+
 def _field_error(error: Any) -> dict[str, Any]:
     loc = list(error["loc"])
-    field = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc)
     out: dict[str, Any] = {
         "loc": loc,
-        "field": field.lstrip(".") or "body",
+        "field": _field_name(loc),
         "msg": _FRIENDLIER.get(error["type"], error["msg"]),
         "type": error["type"],
     }
