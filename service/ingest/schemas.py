@@ -94,9 +94,10 @@ PositiveMoney = Annotated[Decimal, _Amount(gt=Decimal(0))]
 SignedMoney = Annotated[Decimal, _Amount(ge=-MAX_AMOUNT)]
 TranNumber = Annotated[int, Field(gt=0, le=2**63 - 1)]
 
-# Sage's column widths. Control characters are refused by a pattern, checked in pydantic-core
-# (a Python validator for them cost a third of the validation time of a batch).
-NO_CONTROL_CHARACTERS = r"^[^\x00-\x1f\x7f]*$"
+# Sage's column widths. Control characters (C0, DEL, C1) and the Unicode line and paragraph
+# separators are refused by a pattern, checked in pydantic-core (a Python validator for them
+# cost a third of the validation time of a batch).
+NO_CONTROL_CHARACTERS = r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029]*$"
 AccountRef = Annotated[
     str, StringConstraints(min_length=1, max_length=32, pattern=NO_CONTROL_CHARACTERS)
 ]

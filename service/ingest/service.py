@@ -282,7 +282,7 @@ def _invalid_batch(errors: list[dict[str, Any]]) -> ServiceError:
 
 
 _FRIENDLIER = {
-    "string_pattern_mismatch": "must not contain control characters",
+    "string_pattern_mismatch": "must not contain control characters or line separators",
     "multiple_of": "must have at most 2 decimal places",
 }
 

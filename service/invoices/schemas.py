@@ -45,10 +45,15 @@ def in_utc(value: datetime) -> datetime:
 
 
 UtcDatetime = Annotated[datetime, AfterValidator(in_utc)]
-Status = Annotated[Text, StringConstraints(min_length=1, max_length=64)]
-InvoiceNumber = Annotated[Text, StringConstraints(min_length=1, max_length=30)]
-AccountRef = Annotated[Text, StringConstraints(min_length=1, max_length=32)]
-Reason = Annotated[Text, StringConstraints(max_length=1000)]
+# Lengths first: checked on the string, they are counted (and reported) in characters.
+Status = Annotated[str, StringConstraints(min_length=1, max_length=64), AfterValidator(storable)]
+InvoiceNumber = Annotated[
+    str, StringConstraints(min_length=1, max_length=30), AfterValidator(storable)
+]
+AccountRef = Annotated[
+    str, StringConstraints(min_length=1, max_length=32), AfterValidator(storable)
+]
+Reason = Annotated[str, StringConstraints(max_length=1000), AfterValidator(storable)]
 Outcome = Literal["updated", "unchanged", "skipped", "skipped_protected", "not_found"]
 JobStatus = Literal["queued", "running", "succeeded", "failed"]
 
