@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, MutableMapping
 from typing import Any
 
 import pytest
@@ -59,8 +59,8 @@ class Upload:
         self.reads += 1
         return await self.chunks.get()
 
-    async def _send(self, message: dict[str, Any]) -> None:
-        self.sent.append(message)
+    async def _send(self, message: MutableMapping[str, Any]) -> None:
+        self.sent.append(dict(message))
 
     def send(self, body: bytes, *, more: bool) -> None:
         self.chunks.put_nowait({"type": "http.request", "body": body, "more_body": more})
