@@ -307,7 +307,8 @@ _PROBLEM_DESCRIPTIONS = {
     "408": "The request body did not arrive within LEDGERLINK_REQUEST_TIMEOUT_SECONDS",
     "413": "The body is larger than LEDGERLINK_MAX_BODY_BYTES",
     "422": "Validation failed: `errors` names each failing field; nothing was stored",
-    "503": "The database is unavailable: retry after Retry-After seconds (with the same "
+    "503": "The database is unavailable or short of resources, or the service holds as many "
+    "request bodies as it may at once: retry after Retry-After seconds (with the same "
     "webhook-id or Idempotency-Key, so that a change stored just as the connection dropped "
     "is not applied twice)",
 }
