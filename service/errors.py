@@ -195,26 +195,24 @@ def _answer_failure(request: Request, exc: Exception) -> JSONResponse:
         )
     if _is_database_exhausted(exc):
         log.warning("request.database_exhausted", error=f"{type(exc).__name__}: {exc}")
-        return problem(
-            503,
-            "Service unavailable",
+        return _retry_later(
             "the database is short of a resource right now (memory, lock table space or "
             "connections) and could not take this request, so nothing of it was stored; retry "
-            "later, or with fewer requests at once",
-            headers={"Retry-After": "5"},
+            "later, or with fewer requests at once"
         )
     if _is_database_unavailable(exc):
         log.warning("request.database_unavailable", error=f"{type(exc).__name__}: {exc}")
-        return problem(
-            503,
-            "Service unavailable",
+        return _retry_later(
             "the database is not reachable right now; retry later. Had the connection dropped "
             "while this request was being committed it may be stored already: a retry with the "
-            "same webhook-id or Idempotency-Key is applied at most once",
-            headers={"Retry-After": "5"},
+            "same webhook-id or Idempotency-Key is applied at most once"
         )
     log.exception("request.failed", error=type(exc).__name__)
     return problem(500, "Internal error", "an unexpected error occurred; it has been logged")
+
+
+def _retry_later(detail: str) -> JSONResponse:
+    return problem(503, "Service unavailable", detail, headers={"Retry-After": "5"})
 
 
 # character_not_in_repertoire (NUL in text), untranslatable_character (\u0000 in jsonb).
