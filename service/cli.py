@@ -133,9 +133,12 @@ def serve(
             supervisor.stop()
         if embedded is not None:
             embedded.stop()
-    if supervisor is not None and supervisor.failed:
-        typer.echo("ledgerlink: the embedded PostgreSQL died and could not be restarted", err=True)
-        raise typer.Exit(1)
+        if supervisor is not None and supervisor.failed:
+            # Raised here, it replaces the SystemExit(0) of the SIGTERM the supervisor sent.
+            typer.echo(
+                "ledgerlink: the embedded PostgreSQL died and could not be restarted", err=True
+            )
+            raise typer.Exit(1)
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:
