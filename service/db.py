@@ -54,6 +54,8 @@ class EmbeddedPostgres:
         self.pgdata = (data_dir / "pg").resolve()
         self._cleanup = cleanup
         self._server: Any = None
+        # The postmaster started here, while it runs (its PID file goes before it does).
+        self._started: psutil.Process | None = None
 
     def start(self) -> str:
         self.pgdata.parent.mkdir(parents=True, exist_ok=True)
@@ -66,6 +68,7 @@ class EmbeddedPostgres:
 
             self._server = get_server(self.pgdata, cleanup_mode=self._cleanup)
         self._ensure_database()
+        self._started = self._postmaster()
         return self.url(EMBEDDED_DATABASE)
 
     def url(self, database: str) -> str:
@@ -87,9 +90,13 @@ class EmbeddedPostgres:
             return
         server, self._server = self._server, None
         if self._cleanup == "stop":
-            if self.alive():
+            postmaster = self._postmaster()
+            if postmaster is not None:
                 with contextlib.suppress(Exception):
                     self.pg_ctl("-w", "-m", "fast", "stop", user=server.system_user)
+                # A Ctrl-C reaches the server too, which may still be shutting down when its
+                # PID file is gone: wait for the process itself.
+                _wait_gone(postmaster)
             # Stopped: the wheel's own clean-up would stop it again, find no PID file and
             # print an error block about killing it instead. Only its bookkeeping is left.
             server.cleanup_mode = None
@@ -98,18 +105,25 @@ class EmbeddedPostgres:
 
     def alive(self) -> bool:
         """Whether the postmaster of our data directory is running."""
+        return self._postmaster() is not None
+
+    def _postmaster(self) -> psutil.Process | None:
         pid = _postmaster_pid(self.pgdata)
         if pid is None:
-            return False
+            started = self._started
+            return started if started is not None and started.is_running() else None
         try:
-            return bool(psutil.Process(pid).name() == "postgres")
+            process = psutil.Process(pid)
+            return process if process.name() == "postgres" else None
         except psutil.Error:
-            return False
+            return None
 
     def restart(self) -> None:
         """Start the server again after it died, with the options it was first started with."""
         self.clear_orphans()
+        self._started = None
         self.pg_ctl("-w", "restart")
+        self._started = self._postmaster()
 
     def clear_orphans(self) -> None:
         """Kill the processes a killed postmaster left in our data directory, if it is dead.
@@ -146,6 +160,15 @@ class EmbeddedPostgres:
             return None
         pid: int | None = self._server.get_pid()
         return pid
+
+
+def _wait_gone(process: psutil.Process, timeout: float = 60) -> None:
+    with contextlib.suppress(psutil.Error):
+        try:
+            process.wait(timeout)
+        except psutil.TimeoutExpired:
+            log.warning("PostgreSQL did not stop within %s s; killing it", timeout)
+            process.kill()
 
 
 def _postmaster_pid(pgdata: Path) -> int | None:
