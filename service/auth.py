@@ -8,6 +8,8 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security.utils import get_authorization_scheme_param
+from starlette.types import Scope as AsgiScope
 
 from service.errors import Forbidden, Unauthorized
 from service.settings import ApiKey, Scope, Settings
@@ -35,25 +37,53 @@ def find_key(settings: Settings, presented: str) -> ApiKey | None:
     return found
 
 
+def authenticate(settings: Settings, scheme: str | None, token: str | None) -> ApiKey:
+    """The configured key presented as `Authorization: <scheme> <token>`, or a 401."""
+    if not settings.parsed_api_keys:
+        raise Unauthorized(
+            "no API keys are configured on this server; set LEDGERLINK_API_KEYS",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    if not token or (scheme or "").lower() != "bearer":
+        raise Unauthorized(
+            "missing bearer token: send 'Authorization: Bearer <key>'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    key = find_key(settings, token)
+    if key is None:
+        raise Unauthorized("unknown API key", headers={"WWW-Authenticate": "Bearer"})
+    return key
+
+
+def check_before_body(settings: Settings, scope: AsgiScope) -> None:
+    """A request to the API that brings a body must show a valid key before any of the body
+    is read (the scope is checked later, by the route): a stranger's upload costs nothing.
+    The webhook is signed over its body instead, and has its own limits."""
+    from service.ingest.router import WEBHOOK_PATH
+
+    path: str = scope["path"]
+    if not path.startswith("/v1/") or path == WEBHOOK_PATH:
+        return
+    headers = dict(scope.get("headers", []))
+    if headers.get(b"content-length", b"0") == b"0" and b"transfer-encoding" not in headers:
+        return
+    scheme, token = get_authorization_scheme_param(
+        headers.get(b"authorization", b"").decode("latin-1")
+    )
+    authenticate(settings, scheme, token)
+
+
 def require(scope: Scope) -> Any:
     async def dependency(
         request: Request,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> Principal:
         settings: Settings = request.app.state.settings
-        if not settings.parsed_api_keys:
-            raise Unauthorized(
-                "no API keys are configured on this server; set LEDGERLINK_API_KEYS",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-        if credentials is None or credentials.scheme.lower() != "bearer":
-            raise Unauthorized(
-                "missing bearer token: send 'Authorization: Bearer <key>'",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-        key = find_key(settings, credentials.credentials)
-        if key is None:
-            raise Unauthorized("unknown API key", headers={"WWW-Authenticate": "Bearer"})
+        key = authenticate(
+            settings,
+            credentials.scheme if credentials else None,
+            credentials.credentials if credentials else None,
+        )
         if scope not in key.scopes:
             raise Forbidden(f"this key lacks the '{scope}' scope")
         return Principal(name=key.name, scopes=key.scopes)

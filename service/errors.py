@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 PROBLEM_JSON = "application/problem+json"
 
@@ -132,6 +134,12 @@ def install_error_handlers(app: FastAPI) -> None:
             extra=exc.extra,
         )
 
+    @app.exception_handler(ClientDisconnect)
+    async def _client_gone(request: Request, exc: ClientDisconnect) -> Response:
+        # The client hung up mid-upload: nobody to answer, nothing broken (the request log
+        # line records it as 499).
+        return Response(status_code=499)
+
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = validation_errors(exc)
@@ -185,35 +193,54 @@ def _answer_failure(request: Request, exc: Exception) -> JSONResponse:
             "a text value contains a character that cannot be stored (NUL or an unpaired "
             "surrogate); nothing was stored",
         )
+    if _is_database_exhausted(exc):
+        log.warning("request.database_exhausted", error=f"{type(exc).__name__}: {exc}")
+        return _retry_later(
+            "the database is short of a resource right now (memory, lock table space or "
+            "connections) and could not take this request, so nothing of it was stored; retry "
+            "later, or with fewer requests at once"
+        )
     if _is_database_unavailable(exc):
         log.warning("request.database_unavailable", error=f"{type(exc).__name__}: {exc}")
-        return problem(
-            503,
-            "Service unavailable",
+        return _retry_later(
             "the database is not reachable right now; retry later. Had the connection dropped "
             "while this request was being committed it may be stored already: a retry with the "
-            "same webhook-id or Idempotency-Key is applied at most once",
-            headers={"Retry-After": "5"},
+            "same webhook-id or Idempotency-Key is applied at most once"
         )
     log.exception("request.failed", error=type(exc).__name__)
     return problem(500, "Internal error", "an unexpected error occurred; it has been logged")
+
+
+def _retry_later(detail: str) -> JSONResponse:
+    return problem(503, "Service unavailable", detail, headers={"Retry-After": "5"})
 
 
 # character_not_in_repertoire (NUL in text), untranslatable_character (\u0000 in jsonb).
 _UNSTORABLE_TEXT_SQLSTATES = frozenset({"22021", "22P05"})
 
 
-def _is_unstorable_text(exc: BaseException) -> bool:
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """The exception and what caused it, in turn (a driver error under SQLAlchemy's)."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, UnicodeEncodeError):
-            return True
-        if getattr(current, "sqlstate", None) in _UNSTORABLE_TEXT_SQLSTATES:
-            return True
+        yield current
         current = current.__cause__ or current.__context__
-    return False
+
+
+def _is_unstorable_text(exc: BaseException) -> bool:
+    return any(
+        isinstance(current, UnicodeEncodeError)
+        or getattr(current, "sqlstate", None) in _UNSTORABLE_TEXT_SQLSTATES
+        for current in _causes(exc)
+    )
+
+
+def _is_database_exhausted(exc: BaseException) -> bool:
+    """Insufficient resources (SQLSTATE class 53: out of memory or lock table space, too many
+    connections, disk full): the database answered, so it is not "unreachable"."""
+    return any(str(getattr(current, "sqlstate", "")).startswith("53") for current in _causes(exc))
 
 
 def _is_transient_sqlstate(state: object) -> bool:
@@ -232,28 +259,23 @@ def _is_database_unavailable(exc: BaseException) -> bool:
     from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
     from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, OperationalError | InterfaceError | PoolTimeout):
-            return True
-        if isinstance(current, DBAPIError) and current.connection_invalidated:
-            return True
-        if _is_transient_sqlstate(getattr(current, "sqlstate", None)):
-            return True
-        if isinstance(
-            current,
-            OSError
-            | ConnectionError
-            | asyncpg.exceptions.ConnectionDoesNotExistError
-            | asyncpg.exceptions.CannotConnectNowError
-            | asyncpg.exceptions.AdminShutdownError
-            | asyncpg.exceptions.InterfaceError,
-        ):
-            return True
-        current = current.__cause__ or current.__context__
-    return False
+    connection_level = (
+        OperationalError
+        | InterfaceError
+        | PoolTimeout
+        | OSError
+        | ConnectionError
+        | asyncpg.exceptions.ConnectionDoesNotExistError
+        | asyncpg.exceptions.CannotConnectNowError
+        | asyncpg.exceptions.AdminShutdownError
+        | asyncpg.exceptions.InterfaceError
+    )
+    return any(
+        isinstance(current, connection_level)
+        or (isinstance(current, DBAPIError) and current.connection_invalidated)
+        or _is_transient_sqlstate(getattr(current, "sqlstate", None))
+        for current in _causes(exc)
+    )
 
 
 # What every error looks like on the wire, for the OpenAPI document.
@@ -283,7 +305,8 @@ _PROBLEM_DESCRIPTIONS = {
     "408": "The request body did not arrive within LEDGERLINK_REQUEST_TIMEOUT_SECONDS",
     "413": "The body is larger than LEDGERLINK_MAX_BODY_BYTES",
     "422": "Validation failed: `errors` names each failing field; nothing was stored",
-    "503": "The database is unavailable: retry after Retry-After seconds (with the same "
+    "503": "The database is unavailable or short of resources, or the service holds as many "
+    "request bodies as it may at once: retry after Retry-After seconds (with the same "
     "webhook-id or Idempotency-Key, so that a change stored just as the connection dropped "
     "is not applied twice)",
 }

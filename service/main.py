@@ -6,16 +6,18 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 
 import httpx
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
 from service import __version__
+from service.auth import check_before_body
 from service.db import EmbeddedPostgres, create_engine
 from service.errors import install_error_handlers, install_openapi_problems
 from service.logging import configure_logging, get_logger
-from service.middleware import RequestContextMiddleware
+from service.middleware import BodyBudget, RequestContextMiddleware
 from service.settings import Settings, load_settings
 from service.worker import Worker, WorkerContext
 
@@ -94,6 +96,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         RequestContextMiddleware,
         receive_timeout=settings.request_timeout_seconds,
         max_body_bytes=settings.max_body_bytes,
+        body_budget=BodyBudget(settings.max_inflight_body_bytes),
+        check_before_body=partial(check_before_body, settings),
     )
     _include_routers(app)
     install_openapi_problems(app)

@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import re
 import time
 import uuid
+from collections.abc import Callable
 
 import structlog
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import PayloadTooLarge, RequestTimeout, ServiceError, problem
+from service.errors import (
+    PayloadTooLarge,
+    RequestTimeout,
+    ServiceError,
+    ServiceUnavailable,
+    problem,
+)
 from service.logging import get_logger
 from service.ops.metrics import HTTP_LATENCY, HTTP_REQUESTS
 
@@ -30,15 +39,74 @@ SECURITY_HEADERS: list[tuple[bytes, bytes]] = [
     ),
 ]
 _QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+# Metric labels come from fixed sets only: a client choosing the method (any token is a valid
+# HTTP method) must not be able to add series, each of which costs memory and scrape time.
+_METHOD_LABELS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+OTHER_METHOD = "OTHER"
+
+
+# The status recorded for a request whose client went away before it was answered (nginx's
+# "client closed request"): the client's doing, neither a success nor our failure.
+CLIENT_CLOSED = 499
+
+
+class BodyBudget:
+    """The bytes of request bodies being received by this process, all requests together.
+
+    A request reserves its declared Content-Length before the first byte is read (or each
+    chunk as it comes, without one) and gives it back when it is answered; past the budget it
+    is refused with a 503 instead of taking more memory. Once no body is in flight after
+    large ones, the C allocator is asked to return its free pages to the system: bodies come
+    in chunks of up to 64 KiB, which it otherwise keeps for good.
+    """
+
+    TRIM_AFTER = 16 * 1024 * 1024
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.in_flight = 0
+        self._released = 0
+        self._trim = _malloc_trim()
+
+    def reserve(self, size: int) -> bool:
+        if self.in_flight + size > self.limit:
+            return False
+        self.in_flight += size
+        return True
+
+    def release(self, size: int) -> None:
+        self.in_flight -= size
+        self._released += size
+        if self.in_flight == 0 and self._released >= self.TRIM_AFTER:
+            self._released = 0
+            self._trim()
+
+
+def _malloc_trim() -> Callable[[], None]:
+    name = ctypes.util.find_library("c")
+    try:
+        trim = ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):  # not glibc: nothing to ask
+        trim = None
+    if trim is None:
+        return lambda: None
+    return lambda: trim(0)
 
 
 class RequestContextMiddleware:
     def __init__(
-        self, app: ASGIApp, receive_timeout: float = 30.0, max_body_bytes: int | None = None
+        self,
+        app: ASGIApp,
+        receive_timeout: float = 30.0,
+        max_body_bytes: int | None = None,
+        body_budget: BodyBudget | None = None,
+        check_before_body: Callable[[Scope], None] | None = None,
     ) -> None:
         self.app = app
         self.receive_timeout = receive_timeout
         self.max_body_bytes = max_body_bytes
+        self.body_budget = body_budget
+        self.check_before_body = check_before_body
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -81,6 +149,8 @@ class RequestContextMiddleware:
 
         body_done = False
         body_size = 0
+        reserved = 0
+        client_gone = False
         # One deadline for the whole body: a per-chunk timeout would let a client that sends a
         # byte every few seconds hold the request open for ever.
         body_deadline = time.monotonic() + self.receive_timeout
@@ -89,13 +159,15 @@ class RequestContextMiddleware:
             # A client that trickles its body (slowloris) gets a 408 instead of holding a
             # request open forever; one sending more than the limit gets a 413 before it is all
             # read. Once the body is in, waiting (for a disconnect) is free.
-            nonlocal body_done, body_size, refused
+            nonlocal body_done, body_size, refused, reserved, client_gone
             if body_done:
                 return await receive()
             limit = self.max_body_bytes
             if limit is not None and body_size == 0 and _declared_length(scope) > limit:
                 refused = _too_large(limit)
                 raise refused
+            if body_size == 0 and not reserved:
+                _reserve(_declared_length(scope))
             try:
                 message = await asyncio.wait_for(
                     receive(), max(body_deadline - time.monotonic(), 0.0)
@@ -107,31 +179,78 @@ class RequestContextMiddleware:
                 raise refused from None
             if message["type"] != "http.request" or not message.get("more_body", False):
                 body_done = True
+            if message["type"] == "http.disconnect":
+                client_gone = True
             if message["type"] == "http.request":
                 body_size += len(message.get("body", b""))
                 if limit is not None and body_size > limit:
                     refused = _too_large(limit)
                     raise refused
+                if body_size > reserved:
+                    _reserve(body_size - reserved)
             return message
 
+        def _reserve(size: int) -> None:
+            nonlocal reserved, refused
+            if self.body_budget is None or size <= 0:
+                return
+            if not self.body_budget.reserve(size):
+                refused = _busy()
+                raise refused
+            reserved += size
+
         try:
+            if self.check_before_body is not None and not await self._admitted(
+                scope, receive, send_wrapper
+            ):
+                return
             await self.app(scope, timed_receive, send_wrapper)
         finally:
-            elapsed = time.perf_counter() - started
-            route = _route_template(scope)
-            method = scope["method"]
-            status = status_holder["status"]
-            HTTP_REQUESTS.labels(route, method, str(status)).inc()
-            HTTP_LATENCY.labels(route, method).observe(elapsed)
-            if scope["path"] not in _QUIET_PATHS or status >= 400:
-                log.info(
-                    "http.request",
-                    method=method,
-                    route=route,
-                    status=status,
-                    duration_ms=round(elapsed * 1000, 2),
-                )
-            structlog.contextvars.clear_contextvars()
+            if self.body_budget is not None:
+                self.body_budget.release(reserved)
+            self._record(scope, status_holder["status"], started, client_gone=client_gone)
+
+    async def _admitted(self, scope: Scope, receive: Receive, send: Send) -> bool:
+        """Whether the request may go on to read its body; when not, it has been answered."""
+        assert self.check_before_body is not None
+        try:
+            self.check_before_body(scope)
+        except ServiceError as exc:
+            # send (the wrapper) adds Connection: close only for refused bodies it knows of.
+            response = _refusal(exc)
+            response.headers["connection"] = "close"
+            await response(scope, receive, send)
+            return False
+        return True
+
+    def _record(self, scope: Scope, status: int, started: float, *, client_gone: bool) -> None:
+        elapsed = time.perf_counter() - started
+        route = _route_template(scope)
+        method = method_label(scope["method"])
+        if client_gone:
+            status = CLIENT_CLOSED
+        HTTP_REQUESTS.labels(route, method, str(status)).inc()
+        HTTP_LATENCY.labels(route, method).observe(elapsed)
+        if client_gone:
+            log.info(
+                "http.client_disconnected",
+                method=method,
+                route=route,
+                detail="the client closed the connection before its request was answered",
+            )
+        elif scope["path"] not in _QUIET_PATHS or status >= 400:
+            log.info(
+                "http.request",
+                method=method,
+                route=route,
+                status=status,
+                duration_ms=round(elapsed * 1000, 2),
+            )
+        structlog.contextvars.clear_contextvars()
+
+
+def method_label(method: str) -> str:
+    return method if method in _METHOD_LABELS else OTHER_METHOD
 
 
 def _declared_length(scope: Scope) -> int:
@@ -142,7 +261,19 @@ def _declared_length(scope: Scope) -> int:
 
 
 def _refusal(error: ServiceError) -> JSONResponse:
-    return problem(error.status_code, error.title, error.detail, extra=error.extra)
+    return problem(
+        error.status_code, error.title, error.detail, headers=error.headers, extra=error.extra
+    )
+
+
+def _busy() -> ServiceUnavailable:
+    refused = ServiceUnavailable(
+        "the service is receiving as many request bodies as it holds at once "
+        "(LEDGERLINK_MAX_INFLIGHT_BODY_BYTES); nothing of this one was stored, retry shortly",
+        retry_after=2,
+    )
+    refused.extra["reason"] = "busy"
+    return refused
 
 
 def _too_large(limit: int) -> PayloadTooLarge:

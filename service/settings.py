@@ -85,6 +85,9 @@ class Settings(BaseSettings):
     webhook_secrets: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
     webhook_tolerance_seconds: int = Field(default=300, ge=1, le=86_400)
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    # All request bodies being received at once, together: past it a request gets 503 with
+    # Retry-After instead of more memory (the API pod's limit is 512 MiB).
+    max_inflight_body_bytes: int = Field(default=48 * 1024 * 1024, ge=1024)
 
     api_keys: SecretStr | None = None
 
@@ -251,6 +254,15 @@ class Settings(BaseSettings):
         ):
             raise ValueError("must be a postgresql:// URL")
         return value
+
+    @model_validator(mode="after")
+    def _body_budget_fits_a_body(self) -> Settings:
+        if self.max_inflight_body_bytes < self.max_body_bytes:
+            raise ValueError(
+                "MAX_INFLIGHT_BODY_BYTES must be at least MAX_BODY_BYTES, or a body of the "
+                "largest size allowed could never be received"
+            )
+        return self
 
     @model_validator(mode="after")
     def _opencrm_complete(self) -> Settings:

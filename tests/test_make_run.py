@@ -41,7 +41,7 @@ def _wait_ready(port: int, proc: subprocess.Popen[str], timeout: float = 60) -> 
         except httpx.TransportError:
             pass
         time.sleep(0.2)
-    raise AssertionError("not ready within 60 s")
+    raise AssertionError(f"not ready within {timeout:g} s")
 
 
 def _postgres_for(pgdata: Path) -> list[psutil.Process]:
@@ -120,3 +120,96 @@ def test_banner_names_the_docs_the_console_and_the_demo() -> None:
     other = _banner(hidden, create_app(hidden))
     assert "/docs" not in other
     assert "make demo URL=http://127.0.0.1:8019" in other
+
+
+def test_make_run_brings_a_killed_database_back_and_stops_it_once(tmp_path: Path) -> None:
+    """kill -9 of the embedded postmaster, with a backend left running a statement (an
+    orphan holding its shared memory): the service clears the orphan, starts PostgreSQL
+    again and is ready without a restart of its own. Ctrl-C then stops PostgreSQL once,
+    quietly."""
+    data_dir = tmp_path / "data"
+    pgdata = (data_dir / "pg").resolve()
+    port = free_port()
+    service = _start(data_dir, port)
+    busy: subprocess.Popen[str] | None = None
+    try:
+        _wait_ready(port, service, timeout=180)
+        # A backend busy in a statement never checks whether its postmaster is alive.
+        busy = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "import asyncio, asyncpg, sys\n"
+                "async def main():\n"
+                "    c = await asyncpg.connect(host=sys.argv[1], user='postgres', "
+                "database='ledgerlink')\n"
+                "    await c.fetchval('SELECT count(*) FROM generate_series(1, 10000000000)')\n"
+                "asyncio.run(main())\n",
+                str(pgdata),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        postmaster = int((pgdata / "postmaster.pid").read_text().split()[0])
+        deadline = time.monotonic() + 30
+        while len(_postgres_for_dir(pgdata)) < 2 or not _running_statement(pgdata):
+            assert time.monotonic() < deadline, "the busy statement never started"
+            time.sleep(0.2)
+        os.kill(postmaster, signal.SIGKILL)
+        orphans = [p for p in _postgres_for_dir(pgdata) if p.pid != postmaster]
+        assert orphans, "no orphaned backend to clear"
+
+        deadline = time.monotonic() + 60
+        while True:
+            assert service.poll() is None, "the service exited"
+            try:
+                ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code
+            except httpx.TransportError:
+                ready = 0
+            if ready == 200 and _postmaster_of(pgdata) not in (None, postmaster):
+                break
+            assert time.monotonic() < deadline, "PostgreSQL was not brought back"
+            time.sleep(0.5)
+        assert not any(p.is_running() for p in orphans)
+    finally:
+        if busy is not None:
+            busy.kill()
+            busy.wait(10)
+        output = _stop(service, signal.SIGINT)
+    assert service.returncode == 0, output
+    assert "database.embedded.restarted" in output
+    for noise in ("PID file", "killing it instead", "Traceback"):
+        assert noise not in output, output
+    assert _postgres_for_dir(pgdata) == [], "embedded PostgreSQL left running after Ctrl-C"
+
+
+def _postgres_for_dir(pgdata: Path) -> list[psutil.Process]:
+    """Every server process of the data directory, the postmaster and its backends."""
+    found = []
+    for proc in psutil.process_iter(["name"]):
+        if proc.info.get("name") != "postgres":
+            continue
+        try:
+            if Path(proc.cwd()) == pgdata:
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+def _running_statement(pgdata: Path) -> bool:
+    return bool(
+        _sql(
+            pgdata,
+            "SELECT count(*) > 0 FROM pg_stat_activity WHERE query LIKE '%generate_series%' "
+            "AND state = 'active' AND pid <> pg_backend_pid()",
+        )
+    )
+
+
+def _postmaster_of(pgdata: Path) -> int | None:
+    try:
+        return int((pgdata / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None

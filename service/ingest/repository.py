@@ -231,13 +231,22 @@ WHERE i.invoice_number = ANY(:refs) AND NOT i.deleted
 RETURNING i.invoice_number
 """
 
+# Mirroring an invoice number is serialised through one of a fixed set of lock slots (its
+# hash), not a lock per number: PostgreSQL's shared lock table holds
+# max_locks_per_transaction x connections locks for everyone, and four concurrent batches
+# of 5,000 new invoices with a lock each ran it out. A batch takes at most MIRROR_LOCK_SLOTS
+# locks, in slot order (no deadlock between batches); two batches whose numbers share a slot
+# take turns, which costs nothing in correctness.
+MIRROR_LOCK_SLOTS = 64
+# First key of the two-key advisory locks of the slots ("LLIN"), apart from other features'.
+MIRROR_LOCK_NAMESPACE = 0x4C4C494E
 _LOCK_REFS_SQL = """
-SELECT pg_advisory_xact_lock(key)
+SELECT pg_advisory_xact_lock(:namespace, slot)
 FROM (
-    SELECT DISTINCT hashtextextended('ledgerlink.invoice:' || ref, 0) AS key
+    SELECT DISTINCT (hashtext(ref) & (:slots - 1)) AS slot
     FROM unnest(CAST(:refs AS text[])) AS ref
-    ORDER BY key
-) AS keys
+    ORDER BY slot
+) AS slots
 """
 
 # One invoice per reference, from every SI that is a customer invoice (not a write-off
@@ -355,7 +364,10 @@ async def _mirror_invoices(conn: AsyncConnection, refs: list[str], settings: Set
     params.update(reval_params)
     # Two batches mirroring one invoice number take turns; the second then reads (new
     # statement, new snapshot) the SIs the first committed, so the later SI wins either way.
-    await conn.execute(sa.text(_LOCK_REFS_SQL), {"refs": refs})
+    await conn.execute(
+        sa.text(_LOCK_REFS_SQL),
+        {"refs": refs, "slots": MIRROR_LOCK_SLOTS, "namespace": MIRROR_LOCK_NAMESPACE},
+    )
     detached = await conn.execute(sa.text(_DETACH_SQL), {"refs": refs})
     affected = set(detached.scalars())
     mirrored = await conn.execute(

@@ -85,7 +85,10 @@ SIGNATURE_HEADERS = [
             "A posting is invalid (errors name postings[i].field; nothing stored), or the "
             "webhook-id was used before for a different body"
         ),
-        503: _problem("No webhook secret configured, or the database is unavailable; retry"),
+        503: _problem(
+            "No webhook secret configured, the database is unavailable, or the service holds "
+            "as many request bodies as it may at once (LEDGERLINK_MAX_INFLIGHT_BODY_BYTES); retry"
+        ),
     },
     openapi_extra={
         **NO_API_KEY,

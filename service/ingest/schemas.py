@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 from decimal import Decimal
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
     StrictBool,
     StringConstraints,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
+from pydantic_core import core_schema as cs
 
 PostingType = Literal["SI", "SC", "SR", "SA", "SD", "SP"]
 MAX_POSTINGS = 5000
@@ -23,19 +27,73 @@ MAX_AMOUNT = Decimal("999999999999.99")
 # "At most 2 decimal places" as multiple_of: pydantic-core checks decimal_places through
 # Decimal.as_tuple(), a Python namedtuple per amount, a fifth of the validation time.
 CENT = Decimal("0.01")
+# An amount as text: ASCII digits, an optional sign and fraction, nothing else. Python's
+# Decimal() alone would also read "1_000", " 100.00" and digits of other scripts. More than two
+# decimals pass here so that the error says what is wrong with them (multiple_of).
+AMOUNT_TEXT = r"^-?[0-9]+(\.[0-9]+)?$"
+AMOUNT_SHAPE = (
+    'must be a JSON number or a string of ASCII digits with up to 2 decimals, like "12.30"'
+)
 
-Money = Annotated[
-    Decimal,
-    Field(ge=0, le=MAX_AMOUNT, multiple_of=CENT, allow_inf_nan=False),
-]
-PositiveMoney = Annotated[
-    Decimal,
-    Field(gt=0, le=MAX_AMOUNT, multiple_of=CENT, allow_inf_nan=False),
-]
-SignedMoney = Annotated[
-    Decimal,
-    Field(ge=-MAX_AMOUNT, le=MAX_AMOUNT, multiple_of=CENT, allow_inf_nan=False),
-]
+
+@dataclass(frozen=True)
+class _Amount:
+    """A Decimal read exactly from a JSON string or number, checked in pydantic-core.
+
+    JSON numbers reach pydantic-core as binary floats; their exactness is checked on the raw
+    body (`service.ingest.service.inexact_numbers`), which also accepts only 2 decimals.
+    """
+
+    ge: Decimal | None = None
+    gt: Decimal | None = None
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> Any:
+        from_text = cs.chain_schema(
+            [
+                cs.str_schema(pattern=AMOUNT_TEXT, strict=True),
+                cs.no_info_plain_validator_function(Decimal),
+            ]
+        )
+        # repr() is the shortest text that reads back as the same float: what the sender wrote
+        # whenever it had at most 15 digits, which every amount below MAX_AMOUNT has.
+        from_number = cs.chain_schema(
+            [
+                cs.float_schema(strict=True, allow_inf_nan=False),
+                cs.no_info_plain_validator_function(repr),
+                cs.no_info_plain_validator_function(Decimal),
+            ]
+        )
+        shape = cs.json_or_python_schema(
+            json_schema=cs.union_schema(
+                [from_text, from_number],
+                custom_error_type="amount_type",
+                custom_error_message=AMOUNT_SHAPE,
+            ),
+            # Built in Python (tests, tools): already typed, no JSON to be exact about.
+            python_schema=cs.decimal_schema(strict=False),
+        )
+        checked = cs.decimal_schema(
+            ge=self.ge, gt=self.gt, le=MAX_AMOUNT, multiple_of=CENT, allow_inf_nan=False
+        )
+        return cs.chain_schema([shape, checked])
+
+    def __get_pydantic_json_schema__(self, schema: Any, handler: GetJsonSchemaHandler) -> Any:
+        number: dict[str, Any] = {
+            "type": "number",
+            "maximum": float(MAX_AMOUNT),
+            "multipleOf": 0.01,
+        }
+        if self.ge is not None:
+            number["minimum"] = float(self.ge)
+        if self.gt is not None:
+            number["exclusiveMinimum"] = float(self.gt)
+        text = {"type": "string", "pattern": AMOUNT_TEXT}
+        return {"anyOf": [number, text]}
+
+
+Money = Annotated[Decimal, _Amount(ge=Decimal(0))]
+PositiveMoney = Annotated[Decimal, _Amount(gt=Decimal(0))]
+SignedMoney = Annotated[Decimal, _Amount(ge=-MAX_AMOUNT)]
 TranNumber = Annotated[int, Field(gt=0, le=2**63 - 1)]
 # ISO 4217, as Sage's CURRENCY table holds it (CODE).
 CurrencyCode = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
@@ -46,9 +104,10 @@ ExchangeRate = Annotated[
     Field(ge=Decimal("0.0000000001"), le=Decimal("9999999999"), allow_inf_nan=False),
 ]
 
-# Sage's column widths. Control characters are refused by a pattern, checked in pydantic-core
-# (a Python validator for them cost a third of the validation time of a batch).
-NO_CONTROL_CHARACTERS = r"^[^\x00-\x1f\x7f]*$"
+# Sage's column widths. Control characters (C0, DEL, C1) and the Unicode line and paragraph
+# separators are refused by a pattern, checked in pydantic-core (a Python validator for them
+# cost a third of the validation time of a batch).
+NO_CONTROL_CHARACTERS = r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029]*$"
 AccountRef = Annotated[
     str, StringConstraints(min_length=1, max_length=32, pattern=NO_CONTROL_CHARACTERS)
 ]
@@ -175,7 +234,8 @@ class PostingBatch(BaseModel):
 
     The webhook validates it in strict JSON mode: integers are JSON integers, dates are
     "YYYY-MM-DD" strings (a lax date would read a number, a spreadsheet serial say, as a Unix
-    timestamp), amounts are JSON numbers or strings.
+    timestamp), amounts are JSON numbers or strings of ASCII digits, read exactly (a number is
+    never rounded through a binary float): one that is not a whole number of cents is refused.
     """
 
     model_config = ConfigDict(extra="forbid")

@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from pydantic import ValidationError
@@ -22,7 +25,7 @@ from service.errors import (
     Unprocessable,
 )
 from service.ingest import repository
-from service.ingest.schemas import IngestResult, PostingBatch, loc_text
+from service.ingest.schemas import CENT, IngestResult, PostingBatch, loc_text
 from service.ingest.signature import SignatureRejected, SignedHeaders, Verifier
 from service.logging import get_logger
 from service.ops.metrics import BATCH_SIZE, INGEST_LATENCY, POSTINGS, WEBHOOK_DELIVERIES
@@ -203,13 +206,80 @@ def parse_batch(body: bytes, *, base_currency: str) -> PostingBatch:
                 InvalidBody, "invalid_json", f"the body is not valid JSON: {errors[0]['msg']}"
             ) from None
         raise _invalid_batch([_field_error(e) for e in errors]) from None
-    twice = _duplicate_keys(body, batch) or _duplicate_tran_numbers(batch)
-    if twice:
-        raise _invalid_batch(twice)
+    refused = (
+        inexact_numbers(body) or _duplicate_keys(body, batch) or _duplicate_tran_numbers(batch)
+    )
+    if refused:
+        raise _invalid_batch(refused)
     in_base = _base_currency_errors(batch, base_currency)
     if in_base:
         raise _invalid_batch(in_base)
     return batch
+
+
+class _NumberText(str):
+    """A JSON number as written in the body (json.loads' parse_float hook)."""
+
+
+# A number token with more than two decimals or an exponent, anywhere in the body (inside a
+# string too: a false alarm there costs only the exact look below). One scan in C; a batch
+# of plain amounts never takes the slow path.
+_SUSPECT_NUMBER = re.compile(rb"[0-9]\.[0-9]{3}|[0-9][eE]")
+_AMOUNT_FIELDS = (
+    "net_amount",
+    "tax_amount",
+    "gross_amount",
+    "outstanding",
+    "foreign_net_amount",
+    "foreign_tax_amount",
+    "foreign_gross_amount",
+    "foreign_outstanding",
+)
+_ALLOCATION_AMOUNT_FIELDS = ("amount", "foreign_amount")
+
+
+def inexact_numbers(body: bytes) -> list[dict[str, Any]]:
+    """Amounts sent as JSON numbers that are not exactly a whole number of cents.
+
+    pydantic-core reads JSON numbers as binary floats, so 1.00999999999999999999 would be
+    1.01 and 1e-400 would be 0: the body is read again, numbers as their text, when it may
+    hold such a number.
+    """
+    if _SUSPECT_NUMBER.search(body) is None:
+        return []
+    try:
+        document = json.loads(body, parse_float=_NumberText)
+    except ValueError:  # pydantic-core took it; a stricter parser here is no reason to store it
+        return [{"loc": [], "field": "body", "msg": "not plain JSON", "type": "json_invalid"}]
+    return [
+        {
+            "loc": loc,
+            "field": loc_text(tuple(loc)),
+            "msg": "must have at most 2 decimal places (JSON numbers are read as written, "
+            "not rounded)",
+            "type": "multiple_of",
+            "posting_index": loc[1],
+        }
+        for loc, value in _amounts(document)
+        if isinstance(value, _NumberText) and not _whole_cents(value)
+    ]
+
+
+def _amounts(document: Any) -> Iterator[tuple[list[Any], Any]]:
+    for i, posting in enumerate(document["postings"]):
+        for name in _AMOUNT_FIELDS:
+            yield ["postings", i, name], posting.get(name)
+        for j, allocation in enumerate(posting.get("allocations") or ()):
+            for name in _ALLOCATION_AMOUNT_FIELDS:
+                yield ["postings", i, "allocations", j, name], allocation.get(name)
+
+
+def _whole_cents(text: str) -> bool:
+    try:
+        amount = Decimal(text)
+        return amount == amount.quantize(CENT)
+    except InvalidOperation:  # more digits than any amount has
+        return False
 
 
 def _invalid_batch(errors: list[dict[str, Any]]) -> ServiceError:
@@ -226,7 +296,7 @@ def _invalid_batch(errors: list[dict[str, Any]]) -> ServiceError:
 
 
 _FRIENDLIER = {
-    "string_pattern_mismatch": "must not contain control characters",
+    "string_pattern_mismatch": "must not contain control characters or line separators",
     "multiple_of": "must have at most 2 decimal places",
 }
 

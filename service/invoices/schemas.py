@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Annotated, Literal
 
@@ -34,10 +34,27 @@ def storable(value: str) -> str:
 
 
 Text = Annotated[str, AfterValidator(storable)]
-Status = Annotated[Text, StringConstraints(min_length=1, max_length=64)]
-InvoiceNumber = Annotated[Text, StringConstraints(min_length=1, max_length=30)]
-AccountRef = Annotated[Text, StringConstraints(min_length=1, max_length=32)]
-Reason = Annotated[Text, StringConstraints(max_length=1000)]
+
+
+def in_utc(value: datetime) -> datetime:
+    """The same instant in UTC (no offset means UTC), refused when UTC has no such year: a
+    date at the edge of the calendar with an offset (9999-12-31T23:59:59-12:00) is past it."""
+    try:
+        return value.astimezone(UTC) if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    except OverflowError:
+        raise ValueError("is outside years 1 to 9999 once converted to UTC") from None
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(in_utc)]
+# Lengths first: checked on the string, they are counted (and reported) in characters.
+Status = Annotated[str, StringConstraints(min_length=1, max_length=64), AfterValidator(storable)]
+InvoiceNumber = Annotated[
+    str, StringConstraints(min_length=1, max_length=30), AfterValidator(storable)
+]
+AccountRef = Annotated[
+    str, StringConstraints(min_length=1, max_length=32), AfterValidator(storable)
+]
+Reason = Annotated[str, StringConstraints(max_length=1000), AfterValidator(storable)]
 Outcome = Literal["updated", "unchanged", "skipped", "skipped_protected", "not_found"]
 JobStatus = Literal["queued", "running", "succeeded", "failed"]
 
@@ -179,7 +196,7 @@ class InvoiceFilter(BaseModel):
     mismatch: bool | None = Field(
         default=None, description="true: Sage's own outstanding disagrees with the allocations"
     )
-    updated_since: datetime | None = Field(
+    updated_since: UtcDatetime | None = Field(
         default=None, description="Changed at or after (ISO 8601; UTC if no offset)"
     )
 

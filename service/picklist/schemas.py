@@ -14,8 +14,8 @@ MAX_VALUES = 500
 def _clean_label(value: str) -> str:
     if value != value.strip():
         raise ValueError("must not start or end with whitespace")
-    if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in value):
-        raise ValueError("must not contain control characters or lone surrogates")
+    if any(unicodedata.category(ch) in ("Cc", "Cs", "Zl", "Zp") for ch in value):
+        raise ValueError("must not contain control characters, line separators or lone surrogates")
     return value
 
 

@@ -209,6 +209,23 @@ async def test_bad_query_values_are_422(client: httpx.AsyncClient, query: str) -
     assert response.status_code == 422
 
 
+@pytest.mark.parametrize("moment", ["9999-12-31T23:59:59-12:00", "0001-01-01T00:00:00%2B01:00"])
+async def test_updated_since_past_the_calendar_in_utc_is_422_naming_it(
+    client: httpx.AsyncClient, moment: str
+) -> None:
+    response = await client.get(f"/v1/invoices?updated_since={moment}", headers=auth(READ_KEY))
+    assert response.status_code == 422, response.text
+    assert response.json()["errors"][0]["loc"] == ["query", "updated_since"]
+    assert "UTC" in response.json()["detail"]
+
+
+async def test_updated_since_at_the_edges_of_the_calendar_in_utc_is_a_filter(
+    client: httpx.AsyncClient,
+) -> None:
+    assert await _numbers(client, "updated_since=9999-12-31T23:59:59Z") == []
+    assert await _numbers(client, "updated_since=0001-01-01T00:00:00-01:00") == []
+
+
 @pytest.mark.usefixtures("mixed")
 async def test_hostile_filter_values_are_only_values(
     client: httpx.AsyncClient, engine: AsyncEngine

@@ -80,6 +80,23 @@ async def test_passing_database_trouble_is_a_503_to_retry(failing: Any, error: E
     assert "retry" in response.json()["detail"]
 
 
+@pytest.mark.parametrize(
+    "error",
+    [RETRYABLE["lock table full"], RETRYABLE["too many connections"]],
+    ids=["lock table full", "too many connections"],
+)
+async def test_an_exhausted_database_is_not_called_unreachable(
+    failing: Any, error: Exception
+) -> None:
+    client, fail_with = failing
+    fail_with(error)
+    response = await client.get(PATH, headers=auth(READ_KEY))
+    assert response.status_code == 503
+    detail = response.json()["detail"]
+    assert "not reachable" not in detail
+    assert "short of a resource" in detail
+
+
 @pytest.mark.parametrize("error", CLIENTS_TEXT.values(), ids=CLIENTS_TEXT.keys())
 async def test_text_the_database_cannot_hold_is_the_clients_422(
     failing: Any, error: Exception

@@ -253,6 +253,12 @@ async def test_slow_clients_do_not_hold_up_the_others(small_app: FastAPI) -> Non
                         writer.write(b" ")
 
         trickling = asyncio.create_task(keep_trickling())
+        # Each 408 is read as soon as it comes: once the server has closed, the next trickled
+        # byte fails (EPIPE) and a reader not yet waiting would lose what was buffered.
+        replies = [
+            asyncio.create_task(asyncio.wait_for(reader.read(65536), timeout=TIMEOUT * 10))
+            for reader, _ in body_tricklers
+        ]
         try:
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
                 answers = await asyncio.gather(
@@ -263,14 +269,18 @@ async def test_slow_clients_do_not_hold_up_the_others(small_app: FastAPI) -> Non
                     ],
                 )
             assert [a.status_code for a in answers] == [200] * 40
-            for reader, _ in body_tricklers:
+            for reply in replies:
                 # The 408, then the end of the connection, while the client is still sending.
-                answer = await asyncio.wait_for(reader.read(), timeout=TIMEOUT * 10)
+                answer = await reply
                 assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
                 assert b"connection: close" in answer.lower()
         finally:
             trickling.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await trickling
+            for reply in replies:
+                reply.cancel()
+                with contextlib.suppress(BaseException):
+                    await reply
             for _, writer in header_tricklers + body_tricklers:
                 writer.close()

@@ -1,0 +1,127 @@
+"""Amounts are exact: a JSON number is read as written (never rounded through a binary
+float), a JSON string only as plain ASCII digits; anything else is a 422 naming the field."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import httpx
+import orjson
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tests.ingest.factories import WEBHOOK, si, sr
+from tests.support.webhooks import signed_request
+
+PLACEHOLDER = "__amount__"
+
+
+def _body(raw_amount: str, *, field: str = "net_amount") -> bytes:
+    """A batch whose `field` holds `raw_amount` verbatim (a JSON token, not a Python value)."""
+    invoice = si(1001, "INV-1")
+    receipt = sr(1002, (1001, "10.00"))
+    if field == "amount":
+        receipt["allocations"][0]["amount"] = PLACEHOLDER
+    else:
+        invoice[field] = PLACEHOLDER
+    body = orjson.dumps({"source": "tests", "postings": [invoice, receipt]})
+    return body.replace(f'"{PLACEHOLDER}"'.encode(), raw_amount.encode())
+
+
+async def _post(client: httpx.AsyncClient, body: bytes) -> httpx.Response:
+    content, headers = signed_request(body)
+    return await client.post(WEBHOOK, content=content, headers=headers)
+
+
+async def _stored(engine: AsyncEngine, sql: str) -> object:
+    async with engine.connect() as conn:
+        return (await conn.execute(sa.text(sql))).scalar()
+
+
+@pytest.mark.parametrize(
+    ("raw", "field"),
+    [
+        ("1.00999999999999999999", "net_amount"),
+        ("100.0000000000000001", "gross_amount"),
+        ("1e-400", "tax_amount"),
+        ("0.001", "outstanding"),
+        ("10.000000000000000001", "amount"),
+        ('"1_000"', "net_amount"),
+        ('" 100.00"', "net_amount"),
+        ('"100.00 "', "net_amount"),
+        ('"\u0661\u0660\u0660"', "net_amount"),
+        ('"\uff11\uff10"', "net_amount"),
+        ('"1e2"', "net_amount"),
+        ('"+5"', "net_amount"),
+        ('"0x10"', "net_amount"),
+    ],
+)
+async def test_an_amount_that_is_not_exactly_cents_is_a_422_naming_it(
+    client: httpx.AsyncClient, engine: AsyncEngine, raw: str, field: str
+) -> None:
+    response = await _post(client, _body(raw, field=field))
+    assert response.status_code == 422, response.text
+    fields = [e["field"] for e in response.json()["errors"]]
+    expected = "postings[1].allocations[0].amount" if field == "amount" else f"postings[0].{field}"
+    assert fields == [expected]
+    assert await _stored(engine, "SELECT count(*) FROM postings") == 0
+    assert await _stored(engine, "SELECT count(*) FROM webhook_deliveries") == 0
+
+
+@pytest.mark.parametrize(
+    ("raw", "stored"),
+    [
+        ("120", "120.00"),
+        ("0.07", "0.07"),
+        ("999999999999.99", "999999999999.99"),
+        ("1.2e2", "120.00"),
+        ("100.000", "100.00"),
+        ('"0.07"', "0.07"),
+        ('"120.5"', "120.50"),
+    ],
+)
+async def test_exact_amounts_as_numbers_or_strings_are_stored_as_sent(
+    client: httpx.AsyncClient, engine: AsyncEngine, raw: str, stored: str
+) -> None:
+    response = await _post(client, _body(raw))
+    assert response.status_code == 202, response.text
+    net = await _stored(engine, "SELECT net_amount FROM postings WHERE tran_number = 1001")
+    assert net == Decimal(stored)
+
+
+async def test_a_string_that_only_looks_like_a_long_number_is_not_an_amount_error(
+    client: httpx.AsyncClient,
+) -> None:
+    invoice = si(1001, "INV-1", details="v1.2345 and 6E7")
+    content, headers = signed_request({"source": "tests", "postings": [invoice]})
+    response = await client.post(WEBHOOK, content=content, headers=headers)
+    assert response.status_code == 202, response.text
+
+
+async def test_foreign_amounts_are_exact_too(
+    client: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    """The currency fields go through the same exactness check as the base amounts."""
+    invoice = si(1001, "INV-1")
+    invoice.update(
+        currency="USD",
+        exchange_rate="1.25",
+        foreign_net_amount="__net__",
+        foreign_tax_amount="25.00",
+        foreign_gross_amount="150.00",
+    )
+    receipt = sr(1002, (1001, "10.00"))
+    receipt.update(currency="USD", foreign_net_amount="12.50", foreign_gross_amount="12.50")
+    receipt["allocations"][0]["foreign_amount"] = "__paid__"
+    body = orjson.dumps({"source": "tests", "postings": [invoice, receipt]})
+    body = body.replace(b'"__net__"', b"125.000000000000000001").replace(
+        b'"__paid__"', b"12.5000000000000000001"
+    )
+    response = await _post(client, body)
+    assert response.status_code == 422, response.text
+    assert [e["field"] for e in response.json()["errors"]] == [
+        "postings[0].foreign_net_amount",
+        "postings[1].allocations[0].foreign_amount",
+    ]
+    assert await _stored(engine, "SELECT count(*) FROM postings") == 0
