@@ -2,7 +2,8 @@
 invoices) and reconciliation (write-off SCs are not credits; revaluation SCs are neither).
 
 Write-offs follow the write-off wizard's output: the nominal code is the reliable signal,
-details/reference text is the fallback (README, "Writing off invoices").
+details/reference text is the fallback (docs/ARCHITECTURE.md, "What a write-off looks like
+in Sage").
 
 Revaluations follow Sage's knowledge base, "Foreign Trader - posting foreign currency
 transactions" (gb-kb.sage.com, k2dockey 211021152642110): when an invoice and a receipt at

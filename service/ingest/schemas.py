@@ -1,4 +1,4 @@
-"""The webhook's wire format (DESIGN.md "Ingest"): what the Sage exporter sends."""
+"""The webhook's wire format (docs/API.md, "The webhook"): what the Sage exporter sends."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Invoice rules: reading, a person's edit, and the Global Update (bulk status) with its jobs.
 
-Decisions (also in docs/readme/invoices.md):
+Decisions (also in docs/FINANCE.md, "Writing off with the API"):
 - Protected = status in settings.protected_statuses. Moving an invoice from a protected to an
   unprotected status releases it: it is marked dirty, so reconciliation recomputes it.
 - The Global Update never changes a protected invoice unless current_status_in names its

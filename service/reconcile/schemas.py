@@ -1,4 +1,4 @@
-"""Sync runs and reconciliation reports on the wire (DESIGN.md "Sync runs", "Reports")."""
+"""Sync runs and reconciliation reports on the wire (docs/API.md, "Sync runs", "Reports")."""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """Reconciliation: dirty batches for the worker, requested sync runs, reports, readiness.
 
 The rules themselves are one SQL statement (repository.apply_batch); this module decides
-what to run, in which transaction, and what to count. See docs/readme/reconcile.md.
+what to run, in which transaction, and what to count. See docs/ARCHITECTURE.md,
+"Reconciliation".
 """
 
 from __future__ import annotations

@@ -17,7 +17,8 @@ from service.reconcile import service
 from service.settings import Settings
 
 DAY = dt.date(2026, 10, 1)
-# What the write-off wizard puts on its credit notes (DOMAIN.md).
+# What the write-off wizard puts on its credit notes (docs/ARCHITECTURE.md, "What a write-off
+# looks like in Sage").
 WO: dict[str, Any] = {"nominal": "8100", "details": "Bad Debt Write Off"}
 
 

@@ -1,5 +1,5 @@
-"""A small plain-Python model of the reconciliation rules, written from the README
-("Reconciliation: the rules") and docs/CURRENCY.md, independent of the SQL engine.
+"""A small plain-Python model of the reconciliation rules, written from docs/FINANCE.md
+("How the figures are worked out") and docs/CURRENCY.md, independent of the SQL engine.
 
 The property test feeds both the same postings and compares every figure: this is our guard
 for money. Keep it naive and obviously right; speed does not matter here.

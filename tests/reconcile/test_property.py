@@ -1,5 +1,5 @@
 """Property: for random postings and allocations, the SQL engine agrees with the plain-Python
-model of DESIGN.md's rules (tests/reconcile/model.py), figure for figure, in both modes, with
+model of the rules (tests/reconcile/model.py), figure for figure, in both modes, with
 protected invoices, missing picklist labels, edits and deletions, in the base currency and in
 a foreign one (with Sage's revaluations). Our guard for money."""
 

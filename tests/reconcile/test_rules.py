@@ -1,4 +1,5 @@
-"""Each reconciliation rule with realistic Sage postings (DOMAIN.md), loaded through ingestion
+"""Each reconciliation rule with realistic Sage postings (docs/ARCHITECTURE.md,
+"Sage 50 data model"), loaded through ingestion
 and reconciled by the worker's code path."""
 
 from __future__ import annotations
