@@ -19,7 +19,14 @@ from ledgerlink_exporter.odbc_source import connect, connection_string, literal,
 from ledgerlink_exporter.push import plan_push, run_push
 from ledgerlink_exporter.sage import ExportFileError, SageExport
 
-from tests.exporter.ledger import FIXTURE_LEDGER, live_views, mismatched, sync_and_read
+from tests.exporter.ledger import (
+    FIXTURE_BASE,
+    FIXTURE_LEDGER,
+    base_views,
+    live_views,
+    mismatched,
+    sync_and_read,
+)
 from tests.exporter.odbc_company import connection_string as sqlite_dsn
 from tests.exporter.odbc_company import create_company, insert_rows, odbc_or_skip
 from tests.exporter.sage_files import FILES
@@ -32,17 +39,19 @@ def company(tmp_path: Path) -> Path:
     return create_company(tmp_path / "sage.db")
 
 
-def read(company: Path, since: dt.datetime | None = None) -> SageExport:
+def read(company: Path, since: dt.datetime | None = None, *, history: bool = False) -> SageExport:
     connection = connect(sqlite_dsn(company))
     try:
-        return read_odbc(connection, since)
+        return read_odbc(connection, since, history=history)
     finally:
         connection.close()
 
 
-def test_odbc_rows_give_the_same_postings_as_the_csv_files(company: Path) -> None:
-    odbc, csv = read(company), read_export(*FILES)
+@pytest.mark.parametrize("history", [False, True])
+def test_odbc_rows_give_the_same_postings_as_the_csv_files(company: Path, history: bool) -> None:
+    odbc, csv = read(company, history=history), read_export(*FILES, history=history)
     assert odbc.postings == csv.postings
+    assert odbc.from_history == csv.from_history == (4 if history else 0)
     assert odbc.revisions == csv.revisions
     assert (odbc.skipped_types, odbc.unlinked_allocations) == (
         csv.skipped_types,
@@ -53,12 +62,13 @@ def test_odbc_rows_give_the_same_postings_as_the_csv_files(company: Path) -> Non
 async def test_pushed_over_odbc_the_company_reconciles_to_its_ledger(
     company: Path, client: httpx.AsyncClient
 ) -> None:
-    plan = plan_push(read(company), None, batch_size=500, lookback=dt.timedelta(0))
+    plan = plan_push(read(company, history=True), None, batch_size=500, lookback=dt.timedelta(0))
     sender = WebhookClient(client, str(client.base_url), Signer.from_secret(TEST_SECRET))
     report = await run_push(plan, sender.deliver)
     assert report.error is None
     invoices = await sync_and_read(client)
     assert live_views(invoices) == FIXTURE_LEDGER
+    assert base_views(invoices) == FIXTURE_BASE
     assert mismatched(invoices) == []
 
 
@@ -113,7 +123,7 @@ def test_push_dsn_through_the_command(company: Path) -> None:
         ["push", "--url", "http://ledgerlink.test", "--dsn", sqlite_dsn(company), "--dry-run"],
     )
     assert result.exit_code == 0, result.output
-    assert "would send 22 postings in 1 batch" in result.stdout
+    assert "would send 33 postings in 1 batch" in result.stdout
 
 
 def test_an_unknown_dsn_is_one_line_and_exit_2() -> None:

@@ -193,8 +193,9 @@ Source = Callable[[PushState, dt.timedelta, bool], SageExport]
 
 
 def first_load(state: PushState) -> bool:
-    """Nothing acknowledged yet (no --state, or a new state file): read the cleared years."""
-    return state.high_water is None and not state.acknowledged
+    """No complete push yet (no --state, a new state file, or an interrupted first push):
+    read the cleared years too."""
+    return state.high_water is None
 
 
 @dataclass(frozen=True)
