@@ -158,7 +158,9 @@ def _write_and_read(company: DemoCompany, directory: Path) -> list[SageExport]:
             raise InputError(
                 f"cannot write the demo files to {directory}: {exc.strerror}"
             ) from None
-        exports.append(read_export(*paths))
+        # The first push is a first load: it reads the cleared year too; the later one reads
+        # the live tables only, as a scheduled push with a state file does.
+        exports.append(read_export(*paths, history=index == 1))
     return exports
 
 
