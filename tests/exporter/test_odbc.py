@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import sqlite3
+from decimal import Decimal
 from pathlib import Path
 
 import httpx
@@ -16,8 +17,9 @@ from ledgerlink_exporter.cli import app
 from ledgerlink_exporter.client import Signer, WebhookClient
 from ledgerlink_exporter.csv_source import read_export
 from ledgerlink_exporter.odbc_source import connect, connection_string, literal, read_odbc
-from ledgerlink_exporter.push import plan_push, run_push
+from ledgerlink_exporter.push import content_hash, plan_push, run_push
 from ledgerlink_exporter.sage import ExportFileError, SageExport
+from ledgerlink_exporter.state import PushState, StateFile
 
 from tests.exporter.ledger import (
     FIXTURE_BASE,
@@ -163,3 +165,52 @@ def test_literals_are_quoted_for_a_driver_without_parameters(
     value: int | str | dt.datetime, sql: str
 ) -> None:
     assert literal(value) == sql
+
+
+def test_an_incremental_read_keeps_the_currency(company: Path) -> None:
+    with sqlite3.connect(company) as db:
+        db.execute(
+            "UPDATE AUDIT_USAGE SET RECORD_MODIFY_DATE = '2025-04-02 09:00:00' "
+            "WHERE USAGE_NUMBER = 22"
+        )
+    changed = read(company, dt.datetime(2025, 4, 1))
+    assert [p.tran_number for p in changed.postings] == [30, 31]
+    whole = {p.tran_number: p for p in read(company).postings}
+    assert list(changed.postings) == [whole[30], whole[31]]
+    assert changed.postings[1].allocations[0].foreign_amount == Decimal("500.00")
+
+
+def test_a_company_without_history_tables_is_read_without_them(tmp_path: Path) -> None:
+    odbc_or_skip()
+    company = create_company(tmp_path / "sage.db", history=False)
+    export = read(company, history=True)
+    assert export.postings == read_export(*FILES).postings
+    assert export.from_history == 0
+
+
+def test_push_dsn_reads_history_on_a_first_load_or_when_asked(
+    company: Path, tmp_path: Path
+) -> None:
+    live = read(company)
+    state = tmp_path / "state.json"
+
+    def dry_run(*args: str) -> str:
+        result = CliRunner().invoke(
+            app,
+            [
+                *("push", "--url", "http://ledgerlink.test", "--dsn", sqlite_dsn(company)),
+                *("--dry-run", "--state", str(state), *args),
+            ],
+        )
+        assert result.exit_code == 0, result.output
+        return result.stdout
+
+    assert "would send 33 postings" in dry_run(), "a new state file: a first load"
+    StateFile(state).save(
+        PushState(
+            high_water=max(r for r in live.revisions.values() if r is not None),
+            acknowledged={p.tran_number: content_hash(p) for p in live.postings},
+        )
+    )
+    assert "would send 0 postings" in dry_run()
+    assert "would send 4 postings" in dry_run("--history")
