@@ -10,6 +10,10 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from ledgerlink_exporter.push import content_hash
+from ledgerlink_exporter.sage import SageExport
+from ledgerlink_exporter.state import PushState, StateFile
+
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "sage"
 HEADER = FIXTURES / "AUDIT_HEADER.csv"
 SPLIT = FIXTURES / "AUDIT_SPLIT.csv"
@@ -56,3 +60,14 @@ def altered(
         paths.append(write_rows(tmp_path / source.name, rows, columns))
     header, split, usage = paths
     return header, split, usage
+
+
+def save_complete_push(path: Path, export: SageExport) -> None:
+    """A state file as a push of `export` leaves it once complete: every posting acknowledged,
+    the high-water mark at its latest modify date."""
+    StateFile(path).save(
+        PushState(
+            high_water=max(r for r in export.revisions.values() if r is not None),
+            acknowledged={p.tran_number: content_hash(p) for p in export.postings},
+        )
+    )

@@ -14,7 +14,6 @@ from ledgerlink_exporter.cli import app
 from ledgerlink_exporter.csv_source import read_export
 from ledgerlink_exporter.push import canonical_json, content_hash
 from ledgerlink_exporter.sage import ExportFileError, Posting, SageExport
-from ledgerlink_exporter.state import PushState, StateFile
 
 from tests.exporter.sage_files import (
     FILES,
@@ -22,6 +21,7 @@ from tests.exporter.sage_files import (
     Rows,
     altered,
     read_rows,
+    save_complete_push,
     write_rows,
 )
 from tests.exporter.test_sage import CUSTOMER_TRANS, HISTORY_TRANS
@@ -253,12 +253,7 @@ def test_after_a_complete_push_history_is_read_only_with_the_history_option(
 ) -> None:
     live = read_export(*FILES)
     state = tmp_path / "state.json"
-    StateFile(state).save(
-        PushState(
-            high_water=max(r for r in live.revisions.values() if r is not None),
-            acknowledged={p.tran_number: content_hash(p) for p in live.postings},
-        )
-    )
+    save_complete_push(state, live)
     assert "would send 0 postings" in dry_run("--state", str(state))
     out = dry_run("--state", str(state), "--history")
     assert "would send 4 postings in 1 batch" in out

@@ -60,8 +60,10 @@ def figures_under_default_rules(export: SageExport) -> dict[str, tuple[Figures, 
         if is_revaluation(posting):
             kind = "exchange_adjustment"
         for a in posting.allocations:
-            own = a.amount if a.foreign_amount is None or kind == "exchange_adjustment" else None
-            settled[a.invoice_tran_number][kind] += own if own is not None else a.foreign_amount
+            # In the invoice's own currency, but a revaluation moves pounds only.
+            pounds = a.foreign_amount is None or kind == "exchange_adjustment"
+            amount = a.amount if pounds or a.foreign_amount is None else a.foreign_amount
+            settled[a.invoice_tran_number][kind] += amount
     labels = {}
     for tran, invoice in invoices.items():
         amounts = settled[tran]

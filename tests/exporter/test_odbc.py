@@ -17,9 +17,8 @@ from ledgerlink_exporter.cli import app
 from ledgerlink_exporter.client import Signer, WebhookClient
 from ledgerlink_exporter.csv_source import read_export
 from ledgerlink_exporter.odbc_source import connect, connection_string, literal, read_odbc
-from ledgerlink_exporter.push import content_hash, plan_push, run_push
+from ledgerlink_exporter.push import plan_push, run_push
 from ledgerlink_exporter.sage import ExportFileError, SageExport
-from ledgerlink_exporter.state import PushState, StateFile
 
 from tests.exporter.ledger import (
     FIXTURE_BASE,
@@ -31,7 +30,7 @@ from tests.exporter.ledger import (
 )
 from tests.exporter.odbc_company import connection_string as sqlite_dsn
 from tests.exporter.odbc_company import create_company, insert_rows, odbc_or_skip
-from tests.exporter.sage_files import FILES
+from tests.exporter.sage_files import FILES, save_complete_push
 from tests.support.webhooks import TEST_SECRET
 
 
@@ -206,11 +205,6 @@ def test_push_dsn_reads_history_on_a_first_load_or_when_asked(
         return result.stdout
 
     assert "would send 33 postings" in dry_run(), "a new state file: a first load"
-    StateFile(state).save(
-        PushState(
-            high_water=max(r for r in live.revisions.values() if r is not None),
-            acknowledged={p.tran_number: content_hash(p) for p in live.postings},
-        )
-    )
+    save_complete_push(state, live)
     assert "would send 0 postings" in dry_run()
     assert "would send 4 postings" in dry_run("--history")

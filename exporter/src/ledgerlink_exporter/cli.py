@@ -133,7 +133,9 @@ def push(
     """Push Sage 50 audit-trail postings to ledgerlink as signed batches.
 
     Read from Sage over ODBC (--dsn) or from the three audit-trail tables exported as CSV:
-    AUDIT_HEADER.csv AUDIT_SPLIT.csv AUDIT_USAGE.csv.
+    AUDIT_HEADER.csv AUDIT_SPLIT.csv AUDIT_USAGE.csv (CURRENCY.csv and the AUDIT_HISTORY_*.csv
+    files are read from the same folder when present). A first load also reads the cleared
+    years (AUDIT_HISTORY_*).
     """
     try:
         job = _PushJob(
