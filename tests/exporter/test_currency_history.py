@@ -259,3 +259,29 @@ def test_after_a_complete_push_history_is_read_only_with_the_history_option(
     assert "would send 4 postings in 1 batch" in out
     assert "Cleared years: 4 postings read from AUDIT_HISTORY_*" in out
     assert "would send 33 postings" in dry_run(), "without a state file every push is a first load"
+
+
+@pytest.mark.parametrize(
+    ("rate", "sent"),
+    [("1.28", "1.28"), ("1.2345678901234", "1.2345678901"), ("0", None), ("", None)],
+)
+def test_the_rate_is_sent_as_the_service_stores_it(
+    tmp_path: Path, rate: str, sent: str | None
+) -> None:
+    def set_rate(table: str, rows: Rows) -> None:
+        if table == "AUDIT_HEADER":
+            rows[26]["FOREIGN_RATE"] = rate
+
+    wire = by_tran(read_export(*altered(tmp_path, set_rate)))[30].to_wire()
+    assert wire.get("exchange_rate") == sent
+
+
+@pytest.mark.parametrize("rate", ["NaN", "Infinity", "fast", "1e12"])
+def test_a_rate_that_is_no_rate_is_named(tmp_path: Path, rate: str) -> None:
+    def set_rate(table: str, rows: Rows) -> None:
+        if table == "AUDIT_HEADER":
+            rows[26]["FOREIGN_RATE"] = rate
+
+    with pytest.raises(ExportFileError) as caught:
+        read_export(*altered(tmp_path, set_rate))
+    assert (caught.value.row, caught.value.column) == (28, "FOREIGN_RATE")

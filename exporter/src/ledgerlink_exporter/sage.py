@@ -321,14 +321,13 @@ class Row:
         if not text:
             return None
         try:
-            rate = abs(Decimal(text)).quantize(_RATE_PLACES, rounding=ROUND_HALF_UP)
+            rate = abs(Decimal(text))
+            if rate.is_finite() and rate <= _MAX_RATE:
+                rate = rate.quantize(_RATE_PLACES, rounding=ROUND_HALF_UP)
+                return None if rate.is_zero() else rate
         except InvalidOperation:
-            rate = Decimal(-1)
-        if rate.is_zero():
-            return None
-        if not Decimal(0) < rate <= _MAX_RATE:
-            raise self.error(column, f"bad exchange rate '{text}', expected a number like 1.25")
-        return rate
+            pass
+        raise self.error(column, f"bad exchange rate '{text}', expected a number like 1.25")
 
     def count(self, column: str) -> int:
         """A whole number that may be 0; empty reads as 0."""
@@ -527,10 +526,12 @@ def _currency_code(row: Row, currencies: Mapping[int, Currency] | None) -> str |
         return None if currency.base else currency.code
     if number == 0 or (number == 1 and not currencies):
         return None
-    hint = "is not in the CURRENCY table" if currencies else "needs the CURRENCY table to name it"
+    if currencies:
+        raise row.error("CURRENCY", f"currency {number} is not in the CURRENCY table")
     raise row.error(
         "CURRENCY",
-        f"currency {number} {hint}: export CURRENCY (CURRENCY.csv beside AUDIT_HEADER.csv)",
+        f"currency {number} needs the CURRENCY table to name it: "
+        "export it as CURRENCY.csv beside AUDIT_HEADER.csv",
     )
 
 
