@@ -107,7 +107,10 @@ def demo(
         company = generate_company(customers=customers, seed=seed)
         directory = out if out is not None else data_dir / "demo"
         exports = _write_and_read(company, directory)
-        log(f"Wrote the demo company ({customers} customers, seed {seed}) to {directory}")
+        log(
+            f"Wrote the demo company ({customers} customers and one in US dollars, seed {seed}) "
+            f"to {directory}"
+        )
         asyncio.run(_run_demo(company, exports, target, signer, key, console))
     except (ExportFileError, InputError) as exc:
         fail(str(exc), 2)
@@ -214,7 +217,16 @@ def status_table(invoices: Sequence[Mapping[str, Any]], intended: Mapping[str, s
 
 def example_table(invoices: Sequence[Mapping[str, Any]], intended: Mapping[str, str]) -> Table:
     table = Table(title="One example per status")
-    for column in ("Invoice", "Account", "Gross", "Outstanding", "Status", "Derived", "Protected"):
+    for column in (
+        "Invoice",
+        "Account",
+        "Currency",
+        "Gross",
+        "Outstanding",
+        "Status",
+        "Derived",
+        "Protected",
+    ):
         table.add_column(column)
     seen: set[str] = set()
     for item in sorted(invoices, key=lambda i: str(i.get("invoice_number"))):
@@ -228,6 +240,7 @@ def example_table(invoices: Sequence[Mapping[str, Any]], intended: Mapping[str, 
                 for name in (
                     "invoice_number",
                     "account_ref",
+                    "currency",
                     "gross",
                     "outstanding",
                     "status",
