@@ -4,6 +4,8 @@ history tables merge with the live ones."""
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -12,8 +14,9 @@ import pytest
 from click.testing import CliRunner
 from ledgerlink_exporter.cli import app
 from ledgerlink_exporter.csv_source import read_export
-from ledgerlink_exporter.push import canonical_json, content_hash
+from ledgerlink_exporter.push import canonical_json, content_hash, plan_push
 from ledgerlink_exporter.sage import ExportFileError, Posting, SageExport
+from ledgerlink_exporter.state import PushState
 
 from tests.exporter.sage_files import (
     FILES,
@@ -285,3 +288,17 @@ def test_a_rate_that_is_no_rate_is_named(tmp_path: Path, rate: str) -> None:
     with pytest.raises(ExportFileError) as caught:
         read_export(*altered(tmp_path, set_rate))
     assert (caught.value.row, caught.value.column) == (28, "FOREIGN_RATE")
+
+
+def test_history_resends_what_an_older_exporter_sent_in_pounds(export: SageExport) -> None:
+    """State left by an exporter that ignored the currency columns: the dollar postings'
+    hashes differ, but they are outside the look-back window. Only a push with --history
+    (whole) sends them again; base-currency postings stay unchanged."""
+    live = read_export(*FILES)
+    old = {p.tran_number: content_hash(dataclasses.replace(p, foreign=None)) for p in live.postings}
+    state = PushState(high_water=dt.datetime(2025, 6, 1), acknowledged=old)
+    window = dt.timedelta(hours=48)
+    scheduled = plan_push(live, state, batch_size=500, lookback=window)
+    assert scheduled.postings == 0
+    upgrade = plan_push(live, state, batch_size=500, lookback=window, whole=True)
+    assert {t for b in upgrade.batches for t in b.tran_numbers} == FOREIGN_TRANS
