@@ -2,8 +2,10 @@
 generated Sage company (Sage's own numbering, multi-line invoices and receipts, mirrored and
 zeroed usage rows) to a running `ledgerlink serve`, whose worker reconciles it; every invoice
 must end with the status its scenario intends (write-offs told apart from payments) and the
-paid / discounted / written-off / credited / outstanding figures the demo's ledger holds, with
-no mismatch against Sage's OUTSTANDING."""
+paid / discounted / written-off / credited / outstanding figures the demo's ledger holds, in
+the invoice's currency (its US-dollar customer's in dollars, Sage's revaluation an exchange
+adjustment, not a credit), with no mismatch against Sage's OUTSTANDING in either currency.
+The cleared year, pushed only by the first (first-load) export, stays after the second."""
 
 from __future__ import annotations
 
@@ -68,7 +70,8 @@ async def test_demo_company_ends_with_the_intended_statuses(
             await conn.execute(
                 sa.text(
                     "SELECT invoice_number, status, deleted, mismatch, gross, paid, discounted,"
-                    " written_off, credited, outstanding FROM invoices ORDER BY 1"
+                    " written_off, credited, outstanding, coalesce(currency, 'GBP') AS currency,"
+                    " exchange_adjustment FROM invoices ORDER BY 1"
                 )
             )
         ).all()
@@ -80,6 +83,8 @@ async def test_demo_company_ends_with_the_intended_statuses(
         ).scalar_one()
     live = [row for row in rows if not row.deleted]
     assert {row.invoice_number: row.status for row in live} == intended
+    assert set(company.cleared_invoices) <= {row.invoice_number for row in live}
+    assert {row.currency for row in live} == {"GBP", "USD"}
     assert [row.invoice_number for row in live if row.mismatch] == []
     expected = {
         invoice.invoice_number: (
@@ -89,6 +94,8 @@ async def test_demo_company_ends_with_the_intended_statuses(
             f.written_off,
             f.credited,
             f.outstanding,
+            f.currency,
+            f.exchange_adjustment,
         )
         for invoice in company.invoices
         for f in [invoice.figures]
@@ -101,6 +108,8 @@ async def test_demo_company_ends_with_the_intended_statuses(
             row.written_off,
             row.credited,
             row.outstanding,
+            row.currency,
+            row.exchange_adjustment,
         )
         for row in live
     }

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.exporter.sage_files import HEADER, SPLIT, USAGE, read_rows
+from tests.exporter.sage_files import CURRENCY, FILES, HISTORY_FILES, read_rows
 
 DRIVER = "SQLite3"
 
@@ -24,12 +24,19 @@ COLUMN_TYPES = {
     "USAGE_NUMBER": "INTEGER",
     "SPLIT_CROSSREF": "INTEGER",
     "CURRENCY": "TINYINT",
+    "NUMBER": "SMALLINT",
+    "BASE_CURRENCY": "SMALLINT",
+    "EMU_MEMBER": "SMALLINT",
+    "REVAL_TRANSACTION_FLAG": "SMALLINT",
+    "CATE_ID": "INTEGER",
+    "RECORD_DELETED": "TINYINT",
     "DELETED_FLAG": "SMALLINT",
     "DATE": "DATE",
     "DUE_DATE": "DATE",
     "RECORD_MODIFY_DATE": "TIMESTAMP",
+    "RECORD_CREATE_DATE": "TIMESTAMP",
 }
-DOUBLES = ("AMOUNT", "OUTSTANDING")
+DOUBLES = ("AMOUNT", "OUTSTANDING", "RATE")
 
 
 def odbc_or_skip() -> None:
@@ -66,10 +73,11 @@ def _value(column: str, text: str) -> object:
     return text
 
 
-def create_company(path: Path) -> Path:
-    """The CSV fixture company as a database with AUDIT_HEADER, AUDIT_SPLIT, AUDIT_USAGE."""
+def create_company(path: Path, *, history: bool = True) -> Path:
+    """The CSV fixture company as a database with AUDIT_HEADER, AUDIT_SPLIT, AUDIT_USAGE,
+    CURRENCY and (with `history`) the cleared year's AUDIT_HISTORY_* tables."""
     with sqlite3.connect(path) as db:
-        for source in (HEADER, SPLIT, USAGE):
+        for source in (*FILES, CURRENCY, *(HISTORY_FILES if history else ())):
             rows = read_rows(source)
             columns = list(rows[0])
             declared = ", ".join(f"{column} {_type(column)}" for column in columns)

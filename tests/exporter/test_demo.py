@@ -24,7 +24,13 @@ def company() -> DemoCompany:
 
 
 def read_back(company: DemoCompany, index: int, directory: Path) -> SageExport:
-    return read_export(*write_export(company.exports[index], directory / f"export-{index}"))
+    paths = write_export(company.exports[index], directory / f"export-{index}")
+    return read_export(*paths, history=True)
+
+
+def is_revaluation(posting: Posting) -> bool:
+    """The defaults of LEDGERLINK_EXCHANGE_VARIANCE_NOMINALS, REVAL, "Currency Reval"."""
+    return posting.nominal_code == "7906" or posting.reference == "REVAL"
 
 
 def is_write_off(posting: Posting) -> bool:
@@ -36,7 +42,8 @@ def is_write_off(posting: Posting) -> bool:
 
 def figures_under_default_rules(export: SageExport) -> dict[str, tuple[Figures, str]]:
     """The reconciliation rules, written out again here independently of the service: each
-    live invoice's figures and status from the exported rows alone."""
+    live invoice's figures (in its own currency; revaluations in pounds beside them) and
+    status from the exported rows alone."""
     postings = {p.tran_number: p for p in export.postings}
     invoices = {
         t: p
@@ -50,19 +57,34 @@ def figures_under_default_rules(export: SageExport) -> dict[str, tuple[Figures, 
         kind = {"SR": "paid", "SA": "paid", "SD": "discounted", "SP": "refunded"}.get(
             posting.type, "written_off" if is_write_off(posting) else "credited"
         )
-        for allocation in posting.allocations:
-            settled[allocation.invoice_tran_number][kind] += allocation.amount
+        if is_revaluation(posting):
+            kind = "exchange_adjustment"
+        for a in posting.allocations:
+            # In the invoice's own currency, but a revaluation moves pounds only.
+            pounds = a.foreign_amount is None or kind == "exchange_adjustment"
+            amount = a.amount if pounds or a.foreign_amount is None else a.foreign_amount
+            settled[a.invoice_tran_number][kind] += amount
     labels = {}
     for tran, invoice in invoices.items():
         amounts = settled[tran]
         paid = amounts["paid"] - amounts["refunded"]
         others = amounts["discounted"] + amounts["credited"]
         written_off = amounts["written_off"]
+        foreign = invoice.foreign
+        gross = invoice.gross_amount if foreign is None else foreign.gross_amount
         figures = Figures(
-            invoice.gross_amount, paid, amounts["discounted"], written_off, amounts["credited"]
+            gross,
+            paid,
+            amounts["discounted"],
+            written_off,
+            amounts["credited"],
+            "GBP" if foreign is None else foreign.currency,
+            amounts["exchange_adjustment"],
         )
-        assert figures.outstanding == invoice.outstanding, f"Sage's balance of {invoice.reference}"
-        status = label(figures.outstanding, invoice.gross_amount, paid + others, written_off)
+        sage = invoice.outstanding if foreign is None else foreign.outstanding
+        if sage is not None:  # a cleared invoice's history row has no OUTSTANDING
+            assert figures.outstanding == sage, f"Sage's balance of {invoice.reference}"
+        status = label(figures.outstanding, gross, paid + others, written_off)
         labels[invoice.reference] = (figures, status)
     return labels
 
@@ -193,6 +215,25 @@ def test_covers_the_write_off_variants(company: DemoCompany) -> None:
     assert {r["DETAILS"] for r in baddbt} >= {"Bad Debt Write Off"}
     assert any(r["TYPE"] == "SP" for r in rows)
     assert {r["TYPE"] for r in rows} >= {"PI", "PP", "JD", "BR"}
+
+
+def test_a_dollar_customer_a_contra_and_a_cleared_year(company: DemoCompany) -> None:
+    dollars = [i for i in company.invoices if i.figures.currency == "USD"]
+    assert sorted(i.intended_status for i in dollars) == ["Paid", "Part Paid", "Unpaid"]
+    [revalued] = [i for i in dollars if i.figures.exchange_adjustment > 0]
+    assert revalued.intended_status == "Paid"
+    assert revalued.figures.credited == 0, "a revaluation is not a credit"
+    rows = company.exports[-1]
+    reval = [r for r in rows.header if r["INV_REF"] == "REVAL"]
+    assert [(r["TYPE"], r["CURRENCY"], r["FOREIGN_GROSS_AMOUNT"]) for r in reval] == [
+        ("SC", "2", "0")
+    ]
+    contra = {r["SPLIT_NUMBER"] for r in rows.split if r["NOMINAL_CODE"] == "1230"}
+    assert {r["TYPE"] for r in rows.header if r["TRAN_NUMBER"] in contra} == {"SR", "PP"}
+    assert company.cleared_invoices
+    cleared = {r["INV_REF"] for r in rows.history_header if r["TYPE"] == "SI"}
+    assert cleared == set(company.cleared_invoices)
+    assert not cleared & {r["INV_REF"] for r in rows.header}, "only in AUDIT_HISTORY_*"
 
 
 def test_rejects_a_single_customer() -> None:

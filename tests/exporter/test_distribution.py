@@ -104,14 +104,14 @@ async def test_the_installed_wheel_and_the_zipapp_push_to_a_running_service(
             service.base_url,
         ]
         pushed = await asyncio.to_thread(run, *command, *FILES, env=env)
-        assert "Sent: 22 postings in 1 batch (22 applied" in pushed.stdout
+        assert "Sent: 33 postings in 1 batch (33 applied" in pushed.stdout
         # -I -S: no site-packages at all, only the standard library and the zip itself.
         zipapp: list[str | Path] = [
             *(sys.executable, "-I", "-S", built[1]),
             *("push", "--url", service.base_url),
         ]
         again = await asyncio.to_thread(run, *zipapp, *FILES, env=env)
-        assert "Replayed: 1 batch (22 postings) the server already had" in again.stdout
+        assert "Replayed: 1 batch (33 postings) the server already had" in again.stdout
         async with httpx.AsyncClient(base_url=service.base_url, timeout=60) as client:
             invoices = await sync_and_read(client)
     assert live_views(invoices) == FIXTURE_LEDGER

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import sqlite3
+from decimal import Decimal
 from pathlib import Path
 
 import httpx
@@ -19,10 +20,17 @@ from ledgerlink_exporter.odbc_source import connect, connection_string, literal,
 from ledgerlink_exporter.push import plan_push, run_push
 from ledgerlink_exporter.sage import ExportFileError, SageExport
 
-from tests.exporter.ledger import FIXTURE_LEDGER, live_views, mismatched, sync_and_read
+from tests.exporter.ledger import (
+    FIXTURE_BASE,
+    FIXTURE_LEDGER,
+    base_views,
+    live_views,
+    mismatched,
+    sync_and_read,
+)
 from tests.exporter.odbc_company import connection_string as sqlite_dsn
 from tests.exporter.odbc_company import create_company, insert_rows, odbc_or_skip
-from tests.exporter.sage_files import FILES
+from tests.exporter.sage_files import FILES, save_complete_push
 from tests.support.webhooks import TEST_SECRET
 
 
@@ -32,17 +40,19 @@ def company(tmp_path: Path) -> Path:
     return create_company(tmp_path / "sage.db")
 
 
-def read(company: Path, since: dt.datetime | None = None) -> SageExport:
+def read(company: Path, since: dt.datetime | None = None, *, history: bool = False) -> SageExport:
     connection = connect(sqlite_dsn(company))
     try:
-        return read_odbc(connection, since)
+        return read_odbc(connection, since, history=history)
     finally:
         connection.close()
 
 
-def test_odbc_rows_give_the_same_postings_as_the_csv_files(company: Path) -> None:
-    odbc, csv = read(company), read_export(*FILES)
+@pytest.mark.parametrize("history", [False, True])
+def test_odbc_rows_give_the_same_postings_as_the_csv_files(company: Path, history: bool) -> None:
+    odbc, csv = read(company, history=history), read_export(*FILES, history=history)
     assert odbc.postings == csv.postings
+    assert odbc.from_history == csv.from_history == (4 if history else 0)
     assert odbc.revisions == csv.revisions
     assert (odbc.skipped_types, odbc.unlinked_allocations) == (
         csv.skipped_types,
@@ -53,12 +63,13 @@ def test_odbc_rows_give_the_same_postings_as_the_csv_files(company: Path) -> Non
 async def test_pushed_over_odbc_the_company_reconciles_to_its_ledger(
     company: Path, client: httpx.AsyncClient
 ) -> None:
-    plan = plan_push(read(company), None, batch_size=500, lookback=dt.timedelta(0))
+    plan = plan_push(read(company, history=True), None, batch_size=500, lookback=dt.timedelta(0))
     sender = WebhookClient(client, str(client.base_url), Signer.from_secret(TEST_SECRET))
     report = await run_push(plan, sender.deliver)
     assert report.error is None
     invoices = await sync_and_read(client)
     assert live_views(invoices) == FIXTURE_LEDGER
+    assert base_views(invoices) == FIXTURE_BASE
     assert mismatched(invoices) == []
 
 
@@ -113,7 +124,7 @@ def test_push_dsn_through_the_command(company: Path) -> None:
         ["push", "--url", "http://ledgerlink.test", "--dsn", sqlite_dsn(company), "--dry-run"],
     )
     assert result.exit_code == 0, result.output
-    assert "would send 22 postings in 1 batch" in result.stdout
+    assert "would send 33 postings in 1 batch" in result.stdout
 
 
 def test_an_unknown_dsn_is_one_line_and_exit_2() -> None:
@@ -153,3 +164,47 @@ def test_literals_are_quoted_for_a_driver_without_parameters(
     value: int | str | dt.datetime, sql: str
 ) -> None:
     assert literal(value) == sql
+
+
+def test_an_incremental_read_keeps_the_currency(company: Path) -> None:
+    with sqlite3.connect(company) as db:
+        db.execute(
+            "UPDATE AUDIT_USAGE SET RECORD_MODIFY_DATE = '2025-04-02 09:00:00' "
+            "WHERE USAGE_NUMBER = 22"
+        )
+    changed = read(company, dt.datetime(2025, 4, 1))
+    assert [p.tran_number for p in changed.postings] == [30, 31]
+    whole = {p.tran_number: p for p in read(company).postings}
+    assert list(changed.postings) == [whole[30], whole[31]]
+    assert changed.postings[1].allocations[0].foreign_amount == Decimal("500.00")
+
+
+def test_a_company_without_history_tables_is_read_without_them(tmp_path: Path) -> None:
+    odbc_or_skip()
+    company = create_company(tmp_path / "sage.db", history=False)
+    export = read(company, history=True)
+    assert export.postings == read_export(*FILES).postings
+    assert export.from_history == 0
+
+
+def test_push_dsn_reads_history_on_a_first_load_or_when_asked(
+    company: Path, tmp_path: Path
+) -> None:
+    live = read(company)
+    state = tmp_path / "state.json"
+
+    def dry_run(*args: str) -> str:
+        result = CliRunner().invoke(
+            app,
+            [
+                *("push", "--url", "http://ledgerlink.test", "--dsn", sqlite_dsn(company)),
+                *("--dry-run", "--state", str(state), *args),
+            ],
+        )
+        assert result.exit_code == 0, result.output
+        return result.stdout
+
+    assert "would send 33 postings" in dry_run(), "a new state file: a first load"
+    save_complete_push(state, live)
+    assert "would send 0 postings" in dry_run()
+    assert "would send 4 postings" in dry_run("--history")

@@ -27,13 +27,15 @@ from ledgerlink_exporter.state import PushState, StateFile
 from service.ingest.schemas import PostingBatch
 from tests.exporter.sage_files import FILES
 from tests.exporter.stand_in import Answer, StandIn, serving
-from tests.exporter.test_sage import CUSTOMER_TRANS
+from tests.exporter.test_sage import CUSTOMER_TRANS, PUSHED_TRANS
 from tests.support.processes import free_port
 from tests.support.webhooks import OLD_SECRET, TEST_SECRET
 
 PATHS = [str(path) for path in FILES]
 STAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d ")
 HIGH_WATER = "2025-03-20T16:45:00"
+# The fixture's latest RECORD_MODIFY_DATE: what a complete push records.
+LAST_MODIFIED = "2025-03-27T11:05:00"
 
 
 class FakeService(StandIn):
@@ -99,17 +101,17 @@ def service() -> Any:
 def test_pushes_every_customer_posting_once(service: FakeService) -> None:
     result = push(service.url, "--batch-size", "5")
     assert result.exit_code == 0, result.output
-    assert [t for batch in service.applied for t in batch] == CUSTOMER_TRANS
-    assert [len(batch) for batch in service.applied] == [5, 5, 5, 5, 2]
+    assert [t for batch in service.applied for t in batch] == PUSHED_TRANS
+    assert [len(batch) for batch in service.applied] == [5, 5, 5, 5, 5, 5, 3]
     out = unstamped(result.stdout)
-    assert "Sent: 22 postings in 5 batches (17 applied, 5 unchanged; 10 invoices affected)" in out
-    assert out[-1].startswith("Skipped: 4 non-customer rows (BR 1, JD 1, PI 1, PP 1)")
+    assert "Sent: 33 postings in 7 batches (26 applied, 7 unchanged; 14 invoices affected)" in out
+    assert out[-1].startswith("Skipped: 6 non-customer rows (BR 1, JD 1, PI 2, PP 2)")
 
 
 def test_url_may_be_the_full_webhook_url(service: FakeService) -> None:
     result = push(service.url + "/v1/webhooks/sage/postings")
     assert result.exit_code == 0, result.output
-    assert service.applied == [CUSTOMER_TRANS]
+    assert service.applied == [PUSHED_TRANS]
 
 
 def test_resume_after_an_interrupted_push(service: FakeService, tmp_path: Path) -> None:
@@ -117,11 +119,11 @@ def test_resume_after_an_interrupted_push(service: FakeService, tmp_path: Path) 
     service.fail_call = 3
     first = push(service.url, "--batch-size", "5", "--state", str(state), "--max-attempts", "1")
     assert first.exit_code == 1
-    assert service.applied == [CUSTOMER_TRANS[:5], CUSTOMER_TRANS[5:10]]
+    assert service.applied == [PUSHED_TRANS[:5], PUSHED_TRANS[5:10]]
     [line] = unstamped(first.stderr)
-    assert line.startswith("error: batch 3 of 5: gave up after 1 attempts: lost the connection")
+    assert line.startswith("error: batch 3 of 7: gave up after 1 attempts: lost the connection")
     saved = json.loads(state.read_text())
-    assert sorted(map(int, saved["acknowledged"])) == CUSTOMER_TRANS[:10]
+    assert sorted(map(int, saved["acknowledged"])) == PUSHED_TRANS[:10]
     assert saved["high_water"] is None, "an unfinished run must not move the window"
     interrupted_id = service.ids[2]
 
@@ -129,20 +131,24 @@ def test_resume_after_an_interrupted_push(service: FakeService, tmp_path: Path) 
     second = push(service.url, "--batch-size", "5", "--state", str(state))
     assert second.exit_code == 0, second.output
     assert service.applied[2:] == [
-        CUSTOMER_TRANS[10:15],
-        CUSTOMER_TRANS[15:20],
-        CUSTOMER_TRANS[20:],
+        PUSHED_TRANS[10:15],
+        PUSHED_TRANS[15:20],
+        PUSHED_TRANS[20:25],
+        PUSHED_TRANS[25:30],
+        PUSHED_TRANS[30:],
     ]
     everything = [t for batch in service.applied for t in batch]
-    assert sorted(everything) == CUSTOMER_TRANS
+    assert sorted(everything) == PUSHED_TRANS
     assert service.ids[3] == interrupted_id, "the resent batch keeps its webhook-id"
-    assert json.loads(state.read_text())["high_water"] == HIGH_WATER
+    assert json.loads(state.read_text())["high_water"] == LAST_MODIFIED
 
     calls = len(service.received)
     third = push(service.url, "--batch-size", "5", "--state", str(state))
     assert third.exit_code == 0
     assert len(service.received) == calls
-    assert "22 postings unchanged since the last push" in third.stdout
+    # After a complete first load only the live tables are read: the cleared year is not in
+    # this export, and nothing is sent about it (absent is not deleted).
+    assert "29 postings unchanged since the last push" in third.stdout
 
 
 def test_a_batch_applied_but_unanswered_is_replayed_not_reapplied(
@@ -165,7 +171,12 @@ def test_a_batch_applied_but_unanswered_is_replayed_not_reapplied(
     assert "did not answer in time" in first.stderr
     second = push(service.url, "--batch-size", "10", "--state", str(state))
     assert second.exit_code == 0, second.output
-    assert service.applied == [CUSTOMER_TRANS[:10], CUSTOMER_TRANS[10:20], CUSTOMER_TRANS[20:]]
+    assert service.applied == [
+        PUSHED_TRANS[:10],
+        PUSHED_TRANS[10:20],
+        PUSHED_TRANS[20:30],
+        PUSHED_TRANS[30:],
+    ]
     assert "Replayed: 1 batch (10 postings) the server already had" in second.stdout
 
 
@@ -181,12 +192,12 @@ def test_stops_on_422_with_the_servers_detail(service: FakeService) -> None:
     service.reject_call = 2
     result = push(service.url, "--batch-size", "5")
     assert result.exit_code == 1
-    assert service.applied == [CUSTOMER_TRANS[:5]]
+    assert service.applied == [PUSHED_TRANS[:5]]
     assert len(service.received) == 2, "a rejected batch is not retried, nothing after it sent"
     assert unstamped(result.stderr) == [
-        "error: batch 2 of 5: the server rejected the batch (HTTP 422): posting 9 is invalid"
+        "error: batch 2 of 7: the server rejected the batch (HTTP 422): posting 9 is invalid"
     ]
-    assert "Rejected: 5 postings; not sent: 12 postings" in result.stdout
+    assert "Rejected: 5 postings; not sent: 23 postings" in result.stdout
 
 
 def test_a_refused_connection_fails_at_once_naming_the_url() -> None:
@@ -215,10 +226,11 @@ def test_dry_run_sends_nothing(service: FakeService) -> None:
     assert service.received == []
     out = unstamped(result.stdout)
     assert out[0] == (
-        f"Dry run, nothing sent: would send 22 postings in 5 batches to "
+        f"Dry run, nothing sent: would send 33 postings in 7 batches to "
         f"{service.url}/v1/webhooks/sage/postings"
     )
-    assert "Postings by type: SA 1, SC 3, SD 1, SI 11, SP 1, SR 5" in out
+    assert "Postings by type: SA 1, SC 4, SD 1, SI 16, SP 1, SR 10" in out
+    assert "Cleared years: 4 postings read from AUDIT_HISTORY_*" in out
     assert "First 3 postings:" in out
     assert '    "tran_number": 3,' in out
 
@@ -322,8 +334,8 @@ def test_every_keeps_pushing_and_outlives_a_failure(
         "push done; next push in 0 s",
         "push done; next push in 0 s",
     ]
-    assert service.applied == [CUSTOMER_TRANS], "the third run found nothing new to send"
-    assert state.load().high_water == dt.datetime.fromisoformat(HIGH_WATER)
+    assert service.applied == [PUSHED_TRANS], "the third run found nothing new to send"
+    assert state.load().high_water == dt.datetime.fromisoformat(LAST_MODIFIED)
 
 
 # --- planning: what the state file lets through -------------------------------------------
@@ -389,7 +401,7 @@ def test_webhook_id_is_stable_for_the_same_content(export: SageExport) -> None:
     again = plan_push(read_export(*FILES), None, batch_size=5, lookback=dt.timedelta(0))
     assert [b.webhook_id for b in first.batches] == [b.webhook_id for b in again.batches]
     assert [b.body for b in first.batches] == [b.body for b in again.batches]
-    assert len({b.webhook_id for b in first.batches}) == 5
+    assert len({b.webhook_id for b in first.batches}) == 6
     assert all(b.webhook_id.startswith("msg_") for b in first.batches)
 
 

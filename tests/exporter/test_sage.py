@@ -13,11 +13,28 @@ import pytest
 from ledgerlink_exporter.csv_source import read_export
 from ledgerlink_exporter.sage import ExportFileError, Posting, SageExport, money_text, parse_stamp
 
-from tests.exporter.sage_files import FILES, HEADER, SPLIT, USAGE, Rows, altered, read_rows
+from tests.exporter.sage_files import (
+    CURRENCY,
+    FILES,
+    HEADER,
+    HISTORY_FILES,
+    SPLIT,
+    USAGE,
+    Rows,
+    altered,
+    read_rows,
+)
 
 # Header TRAN_NUMBERs of the customer transactions: each is its first line's number, so they
 # skip the numbers of second lines (2, 8, 27) and never equal HEADER_NUMBER after the first.
-CUSTOMER_TRANS = [1, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13, 14, 15, 16, 21, 22, 23, 24, 25, 26, 28, 29]
+CUSTOMER_TRANS = [
+    *(1, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13, 14, 15, 16, 21, 22, 23, 24, 25, 26, 28, 29),
+    *(30, 31, 32, 33, 34, 35, 36),
+]
+# The cleared year's, in AUDIT_HISTORY_* only (40 is the second line of 39).
+HISTORY_TRANS = [39, 41, 42, 43]
+# What a first load sends: both.
+PUSHED_TRANS = sorted(CUSTOMER_TRANS + HISTORY_TRANS)
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +69,7 @@ def test_the_fixture_is_shaped_like_powershell_export_csv() -> None:
 
 def test_postings_are_keyed_on_the_header_tran_number(export: SageExport) -> None:
     assert [p.tran_number for p in export.postings] == CUSTOMER_TRANS
-    assert export.skipped_types == {"BR": 1, "JD": 1, "PI": 1, "PP": 1}
+    assert export.skipped_types == {"BR": 1, "JD": 1, "PI": 2, "PP": 2}
 
 
 def test_maps_a_multi_line_invoice(export: SageExport) -> None:
@@ -348,9 +365,10 @@ def test_an_empty_account_ref_on_a_customer_row(tmp_path: Path) -> None:
 def test_utf16_as_windows_powershell_writes_it(tmp_path: Path) -> None:
     """Windows PowerShell 5's `Export-Csv -Encoding Unicode`: UTF-16 with a byte-order mark."""
     copies = []
-    for path in FILES:
+    for path in (*FILES, CURRENCY, *HISTORY_FILES):
         copy = tmp_path / path.name
         copy.write_bytes(path.read_bytes().decode("utf-8-sig").encode("utf-16"))
         copies.append(copy)
-    header, split, usage = copies
-    assert read_export(header, split, usage).postings == read_export(*FILES).postings
+    header, split, usage = copies[:3]
+    utf16 = read_export(header, split, usage, history=True)
+    assert utf16.postings == read_export(*FILES, history=True).postings

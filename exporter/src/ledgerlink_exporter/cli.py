@@ -95,6 +95,12 @@ app.add_command(demo)
     default=None,
     help="Keep running: push again this long after each push starts (15m, 1h, 90s).",
 )
+@click.option(
+    "--history",
+    is_flag=True,
+    help="Also read the cleared years (AUDIT_HISTORY_*), as a first load does, and send what "
+    "the state file does not have.",
+)
 @click.option("--dry-run", is_flag=True, help="Show what would be sent; send nothing.")
 @click.option(
     "--timeout",
@@ -119,6 +125,7 @@ def push(
     state: Path | None,
     lookback_hours: float,
     every: str | None,
+    history: bool,
     dry_run: bool,
     timeout: float,
     max_attempts: int,
@@ -126,7 +133,9 @@ def push(
     """Push Sage 50 audit-trail postings to ledgerlink as signed batches.
 
     Read from Sage over ODBC (--dsn) or from the three audit-trail tables exported as CSV:
-    AUDIT_HEADER.csv AUDIT_SPLIT.csv AUDIT_USAGE.csv.
+    AUDIT_HEADER.csv AUDIT_SPLIT.csv AUDIT_USAGE.csv (CURRENCY.csv and the AUDIT_HISTORY_*.csv
+    files are read from the same folder when present). A first load also reads the cleared
+    years (AUDIT_HISTORY_*).
     """
     try:
         job = _PushJob(
@@ -138,6 +147,7 @@ def push(
             lookback=dt.timedelta(hours=lookback_hours),
             timeout=timeout,
             attempts=max_attempts,
+            history=history,
         )
         interval = parse_duration(every) if every is not None else None
     except InputError as exc:
@@ -180,7 +190,14 @@ def _human(seconds: float) -> str:
 # --- one push -----------------------------------------------------------------------------
 
 
-Source = Callable[[PushState, dt.timedelta], SageExport]
+# (what the server has, the look-back, whether to read the cleared years too)
+Source = Callable[[PushState, dt.timedelta, bool], SageExport]
+
+
+def first_load(state: PushState) -> bool:
+    """No complete push yet (no --state, a new state file, or an interrupted first push):
+    read the cleared years too."""
+    return state.high_water is None
 
 
 @dataclass(frozen=True)
@@ -193,12 +210,20 @@ class _PushJob:
     lookback: dt.timedelta
     timeout: float
     attempts: int
+    history: bool = False
 
     def run_once(self) -> int:
         try:
             prior = self.store.load() if self.store is not None else PushState()
-            export = self.source(prior, self.lookback)
-            plan = plan_push(export, prior, batch_size=self.batch_size, lookback=self.lookback)
+            history = self.history or first_load(prior)
+            export = self.source(prior, self.lookback, history)
+            plan = plan_push(
+                export,
+                prior,
+                batch_size=self.batch_size,
+                lookback=self.lookback,
+                whole=self.history,
+            )
         except ExportFileError as exc:
             log(f"error: {exc}", err=True)
             return 2
@@ -233,21 +258,21 @@ def _source(files: Sequence[Path], dsn: str | None) -> Source:
     if dsn is not None and files:
         raise InputError("give either --dsn or the three CSV files, not both")
     if dsn is not None:
-        return lambda state, lookback: _read_odbc(dsn, state, lookback)
+        return lambda state, lookback, history: _read_odbc(dsn, state, lookback, history)
     if len(files) != 3:
         raise InputError(
             "expected AUDIT_HEADER.csv AUDIT_SPLIT.csv AUDIT_USAGE.csv (or --dsn), "
             f"got {len(files)} files"
         )
     header, split, usage = files
-    return lambda state, lookback: read_export(header, split, usage)
+    return lambda state, lookback, history: read_export(header, split, usage, history=history)
 
 
-def _read_odbc(dsn: str, state: PushState, lookback: dt.timedelta) -> SageExport:
+def _read_odbc(dsn: str, state: PushState, lookback: dt.timedelta, history: bool) -> SageExport:
     since = state.high_water - lookback if state.high_water is not None else None
     connection = connect(dsn)
     try:
-        return read_odbc(connection, since)
+        return read_odbc(connection, since, history=history)
     finally:
         connection.close()
 

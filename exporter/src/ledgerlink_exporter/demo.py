@@ -11,10 +11,18 @@ multi-line invoice on (the very first one has two lines). Receipts may have seve
 each settling another invoice, and allocations by receipt are also written from the other side
 (mirror rows), as Sage does on real companies.
 
+One more customer keeps its Sage record in US dollars (Foreign Trader): an unpaid invoice,
+one part paid, and one paid in full at another rate, which Sage's automatic revaluation (a
+REVAL SC on the exchange variance nominal 7906) clears in pounds. A contra entry (an SR on the
+contra bank account 1230, with the supplier side's PP) settles another customer's invoice. A
+cleared year (2024: invoices paid in full, then Sage's Clear Audit Trail) is only in the
+AUDIT_HISTORY_* tables. Beside the audit-trail files the export has CURRENCY.csv.
+
 With every invoice it returns what Sage's own ledger says of it once the second export is in:
 the status under the default rules (write-offs told apart) and the paid / discounted /
-written-off / credited / outstanding figures, taken from what the demo posted, not from the
-service's rules, so an end-to-end test can hold the service to them.
+written-off / credited / outstanding figures in the invoice's currency (and the exchange
+adjustment in pounds), taken from what the demo posted, not from the service's rules, so an
+end-to-end test can hold the service to them.
 """
 
 from __future__ import annotations
@@ -53,6 +61,13 @@ HEADER_FIELDS = (
     "OUTSTANDING",
     "PAID_FLAG",
     "DELETED_FLAG",
+    "FOREIGN_NET_AMOUNT",
+    "FOREIGN_TAX_AMOUNT",
+    "FOREIGN_GROSS_AMOUNT",
+    "FOREIGN_OUTSTANDING",
+    "CURRENCY",
+    "FOREIGN_RATE",
+    "REVAL_TRANSACTION_FLAG",
     "RECORD_MODIFY_DATE",
 )
 SPLIT_FIELDS = (
@@ -77,18 +92,34 @@ USAGE_FIELDS = (
     "TYPE",
     "REFERENCE",
     "AMOUNT",
+    "FOREIGN_AMOUNT",
     "DATE",
     "DELETED_FLAG",
     "RECORD_MODIFY_DATE",
 )
+CURRENCY_FIELDS = ("NUMBER", "CODE", "NAME", "BASE_CURRENCY", "RATE")
 FILE_NAMES = ("AUDIT_HEADER.csv", "AUDIT_SPLIT.csv", "AUDIT_USAGE.csv")
+HISTORY_FILE_NAMES = (
+    "AUDIT_HISTORY_HEADER.csv",
+    "AUDIT_HISTORY_SPLIT.csv",
+    "AUDIT_HISTORY_USAGE.csv",
+)
+CURRENCY_FILE_NAME = "CURRENCY.csv"
+# Sage's CURRENCY table as a UK company sets it up: 1 is the base.
+_CURRENCIES = {"GBP": (1, "Pound Sterling"), "USD": (2, "US Dollar"), "EUR": (3, "Euro")}
+_RATES = {"GBP": Decimal(1), "USD": Decimal("1.28"), "EUR": Decimal("1.15")}
 
 Row = dict[str, str]
 
 _CENT = Decimal("0.01")
+_ZERO = Decimal(0)
 _VAT = Decimal("0.20")
 _START = dt.date(2025, 1, 6)
 _LATER = dt.date(2025, 4, 14)  # when the second export's changes happen
+_CLEARED_YEAR = dt.date(2024, 3, 4)  # invoices of a year Clear Audit Trail has since cleared
+# Dollars per pound: the US customer's invoices, and the day its last receipt came in.
+_INVOICE_RATE = Decimal("1.25")
+_RECEIPT_RATE = Decimal("1.28")
 # Sage signs amounts by transaction type; the credit side is written negative.
 _NEGATIVE_TYPES = frozenset({"SC", "SR", "SA", "SD", "PP"})
 _NAMES = (
@@ -120,17 +151,24 @@ class ExportRows:
     header: tuple[Row, ...]
     split: tuple[Row, ...]
     usage: tuple[Row, ...]
+    # What Sage's Clear Audit Trail moved to AUDIT_HISTORY_HEADER / _SPLIT / _USAGE.
+    history_header: tuple[Row, ...] = ()
+    history_split: tuple[Row, ...] = ()
+    history_usage: tuple[Row, ...] = ()
 
 
 @dataclass(frozen=True)
 class Figures:
-    """An invoice as Sage's ledger has it: what settled it, by kind, and what is left."""
+    """An invoice as Sage's ledger has it: what settled it, by kind, and what is left, in the
+    invoice's currency; Sage's revaluations (in pounds) beside them."""
 
     gross: Decimal
     paid: Decimal
     discounted: Decimal
     written_off: Decimal
     credited: Decimal
+    currency: str = "GBP"
+    exchange_adjustment: Decimal = Decimal(0)
 
     @property
     def outstanding(self) -> Decimal:
@@ -155,6 +193,8 @@ class DemoCompany:
     write_off_invoices: tuple[int, ...]
     # Invoice numbers entered by mistake and deleted in a later export.
     deleted_invoices: tuple[str, ...]
+    # Invoice numbers only in the AUDIT_HISTORY_* tables (a cleared year).
+    cleared_invoices: tuple[str, ...] = ()
 
     def intended_statuses(self) -> dict[str, str]:
         return {invoice.invoice_number: invoice.intended_status for invoice in self.invoices}
@@ -173,6 +213,7 @@ def generate_company(customers: int = 50, seed: int = 1) -> DemoCompany:
     plan = _scenario_plan(ledger.rng, accounts[1:])
     for account, scenario in plan:
         outcomes += _tagged(scenario, _SCENARIOS[scenario](ledger, account))
+    outcomes += _tagged("foreign_currency", _foreign_customer(ledger, f"YAN{customers + 1:03d}"))
     _supplier_and_bank_noise(ledger, max(1, customers // 10))
     first = ledger.render()
     ledger.run_later()
@@ -186,17 +227,29 @@ def generate_company(customers: int = 50, seed: int = 1) -> DemoCompany:
         ),
         write_off_invoices=tuple(ledger.write_off_invoices),
         deleted_invoices=tuple(ledger.deleted_invoices),
+        cleared_invoices=tuple(t.reference for t, _, _ in outcomes if t.cleared),
     )
 
 
 def write_export(rows: ExportRows, directory: Path) -> tuple[Path, Path, Path]:
-    """Writes the three files as Sage's CSV export names them; returns their paths."""
+    """Writes the files as Sage's CSV export names them (the three audit-trail tables, their
+    AUDIT_HISTORY_* copies and CURRENCY.csv beside them); returns the first three's paths."""
     directory.mkdir(parents=True, exist_ok=True)
     header, split, usage = (directory / name for name in FILE_NAMES)
+    history_header, history_split, history_usage = (directory / name for name in HISTORY_FILE_NAMES)
+    currencies = [
+        {"NUMBER": str(n), "CODE": code, "NAME": name, "BASE_CURRENCY": str(int(n == 1))}
+        | {"RATE": _double("", _RATES[code])}
+        for code, (n, name) in _CURRENCIES.items()
+    ]
     for path, fields, table in (
         (header, HEADER_FIELDS, rows.header),
         (split, SPLIT_FIELDS, rows.split),
         (usage, USAGE_FIELDS, rows.usage),
+        (history_header, HEADER_FIELDS, rows.history_header),
+        (history_split, SPLIT_FIELDS, rows.history_split),
+        (history_usage, USAGE_FIELDS, rows.history_usage),
+        (directory / CURRENCY_FILE_NAME, CURRENCY_FIELDS, currencies),
     ):
         with path.open("w", newline="", encoding="utf-8") as file:
             writer = csv.DictWriter(file, fieldnames=fields)
@@ -216,10 +269,16 @@ class _Split:
     net: Decimal
     tax: Decimal
     allocated: Decimal = Decimal(0)
+    # In the transaction's currency, when that is not pounds.
+    foreign_net: Decimal | None = None
 
     @property
     def gross(self) -> Decimal:
         return self.net + self.tax
+
+    @property
+    def foreign_gross(self) -> Decimal:
+        return self.gross if self.foreign_net is None else self.foreign_net
 
 
 @dataclass
@@ -235,6 +294,12 @@ class _Txn:
     deleted: bool = False
     # An SC that writes a debt off (as opposed to a credit note).
     write_off: bool = False
+    currency: str = "GBP"
+    rate: Decimal = Decimal(1)
+    # Sage's automatic exchange revaluation (REVAL).
+    reval: bool = False
+    # Moved to the AUDIT_HISTORY_* tables by Clear Audit Trail.
+    cleared: bool = False
 
     @property
     def number(self) -> int:
@@ -244,6 +309,10 @@ class _Txn:
     @property
     def gross(self) -> Decimal:
         return sum((split.gross for split in self.splits), Decimal(0))
+
+    @property
+    def foreign_gross(self) -> Decimal:
+        return sum((split.foreign_gross for split in self.splits), Decimal(0))
 
 
 @dataclass
@@ -257,6 +326,12 @@ class _Usage:
     date: dt.date
     modified: dt.datetime
     deleted: bool = False
+    # In the settling transaction's currency, when that is not pounds.
+    foreign_amount: Decimal | None = None
+
+    @property
+    def foreign(self) -> Decimal:
+        return self.amount if self.foreign_amount is None else self.foreign_amount
 
     @property
     def live(self) -> bool:
@@ -307,20 +382,67 @@ class _Ledger:
 
     # postings
 
-    def invoice(self, account: str, *, lines: int | None = None) -> _Txn:
+    def invoice(self, account: str, *, lines: int | None = None, start: dt.date = _START) -> _Txn:
         count = lines or self.rng.choice((1, 1, 2, 3))
         nominals = ("4000", "4010", "4020")
         splits = [self._split(nominals[i % 3], "T1", self.amount()) for i in range(count)]
+        on = start + dt.timedelta(days=self.rng.randint(0, 60))
+        return self._post("SI", account, self._invoice_number(), on, "Goods and services", splits)
+
+    def dollar_invoice(self, account: str) -> _Txn:
+        """Export services, zero-rated (T0), invoiced in dollars at the day's rate."""
+        dollars = self.amount()
+        split = _Split(self._take_split(), "4000", "T0", _money(dollars / _INVOICE_RATE), _ZERO)
+        split.foreign_net = dollars
         on = _START + dt.timedelta(days=self.rng.randint(0, 60))
-        reference = str(self._next_invoice)
+        txn = self._post("SI", account, self._invoice_number(), on, "Consultancy (USD)", [split])
+        txn.currency, txn.rate = "USD", _INVOICE_RATE
+        return txn
+
+    def dollar_receipt(self, invoice: _Txn, dollars: Decimal, rate: Decimal) -> None:
+        """Dollars in at `rate`, into the dollar bank account (1210). When they bring fewer
+        pounds than the invoice booked them at, Sage revalues the difference: an SC, reference
+        REVAL, on the exchange variance nominal 7906, allocated to the invoice (no dollars)."""
+        on = self.day_after(invoice.date)
+        receipt = self._foreign_post(
+            "SR", invoice, "BACS", on, "Sales Receipt", "1210", dollars, rate
+        )
+        split = invoice.splits[0]
+        self._use(invoice, split, receipt, receipt.gross, foreign=dollars)
+        shortfall = _money(dollars / invoice.rate) - receipt.gross
+        if shortfall > 0:
+            details = f"Currency Reval {shortfall} to SI {invoice.number}"
+            reval = self._foreign_post("SC", invoice, "REVAL", on, details, "7906", _ZERO, rate)
+            reval.splits[0].net = shortfall
+            reval.reval = True
+            self._use(invoice, split, reval, shortfall, foreign=_ZERO)
+
+    def _foreign_post(
+        self,
+        kind: str,
+        invoice: _Txn,
+        reference: str,
+        on: dt.date,
+        details: str,
+        nominal: str,
+        dollars: Decimal,
+        rate: Decimal,
+    ) -> _Txn:
+        split = _Split(self._take_split(), nominal, "T9", _money(dollars / rate), _ZERO)
+        split.foreign_net = dollars
+        txn = self._post(kind, invoice.account, reference, on, details, [split])
+        txn.currency, txn.rate = invoice.currency, rate
+        return txn
+
+    def _invoice_number(self) -> str:
         self._next_invoice += 1
-        return self._post("SI", account, reference, on, "Goods and services", splits)
+        return str(self._next_invoice - 1)
 
     def duplicate(self, invoice: _Txn) -> _Txn:
         splits = [self._split(s.nominal, s.tax_code, s.net) for s in invoice.splits]
-        reference = str(self._next_invoice)
-        self._next_invoice += 1
-        return self._post("SI", invoice.account, reference, invoice.date, invoice.details, splits)
+        return self._post(
+            "SI", invoice.account, self._invoice_number(), invoice.date, invoice.details, splits
+        )
 
     def post(
         self,
@@ -405,13 +527,18 @@ class _Ledger:
         sums: dict[str, Decimal] = defaultdict(Decimal)
         for usage in self.usages:
             if usage.invoice is invoice and usage.live:
-                sums[_category(usage.settling)] += usage.amount
+                kind = _category(usage.settling)
+                # A revaluation moves pounds only; everything else counts in the invoice's
+                # own currency.
+                sums[kind] += usage.amount if kind == "exchange_adjustment" else usage.foreign
         return Figures(
-            gross=invoice.gross,
+            gross=invoice.foreign_gross,
             paid=sums["paid"] - sums["refund"],
             discounted=sums["discounted"],
             written_off=sums["written_off"],
             credited=sums["credited"],
+            currency=invoice.currency,
+            exchange_adjustment=sums["exchange_adjustment"],
         )
 
     def refund(self, invoice: _Txn, amount: Decimal) -> _Txn:
@@ -486,6 +613,7 @@ class _Ledger:
         settling: _Txn,
         amount: Decimal,
         line: _Split | None = None,
+        foreign: Decimal | None = None,
     ) -> None:
         stamp = self._stamp(settling.date)
         settling_split = line or settling.splits[0]
@@ -499,6 +627,7 @@ class _Ledger:
                 amount,
                 settling.date,
                 stamp,
+                foreign_amount=foreign,
             )
         )
         self._next_usage += 1
@@ -507,27 +636,53 @@ class _Ledger:
     # the CSV rows
 
     def render(self) -> ExportRows:
+        live = [txn for txn in self.txns if not txn.cleared]
+        old = [txn for txn in self.txns if txn.cleared]
+        # Clear Audit Trail moves a transaction with everything allocated to it.
+        old_usages = [u for u in self.usages if u.invoice.cleared]
+        live_usages = [u for u in self.usages if not u.invoice.cleared]
         return ExportRows(
-            header=tuple(self._header_row(txn) for txn in self.txns),
-            split=tuple(self._split_row(txn, s) for txn in self.txns for s in txn.splits),
-            usage=tuple(row for usage in self.usages for row in self._usage_rows(usage)),
+            header=tuple(self._header_row(txn) for txn in live),
+            split=tuple(self._split_row(txn, s) for txn in live for s in txn.splits),
+            usage=tuple(row for usage in live_usages for row in self._usage_rows(usage)),
+            history_header=tuple(self._history_header_row(txn) for txn in old),
+            history_split=tuple(self._split_row(txn, s) for txn in old for s in txn.splits),
+            history_usage=tuple(row for usage in old_usages for row in self._usage_rows(usage)),
         )
 
-    def _outstanding(self, txn: _Txn) -> Decimal:
+    def _outstanding(self, txn: _Txn, *, foreign: bool = False) -> Decimal:
+        """Sage's OUTSTANDING (or FOREIGN_OUTSTANDING): a revaluation clears pounds only."""
+
+        def amount(usage: _Usage) -> Decimal:
+            return (
+                (Decimal(0) if usage.settling.reval else usage.foreign) if foreign else usage.amount
+            )
+
+        live = [u for u in self.usages if u.live]
         if txn.type != "SI":
-            used = sum((u.amount for u in self.usages if u.settling is txn and u.live), Decimal(0))
-            return txn.gross - used
-        balance = txn.gross
-        for usage in self.usages:
-            if usage.invoice is txn and usage.live:
+            used = sum((amount(u) for u in live if u.settling is txn), Decimal(0))
+            return (txn.foreign_gross if foreign else txn.gross) - used
+        balance = txn.foreign_gross if foreign else txn.gross
+        for usage in live:
+            if usage.invoice is txn:
                 # A refund pays money back out: the invoice is owed that much again.
-                balance += usage.amount if usage.settling.type == "SP" else -usage.amount
+                balance += amount(usage) if usage.settling.type == "SP" else -amount(usage)
         return balance
+
+    def _history_header_row(self, txn: _Txn) -> Row:
+        """AUDIT_HISTORY_HEADER has no OUTSTANDING columns (Zynk's schema page)."""
+        row = self._header_row(txn)
+        row["OUTSTANDING"] = row["FOREIGN_OUTSTANDING"] = ""
+        return row
 
     def _header_row(self, txn: _Txn) -> Row:
         outstanding = self._outstanding(txn)
         net = sum((s.net for s in txn.splits), Decimal(0))
         tax = sum((s.tax for s in txn.splits), Decimal(0))
+        foreign_net = sum(
+            (s.net if s.foreign_net is None else s.foreign_net for s in txn.splits), Decimal(0)
+        )
+        foreign_tax = Decimal(0) if txn.currency != "GBP" else tax
         return {
             "TRAN_NUMBER": str(txn.number),
             "HEADER_NUMBER": str(txn.header_number),
@@ -545,6 +700,13 @@ class _Ledger:
             "OUTSTANDING": _double("", outstanding),
             "PAID_FLAG": "Y" if outstanding <= 0 else "N",
             "DELETED_FLAG": "1" if txn.deleted else "0",
+            "FOREIGN_NET_AMOUNT": _double(txn.type, foreign_net),
+            "FOREIGN_TAX_AMOUNT": _double(txn.type, foreign_tax),
+            "FOREIGN_GROSS_AMOUNT": _double(txn.type, foreign_net + foreign_tax),
+            "FOREIGN_OUTSTANDING": _double("", self._outstanding(txn, foreign=True)),
+            "CURRENCY": str(_CURRENCIES[txn.currency][0]),
+            "FOREIGN_RATE": _double("", txn.rate),
+            "REVAL_TRANSACTION_FLAG": "1" if txn.reval else "0",
             "RECORD_MODIFY_DATE": _sage_stamp(txn.modified),
         }
 
@@ -575,6 +737,7 @@ class _Ledger:
             "TYPE": usage.settling.type,
             "REFERENCE": usage.settling.reference,
             "AMOUNT": _double("", usage.amount),
+            "FOREIGN_AMOUNT": _double("", usage.foreign),
             "DATE": _sage_date(usage.date),
             "DELETED_FLAG": "1" if usage.deleted else "0",
             "RECORD_MODIFY_DATE": _sage_stamp(usage.modified),
@@ -848,6 +1011,41 @@ def _account_balance_write_off(ledger: _Ledger, account: str) -> list[_Outcome]:
     ]
 
 
+def _foreign_customer(ledger: _Ledger, account: str) -> list[_Outcome]:
+    """A customer whose Sage record is in US dollars: one invoice unpaid, one part paid at the
+    invoice's rate, one paid in full at another rate (its REVAL SC allocated to it)."""
+    unpaid, part, paid = (ledger.dollar_invoice(account) for _ in range(3))
+    ledger.dollar_receipt(part, ledger.share(part.foreign_gross, 20, 80), _INVOICE_RATE)
+    ledger.dollar_receipt(paid, paid.foreign_gross, _RECEIPT_RATE)
+    return [(unpaid, UNPAID), (part, PART_PAID), (paid, PAID)]
+
+
+def _contra(ledger: _Ledger, account: str) -> list[_Outcome]:
+    """The customer is also a supplier: Sage's contra entry posts an SR to the customer and a
+    PP to the supplier, both on the contra bank account (1230); the SR pays like any receipt."""
+    invoice = ledger.invoice(account)
+    amount = ledger.share(invoice.gross, 30, 70)
+    on = ledger.day_after(invoice.date)
+    bill = ledger.post(
+        "PI", account, f"PO{invoice.reference}", invoice.date, "Haulage", "5000", amount
+    )
+    ledger.settle(
+        invoice, "SR", amount, reference="Contra", details="Contra Entry", nominal="1230", on=on
+    )
+    payment = ledger.post("PP", account, "Contra", on, "Contra Entry", "1230", amount)
+    ledger.allocate(bill, payment, amount)
+    return [(invoice, PART_PAID)]
+
+
+def _cleared_year(ledger: _Ledger, account: str) -> list[_Outcome]:
+    """Paid in full in a year Sage's Clear Audit Trail has since cleared: the invoice and its
+    receipt are only in the AUDIT_HISTORY_* tables."""
+    invoice = ledger.invoice(account, start=_CLEARED_YEAR)
+    receipt = ledger.receive(invoice, invoice.gross)
+    invoice.cleared = receipt.cleared = True
+    return [(invoice, PAID)]
+
+
 _SCENARIOS: dict[str, _Scenario] = {
     "unpaid": _unpaid,
     "paid_in_full": _paid_in_full,
@@ -869,6 +1067,8 @@ _SCENARIOS: dict[str, _Scenario] = {
     "payment_on_account_allocated_later": _payment_on_account_allocated_later,
     "written_off_later": _written_off_later,
     "duplicate_invoice_deleted": _duplicate_invoice_deleted,
+    "contra": _contra,
+    "cleared_year": _cleared_year,
 }
 # How often each everyday situation comes up among the extra invoices of a customer.
 _EVERYDAY_WEIGHTS = {
@@ -910,6 +1110,8 @@ def _supplier_and_bank_noise(ledger: _Ledger, count: int) -> None:
 
 
 def _category(settling: _Txn) -> str:
+    if settling.reval:
+        return "exchange_adjustment"
     if settling.type == "SC":
         return "written_off" if settling.write_off else "credited"
     return {"SR": "paid", "SA": "paid", "SD": "discounted", "SP": "refund"}[settling.type]

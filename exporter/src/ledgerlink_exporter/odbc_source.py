@@ -17,6 +17,11 @@ always sent whole (the service replaces a posting's allocations as a set):
 4. the lines and headers on the far side of those usage rows (is it an SI? which TRAN_NUMBER?).
 
 Only the touched transactions become postings; the far-side headers only resolve allocations.
+
+The CURRENCY table, when the company has it, is read whole on every run (a few rows). With
+`history` (a first load, or `--history`) the three tables are read whole, and so are
+AUDIT_HISTORY_HEADER / _SPLIT / _USAGE, where Sage's Clear Audit Trail moved the cleared
+years; a company without them is read without history.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Protocol
 
 from ledgerlink_exporter.sage import (
+    CURRENCY_COLUMNS,
+    CURRENCY_OPTIONAL,
     HEADER_COLUMNS,
     HEADER_OPTIONAL,
     MODIFIED_COLUMN,
@@ -36,6 +43,7 @@ from ledgerlink_exporter.sage import (
     ExportFileError,
     Row,
     SageExport,
+    Tables,
     build_export,
     check_columns,
 )
@@ -43,6 +51,10 @@ from ledgerlink_exporter.sage import (
 HEADER_TABLE = "AUDIT_HEADER"
 SPLIT_TABLE = "AUDIT_SPLIT"
 USAGE_TABLE = "AUDIT_USAGE"
+HISTORY_HEADER_TABLE = "AUDIT_HISTORY_HEADER"
+HISTORY_SPLIT_TABLE = "AUDIT_HISTORY_SPLIT"
+HISTORY_USAGE_TABLE = "AUDIT_HISTORY_USAGE"
+CURRENCY_TABLE = "CURRENCY"
 # Numbers per IN (...) list: well under any driver's statement length limit.
 CHUNK = 400
 
@@ -95,18 +107,34 @@ def literal(value: int | str | dt.datetime) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def read_odbc(connection: Connection, since: dt.datetime | None) -> SageExport:
+def read_odbc(
+    connection: Connection, since: dt.datetime | None, *, history: bool = False
+) -> SageExport:
+    """Everything (since None, or with `history`), or what changed since `since`."""
     reader = _Reader(connection)
-    if since is None:
+    currencies = reader.select(CURRENCY_TABLE) if reader.has_table(CURRENCY_TABLE) else None
+    if since is None or history:
         return build_export(
             reader.select(HEADER_TABLE),
             reader.select(SPLIT_TABLE),
             reader.select(USAGE_TABLE),
+            history=_history(reader) if history else None,
+            currency_rows=currencies,
         )
-    return _read_changed(reader, since)
+    return _read_changed(reader, since, currencies)
 
 
-def _read_changed(reader: _Reader, since: dt.datetime) -> SageExport:
+def _history(reader: _Reader) -> Tables | None:
+    if not reader.has_table(HISTORY_HEADER_TABLE):
+        return None
+    return Tables(
+        reader.select(HISTORY_HEADER_TABLE),
+        reader.select(HISTORY_SPLIT_TABLE),
+        reader.select(HISTORY_USAGE_TABLE),
+    )
+
+
+def _read_changed(reader: _Reader, since: dt.datetime, currencies: list[Row] | None) -> SageExport:
     changed = f"{MODIFIED_COLUMN} >= {literal(since)}"
     headers = _keyed(reader.select(HEADER_TABLE, changed), "HEADER_NUMBER")
     splits = _keyed(reader.select(SPLIT_TABLE, changed), "TRAN_NUMBER")
@@ -127,7 +155,13 @@ def _read_changed(reader: _Reader, since: dt.datetime) -> SageExport:
     wanted = (touched | _numbers(splits.values(), "HEADER_NUMBER")) - headers.keys()
     far_headers = reader.select_in(HEADER_TABLE, "HEADER_NUMBER", wanted)
     headers.update(_keyed(far_headers, "HEADER_NUMBER"))
-    return build_export(headers.values(), splits.values(), usages.values(), only_headers=touched)
+    return build_export(
+        headers.values(),
+        splits.values(),
+        usages.values(),
+        only_headers=touched,
+        currency_rows=currencies,
+    )
 
 
 # Per table: the columns it must have, then those read when the install has them.
@@ -135,6 +169,10 @@ _COLUMNS = {
     HEADER_TABLE: (HEADER_COLUMNS, HEADER_OPTIONAL),
     SPLIT_TABLE: (SPLIT_COLUMNS, SPLIT_OPTIONAL),
     USAGE_TABLE: (("USAGE_NUMBER", *USAGE_COLUMNS), USAGE_OPTIONAL),
+    HISTORY_HEADER_TABLE: (HEADER_COLUMNS, HEADER_OPTIONAL),
+    HISTORY_SPLIT_TABLE: (SPLIT_COLUMNS, SPLIT_OPTIONAL),
+    HISTORY_USAGE_TABLE: (("USAGE_NUMBER", *USAGE_COLUMNS), USAGE_OPTIONAL),
+    CURRENCY_TABLE: (CURRENCY_COLUMNS, CURRENCY_OPTIONAL),
 }
 
 
@@ -165,16 +203,20 @@ class _Reader:
             rows += self.select(table, f"{column} IN ({values})")
         return rows
 
+    def has_table(self, table: str) -> bool:
+        return bool(self._catalog(table))
+
+    def _catalog(self, table: str) -> set[str]:
+        try:
+            return {str(row[3]).upper() for row in self._connection.cursor().columns(table=table)}
+        except Exception as exc:  # each driver raises its own pyodbc.Error subclasses
+            raise ExportFileError(table, f"cannot list the columns: {_one_line(exc)}") from None
+
     def _columns_of(self, table: str) -> tuple[str, ...]:
         """Asks the driver's catalog (SQLColumns) what the table has: columns such as
         RECORD_DELETED exist on some Sage versions only."""
         if table not in self._columns:
-            try:
-                present = {
-                    str(row[3]).upper() for row in self._connection.cursor().columns(table=table)
-                }
-            except Exception as exc:  # each driver raises its own pyodbc.Error subclasses
-                raise ExportFileError(table, f"cannot list the columns: {_one_line(exc)}") from None
+            present = self._catalog(table)
             if not present:
                 raise ExportFileError(table, "no such table in this ODBC source")
             required, optional = _COLUMNS[table]

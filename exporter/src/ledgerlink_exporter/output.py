@@ -56,6 +56,7 @@ def dry_run_lines(plan: PushPlan, target: str) -> list[str]:
         f"Dry run, nothing sent: would send {plural(plan.postings, 'posting')} in "
         f"{plural(len(plan.batches), 'batch')} to {target}",
         f"Postings by type: {by_type or 'none'}",
+        *history_lines(plan),
         skipped_line(plan),
     ]
     preview = [p.to_wire() for batch in plan.batches for p in batch.postings][:_PREVIEW_POSTINGS]
@@ -84,8 +85,15 @@ def summary_lines(report: PushReport) -> list[str]:
             f"Rejected: {plural(report.postings_rejected, 'posting')}; "
             f"not sent: {plural(report.postings_not_sent, 'posting')}"
         )
+    lines += history_lines(report.plan)
     lines.append(skipped_line(report.plan))
     return lines
+
+
+def history_lines(plan: PushPlan) -> list[str]:
+    if not plan.from_history:
+        return []
+    return [f"Cleared years: {plural(plan.from_history, 'posting')} read from AUDIT_HISTORY_*"]
 
 
 def skipped_line(plan: PushPlan) -> str:

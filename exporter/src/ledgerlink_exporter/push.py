@@ -41,6 +41,8 @@ class PushPlan:
     unlinked_allocations: int
     # To record once every batch is acknowledged; None when the export has no modify dates.
     high_water: dt.datetime | None
+    # Postings read from the cleared years' tables (AUDIT_HISTORY_*).
+    from_history: int = 0
 
     @property
     def postings(self) -> int:
@@ -91,11 +93,15 @@ def plan_push(
     *,
     batch_size: int,
     lookback: dt.timedelta,
+    whole: bool = False,
 ) -> PushPlan:
+    """What to send: postings whose content the state file has not acknowledged, among those
+    changed inside the look-back window (or among all of them, when `whole`: a read of the
+    cleared years brings old rows that the window would pass over)."""
     if not 1 <= batch_size <= MAX_BATCH:
         raise ValueError(f"batch size must be between 1 and {MAX_BATCH}")
     state = state or PushState()
-    cutoff = state.high_water - lookback if state.high_water else None
+    cutoff = state.high_water - lookback if state.high_water and not whole else None
     selected: list[tuple[Posting, str]] = []
     unchanged = 0
     for posting in export.postings:
@@ -116,6 +122,7 @@ def plan_push(
         skipped_types=dict(export.skipped_types),
         unlinked_allocations=export.unlinked_allocations,
         high_water=_latest(state.high_water, export.revisions.values()),
+        from_history=export.from_history,
     )
 
 

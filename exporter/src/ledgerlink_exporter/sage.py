@@ -44,9 +44,23 @@ The data model, and where it comes from:
   half-up to pennies, signs dropped (Sage signs them by transaction type; the type already says
   which way the money goes). OUTSTANDING is kept only on SI, sign and all.
 
-Foreign-currency columns (FOREIGN_*) and the AUDIT_HISTORY_* tables (where cleared
-transactions go) have the same shapes; reading them means adding fields to `Posting` and
-table names to the sources, not a new path.
+- Currencies (Sage's Foreign Trader), per Zynk's schema pages for AUDIT_HEADER, AUDIT_SPLIT,
+  AUDIT_USAGE and CURRENCY (zynksoftware/Zynk-Workflow,
+  `_docs/Sage-50-UK-Connector/Schema/Sage-50-UK-{AUDIT_HEADER,AUDIT_USAGE,CURRENCY}-Columns.md`):
+  only the header says which currency (CURRENCY, "Which foreign currency", a TINYINT whose
+  example is 1) and at what rate (FOREIGN_RATE); CURRENCY is a number into the CURRENCY table
+  (NUMBER, CODE, BASE_CURRENCY; its example row is 1, GBP, base). Beside each base amount the
+  header has FOREIGN_NET_AMOUNT, FOREIGN_TAX_AMOUNT, FOREIGN_GROSS_AMOUNT and
+  FOREIGN_OUTSTANDING, and AUDIT_USAGE has FOREIGN_AMOUNT ("Amount Paid (Foreign Currency)")
+  beside AMOUNT ("Amount Paid (Base currency)"). A base-currency transaction sends no currency
+  fields at all, so a company without foreign customers sends exactly what it sent before; so
+  does an export without these columns. Without the CURRENCY table, number 1 (and 0, no
+  currency chosen) is the base and any other number cannot be named, so it stops the export.
+- Cleared years: Sage's Clear Audit Trail moves fully paid transactions, with everything
+  allocated to them, to AUDIT_HISTORY_HEADER / _SPLIT / _USAGE (Zynk's schema pages of those
+  names: the same numbering and columns, less OUTSTANDING). Their rows go through this same
+  path as `history`. Where a transaction is in both, the live tables win: a live header's
+  history header, lines and allocations are ignored, so nothing counts twice.
 """
 
 from __future__ import annotations
@@ -82,12 +96,28 @@ HEADER_COLUMNS = (
 SPLIT_COLUMNS = ("TRAN_NUMBER", "HEADER_NUMBER", "NOMINAL_CODE")
 USAGE_COLUMNS = ("SPLIT_NUMBER", "SPLIT_CROSSREF", "AMOUNT")
 # Read when present; everything still works without them.
-HEADER_OPTIONAL = ("OUTSTANDING", "RECORD_MODIFY_DATE", "RECORD_DELETED")
+HEADER_OPTIONAL = (
+    "OUTSTANDING",
+    "RECORD_MODIFY_DATE",
+    "RECORD_DELETED",
+    "CURRENCY",
+    "FOREIGN_RATE",
+    "FOREIGN_NET_AMOUNT",
+    "FOREIGN_TAX_AMOUNT",
+    "FOREIGN_GROSS_AMOUNT",
+    "FOREIGN_OUTSTANDING",
+)
 SPLIT_OPTIONAL = ("DELETED_FLAG", "RECORD_MODIFY_DATE", "RECORD_DELETED")
-USAGE_OPTIONAL = ("DATE", "DELETED_FLAG", "RECORD_MODIFY_DATE", "RECORD_DELETED")
+USAGE_OPTIONAL = ("DATE", "DELETED_FLAG", "RECORD_MODIFY_DATE", "RECORD_DELETED", "FOREIGN_AMOUNT")
+CURRENCY_COLUMNS = ("NUMBER", "CODE")
+CURRENCY_OPTIONAL = ("BASE_CURRENCY",)
 MODIFIED_COLUMN = "RECORD_MODIFY_DATE"
 
 _CENT = Decimal("0.01")
+# The service stores a rate as numeric(20,10).
+_RATE_PLACES = Decimal("0.0000000001")
+_MAX_RATE = Decimal("9999999999")
+_ISO_CODE = re.compile(r"^[A-Z]{3}$")
 # What the service's numeric(14,2) columns hold; a larger figure is a corrupt export.
 MAX_AMOUNT = Decimal("999999999999.99")
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
@@ -127,13 +157,40 @@ class Allocation:
     invoice_tran_number: int
     amount: Decimal
     date: dt.date
+    # In the settling posting's currency; None when that posting is in the base currency.
+    foreign_amount: Decimal | None = None
 
     def to_wire(self) -> dict[str, Any]:
-        return {
+        wire: dict[str, Any] = {
             "invoice_tran_number": self.invoice_tran_number,
             "amount": money_text(self.amount),
             "date": self.date.isoformat(),
         }
+        if self.foreign_amount is not None:
+            wire["foreign_amount"] = money_text(self.foreign_amount)
+        return wire
+
+
+@dataclass(frozen=True)
+class ForeignFigures:
+    """A posting's currency and its amounts in it, beside the base amounts."""
+
+    currency: str
+    exchange_rate: Decimal | None
+    net_amount: Decimal | None
+    tax_amount: Decimal | None
+    gross_amount: Decimal
+    outstanding: Decimal | None
+
+    def to_wire(self) -> dict[str, Any]:
+        wire: dict[str, Any] = {"currency": self.currency}
+        if self.exchange_rate is not None:
+            wire["exchange_rate"] = f"{self.exchange_rate.normalize():f}"
+        for name in ("net_amount", "tax_amount", "gross_amount", "outstanding"):
+            value = getattr(self, name)
+            if value is not None:
+                wire[f"foreign_{name}"] = money_text(value)
+        return wire
 
 
 @dataclass(frozen=True)
@@ -151,6 +208,8 @@ class Posting:
     outstanding: Decimal | None
     deleted: bool
     allocations: tuple[Allocation, ...] = ()
+    # None: the base currency, and nothing about currencies goes on the wire.
+    foreign: ForeignFigures | None = None
 
     def to_wire(self) -> dict[str, Any]:
         wire: dict[str, Any] = {
@@ -169,6 +228,8 @@ class Posting:
         }
         if self.outstanding is not None:
             wire["outstanding"] = money_text(self.outstanding)
+        if self.foreign is not None:
+            wire.update(self.foreign.to_wire())
         return wire
 
 
@@ -182,6 +243,8 @@ class SageExport:
     revisions: Mapping[int, dt.datetime | None]
     skipped_types: Mapping[str, int]
     unlinked_allocations: int
+    # Postings read only from the AUDIT_HISTORY_* tables (a cleared year).
+    from_history: int = 0
 
 
 def money_text(value: Decimal) -> str:
@@ -245,6 +308,40 @@ class Row:
 
     def optional_money(self, column: str) -> Decimal | None:
         return self.money(column) if self.raw(column) else None
+
+    def required_money(self, column: str, why: str) -> Decimal:
+        if not self.raw(column):
+            raise self.error(column, f"empty or missing, {why}")
+        return self.money(column)
+
+    def rate(self, column: str) -> Decimal | None:
+        """An exchange rate; None when missing or 0 (Sage writes 0 where none applies)."""
+        value = self.cells.get(column)
+        text = repr(value) if isinstance(value, float) else self.raw(column)
+        if not text:
+            return None
+        try:
+            rate = abs(Decimal(text))
+            if rate.is_finite() and rate <= _MAX_RATE:
+                rate = rate.quantize(_RATE_PLACES, rounding=ROUND_HALF_UP)
+                return None if rate.is_zero() else rate
+        except InvalidOperation:
+            pass
+        raise self.error(column, f"bad exchange rate '{text}', expected a number like 1.25")
+
+    def count(self, column: str) -> int:
+        """A whole number that may be 0; empty reads as 0."""
+        text = self.raw(column)
+        if not text:
+            return 0
+        value = self.cells.get(column)
+        try:
+            number = int(value) if isinstance(value, int) else int(Decimal(text))
+            if number < 0 or (not isinstance(value, int) and Decimal(text) != number):
+                raise ValueError
+        except (ValueError, InvalidOperation):
+            raise self.error(column, f"bad number '{text}', expected a whole number") from None
+        return number
 
     def date(self, column: str) -> dt.date:
         stamp = self.stamp(column)
@@ -341,9 +438,11 @@ class _Split:
 
 @dataclass(frozen=True)
 class _Usage:
+    row: Row
     split_number: int
     crossref: int
     amount: Decimal
+    foreign_amount: Decimal | None
     date: dt.date | None
     deleted: bool
     modified: dt.datetime | None
@@ -386,15 +485,58 @@ def _read_splits(rows: Iterable[Row]) -> dict[int, _Split]:
 def _read_usages(rows: Iterable[Row]) -> list[_Usage]:
     return [
         _Usage(
+            row=row,
             split_number=row.integer("SPLIT_NUMBER"),
             crossref=row.integer("SPLIT_CROSSREF"),
             amount=abs(row.money("AMOUNT")),
+            foreign_amount=_unsigned(row.optional_money("FOREIGN_AMOUNT")),
             date=row.lenient_date("DATE"),
             deleted=row.deleted(),
             modified=row.stamp(MODIFIED_COLUMN),
         )
         for row in rows
     ]
+
+
+@dataclass(frozen=True)
+class Currency:
+    code: str
+    base: bool
+
+
+def read_currencies(rows: Iterable[Row]) -> dict[int, Currency]:
+    """The CURRENCY table by NUMBER. BASE_CURRENCY marks the base; without that column, as in
+    Zynk's example row, number 1 is the base."""
+    currencies: dict[int, Currency] = {}
+    for row in rows:
+        number = row.count("NUMBER")
+        code = row.raw("CODE").upper()
+        base = row.flag("BASE_CURRENCY") if "BASE_CURRENCY" in row.cells else number == 1
+        if not base and not _ISO_CODE.match(code):
+            raise row.error("CODE", f"bad currency code '{code}', expected three letters like USD")
+        currencies[number] = Currency(code, base)
+    return currencies
+
+
+def _currency_code(row: Row, currencies: Mapping[int, Currency] | None) -> str | None:
+    """The header's currency code, or None for the base currency."""
+    number = row.count("CURRENCY")
+    currency = (currencies or {}).get(number)
+    if currency is not None:
+        return None if currency.base else currency.code
+    if number == 0 or (number == 1 and not currencies):
+        return None
+    if currencies:
+        raise row.error("CURRENCY", f"currency {number} is not in the CURRENCY table")
+    raise row.error(
+        "CURRENCY",
+        f"currency {number} needs the CURRENCY table to name it: "
+        "export it as CURRENCY.csv beside AUDIT_HEADER.csv",
+    )
+
+
+def _unsigned(amount: Decimal | None) -> Decimal | None:
+    return None if amount is None else abs(amount)
 
 
 # --- allocations --------------------------------------------------------------------------
@@ -443,8 +585,11 @@ def _resolve(
     return _Resolved(usage, link, customer, touched)
 
 
-def _allocations(resolved: Sequence[_Resolved]) -> tuple[dict[int, tuple[Allocation, ...]], int]:
-    """Allocations by settling header number, and how many rows joined no invoice."""
+def _allocations(
+    resolved: Sequence[_Resolved], currencies: Mapping[int, str | None]
+) -> tuple[dict[int, tuple[Allocation, ...]], int]:
+    """Allocations by settling header number, and how many rows joined no invoice.
+    `currencies` is each customer header's currency code (None: the base currency)."""
     invoice_first = {
         (r.link.invoice_split, r.link.settling_split)
         for r in resolved
@@ -461,8 +606,9 @@ def _allocations(resolved: Sequence[_Resolved]) -> tuple[dict[int, tuple[Allocat
         if not link.invoice_first and (link.invoice_split, link.settling_split) in invoice_first:
             continue
         on = usage.date or link.settling.row.date("DATE")
+        foreign = _foreign_amount(usage, currencies.get(link.settling.header_number))
         found[link.settling.header_number].append(
-            Allocation(link.invoice.tran_number, usage.amount, on)
+            Allocation(link.invoice.tran_number, usage.amount, on, foreign)
         )
     ordered = {
         settling: tuple(sorted(items, key=lambda a: (a.invoice_tran_number, a.date, a.amount)))
@@ -471,7 +617,26 @@ def _allocations(resolved: Sequence[_Resolved]) -> tuple[dict[int, tuple[Allocat
     return ordered, unlinked
 
 
+def _foreign_amount(usage: _Usage, currency: str | None) -> Decimal | None:
+    if currency is None:
+        return None
+    if usage.foreign_amount is None:
+        raise usage.row.error(
+            "FOREIGN_AMOUNT", f"empty or missing, needed for an allocation in {currency}"
+        )
+    return usage.foreign_amount
+
+
 # --- postings -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Tables:
+    """Rows of the three audit-trail tables (live, or their AUDIT_HISTORY_* copies)."""
+
+    header: Iterable[Row]
+    split: Iterable[Row]
+    usage: Iterable[Row]
 
 
 def build_export(
@@ -480,14 +645,27 @@ def build_export(
     usage_rows: Iterable[Row],
     *,
     only_headers: frozenset[int] | None = None,
+    history: Tables | None = None,
+    currency_rows: Iterable[Row] | None = None,
 ) -> SageExport:
     """Postings for every customer header (or only those in `only_headers`: a partial read
     passes the headers whose lines and usage rows it read completely; the other headers it
-    holds only resolve the far side of an allocation)."""
+    holds only resolve the far side of an allocation). `history` adds the cleared
+    transactions; `currency_rows` is the CURRENCY table, when there is one."""
     headers = _read_headers(header_rows)
     splits = _read_splits(split_rows)
-    resolved = [_resolve(usage, splits, headers) for usage in _read_usages(usage_rows)]
-    allocations, unlinked = _allocations(resolved)
+    usages = _read_usages(usage_rows)
+    cleared: frozenset[int] = frozenset()
+    if history is not None:
+        cleared = _add_history(history, headers, splits, usages)
+    resolved = [_resolve(usage, splits, headers) for usage in usages]
+    currencies = read_currencies(currency_rows) if currency_rows is not None else None
+    codes = {
+        number: _currency_code(header.row, currencies)
+        for number, header in headers.items()
+        if header.type in CUSTOMER_TYPES
+    }
+    allocations, unlinked = _allocations(resolved, codes)
     nominals = _first_nominals(splits.values())
     chosen = [
         header
@@ -495,7 +673,7 @@ def build_export(
         if only_headers is None or number in only_headers
     ]
     postings = tuple(
-        _posting(header, nominals.get(header.header_number, ""), allocations)
+        _posting(header, nominals.get(header.header_number, ""), allocations, codes)
         for header in chosen
         if header.type in CUSTOMER_TYPES
     )
@@ -505,6 +683,46 @@ def build_export(
         revisions=_revisions(chosen, headers, splits.values(), resolved),
         skipped_types=dict(sorted(skipped.items())),
         unlinked_allocations=unlinked,
+        from_history=sum(
+            1 for h in chosen if h.type in CUSTOMER_TYPES and h.header_number in cleared
+        ),
+    )
+
+
+def _add_history(
+    history: Tables,
+    headers: dict[int, _Header],
+    splits: dict[int, _Split],
+    usages: list[_Usage],
+) -> frozenset[int]:
+    """Adds the cleared transactions the live tables do not hold; returns their header
+    numbers. A live transaction wins whole: its history header, lines and usage rows are
+    ignored (a header is the same transaction when its HEADER_NUMBER or TRAN_NUMBER is)."""
+    live_trans = {header.tran_number for header in headers.values()}
+    added = {
+        number: header
+        for number, header in _read_headers(history.header).items()
+        if number not in headers and header.tran_number not in live_trans
+    }
+    headers.update(added)
+    old_splits = {
+        number: split
+        for number, split in _read_splits(history.split).items()
+        if number not in splits and split.header_number in added
+    }
+    splits.update(old_splits)
+    usages.extend(
+        usage
+        for usage in _read_usages(history.usage)
+        if usage.split_number in old_splits or usage.crossref in old_splits
+        if not _touches_live(usage, splits, old_splits)
+    )
+    return frozenset(added)
+
+
+def _touches_live(usage: _Usage, splits: Mapping[int, _Split], old: Mapping[int, _Split]) -> bool:
+    return any(
+        number in splits and number not in old for number in (usage.split_number, usage.crossref)
     )
 
 
@@ -516,9 +734,14 @@ def _first_nominals(splits: Iterable[_Split]) -> dict[int, str]:
 
 
 def _posting(
-    header: _Header, nominal_code: str, allocations: Mapping[int, tuple[Allocation, ...]]
+    header: _Header,
+    nominal_code: str,
+    allocations: Mapping[int, tuple[Allocation, ...]],
+    currencies: Mapping[int, str | None],
 ) -> Posting:
     row = header.row
+    outstanding = row.optional_money("OUTSTANDING") if header.type == "SI" else None
+    currency = currencies.get(header.header_number)
     return Posting(
         tran_number=header.tran_number,
         type=header.type,
@@ -530,9 +753,26 @@ def _posting(
         net_amount=abs(row.money("NET_AMOUNT")),
         tax_amount=abs(row.money("TAX_AMOUNT")),
         gross_amount=abs(row.money("GROSS_AMOUNT")),
-        outstanding=row.optional_money("OUTSTANDING") if header.type == "SI" else None,
+        outstanding=outstanding,
         deleted=row.deleted(),
         allocations=allocations.get(header.header_number, ()),
+        foreign=_foreign(row, currency, with_outstanding=outstanding is not None)
+        if currency is not None
+        else None,
+    )
+
+
+def _foreign(row: Row, currency: str, *, with_outstanding: bool) -> ForeignFigures:
+    """The header's FOREIGN_* figures, unsigned like the base ones; Sage's outstanding keeps
+    its sign, and the service needs it in both currencies or neither."""
+    why = f"needed for a transaction in {currency}"
+    return ForeignFigures(
+        currency=currency,
+        exchange_rate=row.rate("FOREIGN_RATE"),
+        net_amount=_unsigned(row.optional_money("FOREIGN_NET_AMOUNT")),
+        tax_amount=_unsigned(row.optional_money("FOREIGN_TAX_AMOUNT")),
+        gross_amount=abs(row.required_money("FOREIGN_GROSS_AMOUNT", why)),
+        outstanding=row.required_money("FOREIGN_OUTSTANDING", why) if with_outstanding else None,
     )
 
 
