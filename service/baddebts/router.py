@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import date
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Query, Request
@@ -12,6 +11,7 @@ from service.auth import ReadKey
 from service.baddebts import service
 from service.baddebts.schemas import BadDebtPage
 from service.deps import SessionDep, SettingsDep
+from service.ingest.schemas import SageDate
 from service.invoices.schemas import AccountRef
 
 router = APIRouter(tags=["reports"])
@@ -29,7 +29,8 @@ async def bad_debts(
     settings: SettingsDep,
     request: Request,
     as_of: Annotated[
-        date | None, Query(description="The day ages are counted to (default: today, UTC)")
+        SageDate | None,
+        Query(description="The day ages are counted to (default: today, UTC)"),
     ] = None,
     account_ref: Annotated[AccountRef | None, Query()] = None,
     qualifying: Annotated[

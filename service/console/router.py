@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import date
 from pathlib import Path as FilePath
 from typing import Annotated, Any
 from urllib.parse import urlencode
@@ -41,6 +40,7 @@ from service.errors import (
     describe,
     validation_errors,
 )
+from service.ingest.schemas import SageDate
 from service.invoices import service as invoices
 from service.invoices.schemas import AccountRef, BulkStatusRequest, InvoiceFilter, Text
 from service.picklist import repository as picklist_repo
@@ -564,6 +564,6 @@ def install_console(app: FastAPI) -> None:
 class _BadDebtQuery(BaseModel):
     """The bad-debt page's filters: those of GET /v1/reports/bad-debts."""
 
-    as_of: date | None = None
+    as_of: SageDate | None = None
     account_ref: AccountRef | None = None
     qualifying: bool | None = None

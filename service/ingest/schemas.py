@@ -95,6 +95,19 @@ Money = Annotated[Decimal, _Amount(ge=Decimal(0))]
 PositiveMoney = Annotated[Decimal, _Amount(gt=Decimal(0))]
 SignedMoney = Annotated[Decimal, _Amount(ge=-MAX_AMOUNT)]
 TranNumber = Annotated[int, Field(gt=0, le=2**63 - 1)]
+# A calendar date a Sage company can hold. The bounds keep out 0001-01-01 and 9999-12-31,
+# which asyncpg sends to PostgreSQL as -infinity and infinity (date.min, date.max): stored,
+# they would break every date difference later (a 500 on the bad-debt report).
+FIRST_DATE = dt.date(1900, 1, 1)
+LAST_DATE = dt.date(9998, 12, 31)
+SageDate = Annotated[
+    dt.date,
+    Field(
+        ge=FIRST_DATE,
+        le=LAST_DATE,
+        description=f"YYYY-MM-DD, from {FIRST_DATE.isoformat()} to {LAST_DATE.isoformat()}",
+    ),
+]
 # ISO 4217, as Sage's CURRENCY table holds it (CODE).
 CurrencyCode = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
 # Sage's FOREIGN_RATE: currency units per one unit of the base currency. Stored as
@@ -127,7 +140,7 @@ class AllocationIn(BaseModel):
     # AUDIT_USAGE.FOREIGN_AMOUNT: the same allocation in the currency of the posting. Zero
     # for Sage's revaluations, which move pounds only.
     foreign_amount: Money | None = None
-    date: dt.date | None = None
+    date: SageDate | None = None
     deleted: StrictBool = False
 
 
@@ -141,7 +154,7 @@ class PostingIn(BaseModel):
     type: PostingType
     account_ref: AccountRef
     reference: Reference = ""
-    date: dt.date
+    date: SageDate
     details: Details = ""
     nominal_code: NominalCode = ""
     net_amount: Money

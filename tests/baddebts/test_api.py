@@ -69,7 +69,18 @@ async def test_csv_paged_with_link(client: httpx.AsyncClient) -> None:
     assert 'rel="next"' in response.headers["link"]
 
 
-@pytest.mark.parametrize("query", ["as_of=yesterday", "qualifying=maybe", "limit=0", "cursor=%%"])
+@pytest.mark.parametrize(
+    "query",
+    [
+        "as_of=yesterday",
+        # date.min and date.max would reach PostgreSQL as -infinity / infinity (a 500 before).
+        "as_of=0001-01-01",
+        "as_of=9999-12-31",
+        "qualifying=maybe",
+        "limit=0",
+        "cursor=%%",
+    ],
+)
 async def test_bad_query_is_422(client: httpx.AsyncClient, query: str) -> None:
     response = await client.get(f"/v1/reports/bad-debts?{query}", headers=auth(READ_KEY))
     assert response.status_code == 422

@@ -125,3 +125,27 @@ async def test_foreign_amounts_are_exact_too(
         "postings[1].allocations[0].foreign_amount",
     ]
     assert await _stored(engine, "SELECT count(*) FROM postings") == 0
+
+
+@pytest.mark.parametrize(
+    ("where", "day"),
+    [("posting", "0001-01-01"), ("posting", "9999-12-31"), ("allocation", "0001-01-01")],
+)
+async def test_a_date_outside_the_calendar_sage_holds_is_a_422_naming_it(
+    client: httpx.AsyncClient, engine: AsyncEngine, where: str, day: str
+) -> None:
+    """asyncpg would store date.min and date.max as -infinity and infinity, and every date
+    difference on them fails later: refused at the door instead."""
+    invoice = si(1001, "INV-1")
+    receipt = sr(1002, (1001, "10.00"))
+    if where == "posting":
+        invoice["date"] = day
+    else:
+        receipt["allocations"][0]["date"] = day
+    response = await _post(
+        client, orjson.dumps({"source": "tests", "postings": [invoice, receipt]})
+    )
+    assert response.status_code == 422, response.text
+    expected = "postings[0].date" if where == "posting" else "postings[1].allocations[0].date"
+    assert [e["field"] for e in response.json()["errors"]] == [expected]
+    assert await _stored(engine, "SELECT count(*) FROM postings") == 0
