@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -89,6 +89,25 @@ class _Amount:
             number["exclusiveMinimum"] = float(self.gt)
         text = {"type": "string", "pattern": AMOUNT_TEXT}
         return {"anyOf": [number, text]}
+
+
+def amount_fields(model: type[BaseModel]) -> tuple[str, ...]:
+    """The fields of `model` that hold an amount (Money, PositiveMoney, SignedMoney, optional or
+    not): what the raw-body exactness check reads, so a new amount field is never missed."""
+
+    def holds_amount(annotation: Any, metadata: list[Any]) -> bool:
+        if any(isinstance(m, _Amount) for m in metadata):
+            return True
+        return any(
+            holds_amount(arg, list(getattr(arg, "__metadata__", ())))
+            for arg in get_args(annotation)
+        )
+
+    return tuple(
+        name
+        for name, field in model.model_fields.items()
+        if holds_amount(field.annotation, field.metadata)
+    )
 
 
 Money = Annotated[Decimal, _Amount(ge=Decimal(0))]

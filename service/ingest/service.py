@@ -25,7 +25,15 @@ from service.errors import (
     Unprocessable,
 )
 from service.ingest import repository
-from service.ingest.schemas import CENT, IngestResult, PostingBatch, loc_text
+from service.ingest.schemas import (
+    CENT,
+    AllocationIn,
+    IngestResult,
+    PostingBatch,
+    PostingIn,
+    amount_fields,
+    loc_text,
+)
 from service.ingest.signature import SignatureRejected, SignedHeaders, Verifier
 from service.logging import get_logger
 from service.ops.metrics import BATCH_SIZE, INGEST_LATENCY, POSTINGS, WEBHOOK_DELIVERIES
@@ -225,17 +233,8 @@ class _NumberText(str):
 # string too: a false alarm there costs only the exact look below). One scan in C; a batch
 # of plain amounts never takes the slow path.
 _SUSPECT_NUMBER = re.compile(rb"[0-9]\.[0-9]{3}|[0-9][eE]")
-_AMOUNT_FIELDS = (
-    "net_amount",
-    "tax_amount",
-    "gross_amount",
-    "outstanding",
-    "foreign_net_amount",
-    "foreign_tax_amount",
-    "foreign_gross_amount",
-    "foreign_outstanding",
-)
-_ALLOCATION_AMOUNT_FIELDS = ("amount", "foreign_amount")
+_AMOUNT_FIELDS = amount_fields(PostingIn)
+_ALLOCATION_AMOUNT_FIELDS = amount_fields(AllocationIn)
 
 
 def inexact_numbers(body: bytes) -> list[dict[str, Any]]:
