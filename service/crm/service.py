@@ -37,7 +37,7 @@ from service.crm.connector import (
 )
 from service.errors import Conflict, NotFound
 from service.logging import get_logger
-from service.ops.metrics import CRM_DELIVERIES
+from service.metrics import CRM_DELIVERIES
 from service.settings import CrmMode, Settings, SettingsError
 
 log = get_logger(__name__)

@@ -6,7 +6,7 @@ from service.errors import ServiceError
 from service.invoices import repository as repo
 from service.invoices import service
 from service.logging import get_logger
-from service.ops.metrics import BULK_JOBS, STATUS_CHANGES
+from service.metrics import BULK_JOBS, STATUS_CHANGES
 from service.worker import WorkerContext
 
 log = get_logger(__name__)

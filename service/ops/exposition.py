@@ -23,8 +23,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from service.metrics import DB_POOL, DB_POOL_MAX, READY
 from service.ops.gauges import refresh_gauges
-from service.ops.metrics import DB_POOL, DB_POOL_MAX, READY
 from service.ops.readiness import readiness
 from service.settings import Settings
 

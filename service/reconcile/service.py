@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.errors import Unprocessable
 from service.logging import get_logger
-from service.ops.metrics import (
+from service.metrics import (
     CONFLICTS,
     POSTING_TO_STATUS,
     RECONCILE_DURATION,
