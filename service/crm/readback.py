@@ -39,7 +39,6 @@ from service.settings import Settings
 
 log = get_logger(__name__)
 
-READBACK_KEY = "crm_readback"
 ADOPTED_REASON = (
     "set to '%s' in OpenCRM by a person (found by read-back); protected, so syncs leave it"
 )
