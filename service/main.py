@@ -60,12 +60,16 @@ def build_worker(ctx: WorkerContext, database_url: str) -> tuple[Worker, Dispatc
     return worker, dispatcher
 
 
-def lifespan_for(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
-    return partial(lifespan, settings=settings)
+def lifespan_for(
+    settings: Settings, console_keys: SessionKeys
+) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    return partial(lifespan, settings=settings, console_keys=console_keys)
 
 
 @asynccontextmanager
-async def lifespan(app: FastAPI, *, settings: Settings) -> AsyncIterator[None]:
+async def lifespan(
+    app: FastAPI, *, settings: Settings, console_keys: SessionKeys
+) -> AsyncIterator[None]:
     embedded: EmbeddedPostgres | None = None
     if settings.database_url is None:
         embedded = EmbeddedPostgres(settings.data_dir)
@@ -95,7 +99,7 @@ async def lifespan(app: FastAPI, *, settings: Settings) -> AsyncIterator[None]:
             settings=settings,
             engine=engine,
             ingest=WebhookIngest(settings, engine),
-            console_keys=SessionKeys(settings),
+            console_keys=console_keys,
             worker=worker,
             dispatcher=dispatcher,
         ),
@@ -119,6 +123,9 @@ async def lifespan(app: FastAPI, *, settings: Settings) -> AsyncIterator[None]:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
     configure_logging(settings.log_level, settings.log_format)
+    # Only settings go into them, so they are made with the app (and their warning about a
+    # missing secret is logged when the app is made); the lifespan hands them on.
+    console_keys = SessionKeys(settings)
     # FastAPIOffline serves the docs' assets itself (no CDN), but insists on a schema URL: with
     # the docs switched off there is no schema URL, no docs page, and plain FastAPI.
     make = FastAPIOffline if settings.docs_enabled else FastAPI
@@ -132,7 +139,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         license_info={"name": "Apache-2.0", "identifier": "Apache-2.0"},
         # Relative: the docs page and generated clients talk to whichever host served them.
         servers=[{"url": "/", "description": "The ledgerlink service that serves this document"}],
-        lifespan=lifespan_for(settings),
+        lifespan=lifespan_for(settings, console_keys),
     )
     install_error_handlers(app)
     app.add_middleware(

@@ -515,8 +515,8 @@ def _arg(value: object) -> str | None:
 
 
 def install_console(app: FastAPI) -> None:
-    """Routes, static files and HTML error pages under /console/ (the session keys are built
-    by the lifespan, with the rest of the runtime)."""
+    """Routes, static files and HTML error pages under /console/ (the session keys reach the
+    routes with the rest of the runtime, service/deps.py)."""
     app.include_router(router)
     app.mount("/console/static", StaticFiles(directory=HERE / "static"), name="console-static")
     api_handler = app.exception_handlers[ServiceError]
