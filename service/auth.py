@@ -3,28 +3,22 @@
 from __future__ import annotations
 
 import hmac
-from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import Depends, Request
+from fastapi import Depends
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.security.utils import get_authorization_scheme_param
 from starlette.types import Scope as AsgiScope
 
+from service.deps import SettingsDep
 from service.errors import Forbidden, Unauthorized
-from service.settings import ApiKey, Scope, Settings
+from service.settings import ApiKey, Principal, Scope, Settings
 
 _bearer = HTTPBearer(auto_error=False, description="An API key from LEDGERLINK_API_KEYS")
 
 # `openapi_extra` of an operation that takes no API key (probes; the webhook, which is signed
 # instead): client generators and linters read a missing `security` as "unknown", not "none".
 NO_API_KEY: dict[str, Any] = {"security": []}
-
-
-@dataclass(frozen=True)
-class Principal:
-    name: str
-    scopes: frozenset[str]
 
 
 def find_key(settings: Settings, presented: str) -> ApiKey | None:
@@ -55,14 +49,12 @@ def authenticate(settings: Settings, scheme: str | None, token: str | None) -> A
     return key
 
 
-def check_before_body(settings: Settings, scope: AsgiScope) -> None:
+def check_before_body(settings: Settings, signed_paths: frozenset[str], scope: AsgiScope) -> None:
     """A request to the API that brings a body must show a valid key before any of the body
     is read (the scope is checked later, by the route): a stranger's upload costs nothing.
-    The webhook is signed over its body instead, and has its own limits."""
-    from service.ingest.router import WEBHOOK_PATH
-
+    A signed path (the webhook) is signed over its body instead, and has its own limits."""
     path: str = scope["path"]
-    if not path.startswith("/v1/") or path == WEBHOOK_PATH:
+    if not path.startswith("/v1/") or path in signed_paths:
         return
     headers = dict(scope.get("headers", []))
     if headers.get(b"content-length", b"0") == b"0" and b"transfer-encoding" not in headers:
@@ -75,10 +67,9 @@ def check_before_body(settings: Settings, scope: AsgiScope) -> None:
 
 def require(scope: Scope) -> Any:
     async def dependency(
-        request: Request,
+        settings: SettingsDep,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> Principal:
-        settings: Settings = request.app.state.settings
         key = authenticate(
             settings,
             credentials.scheme if credentials else None,

@@ -224,8 +224,8 @@ def worker_command() -> None:
     """Run only the background worker (scale it separately from the API)."""
     from service.db import EmbeddedPostgres
     from service.logging import configure_logging
+    from service.main import run_worker
     from service.ops.exposition import MetricsPortTaken
-    from service.worker import run_standalone
 
     settings = _settings()
     configure_logging(settings.log_level, settings.log_format)
@@ -236,7 +236,7 @@ def worker_command() -> None:
             url = embedded.start()
         else:
             url = settings.database_url.get_secret_value()
-        asyncio.run(run_standalone(settings, url))
+        asyncio.run(run_worker(settings, url))
     except MetricsPortTaken as exc:
         typer.echo(f"ledgerlink: {exc}", err=True)
         raise typer.Exit(2) from None

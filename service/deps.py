@@ -1,31 +1,85 @@
-"""Request-scoped dependencies: settings, engine, and the one session per unit of work."""
+"""Request-scoped dependencies: what the lifespan built (typed), and the one session per unit of
+work.
+
+The lifespan builds one `Runtime`; this module is the only reader of `app.state`, so routes ask
+for typed parts of it (`SettingsDep`, `EngineDep`, ...) instead of reaching into an attribute bag.
+"""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, FastAPI, Request
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from service.console.session import SessionKeys
+from service.crm.service import Dispatcher
+from service.ingest.service import WebhookIngest
+from service.ops.readiness import Probed
 from service.settings import Settings
+from service.worker import Worker
 
 
-def get_settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
+@dataclass(frozen=True)
+class Runtime:
+    """Everything the API process builds once at start-up and shares between requests."""
+
+    settings: Settings
+    engine: AsyncEngine
+    ingest: WebhookIngest
+    console_keys: SessionKeys
+    # The in-process worker (LEDGERLINK_RUN_WORKER) and its CRM dispatcher, else None.
+    worker: Worker | None
+    dispatcher: Dispatcher | None
+
+    @property
+    def probed(self) -> Probed:
+        return Probed(self.settings, self.engine, self.dispatcher)
 
 
-def get_engine(request: Request) -> AsyncEngine:
-    engine: AsyncEngine = request.app.state.engine
-    return engine
+def install_runtime(app: FastAPI, runtime: Runtime) -> None:
+    app.state.runtime = runtime
+
+
+def runtime_of(app: FastAPI) -> Runtime:
+    runtime: Runtime = app.state.runtime
+    return runtime
+
+
+def get_runtime(request: Request) -> Runtime:
+    return runtime_of(request.app)
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+
+def get_settings(runtime: RuntimeDep) -> Settings:
+    return runtime.settings
+
+
+def get_engine(runtime: RuntimeDep) -> AsyncEngine:
+    return runtime.engine
+
+
+def get_ingest(runtime: RuntimeDep) -> WebhookIngest:
+    return runtime.ingest
+
+
+def get_worker(runtime: RuntimeDep) -> Worker | None:
+    return runtime.worker
+
+
+def get_probed(runtime: RuntimeDep) -> Probed:
+    return runtime.probed
 
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
     """Commits after the endpoint returns and before the response is sent (scope="function"),
     so a 2xx means the work is on disk; any exception rolls everything back."""
-    async with AsyncSession(request.app.state.engine, expire_on_commit=False) as session:
+    async with AsyncSession(runtime_of(request.app).engine, expire_on_commit=False) as session:
         try:
             yield session
             await session.commit()
@@ -36,4 +90,7 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 EngineDep = Annotated[AsyncEngine, Depends(get_engine)]
+IngestDep = Annotated[WebhookIngest, Depends(get_ingest)]
+WorkerDep = Annotated[Worker | None, Depends(get_worker)]
+ProbedDep = Annotated[Probed, Depends(get_probed)]
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]

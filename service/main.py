@@ -1,11 +1,15 @@
-"""The application: create_app() and its lifespan (engine, embedded database, worker)."""
+"""The composition root of both processes: the API (create_app() and its lifespan: engine,
+embedded database, worker) and the standalone worker (`ledgerlink worker`). Everything shared
+is built here once and handed on, typed: to requests through service/deps.py, to worker tasks
+through service/tasks.py."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import signal
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from functools import partial
 
 import httpx
@@ -14,21 +18,58 @@ from fastapi_offline import FastAPIOffline
 
 from service import __version__
 from service.auth import check_before_body
+from service.baddebts.router import router as baddebts_router
+from service.console.router import install_console
+from service.console.session import SessionKeys
+from service.context import WorkerContext
+from service.crm import tasks as crm_tasks
+from service.crm.router import router as crm_router
+from service.crm.service import Dispatcher
 from service.db import EmbeddedPostgres, create_engine
+from service.deps import Runtime, install_runtime
 from service.errors import install_error_handlers, install_openapi_problems
+from service.ingest.router import WEBHOOK_PATH
+from service.ingest.router import router as ingest_router
+from service.ingest.service import WebhookIngest
+from service.invoices.router import router as invoices_router
 from service.logging import configure_logging, get_logger
 from service.middleware import BodyBudget, RequestContextMiddleware
+from service.ops.exposition import bind_metrics_socket, worker_metrics_app, worker_metrics_server
+from service.ops.readiness import Probed
+from service.ops.router import router as ops_router
+from service.ops.startup import startup_checks
+from service.picklist.router import router as picklist_router
+from service.reconcile.router import router as reconcile_router
 from service.settings import Settings, load_settings
-from service.worker import Worker, WorkerContext
+from service.tasks import worker_tasks
+from service.worker import Worker
 
 log = get_logger(__name__)
 
 USER_AGENT = f"ledgerlink/{__version__}"
 
 
+def build_worker(ctx: WorkerContext, database_url: str) -> tuple[Worker, Dispatcher]:
+    """The worker with every task, and its CRM dispatcher (whose halt readiness reports)."""
+    dispatcher = crm_tasks.dispatcher(ctx)
+    worker = Worker(
+        worker_tasks(ctx, dispatcher),
+        database_url=database_url,
+        sweep_seconds=ctx.settings.worker_sweep_seconds,
+    )
+    return worker, dispatcher
+
+
+def lifespan_for(
+    settings: Settings, console_keys: SessionKeys
+) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    return partial(lifespan, settings=settings, console_keys=console_keys)
+
+
 @asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    settings: Settings = app.state.settings
+async def lifespan(
+    app: FastAPI, *, settings: Settings, console_keys: SessionKeys
+) -> AsyncIterator[None]:
     embedded: EmbeddedPostgres | None = None
     if settings.database_url is None:
         embedded = EmbeddedPostgres(settings.data_dir)
@@ -40,29 +81,36 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     http = httpx.AsyncClient(
         timeout=settings.opencrm_timeout_seconds, headers={"User-Agent": USER_AGENT}
     )
-    app.state.engine = engine
-    app.state.http = http
-    app.state.database_url = database_url
-    app.state.worker = None
+    worker: Worker | None = None
+    dispatcher: Dispatcher | None = None
     worker_task: asyncio.Task[None] | None = None
     if not settings.parsed_api_keys:
         log.warning(
             "auth.no_keys",
             detail="LEDGERLINK_API_KEYS is empty: every protected endpoint answers 401",
         )
-    from service.ops.startup import startup_checks
-
-    await startup_checks(app)
+    await startup_checks(engine, settings)
     if settings.run_worker:
-        ctx = WorkerContext(settings=settings, engine=engine, http=http, database_url=database_url)
-        worker = Worker(ctx)
-        app.state.worker = worker
+        ctx = WorkerContext(settings=settings, engine=engine, http=http)
+        worker, dispatcher = build_worker(ctx, database_url)
+    install_runtime(
+        app,
+        Runtime(
+            settings=settings,
+            engine=engine,
+            ingest=WebhookIngest(settings, engine),
+            console_keys=console_keys,
+            worker=worker,
+            dispatcher=dispatcher,
+        ),
+    )
+    if worker is not None:
         worker_task = asyncio.create_task(worker.run(), name="ledgerlink-worker")
     try:
         yield
     finally:
-        if worker_task is not None:
-            app.state.worker.stop()
+        if worker is not None and worker_task is not None:
+            worker.stop()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(worker_task, timeout=30)
         await http.aclose()
@@ -75,6 +123,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
     configure_logging(settings.log_level, settings.log_format)
+    # Only settings go into them, so they are made with the app (and their warning about a
+    # missing secret is logged when the app is made); the lifespan hands them on.
+    console_keys = SessionKeys(settings)
     # FastAPIOffline serves the docs' assets itself (no CDN), but insists on a schema URL: with
     # the docs switched off there is no schema URL, no docs page, and plain FastAPI.
     make = FastAPIOffline if settings.docs_enabled else FastAPI
@@ -88,16 +139,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         license_info={"name": "Apache-2.0", "identifier": "Apache-2.0"},
         # Relative: the docs page and generated clients talk to whichever host served them.
         servers=[{"url": "/", "description": "The ledgerlink service that serves this document"}],
-        lifespan=lifespan,
+        lifespan=lifespan_for(settings, console_keys),
     )
-    app.state.settings = settings
     install_error_handlers(app)
     app.add_middleware(
         RequestContextMiddleware,
         receive_timeout=settings.request_timeout_seconds,
         max_body_bytes=settings.max_body_bytes,
         body_budget=BodyBudget(settings.max_inflight_body_bytes),
-        check_before_body=partial(check_before_body, settings),
+        check_before_body=partial(check_before_body, settings, frozenset({WEBHOOK_PATH})),
     )
     _include_routers(app)
     install_openapi_problems(app)
@@ -105,15 +155,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 def _include_routers(app: FastAPI) -> None:
-    from service.baddebts.router import router as baddebts_router
-    from service.console.router import install_console
-    from service.crm.router import router as crm_router
-    from service.ingest.router import router as ingest_router
-    from service.invoices.router import router as invoices_router
-    from service.ops.router import router as ops_router
-    from service.picklist.router import router as picklist_router
-    from service.reconcile.router import router as reconcile_router
-
     for router in (
         ops_router,
         ingest_router,
@@ -125,3 +166,26 @@ def _include_routers(app: FastAPI) -> None:
     ):
         app.include_router(router)
     install_console(app)
+
+
+async def run_worker(settings: Settings, database_url: str) -> None:
+    """`ledgerlink worker`: the worker, and its metrics and liveness on its own port."""
+    sock = bind_metrics_socket(settings.host, settings.worker_metrics_port)
+    engine = create_engine(database_url, pool_size=settings.db_pool_size)
+    async with httpx.AsyncClient(timeout=settings.opencrm_timeout_seconds) as http:
+        ctx = WorkerContext(settings=settings, engine=engine, http=http)
+        worker, dispatcher = build_worker(ctx, database_url)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, worker.stop)
+        probed = Probed(settings, engine, dispatcher)
+        server = worker_metrics_server(worker_metrics_app(probed, worker.stopping))
+        serving = asyncio.create_task(server.serve(sockets=[sock]), name="worker-metrics")
+        log.info("worker.metrics.listening", host=settings.host, port=settings.worker_metrics_port)
+        try:
+            await worker.run()
+        finally:
+            server.should_exit = True
+            with contextlib.suppress(Exception):
+                await serving
+            await engine.dispose()

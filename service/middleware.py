@@ -22,7 +22,7 @@ from service.errors import (
     problem,
 )
 from service.logging import get_logger
-from service.ops.metrics import HTTP_LATENCY, HTTP_REQUESTS
+from service.metrics import HTTP_LATENCY, HTTP_REQUESTS
 
 log = get_logger("service.http")
 

@@ -8,14 +8,13 @@ from typing import Any
 
 import yaml
 
+from service.main import create_app
 from service.settings import load_settings
 
 TARGET = Path(__file__).resolve().parents[1] / "openapi.yaml"
 
 
 def render() -> str:
-    from service.main import create_app
-
     app = create_app(load_settings(docs_enabled=True, log_level="WARNING"))
     spec: dict[str, Any] = app.openapi()
     return yaml.safe_dump(spec, sort_keys=False, allow_unicode=True, width=100)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
@@ -61,6 +62,14 @@ class ApiKey:
         self.secret = secret
         self.name = name
         self.scopes = scopes
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who a request's API key names, and what it may do (the key without its secret)."""
+
+    name: str
+    scopes: frozenset[str]
 
 
 def _split_csv(value: Any) -> Any:

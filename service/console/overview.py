@@ -4,7 +4,6 @@ each with the console list that shows the invoices behind it."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -12,7 +11,7 @@ from service.console.forms import filter_query
 from service.invoices import service as invoices
 from service.invoices.schemas import InvoiceFilter
 from service.ops.gauges import Backlog, backlog
-from service.ops.readiness import readiness
+from service.ops.readiness import Probed, readiness
 from service.ops.schemas import Readiness
 from service.reconcile import service as reconcile
 from service.reconcile.repository import RunRow
@@ -60,7 +59,7 @@ def list_href(f: InvoiceFilter) -> str:
     return "/console/invoices?" + filter_query(f)
 
 
-async def overview(conn: AsyncConnection, settings: Settings, app_state: Any) -> Overview:
+async def overview(conn: AsyncConnection, settings: Settings, probed: Probed) -> Overview:
     by_status = [
         Figure(status, status, count, list_href(InvoiceFilter(status=[status])))
         for status, count in await invoices.status_counts(conn)
@@ -76,7 +75,7 @@ async def overview(conn: AsyncConnection, settings: Settings, app_state: Any) ->
         backlog=await backlog(conn),
         crm_drift=await crm_drift_count(conn, settings),
         last_run=await reconcile.latest_run(conn),
-        readiness=await readiness(app_state),
+        readiness=await readiness(probed),
     )
 
 

@@ -23,7 +23,7 @@ from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service import csvout
-from service.auth import Principal, find_key
+from service.auth import find_key
 from service.baddebts import service as baddebts
 from service.console import forms
 from service.console.overview import ATTENTION, CRM_DRIFT_COUNT_CAP, CRM_DRIFT_KIND, overview
@@ -31,7 +31,7 @@ from service.console.session import CSRF_FIELD, ConsoleSession, SessionKeys
 from service.crm import repository as crm_repo
 from service.crm import service as crm
 from service.crm.schemas import OutboxMessageOut, OutboxState
-from service.deps import SessionDep, SettingsDep
+from service.deps import ProbedDep, SessionDep, SettingsDep, runtime_of
 from service.errors import (
     Forbidden,
     ServiceError,
@@ -46,7 +46,7 @@ from service.invoices.schemas import AccountRef, BulkStatusRequest, InvoiceFilte
 from service.picklist import repository as picklist_repo
 from service.picklist import service as picklist
 from service.reconcile import service as reconcile
-from service.settings import DERIVED_STATES, Scope, Settings
+from service.settings import DERIVED_STATES, Principal, Scope, Settings
 
 HERE = FilePath(__file__).parent
 templates = Jinja2Templates(directory=HERE / "templates")
@@ -95,8 +95,7 @@ class Ctx:
 
 
 def session_keys(request: Request) -> SessionKeys:
-    keys: SessionKeys = request.app.state.console_keys
-    return keys
+    return runtime_of(request.app).console_keys
 
 
 async def signed_in(request: Request) -> Ctx:
@@ -193,9 +192,11 @@ def _local(url: str) -> str:
 
 
 @router.get("/")
-async def overview_page(ctx: CtxDep, session: SessionDep, settings: SettingsDep) -> Response:
+async def overview_page(
+    ctx: CtxDep, session: SessionDep, settings: SettingsDep, probed: ProbedDep
+) -> Response:
     conn = await session.connection()
-    view = await overview(conn, settings, ctx.request.app.state)
+    view = await overview(conn, settings, probed)
     return render(ctx.request, "overview.html", ctx=ctx, view=view, drift_cap=CRM_DRIFT_COUNT_CAP)
 
 
@@ -514,8 +515,8 @@ def _arg(value: object) -> str | None:
 
 
 def install_console(app: FastAPI) -> None:
-    """Routes, static files, the session keys, and HTML error pages under /console/."""
-    app.state.console_keys = SessionKeys(app.state.settings)
+    """Routes, static files and HTML error pages under /console/ (the session keys reach the
+    routes with the rest of the runtime, service/deps.py)."""
     app.include_router(router)
     app.mount("/console/static", StaticFiles(directory=HERE / "static"), name="console-static")
     api_handler = app.exception_handlers[ServiceError]

@@ -19,10 +19,9 @@ from dataclasses import dataclass
 from fastapi import Request, Response
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
-from service.auth import Principal
 from service.errors import Forbidden
 from service.logging import get_logger
-from service.settings import Settings
+from service.settings import Principal, Settings
 
 log = get_logger(__name__)
 

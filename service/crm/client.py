@@ -27,7 +27,7 @@ import httpx
 from pydantic import SecretStr
 
 from service.logging import get_logger
-from service.ops.metrics import CRM_LATENCY
+from service.metrics import CRM_LATENCY
 
 log = get_logger(__name__)
 

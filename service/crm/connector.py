@@ -66,6 +66,10 @@ class Connector(Protocol):
 
     async def deliver(self, change: Change) -> Outcome: ...
 
+    def take_seen_ids(self) -> dict[str, str]:
+        """CRM record ids seen since the last call, by invoice number (then forgotten)."""
+        ...
+
 
 def format_amount(amount: Decimal) -> str:
     return f"{amount.quantize(Decimal('0.01')):.2f}"
@@ -84,6 +88,9 @@ class LocalConnector:
         if change.outstanding is not None:
             sent["outstanding"] = format_amount(change.outstanding)
         return Pushed(sent=sent, crm_id=change.crm_id)
+
+    def take_seen_ids(self) -> dict[str, str]:
+        return {}
 
 
 @dataclass(frozen=True)
@@ -123,6 +130,10 @@ class OpenCrmConnector:
         # dispatcher so that no invoice is searched for twice.
         self.seen_ids: dict[str, str] = {}
         self._warned_unfiltered = False
+
+    def take_seen_ids(self) -> dict[str, str]:
+        ids, self.seen_ids = self.seen_ids, {}
+        return ids
 
     def protected(self, crm_status: str | None) -> str | None:
         """The configured spelling of a protected status the CRM shows, else None."""

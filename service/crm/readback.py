@@ -34,12 +34,11 @@ from service.crm.client import CrmError, CrmHalt, CrmInvoice, CrmUnavailable
 from service.crm.connector import OpenCrmConnector, parse_amount
 from service.crm.service import RetryPolicy, build_opencrm_connector
 from service.logging import get_logger
-from service.ops.metrics import CRM_READBACK
+from service.metrics import CRM_READBACK
 from service.settings import Settings
 
 log = get_logger(__name__)
 
-READBACK_KEY = "crm_readback"
 ADOPTED_REASON = (
     "set to '%s' in OpenCRM by a person (found by read-back); protected, so syncs leave it"
 )

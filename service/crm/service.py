@@ -37,13 +37,12 @@ from service.crm.connector import (
 )
 from service.errors import Conflict, NotFound
 from service.logging import get_logger
-from service.ops.metrics import CRM_DELIVERIES
+from service.metrics import CRM_DELIVERIES
 from service.settings import CrmMode, Settings, SettingsError
 
 log = get_logger(__name__)
 
 USER_AGENT = f"ledgerlink/{__version__}"
-DISPATCHER_KEY = "crm_dispatcher"
 # While halted on refused credentials, try again this often (fixing OpenCRM's side, such as
 # re-enabling API access, needs no restart; new credentials come with a restart anyway).
 AUTH_RECHECK_SECONDS = 60.0
@@ -264,7 +263,7 @@ class Dispatcher:
         now = self._db_now()
         await repo.supersede(conn, work.superseded)
         await repo.record(conn, work.results, now=now)
-        await repo.cache_crm_ids(conn, {**self._learnt_ids(), **work.crm_ids})
+        await repo.cache_crm_ids(conn, {**self.connector.take_seen_ids(), **work.crm_ids})
         await repo.remember_crm_views(conn, work.views)
         await repo.observe_statuses(conn, dict(work.seen))
         if not self.tracks_health:
@@ -276,15 +275,6 @@ class Dispatcher:
                 await repo.record_success(conn)
         elif work.failure is not None:
             await repo.record_failure(conn, work.failure)
-
-    def _learnt_ids(self) -> dict[str, str]:
-        """Record ids the connector saw while paging for an invoice (the others on the page)."""
-        learnt = getattr(self.connector, "seen_ids", None)
-        if not isinstance(learnt, dict):
-            return {}
-        ids = dict(learnt)
-        learnt.clear()
-        return ids
 
     def _success_due(self) -> bool:
         if self._success_written is None or self.halted_reason is not None:
@@ -416,13 +406,14 @@ LOCAL_BATCH_CAP = 1000
 # Readiness ------------------------------------------------------------------------------------
 
 
-async def readiness_problems(conn: AsyncConnection, app_state: Any) -> tuple[list[str], list[str]]:
+async def readiness_problems(
+    conn: AsyncConnection, settings: Settings, dispatcher: Dispatcher | None
+) -> tuple[list[str], list[str]]:
     """(problems that fail readiness, warnings that do not) about the CRM connection.
 
     Workers usually run in other processes, so their findings are read from the shared
     `crm_dispatcher_state` row on every probe; an in-process worker's halt shows at once.
     """
-    settings: Settings = app_state.settings
     state, dead = await repo.read_state(conn)
     fatal: list[str] = []
     warnings: list[str] = []
@@ -433,7 +424,7 @@ async def readiness_problems(conn: AsyncConnection, app_state: Any) -> tuple[lis
         )
     if settings.crm_mode is not CrmMode.opencrm:
         return fatal, warnings
-    halted = _in_process_halt(app_state)
+    halted = dispatcher.halted_reason if dispatcher is not None else None
     if halted is None and state.halted_reason:
         since = state.halted_at.isoformat() if state.halted_at else "recently"
         halted = f"{state.halted_reason} (since {since})"
@@ -462,12 +453,3 @@ def _failing(state: repo.DispatcherState) -> bool:
     if state.last_error_at is None:
         return False
     return state.last_success_at is None or state.last_error_at > state.last_success_at
-
-
-def _in_process_halt(app_state: Any) -> str | None:
-    worker = getattr(app_state, "worker", None)
-    ctx = getattr(worker, "ctx", None)
-    dispatcher = getattr(ctx, "state", {}).get(DISPATCHER_KEY) if ctx is not None else None
-    if isinstance(dispatcher, Dispatcher):
-        return dispatcher.halted_reason
-    return None

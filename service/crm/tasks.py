@@ -1,35 +1,28 @@
-"""Worker tasks of the CRM feature: the outbox dispatcher and the read-back (see
-service/worker.py)."""
+"""Worker tasks of the CRM feature: the outbox dispatcher and the read-back (registered in
+service/tasks.py)."""
 
 from __future__ import annotations
 
-from service.crm.readback import READBACK_KEY, ReadBack, build_readback
-from service.crm.service import DISPATCHER_KEY, Dispatcher, build_dispatcher
+from service.context import Task, WorkerContext
+from service.crm.readback import build_readback
+from service.crm.service import Dispatcher, build_dispatcher
 from service.settings import CrmMode
-from service.worker import WorkerContext
 
 
-def dispatcher_for(ctx: WorkerContext) -> Dispatcher:
-    """The worker's one dispatcher, built on first use (a test may have put its own there)."""
-    dispatcher = ctx.state.get(DISPATCHER_KEY)
-    if not isinstance(dispatcher, Dispatcher):
-        dispatcher = build_dispatcher(ctx.settings, ctx.engine, ctx.http)
-        ctx.state[DISPATCHER_KEY] = dispatcher
-    return dispatcher
+def dispatcher(ctx: WorkerContext) -> Dispatcher:
+    """The worker's one dispatcher; its `run_once` is the outbox task, and readiness reads its
+    halt in the same process."""
+    return build_dispatcher(ctx.settings, ctx.engine, ctx.http)
 
 
-async def run_once(ctx: WorkerContext) -> int:
-    """Deliver one batch of due outbox messages; return how many were settled (0 = idle)."""
-    return await dispatcher_for(ctx).run_once()
-
-
-async def read_back_once(ctx: WorkerContext) -> int:
-    """Read one page of OpenCRM's invoices when due; 0 when idle, off, or in local mode."""
+def read_back(ctx: WorkerContext) -> Task:
+    """One page of OpenCRM's invoices per pass when due; a pass that reads nothing when
+    read-back is off or the mode is local."""
     settings = ctx.settings
     if settings.crm_mode is not CrmMode.opencrm or settings.crm_readback_seconds <= 0:
-        return 0
-    readback = ctx.state.get(READBACK_KEY)
-    if not isinstance(readback, ReadBack):
-        readback = build_readback(settings, ctx.engine, ctx.http)
-        ctx.state[READBACK_KEY] = readback
-    return await readback.run_once()
+        return _idle
+    return build_readback(settings, ctx.engine, ctx.http).run_once
+
+
+async def _idle() -> int:
+    return 0

@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 
 from service.auth import NO_API_KEY
+from service.deps import IngestDep
 from service.errors import PROBLEM_JSON, ServiceError
 from service.ingest.schemas import IngestResult, PostingBatch
 from service.ingest.service import WebhookIngest, count_rejection, too_large
@@ -99,13 +100,12 @@ SIGNATURE_HEADERS = [
         },
     },
 )
-async def receive_postings(request: Request) -> Response:
+async def receive_postings(request: Request, ingest: IngestDep) -> Response:
     """Standard Webhooks signed, idempotent by `webhook-id`, stored all-or-nothing.
 
     The body is read here, not by FastAPI: the signature is over the exact bytes received,
     and an oversize body is refused before it is read whole.
     """
-    ingest = _ingest(request)
     try:
         signed = ingest.check_headers(
             request.headers.get("webhook-id"),
@@ -118,15 +118,6 @@ async def receive_postings(request: Request) -> Response:
         count_rejection(exc)
         raise
     return Response(answer.body, status_code=answer.status_code, media_type="application/json")
-
-
-def _ingest(request: Request) -> WebhookIngest:
-    state = request.app.state
-    ingest: WebhookIngest | None = getattr(state, "webhook_ingest", None)
-    if ingest is None:
-        ingest = WebhookIngest(state.settings, state.engine)
-        state.webhook_ingest = ingest
-    return ingest
 
 
 async def _read_body(request: Request, ingest: WebhookIngest) -> bytes:

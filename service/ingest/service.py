@@ -36,7 +36,7 @@ from service.ingest.schemas import (
 )
 from service.ingest.signature import SignatureRejected, SignedHeaders, Verifier
 from service.logging import get_logger
-from service.ops.metrics import BATCH_SIZE, INGEST_LATENCY, POSTINGS, WEBHOOK_DELIVERIES
+from service.metrics import BATCH_SIZE, INGEST_LATENCY, POSTINGS, WEBHOOK_DELIVERIES
 from service.settings import Settings
 
 log = get_logger(__name__)

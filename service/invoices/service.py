@@ -53,7 +53,7 @@ from service.invoices.schemas import (
     StatusEdit,
     money,
 )
-from service.ops.metrics import BULK_JOBS, STATUS_CHANGES
+from service.metrics import BULK_JOBS, STATUS_CHANGES
 from service.picklist.service import ensure_allowed, ensure_known_statuses
 from service.settings import DERIVED_STATES, Settings
 

@@ -1,13 +1,13 @@
-"""Worker task: run queued Global Update jobs (see service/worker.py)."""
+"""Worker task: run queued Global Update jobs (registered in service/tasks.py)."""
 
 from __future__ import annotations
 
+from service.context import WorkerContext
 from service.errors import ServiceError
 from service.invoices import repository as repo
 from service.invoices import service
 from service.logging import get_logger
-from service.ops.metrics import BULK_JOBS, STATUS_CHANGES
-from service.worker import WorkerContext
+from service.metrics import BULK_JOBS, STATUS_CHANGES
 
 log = get_logger(__name__)
 

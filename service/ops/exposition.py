@@ -11,8 +11,6 @@ import asyncio
 import contextlib
 import socket
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any
 
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -23,26 +21,17 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from service.metrics import DB_POOL, DB_POOL_MAX, READY
 from service.ops.gauges import refresh_gauges
-from service.ops.metrics import DB_POOL, DB_POOL_MAX, READY
-from service.ops.readiness import readiness
+from service.ops.readiness import Probed, readiness
 from service.settings import Settings
 
 
-@dataclass
-class WorkerState:
-    """What readiness reads, in the worker process (the API's is `app.state`)."""
-
-    settings: Settings
-    engine: AsyncEngine
-    worker: Any
-
-
-async def metrics_response(state: Any) -> Response:
+async def metrics_response(probed: Probed) -> Response:
     # Backlogs and readiness live in PostgreSQL: read them at scrape time, in every process.
-    await refresh_gauges(state.engine)
-    READY.set(1 if (await readiness(state)).status == "ready" else 0)
-    _pool_gauges(state.engine, state.settings)
+    await refresh_gauges(probed.engine)
+    READY.set(1 if (await readiness(probed)).status == "ready" else 0)
+    _pool_gauges(probed.engine, probed.settings)
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
@@ -55,9 +44,9 @@ def _pool_gauges(engine: AsyncEngine, settings: Settings) -> None:
         DB_POOL_MAX.set(2 * settings.db_pool_size)
 
 
-def worker_metrics_app(state: WorkerState, stopping: asyncio.Event) -> Starlette:
+def worker_metrics_app(probed: Probed, stopping: asyncio.Event) -> Starlette:
     async def metrics(_: Request) -> Response:
-        return await metrics_response(state)
+        return await metrics_response(probed)
 
     async def healthz(_: Request) -> Response:
         # Answered from the worker's own event loop: a loop blocked by a runaway task fails it.

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from service.ops.metrics import (
+from service.metrics import (
     CRM_HALTED,
     DEAD_LETTERS,
     DIRTY_AGE,

@@ -2,27 +2,39 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service.crm.service import Dispatcher
+from service.crm.service import readiness_problems as crm_problems
 from service.migrate import head_revisions
 from service.ops.schemas import Readiness
+from service.picklist.service import readiness_warnings as picklist_warnings
+from service.settings import Settings
 
 
-async def readiness(app_state: Any) -> Readiness:
+@dataclass(frozen=True)
+class Probed:
+    """What readiness looks at, in the API process or the standalone worker's."""
+
+    settings: Settings
+    engine: AsyncEngine
+    # The dispatcher of this process's own worker (None without one): its halt shows at once.
+    dispatcher: Dispatcher | None
+
+
+async def readiness(probed: Probed) -> Readiness:
     """Ready when the database answers and migrations are at head; picklist problems, a
     missing webhook secret and CRM reachability are warnings; CRM authentication failures
     are problems."""
-    from service.crm.service import readiness_problems as crm_problems
-    from service.picklist.service import readiness_warnings as picklist_warnings
-
-    settings = app_state.settings
+    settings = probed.settings
     problems: list[str] = []
     warnings: list[str] = []
     checks: dict[str, str] = {}
     try:
-        async with app_state.engine.connect() as conn:
+        async with probed.engine.connect() as conn:
             await conn.execute(sa.text("SELECT 1"))
             checks["database"] = "ok"
             rows = await conn.execute(sa.text("SELECT version_num FROM alembic_version"))
@@ -36,7 +48,7 @@ async def readiness(app_state: Any) -> Readiness:
                     f"code {sorted(head_revisions())})"
                 )
             warnings.extend(await picklist_warnings(conn, settings))
-            crm_fatal, crm_warnings = await crm_problems(conn, app_state)
+            crm_fatal, crm_warnings = await crm_problems(conn, settings, probed.dispatcher)
             problems.extend(crm_fatal)
             warnings.extend(crm_warnings)
     except Exception as exc:  # readiness must answer, whatever the database does

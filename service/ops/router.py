@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 
 from service.auth import NO_API_KEY
+from service.deps import ProbedDep
+from service.ops.exposition import metrics_response
 from service.ops.readiness import readiness
 from service.ops.schemas import Health, Readiness
 
@@ -46,13 +48,13 @@ async def healthz() -> Health:
     },
     openapi_extra=NO_API_KEY,
 )
-async def readyz(request: Request) -> Any:
+async def readyz(probed: ProbedDep) -> Any:
     """Ready when the database answers and migrations are at head.
 
     Picklist problems, a missing webhook secret and CRM reachability are reported as
     warnings without failing; CRM authentication failures fail readiness.
     """
-    body = await readiness(request.app.state)
+    body = await readiness(probed)
     return JSONResponse(body.model_dump(), status_code=200 if body.status == "ready" else 503)
 
 
@@ -66,7 +68,5 @@ async def readyz(request: Request) -> Any:
     },
     openapi_extra=NO_API_KEY,
 )
-async def metrics(request: Request) -> Response:
-    from service.ops.exposition import metrics_response
-
-    return await metrics_response(request.app.state)
+async def metrics(probed: ProbedDep) -> Response:
+    return await metrics_response(probed)

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.logging import get_logger
+from service.picklist.service import readiness_warnings
+from service.settings import Settings
 
 log = get_logger(__name__)
 
 
-async def startup_checks(app: FastAPI) -> None:
-    from service.picklist.service import readiness_warnings
-
+async def startup_checks(engine: AsyncEngine, settings: Settings) -> None:
     try:
-        async with app.state.engine.connect() as conn:
-            warnings = await readiness_warnings(conn, app.state.settings)
+        async with engine.connect() as conn:
+            warnings = await readiness_warnings(conn, settings)
     except Exception as exc:
         log.warning("startup.checks.skipped", error=f"{type(exc).__name__}: {exc}")
         return

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 
 from service import csvout
 from service.auth import ReadKey, WriteKey
-from service.deps import EngineDep, SettingsDep
+from service.deps import EngineDep, SettingsDep, WorkerDep
 from service.errors import NotFound
 from service.reconcile import service
 from service.reconcile.repository import RunScope
@@ -25,6 +25,7 @@ from service.reconcile.schemas import (
     SyncTrigger,
     SyncTriggered,
 )
+from service.worker import Worker
 
 router = APIRouter(tags=["reconciliation"])
 
@@ -45,7 +46,7 @@ async def trigger_sync(
     principal: WriteKey,
     engine: EngineDep,
     settings: SettingsDep,
-    request: Request,
+    worker: WorkerDep,
     wait: Annotated[
         bool,
         Query(
@@ -77,13 +78,13 @@ async def trigger_sync(
                 _run_out(view).model_dump(mode="json"), status_code=200, headers=location
             )
         await service.requeue_run(engine, run_id)
-        _wake_worker(request)
+        _wake_worker(worker)
         return JSONResponse(
             SyncTriggered(run_id=run_id, status="queued").model_dump(mode="json"),
             status_code=202,
             headers=location,
         )
-    _wake_worker(request)
+    _wake_worker(worker)
     return JSONResponse(
         SyncTriggered(run_id=run_id, status="queued").model_dump(mode="json"),
         status_code=202,
@@ -185,8 +186,7 @@ def _run_out(view: service.RunView) -> SyncRunOut:
     )
 
 
-def _wake_worker(request: Request) -> None:
+def _wake_worker(worker: Worker | None) -> None:
     """The in-process worker, if any, starts at once (pg_notify reaches the others)."""
-    worker = getattr(request.app.state, "worker", None)
     if worker is not None:
         worker.wake()

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.errors import Unprocessable
 from service.logging import get_logger
-from service.ops.metrics import (
+from service.metrics import (
     CONFLICTS,
     POSTING_TO_STATUS,
     RECONCILE_DURATION,
@@ -37,7 +37,6 @@ log = get_logger(__name__)
 WORKER_ACTOR = "worker"
 # A requested run whose executor has not finished a batch for this long is taken over.
 STALE_RUN_SECONDS = 120.0
-_RUN_KEY = "reconcile.run_id"
 # Deadlock and serialization failures: the batch is retried, it changed nothing.
 _RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
 _ATTEMPTS = 3
@@ -186,26 +185,31 @@ async def requeue_run(engine: AsyncEngine, run_id: uuid.UUID) -> None:
         await repo.requeue_run(conn, run_id)
 
 
-async def advance_requested_run(
-    engine: AsyncEngine, settings: Settings, state: dict[str, Any]
-) -> int:
+@dataclass
+class RunInHand:
+    """The requested run a worker is part-way through, kept between its passes."""
+
+    run_id: uuid.UUID | None = None
+
+
+async def advance_requested_run(engine: AsyncEngine, settings: Settings, held: RunInHand) -> int:
     """The worker's share of requested runs: one batch of the run in hand, claiming the oldest
     queued (or abandoned) run when it holds none. Returns work done (0 = nothing to do)."""
-    run_id = state.get(_RUN_KEY)
+    run_id = held.run_id
     if run_id is None:
         async with engine.begin() as conn:
             run_id = await repo.claim_requested_run(conn, STALE_RUN_SECONDS)
         if run_id is None:
             return 0
-        state[_RUN_KEY] = run_id
+        held.run_id = run_id
         log.info("reconcile.run.started", run_id=str(run_id))
     try:
         examined, finished = await _batch_or_fail(engine, settings, run_id)
     except BaseException:
-        state.pop(_RUN_KEY, None)
+        held.run_id = None
         raise
     if finished:
-        state.pop(_RUN_KEY, None)
+        held.run_id = None
     return max(examined, 1)
 
 

@@ -17,6 +17,7 @@ from itsdangerous import TimestampSigner, URLSafeTimedSerializer
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.console.session import COOKIE
+from service.deps import runtime_of
 from service.main import create_app
 from tests.conftest import ADMIN_KEY, API_KEYS, READ_KEY, WRITE_KEY, auth, make_settings
 from tests.console.conftest import CONSOLE_SECRET, SignIn
@@ -248,7 +249,7 @@ def _forged_cookie(age_seconds: int, fingerprint: str) -> str:
 
 
 async def test_session_expires_after_its_lifetime(app: FastAPI, client: httpx.AsyncClient) -> None:
-    keys = app.state.console_keys
+    keys = runtime_of(app).console_keys
     fingerprint = keys.fingerprint(READ_KEY)
     fresh = _forged_cookie(60, fingerprint)
     stale = _forged_cookie(8 * 3600 + 60, fingerprint)  # the default lifetime is 480 minutes

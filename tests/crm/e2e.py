@@ -17,9 +17,10 @@ import httpx
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service.context import WorkerContext
 from service.crm import tasks as crm_tasks
 from service.settings import Settings
-from service.worker import Worker, WorkerContext
+from service.worker import Worker
 from tests.conftest import make_settings
 from tests.crm.support import add_invoice
 from tests.support import fake_opencrm
@@ -121,8 +122,12 @@ async def running_worker(
 ) -> AsyncIterator[asyncio.Task[None]]:
     """The real worker loop with the CRM task, in this process; cancelled at the end."""
     async with httpx.AsyncClient() as http:
-        ctx = WorkerContext(settings=settings, engine=engine, http=http, database_url=database_url)
-        worker = Worker(ctx, tasks=[("crm_outbox", crm_tasks.run_once)])
+        ctx = WorkerContext(settings=settings, engine=engine, http=http)
+        worker = Worker(
+            [("crm_outbox", crm_tasks.dispatcher(ctx).run_once)],
+            database_url=database_url,
+            sweep_seconds=settings.worker_sweep_seconds,
+        )
         task = asyncio.create_task(worker.run(), name="crm-test-worker")
         try:
             yield task

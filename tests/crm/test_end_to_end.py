@@ -118,7 +118,7 @@ async def test_two_workers_share_the_outbox_without_reordering(
 async def test_a_worker_process_killed_with_sigkill_loses_nothing(
     engine: AsyncEngine, database_url: str, fake_crm: FakeOpenCrm, tmp_path: Path
 ) -> None:
-    """`python -m service.worker` (every default task) as a real process, SIGKILLed mid-edit."""
+    """`ledgerlink worker` (every task) as a real process, SIGKILLed mid-edit."""
     ledger = Ledger(engine)
     await ledger.open(fake_crm, NUMBERS)
     env = {
@@ -138,7 +138,7 @@ async def test_a_worker_process_killed_with_sigkill_loses_nothing(
     def start() -> subprocess.Popen[bytes]:
         log = (tmp_path / "worker.log").open("ab")
         return subprocess.Popen(
-            [sys.executable, "-m", "service.worker"], env=env, stdout=log, stderr=log
+            [sys.executable, "-m", "service.cli", "worker"], env=env, stdout=log, stderr=log
         )
 
     hold = fake_crm.hold_next_edit()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from decimal import Decimal
-from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -50,9 +49,9 @@ def list_calls(fake: FakeOpenCrm) -> list[dict[str, str]]:
 
 
 async def readiness(engine: AsyncEngine, database_url: str, fake: FakeOpenCrm) -> tuple[str, str]:
-    state = SimpleNamespace(settings=crm_settings(database_url, fake, crm_readback_seconds=300))
+    settings = crm_settings(database_url, fake, crm_readback_seconds=300)
     async with engine.connect() as conn:
-        fatal, warnings = await readiness_problems(conn, state)
+        fatal, warnings = await readiness_problems(conn, settings, None)
     return " | ".join(fatal), " | ".join(warnings)
 
 

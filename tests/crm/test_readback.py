@@ -11,9 +11,9 @@ import httpx
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service.context import WorkerContext
 from service.crm import tasks as crm_tasks
 from service.crm.readback import ReadBack, build_readback
-from service.worker import WorkerContext
 from tests.conftest import READ_KEY, auth
 from tests.crm.e2e import crm_settings
 from tests.crm.support import add_invoice, add_message, scalar
@@ -263,12 +263,12 @@ async def test_the_task_reads_nothing_when_off_or_in_local_mode(
         crm_settings(database_url, fake_crm, crm_readback_seconds=0),
         crm_settings(database_url, fake_crm, crm_mode="local"),
     ):
-        ctx = WorkerContext(settings=settings, engine=engine, http=http, database_url=database_url)
-        assert await crm_tasks.read_back_once(ctx) == 0
+        ctx = WorkerContext(settings=settings, engine=engine, http=http)
+        assert await crm_tasks.read_back(ctx)() == 0
     assert fake_crm.calls() == []
     on = crm_settings(database_url, fake_crm, crm_readback_seconds=60)
-    ctx = WorkerContext(settings=on, engine=engine, http=http, database_url=database_url)
-    assert await crm_tasks.read_back_once(ctx) == 2
+    ctx = WorkerContext(settings=on, engine=engine, http=http)
+    assert await crm_tasks.read_back(ctx)() == 2
 
 
 async def test_a_reader_killed_mid_page_leaves_the_cursor_for_the_next_one(

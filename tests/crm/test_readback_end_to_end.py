@@ -15,9 +15,9 @@ import sqlalchemy as sa
 from asgi_lifespan import LifespanManager
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.main import create_app
+from service.context import WorkerContext
+from service.main import build_worker, create_app
 from service.settings import Settings
-from service.worker import Worker, WorkerContext
 from tests.conftest import READ_KEY, auth
 from tests.crm.e2e import crm_settings, wait_for
 from tests.ingest.factories import deliver, si, sr
@@ -38,8 +38,8 @@ async def service(
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client,
         httpx.AsyncClient() as http,
     ):
-        ctx = WorkerContext(settings=settings, engine=engine, http=http, database_url=database_url)
-        worker = asyncio.create_task(Worker(ctx).run())
+        ctx = WorkerContext(settings=settings, engine=engine, http=http)
+        worker = asyncio.create_task(build_worker(ctx, database_url)[0].run())
         try:
             yield client
         finally:

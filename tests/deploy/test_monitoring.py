@@ -20,7 +20,7 @@ import pytest
 import yaml
 from prometheus_client import generate_latest
 
-import service.ops.metrics  # noqa: F401  (registers every metric, as a process does)
+import service.metrics  # noqa: F401  (registers every metric, as a process does)
 from tests.support.metrics import exported
 
 REPO = Path(__file__).resolve().parents[2]

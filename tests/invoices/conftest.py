@@ -12,8 +12,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service.context import WorkerContext
 from service.settings import Settings
-from service.worker import WorkerContext
 
 _INSERT = sa.text(
     """
@@ -137,7 +137,7 @@ async def worker_ctx(
     engine: AsyncEngine, settings: Settings, database_url: str
 ) -> AsyncIterator[WorkerContext]:
     async with httpx.AsyncClient() as http:
-        yield WorkerContext(settings=settings, engine=engine, http=http, database_url=database_url)
+        yield WorkerContext(settings=settings, engine=engine, http=http)
 
 
 @pytest.fixture

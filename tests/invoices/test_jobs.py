@@ -10,8 +10,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service.context import WorkerContext
 from service.invoices import repository, tasks
-from service.worker import WorkerContext
 from tests.conftest import READ_KEY, WRITE_KEY, auth
 from tests.invoices.conftest import add_invoice, add_many, scalar, table_checksums
 

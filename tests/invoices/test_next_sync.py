@@ -7,10 +7,10 @@ from typing import Any
 import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service.context import WorkerContext
 from service.ingest.repository import store_postings
 from service.ingest.schemas import PostingIn
 from service.reconcile import tasks as reconcile_tasks
-from service.worker import WorkerContext
 from tests.conftest import READ_KEY, WRITE_KEY, auth
 
 SI = 5001
@@ -43,8 +43,9 @@ async def _sync(engine: AsyncEngine, ctx: WorkerContext, *postings: PostingIn) -
                 event_id=f"evt-{postings[0].tran_number}",
                 settings=ctx.settings,
             )
+    reconcile = reconcile_tasks.Reconcile(ctx)
     for _ in range(20):
-        if await reconcile_tasks.run_once(ctx) == 0:
+        if await reconcile.run_once() == 0:
             return
     raise AssertionError("reconciliation never went idle")
 

@@ -16,9 +16,9 @@ import httpx
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service.context import WorkerContext
 from service.reconcile import tasks
 from service.settings import Settings
-from service.worker import WorkerContext
 from tests.conftest import READ_KEY, auth
 from tests.ingest.factories import deliver
 from tests.reconcile.conftest import outbox
@@ -124,8 +124,9 @@ def revaluation(tran: int, type_: str, pounds: str, to: str, allocations: list[A
 
 async def run_worker(engine: AsyncEngine, settings: Settings, database_url: str) -> None:
     async with httpx.AsyncClient() as http:
-        ctx = WorkerContext(settings=settings, engine=engine, http=http, database_url=database_url)
-        while await tasks.run_once(ctx):
+        ctx = WorkerContext(settings=settings, engine=engine, http=http)
+        reconcile = tasks.Reconcile(ctx)
+        while await reconcile.run_once():
             pass
 
 

@@ -42,8 +42,8 @@ def settings(database_url: str) -> Settings:
 
 async def _drain_requested_runs(engine: AsyncEngine, settings: Settings) -> None:
     """What the worker does with requested runs, pass after pass, until none is left."""
-    state: dict[str, object] = {}
-    while await service.advance_requested_run(engine, settings, state):
+    held = service.RunInHand()
+    while await service.advance_requested_run(engine, settings, held):
         pass
 
 
@@ -251,9 +251,9 @@ async def test_an_abandoned_run_is_taken_over(engine: AsyncEngine, settings: Set
         "UPDATE sync_runs SET heartbeat_at = now() - interval '1 hour' WHERE id = :id",
         id=run_id,
     )
-    state: dict[str, object] = {}
-    assert await service.advance_requested_run(engine, settings, state)
-    assert state["reconcile.run_id"] == run_id
+    held = service.RunInHand()
+    assert await service.advance_requested_run(engine, settings, held)
+    assert held.run_id == run_id
 
 
 async def test_a_failing_run_is_recorded_as_failed(

@@ -12,11 +12,12 @@ import sqlalchemy as sa
 from prometheus_client import REGISTRY
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service.context import WorkerContext
 from service.db import create_engine
 from service.reconcile import repository as repo
 from service.reconcile import service, tasks
 from service.settings import Settings
-from service.worker import Worker, WorkerContext
+from service.worker import Worker
 from tests.conftest import make_settings
 from tests.reconcile.conftest import history, invoice, load, reconcile, settle, si
 
@@ -171,8 +172,12 @@ async def test_the_worker_loop_reconciles_on_notify(
     # A long sweep interval: only LISTEN/NOTIFY can make this finish in time.
     config = make_settings(database_url, worker_sweep_seconds=300)
     async with httpx.AsyncClient() as http:
-        ctx = WorkerContext(settings=config, engine=engine, http=http, database_url=database_url)
-        worker = Worker(ctx, tasks=[("reconcile", tasks.run_once)])
+        ctx = WorkerContext(settings=config, engine=engine, http=http)
+        worker = Worker(
+            [("reconcile", tasks.Reconcile(ctx).run_once)],
+            database_url=database_url,
+            sweep_seconds=config.worker_sweep_seconds,
+        )
         running = asyncio.create_task(worker.run())
         try:
             for _ in range(200):  # the worker must be listening before the posting arrives
@@ -199,8 +204,9 @@ async def test_worker_task_executes_a_queued_run_then_the_backlog(
         engine, repo.RunScope(scope="all"), dry_run=True, actor="alice", running=False
     )
     async with httpx.AsyncClient() as http:
-        ctx = WorkerContext(settings=settings, engine=engine, http=http, database_url=database_url)
-        while await tasks.run_once(ctx):
+        ctx = WorkerContext(settings=settings, engine=engine, http=http)
+        reconcile = tasks.Reconcile(ctx)
+        while await reconcile.run_once():
             pass
     async with engine.connect() as conn:
         run = await repo.get_run(conn, run_id)

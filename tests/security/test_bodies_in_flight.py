@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.main import create_app
-from service.ops.metrics import HTTP_REQUESTS
+from service.metrics import HTTP_REQUESTS
 from tests.conftest import WRITE_KEY, make_settings
 from tests.support.webhooks import signed_request
 

@@ -24,11 +24,12 @@ from fastapi import FastAPI
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service.context import WorkerContext
 from service.crm import tasks as crm_tasks
+from service.deps import runtime_of
 from service.main import create_app
 from service.reconcile.service import reconcile_all_dirty
 from service.settings import Settings
-from service.worker import WorkerContext
 from tests.conftest import make_settings
 from tests.security.support import WEBHOOK, next_tran, settling, si
 from tests.support.webhooks import signed_request
@@ -116,14 +117,9 @@ def assert_no_secret(text: str, where: str) -> None:
 
 
 async def _crm_pass(app: FastAPI, http: httpx.AsyncClient) -> None:
-    settings: Settings = app.state.settings
-    ctx = WorkerContext(
-        settings=settings,
-        engine=app.state.engine,
-        http=http,
-        database_url=app.state.database_url,
-    )
-    await crm_tasks.run_once(ctx)
+    runtime = runtime_of(app)
+    ctx = WorkerContext(settings=runtime.settings, engine=runtime.engine, http=http)
+    await crm_tasks.dispatcher(ctx).run_once()
 
 
 async def crm_failures(
@@ -195,7 +191,7 @@ async def test_no_secret_is_ever_said(
         assert (await call("POST", WEBHOOK, content=body, headers=headers)).status_code == 422
         await call("GET", "/v1/invoices/NOPE", headers=admin)
         await call("GET", "/v1/invoices?limit=0", headers=admin)
-        await reconcile_all_dirty(engine, secret_app.state.settings)
+        await reconcile_all_dirty(engine, runtime_of(secret_app).settings)
 
         # A CRM that refuses our credentials, then one failing with 500s, then one down.
         await crm_failures(secret_app, engine, "Unauthorized", call)
@@ -243,7 +239,7 @@ async def test_a_crm_echoing_our_credentials_does_not_make_us_repeat_them(
             {"postings": [si(next_tran(), "SEC-9")]}, secret=WEBHOOK_SECRET
         )
         assert (await call("POST", WEBHOOK, content=body, headers=headers)).status_code == 202
-        await reconcile_all_dirty(engine, secret_app.state.settings)
+        await reconcile_all_dirty(engine, runtime_of(secret_app).settings)
         echo = f"Unauthorized: key {CRM_KEY} with passkey {CRM_PASSKEY} is not valid"
         await crm_failures(secret_app, engine, echo, call)
         await call("GET", "/v1/crm/outbox", headers={"Authorization": f"Bearer {API_KEY}"})

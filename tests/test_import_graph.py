@@ -1,0 +1,152 @@
+"""No import circle under `service/`, and the worker loop imports no feature.
+
+Every `import` of a `service` module counts, wherever it is written: at module level, inside a
+function, or under `if TYPE_CHECKING:`. A function-level import still runs, and one that closes
+a circle only hides it (the reader still has two modules that need each other); a
+`TYPE_CHECKING` import that closes one is the same circle in the types. Function-level imports
+that close no circle are allowed (the CLI keeps FastAPI and SQLAlchemy out of
+`ledgerlink --help` that way). Importing `a.b.c` also imports the packages `a` and `a.b`, so
+those count too.
+
+The graph is read with `ast` from the source, never by importing it.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# Modules every feature may use; the worker loop and its context may use nothing else.
+WORKER_LOOP = ("service.worker", "service.context")
+SHARED = {
+    "service",
+    "service.context",
+    "service.db",
+    "service.logging",
+    "service.metrics",
+    "service.settings",
+}
+
+
+def module_names(root: Path, package: str) -> dict[str, Path]:
+    """Dotted name -> file, for every module of `package` under `root`."""
+    found: dict[str, Path] = {}
+    for path in (root / package).rglob("*.py"):
+        parts = list(path.relative_to(root).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        found[".".join(parts)] = path
+    return found
+
+
+def imported_names(path: Path, module: str) -> set[str]:
+    """Every dotted name an import statement in the file names (each `from x import y` gives
+    both `x` and `x.y`: `y` may be a submodule)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    names: set[str] = set()
+    for node in ast.walk(tree):  # every statement: module level, functions, TYPE_CHECKING
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                base = ".".join([*anchor, *([base] if base else [])])
+            names.add(base)
+            names.update(f"{base}.{alias.name}" for alias in node.names)
+    return names
+
+
+def import_graph(root: Path, package: str) -> dict[str, set[str]]:
+    """Module -> the modules of the same package it imports (and their parent packages)."""
+    modules = module_names(root, package)
+    graph: dict[str, set[str]] = {}
+    for module, path in modules.items():
+        targets: set[str] = set()
+        for name in imported_names(path, module):
+            parts = name.split(".")
+            for end in range(1, len(parts) + 1):
+                candidate = ".".join(parts[:end])
+                if candidate in modules and candidate != module:
+                    targets.add(candidate)
+        graph[module] = targets
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for target in sorted(graph.get(node, ())):
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component: list[str] = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def describe(graph: dict[str, set[str]], component: list[str]) -> str:
+    members = set(component)
+    edges = [f"{a} -> {b}" for a in component for b in sorted(graph[a] & members)]
+    return "; ".join(edges)
+
+
+def test_no_import_circle_under_service() -> None:
+    graph = import_graph(ROOT, "service")
+    assert len(graph) > 50, "the scan found too few modules to mean anything"
+    found = cycles(graph)
+    assert found == [], "\n".join(describe(graph, c) for c in found)
+
+
+def test_the_worker_loop_imports_no_feature() -> None:
+    """The registry (service/tasks.py) imports the features; the loop and its context do not."""
+    graph = import_graph(ROOT, "service")
+    for module in WORKER_LOOP:
+        assert graph[module] <= SHARED, (module, sorted(graph[module] - SHARED))
+
+
+def test_the_scan_finds_circles_however_the_import_is_written(tmp_path: Path) -> None:
+    """The checker itself: circles through a function-level import, a TYPE_CHECKING import, a
+    relative import and a package __init__ are all found; a one-way import is not one."""
+    files = {
+        "pkg/__init__.py": "from pkg import d\n",
+        "pkg/a.py": "def f() -> None:\n    from pkg.b import thing\n",
+        "pkg/b.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from . import a\n",
+        "pkg/c.py": "import pkg.b\n",
+        "pkg/d.py": "from pkg.sub import e\n",
+        "pkg/sub/__init__.py": "",
+        "pkg/sub/e.py": "X = 1\n",
+    }
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    graph = import_graph(tmp_path, "pkg")
+    assert graph["pkg.c"] == {"pkg", "pkg.b"}
+    # d imports pkg.sub.e, so the packages pkg (whose __init__ imports d) and pkg.sub too.
+    assert graph["pkg.d"] == {"pkg", "pkg.sub", "pkg.sub.e"}
+    assert sorted(cycles(graph)) == [["pkg", "pkg.d"], ["pkg.a", "pkg.b"]]
