@@ -1,4 +1,4 @@
-"""Request-scoped dependencies: settings, engine, and the one session per unit of work."""
+"""Request-scoped dependencies: settings, engine, and the one transaction per request."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Request
-from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlmodel.ext.asyncio.session import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.settings import Settings
 
@@ -22,18 +21,15 @@ def get_engine(request: Request) -> AsyncEngine:
     return engine
 
 
-async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
-    """Commits after the endpoint returns and before the response is sent (scope="function"),
-    so a 2xx means the work is on disk; any exception rolls everything back."""
-    async with AsyncSession(request.app.state.engine, expire_on_commit=False) as session:
-        try:
-            yield session
-            await session.commit()
-        except BaseException:
-            await session.rollback()
-            raise
+async def get_connection(request: Request) -> AsyncIterator[AsyncConnection]:
+    """The request's one transaction. Committed after the endpoint returns and before the
+    response is sent (scope="function"), so a 2xx means the work is on disk; any exception
+    rolls everything back. Nothing else in a request commits."""
+    engine: AsyncEngine = request.app.state.engine
+    async with engine.begin() as conn:
+        yield conn
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 EngineDep = Annotated[AsyncEngine, Depends(get_engine)]
-SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
+ConnDep = Annotated[AsyncConnection, Depends(get_connection, scope="function")]

@@ -15,7 +15,7 @@ from fastapi_offline import FastAPIOffline
 from service import __version__
 from service.auth import check_before_body
 from service.db import EmbeddedPostgres, create_engine
-from service.errors import install_error_handlers, install_openapi_problems
+from service.exception_handlers import install_error_handlers, install_openapi_problems
 from service.logging import configure_logging, get_logger
 from service.middleware import BodyBudget, RequestContextMiddleware
 from service.settings import Settings, load_settings
