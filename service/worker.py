@@ -18,6 +18,7 @@ import asyncpg
 import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service.contracts import DIRTY_CHANNEL, JOBS_CHANNEL, OUTBOX_CHANNEL
 from service.db import libpq_url
 from service.logging import get_logger
 from service.settings import Settings
@@ -26,9 +27,9 @@ log = get_logger(__name__)
 
 # Which task a notification wakes; a task not named here wakes on any of them.
 CHANNEL_TASKS = {
-    "ledgerlink_dirty": "reconcile",
-    "ledgerlink_jobs": "bulk_jobs",
-    "ledgerlink_outbox": "crm_outbox",
+    DIRTY_CHANNEL: "reconcile",
+    JOBS_CHANNEL: "bulk_jobs",
+    OUTBOX_CHANNEL: "crm_outbox",
 }
 CHANNELS = tuple(CHANNEL_TASKS)
 
