@@ -25,8 +25,8 @@ MAX_ID = 2**63 - 1
     summary="Outbox messages towards the CRM, oldest first (dead letters: state=dead)",
 )
 async def list_outbox(
-    conn: ConnDep,
     _principal: ReadKey,
+    conn: ConnDep,
     state: Annotated[OutboxState | None, Query(description="Only messages in this state")] = None,
     invoice_number: Annotated[str | None, Query(min_length=1, max_length=30)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
@@ -72,8 +72,8 @@ async def list_outbox(
     },
 )
 async def retry_message(
-    conn: ConnDep,
     _principal: AdminKey,
+    conn: ConnDep,
     message_id: Annotated[int, Path(ge=1, le=MAX_ID)],
 ) -> OutboxMessageOut:
     row = await service.retry_dead_letter(conn, message_id)
