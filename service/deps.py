@@ -1,5 +1,5 @@
-"""Request-scoped dependencies: what the lifespan built (typed), and the one session per unit of
-work.
+"""Request-scoped dependencies: what the lifespan built (typed), and the one transaction per
+request.
 
 The lifespan builds one `Runtime`; this module is the only reader of `app.state`, so routes ask
 for typed parts of it (`SettingsDep`, `EngineDep`, ...) instead of reaching into an attribute bag.
@@ -12,8 +12,7 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, Request
-from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlmodel.ext.asyncio.session import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.console.session import SessionKeys
 from service.crm.service import Dispatcher
@@ -76,16 +75,14 @@ def get_probed(runtime: RuntimeDep) -> Probed:
     return runtime.probed
 
 
-async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
-    """Commits after the endpoint returns and before the response is sent (scope="function"),
-    so a 2xx means the work is on disk; any exception rolls everything back."""
-    async with AsyncSession(runtime_of(request.app).engine, expire_on_commit=False) as session:
-        try:
-            yield session
-            await session.commit()
-        except BaseException:
-            await session.rollback()
-            raise
+async def get_connection(
+    engine: Annotated[AsyncEngine, Depends(get_engine)],
+) -> AsyncIterator[AsyncConnection]:
+    """The request's one transaction. Committed after the endpoint returns and before the
+    response is sent (scope="function"), so a 2xx means the work is on disk; any exception
+    rolls everything back. Nothing else in a request commits."""
+    async with engine.begin() as conn:
+        yield conn
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
@@ -93,4 +90,4 @@ EngineDep = Annotated[AsyncEngine, Depends(get_engine)]
 IngestDep = Annotated[WebhookIngest, Depends(get_ingest)]
 WorkerDep = Annotated[Worker | None, Depends(get_worker)]
 ProbedDep = Annotated[Probed, Depends(get_probed)]
-SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
+ConnDep = Annotated[AsyncConnection, Depends(get_connection, scope="function")]

@@ -27,7 +27,7 @@ from service.crm.router import router as crm_router
 from service.crm.service import Dispatcher
 from service.db import EmbeddedPostgres, create_engine
 from service.deps import Runtime, install_runtime
-from service.errors import install_error_handlers, install_openapi_problems
+from service.exception_handlers import install_error_handlers, install_openapi_problems
 from service.ingest.router import WEBHOOK_PATH
 from service.ingest.router import router as ingest_router
 from service.ingest.service import WebhookIngest

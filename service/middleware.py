@@ -14,13 +14,8 @@ import structlog
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import (
-    PayloadTooLarge,
-    RequestTimeout,
-    ServiceError,
-    ServiceUnavailable,
-    problem,
-)
+from service.errors import PayloadTooLarge, RequestTimeout, ServiceError, ServiceUnavailable
+from service.exception_handlers import problem
 from service.logging import get_logger
 from service.metrics import HTTP_LATENCY, HTTP_REQUESTS
 

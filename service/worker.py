@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import asyncpg
 
 from service.context import Task
+from service.contracts import DIRTY_CHANNEL, JOBS_CHANNEL, OUTBOX_CHANNEL
 from service.db import libpq_url
 from service.logging import get_logger
 
@@ -22,9 +23,9 @@ log = get_logger(__name__)
 
 # Which task a notification wakes; a task not named here wakes on any of them.
 CHANNEL_TASKS = {
-    "ledgerlink_dirty": "reconcile",
-    "ledgerlink_jobs": "bulk_jobs",
-    "ledgerlink_outbox": "crm_outbox",
+    DIRTY_CHANNEL: "reconcile",
+    JOBS_CHANNEL: "bulk_jobs",
+    OUTBOX_CHANNEL: "crm_outbox",
 }
 CHANNELS = tuple(CHANNEL_TASKS)
 

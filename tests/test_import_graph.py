@@ -22,6 +22,7 @@ WORKER_LOOP = ("service.worker", "service.context")
 SHARED = {
     "service",
     "service.context",
+    "service.contracts",
     "service.db",
     "service.logging",
     "service.metrics",

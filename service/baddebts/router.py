@@ -10,7 +10,7 @@ from service import csvout
 from service.auth import ReadKey
 from service.baddebts import service
 from service.baddebts.schemas import BadDebtPage
-from service.deps import SessionDep, SettingsDep
+from service.deps import ConnDep, SettingsDep
 from service.ingest.schemas import SageDate
 from service.invoices.schemas import AccountRef
 
@@ -25,7 +25,7 @@ router = APIRouter(tags=["reports"])
 )
 async def bad_debts(
     _: ReadKey,
-    session: SessionDep,
+    conn: ConnDep,
     settings: SettingsDep,
     request: Request,
     as_of: Annotated[
@@ -44,7 +44,6 @@ async def bad_debts(
     """Written-off invoices with gross, VAT, when and how much was written off, the age of
     the debt, and whether it qualifies for UK VAT bad debt relief (more than six months past
     its due date and written off). JSON, or CSV with `?format=csv` or `Accept: text/csv`."""
-    conn = await session.connection()
     page = await service.bad_debts(
         conn,
         settings,

@@ -1,7 +1,7 @@
 """The finance console at /console/: server-rendered pages over the API's own services.
 
 Every page calls the function its API endpoint calls (same filters, same rules, same
-transaction boundary: SessionDep commits before the response is sent), with the same
+transaction boundary: ConnDep commits before the response is sent), with the same
 scopes: read to look, write for the Global Update, admin for picklist repair and dead-letter
 retries. No page reads or writes data any other way.
 """
@@ -31,15 +31,9 @@ from service.console.session import CSRF_FIELD, ConsoleSession, SessionKeys
 from service.crm import repository as crm_repo
 from service.crm import service as crm
 from service.crm.schemas import OutboxMessageOut, OutboxState
-from service.deps import ProbedDep, SessionDep, SettingsDep, runtime_of
-from service.errors import (
-    Forbidden,
-    ServiceError,
-    Unauthorized,
-    Unprocessable,
-    describe,
-    validation_errors,
-)
+from service.deps import ConnDep, ProbedDep, SettingsDep, runtime_of
+from service.errors import Forbidden, ServiceError, Unauthorized, Unprocessable
+from service.exception_handlers import describe, validation_errors
 from service.ingest.schemas import SageDate
 from service.invoices import service as invoices
 from service.invoices.schemas import AccountRef, BulkStatusRequest, InvoiceFilter, Text
@@ -193,21 +187,19 @@ def _local(url: str) -> str:
 
 @router.get("/")
 async def overview_page(
-    ctx: CtxDep, session: SessionDep, settings: SettingsDep, probed: ProbedDep
+    ctx: CtxDep, conn: ConnDep, settings: SettingsDep, probed: ProbedDep
 ) -> Response:
-    conn = await session.connection()
     view = await overview(conn, settings, probed)
     return render(ctx.request, "overview.html", ctx=ctx, view=view, drift_cap=CRM_DRIFT_COUNT_CAP)
 
 
 @router.get("/crm-drift")
-async def crm_drift_page(ctx: CtxDep, session: SessionDep, settings: SettingsDep) -> Response:
+async def crm_drift_page(ctx: CtxDep, conn: ConnDep, settings: SettingsDep) -> Response:
     """The crm_drift report: invoices whose status a person changed in the CRM to something
     other than ours (not protected, so not adopted), for a person to settle one way or the
     other."""
     fields = forms.parse(ctx.request.url.query)
     limit, cursor = _page_args(fields)
-    conn = await session.connection()
     rows, next_cursor = await reconcile.report(
         conn, CRM_DRIFT_KIND, settings, limit=limit, cursor=cursor
     )
@@ -226,11 +218,10 @@ def _page_args(fields: forms.Fields) -> tuple[int, str | None]:
 
 
 @router.get("/invoices")
-async def invoices_page(ctx: CtxDep, session: SessionDep, settings: SettingsDep) -> Response:
+async def invoices_page(ctx: CtxDep, conn: ConnDep, settings: SettingsDep) -> Response:
     fields = forms.parse(ctx.request.url.query)
     f = forms.invoice_filter(fields)
     limit, cursor = _page_args(fields)
-    conn = await session.connection()
     page = await invoices.list_invoices(conn, settings, f, limit=limit, cursor_token=cursor)
     return render(
         ctx.request,
@@ -252,10 +243,9 @@ async def invoices_page(ctx: CtxDep, session: SessionDep, settings: SettingsDep)
 
 
 @router.get("/invoices.csv")
-async def invoices_csv(ctx: CtxDep, session: SessionDep, settings: SettingsDep) -> Response:
+async def invoices_csv(ctx: CtxDep, conn: ConnDep, settings: SettingsDep) -> Response:
     fields = forms.parse(ctx.request.url.query)
     limit, cursor = _page_args(fields)
-    conn = await session.connection()
     page = await invoices.list_invoices(
         conn, settings, forms.invoice_filter(fields), limit=limit, cursor_token=cursor
     )
@@ -266,9 +256,8 @@ async def invoices_csv(ctx: CtxDep, session: SessionDep, settings: SettingsDep) 
 
 @router.get("/invoices/{invoice_number:path}")
 async def invoice_page(
-    ctx: CtxDep, invoice_number: Annotated[Text, Path()], session: SessionDep, settings: SettingsDep
+    ctx: CtxDep, invoice_number: Annotated[Text, Path()], conn: ConnDep, settings: SettingsDep
 ) -> Response:
-    conn = await session.connection()
     invoice = await invoices.invoice_detail(conn, settings, invoice_number)
     return render(ctx.request, "invoice.html", ctx=ctx, invoice=invoice)
 
@@ -277,9 +266,8 @@ async def invoice_page(
 
 
 @router.get("/update")
-async def update_page(ctx: CtxDep, session: SessionDep, settings: SettingsDep) -> Response:
+async def update_page(ctx: CtxDep, conn: ConnDep, settings: SettingsDep) -> Response:
     f = forms.invoice_filter(forms.parse(ctx.request.url.query))
-    conn = await session.connection()
     return render(
         ctx.request,
         "update.html",
@@ -295,7 +283,7 @@ async def update_page(ctx: CtxDep, session: SessionDep, settings: SettingsDep) -
 
 
 @router.post("/update")
-async def preview_update(ctx: CtxDep, session: SessionDep, settings: SettingsDep) -> Response:
+async def preview_update(ctx: CtxDep, conn: ConnDep, settings: SettingsDep) -> Response:
     """The dry run: a job that changes nothing, whose results the job page shows."""
     ctx.need("write")
     fields = await posted(ctx)
@@ -309,14 +297,13 @@ async def preview_update(ctx: CtxDep, session: SessionDep, settings: SettingsDep
         "dry_run": True,
     }
     body = forms.validated(BulkStatusRequest, data, loc="form")
-    conn = await session.connection()
     submitted = await _submit(conn, ctx, settings, body, key=None)
     return redirect(f"/console/jobs/{submitted.job.job_id}")
 
 
 @router.post("/jobs/{job_id}/apply")
 async def apply_update(
-    ctx: CtxDep, job_id: uuid.UUID, session: SessionDep, settings: SettingsDep
+    ctx: CtxDep, job_id: uuid.UUID, conn: ConnDep, settings: SettingsDep
 ) -> Response:
     """Apply exactly what the dry run `job_id` previewed, with the reason given."""
     ctx.need("write")
@@ -324,7 +311,6 @@ async def apply_update(
     reason = (forms.one(fields, "reason") or "").strip()
     if not reason:
         raise ServiceError("give a reason: it is recorded in each invoice's status history")
-    conn = await session.connection()
     previewed = await invoices.job_request(conn, job_id)
     body = forms.validated(
         BulkStatusRequest,
@@ -350,10 +336,9 @@ async def _submit(
 
 
 @router.get("/jobs/{job_id}")
-async def job_page(ctx: CtxDep, job_id: uuid.UUID, session: SessionDep) -> Response:
+async def job_page(ctx: CtxDep, job_id: uuid.UUID, conn: ConnDep) -> Response:
     fields = forms.parse(ctx.request.url.query)
     outcome = forms.one(fields, "outcome")
-    conn = await session.connection()
     job = await invoices.job_view(
         conn,
         job_id,
@@ -378,8 +363,7 @@ async def job_page(ctx: CtxDep, job_id: uuid.UUID, session: SessionDep) -> Respo
 
 
 @router.get("/picklist")
-async def picklist_page(ctx: CtxDep, session: SessionDep, settings: SettingsDep) -> Response:
-    conn = await session.connection()
+async def picklist_page(ctx: CtxDep, conn: ConnDep, settings: SettingsDep) -> Response:
     return render(
         ctx.request,
         "picklist.html",
@@ -391,10 +375,9 @@ async def picklist_page(ctx: CtxDep, session: SessionDep, settings: SettingsDep)
 
 
 @router.post("/picklist/repair")
-async def repair_picklist(ctx: CtxDep, session: SessionDep, settings: SettingsDep) -> Response:
+async def repair_picklist(ctx: CtxDep, conn: ConnDep, settings: SettingsDep) -> Response:
     ctx.need("admin")
     await posted(ctx)
-    conn = await session.connection()
     added = await picklist.repair(conn, settings)
     query = forms.filter_query(InvoiceFilter(), added=";".join(added) or "nothing")
     return redirect(f"/console/picklist?{query}")
@@ -404,13 +387,12 @@ async def repair_picklist(ctx: CtxDep, session: SessionDep, settings: SettingsDe
 
 
 @router.get("/outbox")
-async def outbox_page(ctx: CtxDep, session: SessionDep) -> Response:
+async def outbox_page(ctx: CtxDep, conn: ConnDep) -> Response:
     fields = forms.parse(ctx.request.url.query)
     state = forms.one(fields, "state") or "dead"
     if state not in ("dead", "pending"):
         state = "dead"
     after = forms.one(fields, "after") or "0"
-    conn = await session.connection()
     rows = await crm_repo.list_messages(
         conn,
         state=state,
@@ -432,21 +414,19 @@ async def outbox_page(ctx: CtxDep, session: SessionDep) -> Response:
 
 @router.post("/outbox/{message_id}/retry")
 async def retry_one(
-    ctx: CtxDep, message_id: Annotated[int, Path(ge=1, le=2**63 - 1)], session: SessionDep
+    ctx: CtxDep, message_id: Annotated[int, Path(ge=1, le=2**63 - 1)], conn: ConnDep
 ) -> Response:
     ctx.need("admin")
     await posted(ctx)
-    conn = await session.connection()
     await crm.retry_dead_letter(conn, message_id)
     return redirect(f"/console/outbox?state=dead&retried={message_id}")
 
 
 @router.post("/outbox/retry-dead")
-async def retry_all(ctx: CtxDep, session: SessionDep) -> Response:
+async def retry_all(ctx: CtxDep, conn: ConnDep) -> Response:
     """Every dead letter back to pending, in one transaction, through the API's retry."""
     ctx.need("admin")
     await posted(ctx)
-    conn = await session.connection()
     retried = 0
     after = 0
     while True:
@@ -472,10 +452,9 @@ def _bad_debt_args(fields: forms.Fields) -> dict[str, Any]:
 
 
 @router.get("/bad-debts")
-async def bad_debts_page(ctx: CtxDep, session: SessionDep, settings: SettingsDep) -> Response:
+async def bad_debts_page(ctx: CtxDep, conn: ConnDep, settings: SettingsDep) -> Response:
     fields = forms.parse(ctx.request.url.query)
     args = _bad_debt_args(fields)
-    conn = await session.connection()
     page = await baddebts.bad_debts(
         conn, settings, **args, limit=BAD_DEBT_PAGE, cursor=forms.one(fields, "cursor")
     )
@@ -492,9 +471,8 @@ async def bad_debts_page(ctx: CtxDep, session: SessionDep, settings: SettingsDep
 
 
 @router.get("/bad-debts.csv")
-async def bad_debts_csv(ctx: CtxDep, session: SessionDep, settings: SettingsDep) -> Response:
+async def bad_debts_csv(ctx: CtxDep, conn: ConnDep, settings: SettingsDep) -> Response:
     args = _bad_debt_args(forms.parse(ctx.request.url.query))
-    conn = await session.connection()
     page = await baddebts.bad_debts(conn, settings, **args, limit=BAD_DEBT_CSV_ROWS, cursor=None)
     return csvout.response(
         baddebts.CSV_FIELDS,

@@ -36,6 +36,7 @@ from service.crm.service import RetryPolicy, build_opencrm_connector
 from service.logging import get_logger
 from service.metrics import CRM_READBACK
 from service.settings import Settings
+from service.transaction import run_in_transaction
 
 log = get_logger(__name__)
 
@@ -63,33 +64,41 @@ class ReadBack:
     async def run_once(self) -> int:
         """Read and apply one page when one is due; return how many records it held, at least
         1 while the scan goes on (0 = nothing due)."""
-        async with self.engine.connect() as conn, conn.begin():
-            state = await repo.claim_readback(conn, interval=self.interval)
-            if state is None:
-                return 0
-            day = state.scan_day if state.scan_started_at else self._first_day(state)
-            start = state.page_start if state.scan_started_at else 0
-            deciding = await repo.people_deciding(conn)
-            try:
-                page = await self._page(day, start)
-                views = self._views(page)
-            except CrmError as exc:
-                await self._failed(conn, state, exc)
-                return 0
-            modified = await self._apply(conn, views, deciding)
-            last_modified = max([m for m in (state.last_modified, modified) if m], default=None)
-            if day is not None and any(not self._on_day(r, day) for r in page):
-                # The CRM ignored the filter: this page is the whole list; read it all.
-                log.warning("crm.readback.filter_ignored", field=self.connector.fields.modified)
-                day = None
-            finished, day, start = self._next(day, start, len(page))
-            await repo.advance_readback(
-                conn, scan_day=day, page_start=start, last_modified=last_modified, finished=finished
-            )
-        CRM_READBACK.labels("read").inc(len(page))
+        read = await run_in_transaction(self.engine, self._read_page)
+        if read is None:
+            return 0
+        count, finished = read
+        CRM_READBACK.labels("read").inc(count)
         if finished:
             log.info("crm.readback.finished")
-        return len(page) if finished else max(1, len(page))
+        return count if finished else max(1, count)
+
+    async def _read_page(self, conn: AsyncConnection) -> tuple[int, bool] | None:
+        """One page, applied and the cursor advanced: (records, scan finished), or None when
+        none was due or the CRM failed."""
+        state = await repo.claim_readback(conn, interval=self.interval)
+        if state is None:
+            return None
+        day = state.scan_day if state.scan_started_at else self._first_day(state)
+        start = state.page_start if state.scan_started_at else 0
+        deciding = await repo.people_deciding(conn)
+        try:
+            page = await self._page(day, start)
+            views = self._views(page)
+        except CrmError as exc:
+            await self._failed(conn, state, exc)
+            return None
+        modified = await self._apply(conn, views, deciding)
+        last_modified = max([m for m in (state.last_modified, modified) if m], default=None)
+        if day is not None and any(not self._on_day(r, day) for r in page):
+            # The CRM ignored the filter: this page is the whole list; read it all.
+            log.warning("crm.readback.filter_ignored", field=self.connector.fields.modified)
+            day = None
+        finished, day, start = self._next(day, start, len(page))
+        await repo.advance_readback(
+            conn, scan_day=day, page_start=start, last_modified=last_modified, finished=finished
+        )
+        return len(page), finished
 
     def _first_day(self, state: repo.ReadbackState) -> date | None:
         """Where a new scan starts: the day of the last modification seen (None: everything)."""

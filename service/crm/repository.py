@@ -11,6 +11,8 @@ from typing import Any, Literal
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from service import contracts
+
 # First key of the two-key advisory locks taken per invoice, so they never meet another
 # feature's locks ("LLCR").
 ADVISORY_NAMESPACE = 0x4C4C4352
@@ -227,6 +229,22 @@ async def observe_statuses(conn: AsyncConnection, seen: dict[str, int]) -> None:
 KeepOutcome = Literal["updated", "unchanged", "no_invoice", "person_decided_later"]
 
 
+# The actor of the history rows the CRM read-back writes: a person in OpenCRM, name unknown.
+CRM_ACTOR = "opencrm"
+_CRM_HISTORY = sa.text(
+    contracts.insert_history(
+        source="crm",
+        invoice_number=":n",
+        from_status=":from_status",
+        to_status=":to_status",
+        from_outstanding=":outstanding",
+        to_outstanding=":outstanding",
+        actor=f"'{CRM_ACTOR}'",
+        reason=":reason",
+    )
+)
+
+
 async def keep_crm_status(
     conn: AsyncConnection,
     *,
@@ -272,14 +290,7 @@ async def keep_crm_status(
         {"status": crm_status, "n": invoice_number},
     )
     await conn.execute(
-        sa.text(
-            """
-            INSERT INTO status_history (invoice_number, from_status, to_status,
-              from_outstanding, to_outstanding, source, actor, reason)
-            VALUES (:n, :from_status, :to_status, :outstanding, :outstanding, 'crm', 'opencrm',
-              :reason)
-            """
-        ),
+        _CRM_HISTORY,
         {
             "n": invoice_number,
             "from_status": current.status,
@@ -433,7 +444,7 @@ async def requeue_dead(conn: AsyncConnection, message_id: int) -> sa.Row[Any] | 
 
 
 async def notify_outbox(conn: AsyncConnection) -> None:
-    await conn.execute(sa.text("SELECT pg_notify('ledgerlink_outbox', '')"))
+    await contracts.notify(conn, contracts.OUTBOX_CHANNEL)
 
 
 # What the CRM shows (read back, or known from a delivery) -------------------------------------
@@ -499,8 +510,21 @@ async def people_deciding(conn: AsyncConnection) -> list[str]:
     return list(rows.scalars())
 
 
+_ADOPT_HISTORY = contracts.insert_history(
+    source="crm",
+    invoice_number="a.invoice_number",
+    from_status="old.status",
+    to_status="a.status",
+    from_outstanding="old.outstanding",
+    to_outstanding="old.outstanding",
+    actor=f"'{CRM_ACTOR}'",
+    reason="format(:reason, a.status)",
+    from_="adopted AS a JOIN old ON old.invoice_number = a.invoice_number",
+    order_by="a.invoice_number",
+    returning="invoice_number",
+)
 _ADOPT = sa.text(
-    """
+    f"""
     WITH seen AS (
         SELECT s.invoice_number, s.status
         FROM unnest(CAST(:numbers AS text[]), CAST(:statuses AS text[]))
@@ -524,13 +548,7 @@ _ADOPT = sa.text(
         WHERE i.invoice_number = old.invoice_number
         RETURNING i.invoice_number, s.status
     )
-    INSERT INTO status_history (invoice_number, from_status, to_status, from_outstanding,
-      to_outstanding, source, actor, reason)
-    SELECT a.invoice_number, old.status, a.status, old.outstanding, old.outstanding, 'crm',
-           'opencrm', format(:reason, a.status)
-    FROM adopted AS a JOIN old ON old.invoice_number = a.invoice_number
-    ORDER BY a.invoice_number
-    RETURNING invoice_number
+    {_ADOPT_HISTORY}
     """
 )
 

@@ -10,7 +10,7 @@ from service.auth import AdminKey, ReadKey
 from service.crm import repository as repo
 from service.crm import service
 from service.crm.schemas import OutboxMessageOut, OutboxPage, OutboxState
-from service.deps import SessionDep
+from service.deps import ConnDep
 from service.errors import Unprocessable
 
 router = APIRouter(prefix="/v1/crm", tags=["crm"])
@@ -25,8 +25,8 @@ MAX_ID = 2**63 - 1
     summary="Outbox messages towards the CRM, oldest first (dead letters: state=dead)",
 )
 async def list_outbox(
-    session: SessionDep,
     _principal: ReadKey,
+    conn: ConnDep,
     state: Annotated[OutboxState | None, Query(description="Only messages in this state")] = None,
     invoice_number: Annotated[str | None, Query(min_length=1, max_length=30)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
@@ -49,7 +49,6 @@ async def list_outbox(
                 ],
             )
         after = int(cursor)
-    conn = await session.connection()
     rows = await repo.list_messages(
         conn,
         state=state.value if state is not None else None,
@@ -73,10 +72,9 @@ async def list_outbox(
     },
 )
 async def retry_message(
-    session: SessionDep,
     _principal: AdminKey,
+    conn: ConnDep,
     message_id: Annotated[int, Path(ge=1, le=MAX_ID)],
 ) -> OutboxMessageOut:
-    conn = await session.connection()
     row = await service.retry_dead_letter(conn, message_id)
     return OutboxMessageOut.from_row(row)

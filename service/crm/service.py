@@ -39,6 +39,7 @@ from service.errors import Conflict, NotFound
 from service.logging import get_logger
 from service.metrics import CRM_DELIVERIES
 from service.settings import CrmMode, Settings, SettingsError
+from service.transaction import run_in_transaction
 
 log = get_logger(__name__)
 
@@ -137,12 +138,15 @@ class Dispatcher:
 
     async def _run_pass(self) -> int:
         work = _Pass()
-        async with self.engine.connect() as conn, conn.begin():
+
+        async def deliver(conn: AsyncConnection) -> None:
             groups = await repo.claim(conn, limit=self.connector.batch_size, now=self._db_now())
             for group in groups:
                 if not await self._handle(conn, group, work):
                     break
             await self._finish(conn, work)
+
+        await run_in_transaction(self.engine, deliver)
         self._after_commit(work)
         return len(work.results) + len(work.superseded)
 

@@ -17,11 +17,10 @@ import sqlalchemy as sa
 from pydantic import TypeAdapter
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from service import contracts
 from service.ingest.schemas import IngestResult, PostingIn
 from service.rules import revaluation_sql, write_off_sql
 from service.settings import Settings
-
-DIRTY_CHANNEL = "ledgerlink_dirty"
 
 _POSTINGS_JSON = TypeAdapter(list[PostingIn])
 
@@ -349,7 +348,7 @@ async def store(
         # Delivered on commit, and only then: the worker never wakes to uncommitted rows. Not
         # sent when every affected invoice was dirty already: the worker has it queued, and
         # NOTIFY serialises committing transactions on a database-wide lock.
-        await driver.execute("SELECT pg_notify($1, '')", DIRTY_CHANNEL)
+        await contracts.notify(conn, contracts.DIRTY_CHANNEL)
     applied = int(row["applied"])
     return StoreOutcome(
         applied=applied,

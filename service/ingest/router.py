@@ -8,7 +8,8 @@ from fastapi import APIRouter, Request, Response
 
 from service.auth import NO_API_KEY
 from service.deps import IngestDep
-from service.errors import PROBLEM_JSON, ServiceError
+from service.errors import ServiceError
+from service.exception_handlers import PROBLEM_JSON
 from service.ingest.schemas import IngestResult, PostingBatch
 from service.ingest.service import WebhookIngest, count_rejection, too_large
 

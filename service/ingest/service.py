@@ -14,7 +14,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.errors import (
     Conflict,
@@ -38,15 +38,15 @@ from service.ingest.signature import SignatureRejected, SignedHeaders, Verifier
 from service.logging import get_logger
 from service.metrics import BATCH_SIZE, INGEST_LATENCY, POSTINGS, WEBHOOK_DELIVERIES
 from service.settings import Settings
+from service.transaction import run_in_transaction
 
 log = get_logger(__name__)
 
 # Errors listed in one problem response; a batch of 5000 bad postings does not need 5000.
 MAX_ERRORS = 50
 # Deadlocks between concurrent batches touching the same invoices are resolved by PostgreSQL
-# aborting one of them; the whole delivery is simply run again.
-RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
-ATTEMPTS = 3
+# aborting one of them; the whole delivery is simply run again, up to this many more times.
+RETRIES = 2
 
 
 class InvalidBody(ServiceError):
@@ -126,44 +126,36 @@ class WebhookIngest:
 
     async def _apply_once(self, webhook_id: str, body: bytes, batch: PostingBatch) -> Answer:
         body_sha256 = hashlib.sha256(body).digest()
-        for attempt in range(1, ATTEMPTS + 1):
-            try:
-                return await self._apply(webhook_id, body_sha256, batch)
-            except Exception as exc:
-                if attempt == ATTEMPTS or _sqlstate(exc) not in RETRYABLE_SQLSTATES:
-                    raise
-                log.warning("webhook.retried", webhook_id=webhook_id, sqlstate=_sqlstate(exc))
-        raise AssertionError("unreachable")
-
-    async def _apply(self, webhook_id: str, body_sha256: bytes, batch: PostingBatch) -> Answer:
         received = len(batch.postings)
-        async with self.engine.connect() as conn:
-            async with conn.begin():
-                claim = await repository.claim_delivery(
-                    conn, webhook_id, body_sha256, batch.source, received
+
+        async def apply(conn: AsyncConnection) -> IngestResult | None:
+            claim = await repository.claim_delivery(
+                conn, webhook_id, body_sha256, batch.source, received
+            )
+            if claim is repository.Claim.IN_FLIGHT:
+                raise rejected(
+                    Conflict,
+                    "in_flight",
+                    f"delivery {webhook_id} is being processed right now; "
+                    "retry shortly to get its answer",
+                    headers={"Retry-After": "1"},
                 )
-                if claim is repository.Claim.IN_FLIGHT:
-                    raise rejected(
-                        Conflict,
-                        "in_flight",
-                        f"delivery {webhook_id} is being processed right now; "
-                        "retry shortly to get its answer",
-                        headers={"Retry-After": "1"},
-                    )
-                if claim is repository.Claim.DELIVERED:
-                    result = None
-                else:
-                    outcome = await repository.store(
-                        conn, batch.postings, event_id=webhook_id, settings=self.settings
-                    )
-                    result = IngestResult(
-                        event_id=webhook_id,
-                        postings_received=received,
-                        postings_applied=outcome.applied,
-                        postings_unchanged=outcome.unchanged,
-                        invoices_affected=outcome.invoices_affected,
-                    )
-                    await repository.record_answer(conn, webhook_id, result)
+            if claim is repository.Claim.DELIVERED:
+                return None
+            outcome = await repository.store(
+                conn, batch.postings, event_id=webhook_id, settings=self.settings
+            )
+            result = IngestResult(
+                event_id=webhook_id,
+                postings_received=received,
+                postings_applied=outcome.applied,
+                postings_unchanged=outcome.unchanged,
+                invoices_affected=outcome.invoices_affected,
+            )
+            await repository.record_answer(conn, webhook_id, result)
+            return result
+
+        result = await run_in_transaction(self.engine, apply, retries=RETRIES, name="webhook")
         if result is None:
             return await self._replay(webhook_id, body_sha256)
         # Only here, after the commit, is the delivery acknowledged.
@@ -420,13 +412,3 @@ def _duplicate_tran_numbers(batch: PostingBatch) -> list[dict[str, Any]]:
                 }
             )
     return errors
-
-
-def _sqlstate(exc: BaseException) -> str | None:
-    current: BaseException | None = exc
-    while current is not None:
-        state = getattr(current, "sqlstate", None)
-        if isinstance(state, str):
-            return state
-        current = getattr(current, "orig", None) or current.__cause__
-    return None

@@ -11,6 +11,7 @@ from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from service import contracts
 from service.invoices.models import Invoice
 from service.invoices.schemas import InvoiceFilter
 from service.rules import write_off_sql
@@ -224,20 +225,31 @@ _MANUAL_CHANGE = sa.text(
                conflict = CASE WHEN :release THEN NULL ELSE conflict END
          WHERE invoice_number = :n
      RETURNING invoice_number, outstanding
-    ), hist AS (
-        INSERT INTO status_history (invoice_number, from_status, to_status, from_outstanding,
-                                    to_outstanding, source, actor, reason)
-        SELECT invoice_number, CAST(:from AS text), CAST(:to AS text), outstanding, outstanding,
-               'manual', :actor, :reason
-          FROM upd
-     RETURNING id, invoice_number, to_outstanding
+    ), hist AS ({history}
     )
-    INSERT INTO outbox (invoice_number, source, payload)
-    SELECT invoice_number, 'manual',
-           jsonb_build_object('status', CAST(:to AS text), 'outstanding', to_outstanding::text,
-                              'history_id', id, 'source', 'manual')
-      FROM hist
-    """
+    {outbox}
+    """.format(
+        history=contracts.insert_history(
+            source="manual",
+            invoice_number="invoice_number",
+            from_status="CAST(:from AS text)",
+            to_status="CAST(:to AS text)",
+            from_outstanding="outstanding",
+            to_outstanding="outstanding",
+            actor=":actor",
+            reason=":reason",
+            from_="upd",
+            returning="id, invoice_number, to_outstanding",
+        ),
+        outbox=contracts.insert_outbox(
+            source="manual",
+            invoice_number="invoice_number",
+            status="CAST(:to AS text)",
+            outstanding="to_outstanding",
+            history_id="id",
+            from_="hist",
+        ),
+    )
 ).bindparams(sa.bindparam("release", type_=sa.Boolean))
 
 
@@ -269,9 +281,9 @@ async def write_manual_change(
 async def notify(conn: AsyncConnection, *, outbox: bool, dirty: bool) -> None:
     """Wake the CRM dispatcher / reconciliation (delivered when the transaction commits)."""
     if outbox:
-        await conn.execute(sa.text("SELECT pg_notify('ledgerlink_outbox', '')"))
+        await contracts.notify(conn, contracts.OUTBOX_CHANNEL)
     if dirty:
-        await conn.execute(sa.text("SELECT pg_notify('ledgerlink_dirty', '')"))
+        await contracts.notify(conn, contracts.DIRTY_CHANNEL)
 
 
 # --- the Global Update -----------------------------------------------------------------------
@@ -326,6 +338,29 @@ class ChunkCounts:
         self.last_key = other.last_key
 
 
+_BULK_HISTORY = contracts.insert_history(
+    source="bulk",
+    invoice_number="invoice_number",
+    from_status="from_status",
+    to_status="CAST(:to AS text)",
+    from_outstanding="outstanding",
+    to_outstanding="outstanding",
+    actor="CAST(:actor AS text)",
+    reason="CAST(:reason AS text)",
+    job_id="CAST(:job_id AS uuid)",
+    from_="upd",
+    returning="id, invoice_number, to_outstanding",
+)
+_BULK_OUTBOX = contracts.insert_outbox(
+    source="bulk",
+    invoice_number="invoice_number",
+    status="CAST(:to AS text)",
+    outstanding="to_outstanding",
+    history_id="id",
+    from_="hist",
+)
+
+
 def _chunk_sql(plan: BulkPlan, *, by_numbers: bool, keyset: bool) -> str:
     lock = "" if plan.dry_run else "FOR UPDATE OF i"
     if by_numbers:
@@ -374,7 +409,7 @@ def _chunk_sql(plan: BulkPlan, *, by_numbers: bool, keyset: bool) -> str:
     outcome = "CASE " + " ".join(whens) + " ELSE 'updated' END"
     writes = ""
     if not plan.dry_run:
-        writes = """
+        writes = f"""
         upd AS (
             UPDATE invoices i
                SET status = CAST(:to AS text),
@@ -386,21 +421,9 @@ def _chunk_sql(plan: BulkPlan, *, by_numbers: bool, keyset: bool) -> str:
              WHERE p.outcome = 'updated' AND i.invoice_number = p.invoice_number
          RETURNING i.invoice_number, p.from_status, i.outstanding
         ),
-        hist AS (
-            INSERT INTO status_history (invoice_number, from_status, to_status, from_outstanding,
-                                        to_outstanding, source, actor, reason, job_id)
-            SELECT invoice_number, from_status, CAST(:to AS text), outstanding, outstanding,
-                   'bulk', CAST(:actor AS text), CAST(:reason AS text), CAST(:job_id AS uuid)
-              FROM upd
-         RETURNING id, invoice_number, to_outstanding
+        hist AS ({_BULK_HISTORY}
         ),
-        ob AS (
-            INSERT INTO outbox (invoice_number, source, payload)
-            SELECT invoice_number, 'bulk',
-                   jsonb_build_object('status', CAST(:to AS text),
-                                      'outstanding', to_outstanding::text,
-                                      'history_id', id, 'source', 'bulk')
-              FROM hist
+        ob AS ({_BULK_OUTBOX}
         ),"""
     return f"""
     WITH {selection}
@@ -614,7 +637,7 @@ async def job_results(
 
 
 async def notify_jobs(conn: AsyncConnection) -> None:
-    await conn.execute(sa.text("SELECT pg_notify('ledgerlink_jobs', '')"))
+    await contracts.notify(conn, contracts.JOBS_CHANNEL)
 
 
 # --- the worker's side of jobs ---------------------------------------------------------------

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Header, Path, Query, Request, Response
 
 from service import csvout
 from service.auth import ReadKey, WriteKey
-from service.deps import SessionDep, SettingsDep
+from service.deps import ConnDep, SettingsDep
 from service.invoices import service
 from service.invoices.schemas import (
     BulkStatusRequest,
@@ -39,7 +39,7 @@ ResultsLimit = Annotated[int, Query(ge=1, le=5000, description="Results per page
 )
 async def list_invoices(
     _: ReadKey,
-    session: SessionDep,
+    conn: ConnDep,
     settings: SettingsDep,
     request: Request,
     filters: Annotated[InvoiceFilter, Query()],
@@ -53,7 +53,6 @@ async def list_invoices(
 ) -> Any:
     """Invoices in invoice-number order, keyset-paged (stable while others write). JSON, or
     CSV with `?format=csv` or `Accept: text/csv` (the next page's URL is then in `Link`)."""
-    conn = await session.connection()
     page = await service.list_invoices(conn, settings, filters, limit=limit, cursor_token=cursor)
     if not csvout.wants_csv(accept, format):
         return page
@@ -80,7 +79,7 @@ async def bulk_update_status(
     principal: WriteKey,
     body: BulkStatusRequest,
     response: Response,
-    session: SessionDep,
+    conn: ConnDep,
     settings: SettingsDep,
     idempotency_key: Annotated[
         str | None,
@@ -97,7 +96,6 @@ async def bulk_update_status(
     200 with the finished job; larger selections answer 202 and run in the worker.
     """
     key = service.idempotency_key(idempotency_key)
-    conn = await session.connection()
     async with service.retryable_conflicts():
         submitted = await service.submit_bulk(
             conn,
@@ -122,10 +120,9 @@ async def bulk_update_status(
     responses={404: {"description": "Unknown invoice"}},
 )
 async def get_invoice(
-    _: ReadKey, invoice_number: InvoiceNumberPath, session: SessionDep, settings: SettingsDep
+    _: ReadKey, invoice_number: InvoiceNumberPath, conn: ConnDep, settings: SettingsDep
 ) -> InvoiceDetail:
     """One invoice with its amounts and its whole status history."""
-    conn = await session.connection()
     return await service.invoice_detail(conn, settings, invoice_number)
 
 
@@ -142,7 +139,7 @@ async def edit_invoice_status(
     principal: WriteKey,
     invoice_number: InvoiceNumberPath,
     body: StatusEdit,
-    session: SessionDep,
+    conn: ConnDep,
     settings: SettingsDep,
 ) -> InvoiceDetail:
     """A person's edit of one invoice's status, recorded in its history as `manual`.
@@ -150,7 +147,6 @@ async def edit_invoice_status(
     A protected status (e.g. "Written Off") protects the invoice from later syncs at once;
     moving it back to an unprotected status releases it and queues it for reconciliation.
     """
-    conn = await session.connection()
     async with service.retryable_conflicts():
         return await service.edit_status(
             conn, settings, actor=principal.name, invoice_number=invoice_number, edit=body
@@ -167,13 +163,12 @@ async def edit_invoice_status(
 async def get_job(
     _: ReadKey,
     job_id: uuid.UUID,
-    session: SessionDep,
+    conn: ConnDep,
     results_limit: ResultsLimit = 1000,
     results_cursor: Annotated[str | None, Query(max_length=512)] = None,
     outcome: Annotated[Outcome | None, Query(description="Only results with this outcome")] = None,
 ) -> JobOut:
     """A Global Update job: status, counts, progress and its per-invoice results (paged)."""
-    conn = await session.connection()
     return await service.job_view(
         conn,
         job_id,

@@ -32,6 +32,7 @@ from sqlalchemy.engine import Row
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from service import db_errors
 from service.errors import Conflict, NotFound, ServiceError, ServiceUnavailable, Unprocessable
 from service.invoices import cursor
 from service.invoices import repository as repo
@@ -63,8 +64,6 @@ MAX_ATTEMPTS = 3
 MAX_KEY_LENGTH = 255
 
 Progress = Callable[[int], Awaitable[None]]
-# deadlock_detected, serialization_failure, lock_not_available
-_RETRYABLE_SQLSTATES = frozenset({"40P01", "40001", "55P03"})
 
 
 @contextlib.asynccontextmanager
@@ -73,7 +72,7 @@ async def retryable_conflicts() -> AsyncIterator[None]:
     try:
         yield
     except DBAPIError as exc:
-        if getattr(exc.orig, "sqlstate", None) in _RETRYABLE_SQLSTATES:
+        if db_errors.is_concurrent_change(exc):
             raise ServiceUnavailable(
                 "the invoices were being changed concurrently; nothing was stored, retry",
                 retry_after=1,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from service.auth import AdminKey, ReadKey
-from service.deps import SessionDep, SettingsDep
+from service.deps import ConnDep, SettingsDep
 from service.picklist import repository, service
 from service.picklist.schemas import PicklistIn, PicklistOut, RepairOut, VerificationOut
 
@@ -13,9 +13,8 @@ router = APIRouter(prefix="/v1/picklists/invoice-status", tags=["picklist"])
 
 
 @router.get("", operation_id="get_invoice_status_picklist", response_model=PicklistOut)
-async def get_picklist(_: ReadKey, session: SessionDep) -> PicklistOut:
+async def get_picklist(_: ReadKey, conn: ConnDep) -> PicklistOut:
     """The invoice status picklist, in display order."""
-    conn = await session.connection()
     return PicklistOut(values=await repository.values(conn))
 
 
@@ -25,10 +24,9 @@ async def get_picklist(_: ReadKey, session: SessionDep) -> PicklistOut:
     response_model=PicklistOut,
     responses={409: {"description": "A value still in use on an invoice would disappear"}},
 )
-async def replace_picklist(_: AdminKey, body: PicklistIn, session: SessionDep) -> PicklistOut:
+async def replace_picklist(_: AdminKey, body: PicklistIn, conn: ConnDep) -> PicklistOut:
     """Replace the whole list (admin). Refused with 409 when a value some invoice still carries
     would disappear."""
-    conn = await session.connection()
     return PicklistOut(values=await service.replace_values(conn, body.values))
 
 
@@ -37,11 +35,8 @@ async def replace_picklist(_: AdminKey, body: PicklistIn, session: SessionDep) -
     operation_id="verify_invoice_status_picklist",
     response_model=VerificationOut,
 )
-async def verify_picklist(
-    _: ReadKey, session: SessionDep, settings: SettingsDep
-) -> VerificationOut:
+async def verify_picklist(_: ReadKey, conn: ConnDep, settings: SettingsDep) -> VerificationOut:
     """Whether the picklist holds the protected statuses and every label the sync may write."""
-    conn = await session.connection()
     result = await service.verify(conn, settings)
     return VerificationOut(
         ok=result.ok,
@@ -53,8 +48,7 @@ async def verify_picklist(
 
 
 @router.post("/repair", operation_id="repair_invoice_status_picklist", response_model=RepairOut)
-async def repair_picklist(_: AdminKey, session: SessionDep, settings: SettingsDep) -> RepairOut:
+async def repair_picklist(_: AdminKey, conn: ConnDep, settings: SettingsDep) -> RepairOut:
     """Append every missing required value (admin); returns what was added."""
-    conn = await session.connection()
     added = await service.repair(conn, settings)
     return RepairOut(added=added, ok=(await service.verify(conn, settings)).ok)

@@ -22,11 +22,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from service import contracts
 from service.rules import revaluation_sql, write_off_sql
 from service.settings import DERIVED_STATES, SAGELINK_FALLBACK, Settings, WriteOffMode
 
-OUTBOX_CHANNEL = "ledgerlink_outbox"
-DIRTY_CHANNEL = "ledgerlink_dirty"
 WRITE_OFF_STATES = ("written_off", "paid_written_off")
 _BIG_BATCH = 1000
 _HUGE_BATCH = 10_000
@@ -377,7 +376,7 @@ FROM cnt AS c
 
 # Invoice + status_history + outbox (contract 3 in docs/ARCHITECTURE.md); pg_notify is
 # delivered at commit, so the dispatcher never wakes to rows it cannot see.
-_WRITES = """
+_WRITES = f"""
 upd AS (
     UPDATE invoices AS i SET
         status = r.new_status,
@@ -408,31 +407,37 @@ upd AS (
     WHERE i.ctid = r.tid
     RETURNING i.invoice_number
 ),
-hist AS (
-    INSERT INTO status_history (
-        invoice_number, from_status, to_status, from_outstanding, to_outstanding,
-        source, actor, reason, run_id
+hist AS ({
+    contracts.insert_history(
+        source="sync",
+        invoice_number="r.invoice_number",
+        from_status="r.status",
+        to_status="r.new_status",
+        from_outstanding="r.from_outstanding",
+        to_outstanding="r.new_outstanding",
+        actor=":actor",
+        reason="r.reason",
+        run_id="CAST(:run_id AS uuid)",
+        from_="res AS r",
+        where="r.status_changed",
+        order_by="r.invoice_number",
+        returning="id, invoice_number",
     )
-    SELECT r.invoice_number, r.status, r.new_status, r.from_outstanding, r.new_outstanding,
-           'sync', :actor, r.reason, CAST(:run_id AS uuid)
-    FROM res AS r
-    WHERE r.status_changed
-    ORDER BY r.invoice_number
-    RETURNING id, invoice_number
+}
 ),
-outb AS (
-    INSERT INTO outbox (invoice_number, source, payload)
-    SELECT r.invoice_number, 'sync',
-           jsonb_build_object(
-               'status', r.new_status,
-               'outstanding', CAST(r.new_outstanding AS text),
-               'history_id', h.id
-           )
-    FROM res AS r
-    LEFT JOIN hist AS h ON h.invoice_number = r.invoice_number
-    WHERE r.changed
-    ORDER BY r.invoice_number
-    RETURNING 1
+outb AS ({
+    contracts.insert_outbox(
+        source="sync",
+        invoice_number="r.invoice_number",
+        status="r.new_status",
+        outstanding="r.new_outstanding",
+        history_id="h.id",
+        from_="res AS r LEFT JOIN hist AS h ON h.invoice_number = r.invoice_number",
+        where="r.changed",
+        order_by="r.invoice_number",
+        returning="1",
+    )
+}
 ),
 notified AS (
     SELECT pg_notify(:outbox_channel, '') WHERE EXISTS (SELECT 1 FROM outb)
@@ -559,7 +564,7 @@ async def apply_batch(
         "numbers": numbers,
         "run_id": str(run_id),
         "actor": actor,
-        "outbox_channel": OUTBOX_CHANNEL,
+        "outbox_channel": contracts.OUTBOX_CHANNEL,
     }
     if new_run is not None:
         params.update(trigger=new_run.trigger, scope=new_run.scope_json)
@@ -669,11 +674,7 @@ async def insert_run(
         },
     )
     if not running:
-        await notify(conn, DIRTY_CHANNEL)
-
-
-async def notify(conn: AsyncConnection, channel: str) -> None:
-    await conn.execute(sa.text("SELECT pg_notify(:c, '')"), {"c": channel})
+        await contracts.notify(conn, contracts.DIRTY_CHANNEL)
 
 
 async def claim_requested_run(conn: AsyncConnection, stale_seconds: float) -> uuid.UUID | None:
@@ -753,7 +754,7 @@ async def requeue_run(conn: AsyncConnection, run_id: uuid.UUID) -> None:
         sa.text("UPDATE sync_runs SET status = 'queued' WHERE id = :id AND status = 'running'"),
         {"id": run_id},
     )
-    await notify(conn, DIRTY_CHANNEL)
+    await contracts.notify(conn, contracts.DIRTY_CHANNEL)
 
 
 @dataclass(frozen=True)

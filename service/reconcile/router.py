@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 
 from service import csvout
 from service.auth import ReadKey, WriteKey
-from service.deps import EngineDep, SettingsDep, WorkerDep
+from service.deps import ConnDep, EngineDep, SettingsDep, WorkerDep
 from service.errors import NotFound
 from service.reconcile import service
 from service.reconcile.repository import RunScope
@@ -57,6 +57,8 @@ async def trigger_sync(
 ) -> Any:
     """Request a sync run. Queued for the workers (202), or with `wait=true` executed within
     the request. A dry run computes and records every change and writes nothing else."""
+    # Not the request's one transaction (ConnDep): the run must be committed before its
+    # batches start, and each batch commits on its own (the run resumes from its cursor).
     scope = RunScope(
         scope=body.scope,
         account_ref=body.account_ref,
@@ -96,15 +98,14 @@ async def trigger_sync(
 async def get_sync_run(
     run_id: uuid.UUID,
     principal: ReadKey,
-    engine: EngineDep,
+    conn: ConnDep,
     changes_limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     changes_cursor: Annotated[str | None, Query(max_length=100)] = None,
 ) -> SyncRunOut:
     """A sync run with its counts and a page of its changes."""
-    async with engine.connect() as conn:
-        view = await service.run_view(
-            conn, run_id, changes_limit=changes_limit, changes_cursor=changes_cursor
-        )
+    view = await service.run_view(
+        conn, run_id, changes_limit=changes_limit, changes_cursor=changes_cursor
+    )
     if view is None:
         raise NotFound(f"no sync run {run_id}")
     return _run_out(view)
@@ -118,7 +119,7 @@ async def get_sync_run(
 )
 async def reconciliation_report(
     principal: ReadKey,
-    engine: EngineDep,
+    conn: ConnDep,
     settings: SettingsDep,
     request: Request,
     kind: Annotated[
@@ -138,8 +139,7 @@ async def reconciliation_report(
 ) -> Any:
     """Invoices that need a person's eye, paged by invoice number. JSON, or CSV with
     `Accept: text/csv` (the next page's URL is then in the `Link` header)."""
-    async with engine.connect() as conn:
-        rows, next_cursor = await service.report(conn, kind, settings, limit=limit, cursor=cursor)
+    rows, next_cursor = await service.report(conn, kind, settings, limit=limit, cursor=cursor)
     items = [ReportItem.model_validate(row) for row in rows]
     if csvout.wants_csv(accept, None):
         return csvout.page_response(

@@ -16,7 +16,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.errors import Unprocessable
@@ -31,17 +30,18 @@ from service.metrics import (
 from service.reconcile import repository as repo
 from service.reconcile.repository import BatchResult, ChangeRow, RunRow, RunScope
 from service.settings import DERIVED_STATES, Settings, WriteOffMode
+from service.transaction import run_in_transaction
 
 log = get_logger(__name__)
+
+T = TypeVar("T")
 
 WORKER_ACTOR = "worker"
 # A requested run whose executor has not finished a batch for this long is taken over.
 STALE_RUN_SECONDS = 120.0
-# Deadlock and serialization failures: the batch is retried, it changed nothing.
-_RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
-_ATTEMPTS = 3
-
-T = TypeVar("T")
+# Deadlock and serialization failures: the batch is run again (it changed nothing), up to
+# this many more times.
+_RETRIES = 2
 
 
 # ---------------------------------------------------------------------------------------------
@@ -61,23 +61,22 @@ async def reconcile_dirty(
     run_id = uuid.uuid4()
     started = time.perf_counter()
 
-    async def attempt() -> tuple[BatchResult, float]:
-        async with engine.begin() as conn:
-            numbers = await repo.claim_dirty(conn, batch)
-            if not numbers:
-                return BatchResult(), 0.0
-            result = await repo.apply_batch(
-                conn,
-                numbers,
-                settings,
-                run_id=run_id,
-                actor=WORKER_ACTOR,
-                new_run=repo.RunInsert(trigger="worker", scope_json='{"scope": "dirty"}'),
-            )
-            applied_at = time.perf_counter()
-        return result, time.perf_counter() - applied_at
+    async def attempt(conn: AsyncConnection) -> tuple[BatchResult, float | None]:
+        numbers = await repo.claim_dirty(conn, batch)
+        if not numbers:
+            return BatchResult(), None
+        result = await repo.apply_batch(
+            conn,
+            numbers,
+            settings,
+            run_id=run_id,
+            actor=WORKER_ACTOR,
+            new_run=repo.RunInsert(trigger="worker", scope_json='{"scope": "dirty"}'),
+        )
+        return result, time.perf_counter()
 
-    result, commit_delay = await _with_retries(attempt)
+    result, applied_at = await _in_transaction(engine, attempt)
+    commit_delay = 0.0 if applied_at is None else time.perf_counter() - applied_at
     if result.examined:
         _observe(result, "worker", time.perf_counter() - started, commit_delay, dry_run=False)
         RECONCILE_RUNS.labels("worker", "succeeded").inc()
@@ -111,10 +110,13 @@ async def request_run(
 ) -> uuid.UUID:
     """Record a requested run: queued (a worker executes it) or running (the caller does)."""
     run_id = uuid.uuid4()
-    async with engine.begin() as conn:
+
+    async def insert(conn: AsyncConnection) -> None:
         await repo.insert_run(
             conn, run_id=run_id, scope=scope, dry_run=dry_run, actor=actor, running=running
         )
+
+    await run_in_transaction(engine, insert)
     return run_id
 
 
@@ -124,40 +126,39 @@ async def execute_run_batch(
     """One batch of a running requested run, in its own transaction: (examined, finished)."""
     started = time.perf_counter()
 
-    async def attempt() -> tuple[BatchResult, bool, bool, float] | None:
-        async with engine.begin() as conn:
-            run = await repo.lock_run(conn, run_id)
-            if run is None or run.status != "running":
-                return None  # finished, failed or requeued by another executor meanwhile
-            scope = RunScope.from_json(run.scope)
-            limit = settings.worker_batch_size
-            numbers = await repo.claim_for_run(
-                conn,
-                scope,
-                limit=limit,
-                after=run.cursor,
-                dirty_bound=run.started_at,
-                dry_run=run.dry_run,
-            )
-            finish = len(numbers) < limit
-            keyset = run.dry_run or scope.scope != "dirty"
-            result = await repo.apply_batch(
-                conn,
-                numbers,
-                settings,
-                run_id=run_id,
-                actor=run.actor or "api",
-                dry_run=run.dry_run,
-                cursor=numbers[-1] if numbers and keyset else None,
-                finish=finish,
-            )
-            applied_at = time.perf_counter()
-        return result, finish, run.dry_run, time.perf_counter() - applied_at
+    async def attempt(conn: AsyncConnection) -> tuple[BatchResult, bool, bool, float] | None:
+        run = await repo.lock_run(conn, run_id)
+        if run is None or run.status != "running":
+            return None  # finished, failed or requeued by another executor meanwhile
+        scope = RunScope.from_json(run.scope)
+        limit = settings.worker_batch_size
+        numbers = await repo.claim_for_run(
+            conn,
+            scope,
+            limit=limit,
+            after=run.cursor,
+            dirty_bound=run.started_at,
+            dry_run=run.dry_run,
+        )
+        finish = len(numbers) < limit
+        keyset = run.dry_run or scope.scope != "dirty"
+        result = await repo.apply_batch(
+            conn,
+            numbers,
+            settings,
+            run_id=run_id,
+            actor=run.actor or "api",
+            dry_run=run.dry_run,
+            cursor=numbers[-1] if numbers and keyset else None,
+            finish=finish,
+        )
+        return result, finish, run.dry_run, time.perf_counter()
 
-    outcome = await _with_retries(attempt)
+    outcome = await _in_transaction(engine, attempt)
     if outcome is None:
         return 0, True
-    result, finished, dry_run, commit_delay = outcome
+    result, finished, dry_run, applied_at = outcome
+    commit_delay = time.perf_counter() - applied_at
     if result.examined:
         _observe(result, "api", time.perf_counter() - started, commit_delay, dry_run=dry_run)
     if finished:
@@ -181,8 +182,11 @@ async def execute_run(
 
 async def requeue_run(engine: AsyncEngine, run_id: uuid.UUID) -> None:
     """Hand a run that could not finish within a request to the workers."""
-    async with engine.begin() as conn:
+
+    async def requeue(conn: AsyncConnection) -> None:
         await repo.requeue_run(conn, run_id)
+
+    await run_in_transaction(engine, requeue)
 
 
 @dataclass
@@ -197,8 +201,11 @@ async def advance_requested_run(engine: AsyncEngine, settings: Settings, held: R
     queued (or abandoned) run when it holds none. Returns work done (0 = nothing to do)."""
     run_id = held.run_id
     if run_id is None:
-        async with engine.begin() as conn:
-            run_id = await repo.claim_requested_run(conn, STALE_RUN_SECONDS)
+
+        async def claim(conn: AsyncConnection) -> uuid.UUID | None:
+            return await repo.claim_requested_run(conn, STALE_RUN_SECONDS)
+
+        run_id = await run_in_transaction(engine, claim)
         if run_id is None:
             return 0
         held.run_id = run_id
@@ -220,9 +227,12 @@ async def _batch_or_fail(
         return await execute_run_batch(engine, settings, run_id)
     except Exception as exc:
         error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500]
+
+        async def fail(conn: AsyncConnection) -> None:
+            await repo.finish_run(conn, run_id, status="failed", error=error)
+
         try:
-            async with engine.begin() as conn:
-                await repo.finish_run(conn, run_id, status="failed", error=error)
+            await run_in_transaction(engine, fail)
         except Exception:
             # The database itself is away: leave the run running; once its heartbeat is
             # stale a worker resumes it from its cursor.
@@ -336,21 +346,6 @@ def _observe(
         POSTING_TO_STATUS.observe(max(seconds + commit_delay, 0.0))
 
 
-def _sqlstate(exc: DBAPIError) -> str | None:
-    for candidate in (exc.orig, getattr(exc.orig, "__cause__", None)):
-        code = getattr(candidate, "sqlstate", None)
-        if isinstance(code, str):
-            return code
-    return None
-
-
-async def _with_retries(attempt: Callable[[], Awaitable[T]]) -> T:
-    for number in range(1, _ATTEMPTS + 1):
-        try:
-            return await attempt()
-        except DBAPIError as exc:
-            code = _sqlstate(exc)
-            if code not in _RETRYABLE_SQLSTATES or number == _ATTEMPTS:
-                raise
-            log.info("reconcile.batch.retry", sqlstate=code, attempt=number)
-    raise AssertionError("unreachable")
+async def _in_transaction(engine: AsyncEngine, fn: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+    """A batch's transaction: a deadlock or serialization failure runs it again."""
+    return await run_in_transaction(engine, fn, retries=_RETRIES, name="reconcile.batch")

@@ -17,6 +17,7 @@ import httpx
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service import contracts
 from service.context import WorkerContext
 from service.crm import tasks as crm_tasks
 from service.settings import Settings
@@ -80,7 +81,7 @@ class Ledger:
                 ),
                 {"n": number, "p": json.dumps({"status": status, "outstanding": outstanding})},
             )
-            await conn.execute(sa.text("SELECT pg_notify('ledgerlink_outbox', '')"))
+            await contracts.notify(conn, contracts.OUTBOX_CHANNEL)
         self.changes[number].append((status, outstanding))
 
     async def round(self, numbers: list[str], step: int) -> None:

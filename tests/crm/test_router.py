@@ -12,6 +12,7 @@ from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service.contracts import OUTBOX_CHANNEL
 from service.crm import repository as repo
 from service.crm.connector import LocalConnector
 from service.db import libpq_url
@@ -69,7 +70,7 @@ async def test_retry_puts_a_dead_letter_back_in_line(
     message = await add_message(engine, "INV-1", "Paid", "0.00", state="dead", attempts=8)
     listener = await asyncpg.connect(libpq_url(database_url))
     woken = asyncio.Event()
-    await listener.add_listener("ledgerlink_outbox", lambda *_: woken.set())
+    await listener.add_listener(OUTBOX_CHANNEL, lambda *_: woken.set())
     try:
         response = await client.post(f"/v1/crm/outbox/{message}/retry", headers=auth(ADMIN_KEY))
         assert response.status_code == 200, response.text

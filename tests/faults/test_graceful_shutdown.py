@@ -20,6 +20,7 @@ import httpx
 import pytest
 from asyncpg import connect as _connect
 
+from service.contracts import DIRTY_CHANNEL
 from service.db import libpq_url
 from tests.faults.support import (
     Batch,
@@ -49,7 +50,7 @@ INSERT INTO invoices (invoice_number, account_ref, sage_tran_number, invoice_dat
                       status, dirty_since)
 SELECT 'INV-' || g, 'ACC' || (g % 50), 10000000 + g, DATE '2026-01-01', 100, 'Unpaid', now()
 FROM generate_series(1, {n}) AS g;
-SELECT pg_notify('ledgerlink_dirty', '');
+SELECT pg_notify('{dirty_channel}', '');
 """
 # The worker's reconcile statement, its batch claimed, waiting for the test's lock.
 RECONCILE_IN_FLIGHT = """
@@ -93,7 +94,7 @@ async def test_sigterm_finishes_what_is_in_flight_and_loses_nothing() -> None:
                 await hold.start()
                 await holder.execute("LOCK TABLE picklist_values IN ACCESS EXCLUSIVE MODE")
                 async with connected(pg.url) as conn:
-                    await conn.execute(SEED.format(n=BACKLOG))
+                    await conn.execute(SEED.format(n=BACKLOG, dirty_channel=DIRTY_CHANNEL))
                 # The worker claims the whole backlog (nothing else is dirty yet) and waits.
                 await eventually(
                     lambda: _any(pg.url, RECONCILE_IN_FLIGHT),

@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from asgi_lifespan import LifespanManager
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service.contracts import DIRTY_CHANNEL
 from service.main import create_app
 from tests.conftest import make_settings
 from tests.ingest.factories import WEBHOOK, deliver, si, sr
@@ -661,7 +662,7 @@ async def test_affected_invoices_wake_the_worker_after_commit(
 
     listener = await asyncpg.connect(libpq_url(database_url))
     heard: asyncio.Queue[str] = asyncio.Queue()
-    await listener.add_listener("ledgerlink_dirty", lambda *args: heard.put_nowait(args[2]))
+    await listener.add_listener(DIRTY_CHANNEL, lambda *args: heard.put_nowait(args[2]))
     try:
         await deliver(client, si(1, "INV1"))
         await asyncio.wait_for(heard.get(), timeout=5)

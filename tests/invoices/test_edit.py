@@ -7,6 +7,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service.contracts import DIRTY_CHANNEL, OUTBOX_CHANNEL
 from tests.conftest import ADMIN_KEY, READ_KEY, WRITE_KEY, auth
 from tests.invoices.conftest import add_invoice, scalar, table_checksums
 
@@ -145,7 +146,7 @@ async def test_edit_notifies_the_outbox_and_reconciliation_on_commit(
     heard: list[str] = []
     listener = await asyncpg.connect(libpq_url(database_url))
     try:
-        for channel in ("ledgerlink_outbox", "ledgerlink_dirty"):
+        for channel in (OUTBOX_CHANNEL, DIRTY_CHANNEL):
             await listener.add_listener(channel, lambda *args: heard.append(args[2]))
         await _patch(client, "INV-1", {"status": "Unpaid"})
         for _ in range(100):
@@ -154,7 +155,7 @@ async def test_edit_notifies_the_outbox_and_reconciliation_on_commit(
             await asyncio.sleep(0.02)
     finally:
         await listener.close()
-    assert sorted(heard) == ["ledgerlink_dirty", "ledgerlink_outbox"]
+    assert sorted(heard) == sorted([DIRTY_CHANNEL, OUTBOX_CHANNEL])
 
 
 async def test_scopes(client: httpx.AsyncClient, engine: AsyncEngine) -> None:

@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.context import WorkerContext
+from service.contracts import JOBS_CHANNEL
 from service.invoices import repository, tasks
 from tests.conftest import READ_KEY, WRITE_KEY, auth
 from tests.invoices.conftest import add_invoice, add_many, scalar, table_checksums
@@ -254,7 +255,7 @@ async def test_jobs_are_claimed_oldest_first_and_notify_the_worker(
     heard: list[str] = []
     listener = await asyncpg.connect(libpq_url(database_url))
     try:
-        await listener.add_listener("ledgerlink_jobs", lambda *args: heard.append(args[2]))
+        await listener.add_listener(JOBS_CHANNEL, lambda *args: heard.append(args[2]))
         first = await small_client.post(
             BULK, json={"status": "Written Off", "account_ref": "ACME01"}, headers=auth(WRITE_KEY)
         )
@@ -267,7 +268,7 @@ async def test_jobs_are_claimed_oldest_first_and_notify_the_worker(
             await asyncio.sleep(0.02)
     finally:
         await listener.close()
-    assert heard == ["ledgerlink_jobs", "ledgerlink_jobs"]
+    assert heard == [JOBS_CHANNEL, JOBS_CHANNEL]
     assert await tasks.run_once(worker_ctx) == 1
     assert (await _job(small_client, first.json()["job_id"]))["status"] == "succeeded"
     assert (await _job(small_client, second.json()["job_id"]))["status"] == "queued"

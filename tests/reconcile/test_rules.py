@@ -48,8 +48,13 @@ async def test_wizard_write_off_of_one_invoice(engine: AsyncEngine, settings: Se
     messages = await outbox(engine, "INV-1001")
     # First reconcile tells the CRM the balance; the write-off then changes the status.
     assert [m["payload"] for m in messages] == [
-        {"status": "Unpaid", "outstanding": "240.00", "history_id": None},
-        {"status": "Written Off", "outstanding": "0.00", "history_id": changes[0]["id"]},
+        {"status": "Unpaid", "outstanding": "240.00", "history_id": None, "source": "sync"},
+        {
+            "status": "Written Off",
+            "outstanding": "0.00",
+            "history_id": changes[0]["id"],
+            "source": "sync",
+        },
     ]
     assert all(m["source"] == "sync" for m in messages)
 
@@ -190,6 +195,7 @@ async def test_overpayment_is_paid_and_reported_then_refund_settles_it(
         "status": "Paid",
         "outstanding": "0.00",
         "history_id": None,
+        "source": "sync",
     }
 
 

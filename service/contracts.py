@@ -1,0 +1,114 @@
+"""The contracts between features, written once (docs/ARCHITECTURE.md, "Contracts between
+features"): the NOTIFY channels that wake the worker, the status_history row every status change
+writes, and the outbox row (and its payload) that tells the CRM.
+
+The writes are SQL fragments, not functions that take rows: each caller puts them inside its
+own set-based statement (a CTE chain), so a change, its history and its outbox row stay one
+statement in the caller's transaction. Only trusted SQL expressions and the literal sources
+below are spliced in; values travel as bind parameters of the caller's statement.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+# --- NOTIFY channels (delivered at commit, so a listener never wakes to rows it cannot see) ---
+
+# Invoices marked dirty (contract 1), or a sync run queued: wakes reconciliation.
+DIRTY_CHANNEL = "ledgerlink_dirty"
+# A Global Update job queued for the worker (contract 4).
+JOBS_CHANNEL = "ledgerlink_jobs"
+# Outbox rows written (contract 3): wakes the CRM dispatcher.
+OUTBOX_CHANNEL = "ledgerlink_outbox"
+CHANNELS = (DIRTY_CHANNEL, JOBS_CHANNEL, OUTBOX_CHANNEL)
+
+
+async def notify(conn: AsyncConnection, *channels: str) -> None:
+    """Wake the listeners of `channels` when the caller's transaction commits."""
+    for channel in channels:
+        await conn.execute(sa.text("SELECT pg_notify(:channel, '')"), {"channel": channel})
+
+
+# --- status_history (contract 3) --------------------------------------------------------------
+
+# Who changed a status: reconciliation, a person's edit, the Global Update, or the CRM read-back
+# adopting what someone set in OpenCRM.
+HistorySource = Literal["sync", "manual", "bulk", "crm"]
+# What the CRM hears about: everything but what came from the CRM itself.
+OutboxSource = Literal["sync", "manual", "bulk"]
+
+
+def insert_history(
+    *,
+    source: HistorySource,
+    invoice_number: str,
+    from_status: str,
+    to_status: str,
+    from_outstanding: str,
+    to_outstanding: str,
+    actor: str,
+    reason: str,
+    run_id: str = "NULL",
+    job_id: str = "NULL",
+    from_: str | None = None,
+    where: str | None = None,
+    order_by: str | None = None,
+    returning: str | None = None,
+) -> str:
+    """`INSERT INTO status_history ... SELECT ...`: one history row per row of `from_` (one row
+    when it is None). The keyword arguments are SQL expressions over `from_`."""
+    sql = f"""
+    INSERT INTO status_history (invoice_number, from_status, to_status, from_outstanding,
+                                to_outstanding, source, actor, reason, run_id, job_id)
+    SELECT {invoice_number}, {from_status}, {to_status}, {from_outstanding}, {to_outstanding},
+           '{_checked(source, HistorySource)}', {actor}, {reason}, {run_id}, {job_id}"""
+    return sql + _tail(from_, where, order_by, returning)
+
+
+# --- outbox (contract 3) ----------------------------------------------------------------------
+
+
+def insert_outbox(
+    *,
+    source: OutboxSource,
+    invoice_number: str,
+    status: str,
+    outstanding: str,
+    history_id: str,
+    from_: str,
+    where: str | None = None,
+    order_by: str | None = None,
+    returning: str | None = None,
+) -> str:
+    """`INSERT INTO outbox ... SELECT ...`: one message per row of `from_`. The payload is the
+    same for every source: {"status", "outstanding" (text, two places), "history_id" (null for
+    a balance change without a status change), "source"}. The keyword arguments are SQL
+    expressions over `from_`. The caller also notifies OUTBOX_CHANNEL."""
+    checked = _checked(source, OutboxSource)
+    sql = f"""
+    INSERT INTO outbox (invoice_number, source, payload)
+    SELECT {invoice_number}, '{checked}',
+           jsonb_build_object('status', {status},
+                              'outstanding', CAST({outstanding} AS text),
+                              'history_id', {history_id},
+                              'source', '{checked}')"""
+    return sql + _tail(from_, where, order_by, returning)
+
+
+def _checked(source: str, allowed: object) -> str:
+    if source not in getattr(allowed, "__args__", ()):
+        raise ValueError(f"unknown source {source!r}")
+    return source
+
+
+def _tail(from_: str | None, where: str | None, order_by: str | None, returning: str | None) -> str:
+    parts = [
+        f"FROM {from_}" if from_ else "",
+        f"WHERE {where}" if where else "",
+        f"ORDER BY {order_by}" if order_by else "",
+        f"RETURNING {returning}" if returning else "",
+    ]
+    return "".join(f"\n    {part}" for part in parts if part)
