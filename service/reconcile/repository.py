@@ -863,8 +863,3 @@ async def report(
         },
     )
     return [dict(r._mapping) for r in rows]
-
-
-async def picklist_values(conn: AsyncConnection) -> set[str]:
-    rows = await conn.execute(sa.text("SELECT value FROM picklist_values"))
-    return set(rows.scalars())

@@ -30,7 +30,7 @@ from service.ops.metrics import (
 )
 from service.reconcile import repository as repo
 from service.reconcile.repository import BatchResult, ChangeRow, RunRow, RunScope
-from service.settings import DERIVED_STATES, Settings, WriteOffMode
+from service.settings import Settings
 
 log = get_logger(__name__)
 
@@ -277,21 +277,6 @@ async def report(
 async def latest_run(conn: AsyncConnection) -> repo.RunRow | None:
     """The most recently requested sync run (worker batches that changed something included)."""
     return await repo.latest_run(conn)
-
-
-def sync_states(settings: Settings) -> list[str]:
-    """The derived states whose label a sync may write in the configured mode."""
-    if settings.write_off_mode is WriteOffMode.sagelink:
-        return [s for s in DERIVED_STATES if s not in repo.WRITE_OFF_STATES]
-    return list(DERIVED_STATES)
-
-
-async def missing_labels(conn: AsyncConnection, settings: Settings) -> list[str]:
-    """Labels the sync would write in the configured mode that the picklist lacks (it writes
-    the SageLink label instead, with a warning on the invoice). For readiness."""
-    present = await repo.picklist_values(conn)
-    wanted = dict.fromkeys(settings.status_labels[s] for s in sync_states(settings))
-    return [label for label in wanted if label not in present]
 
 
 # ---------------------------------------------------------------------------------------------
