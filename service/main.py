@@ -23,8 +23,6 @@ from service.worker import Worker, WorkerContext
 
 log = get_logger(__name__)
 
-USER_AGENT = f"ledgerlink/{__version__}"
-
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -37,9 +35,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     else:
         database_url = settings.database_url.get_secret_value()
     engine = create_engine(database_url, pool_size=settings.db_pool_size)
-    http = httpx.AsyncClient(
-        timeout=settings.opencrm_timeout_seconds, headers={"User-Agent": USER_AGENT}
-    )
+    # OpenCRM is the only thing it calls; OpenCrmClient sends its User-Agent on every request.
+    http = httpx.AsyncClient(timeout=settings.opencrm_timeout_seconds)
     app.state.engine = engine
     app.state.http = http
     app.state.database_url = database_url
