@@ -32,8 +32,8 @@ from sqlalchemy.engine import Row
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from service import cursor
 from service.errors import Conflict, NotFound, ServiceError, ServiceUnavailable, Unprocessable
-from service.invoices import cursor
 from service.invoices import repository as repo
 from service.invoices.repository import BulkPlan, ChunkCounts, FilterContext
 from service.invoices.schemas import (
@@ -186,8 +186,8 @@ async def list_invoices(
     fingerprint = _filters_fingerprint(filters)
     after: str | None = None
     if cursor_token is not None:
-        values = cursor.decode(cursor_token, param="cursor", required=("after", "q"))
-        if values["q"] != fingerprint or not isinstance(values["after"], str):
+        values = cursor.decode(cursor_token, param="cursor", fields={"after": str, "q": str})
+        if values["q"] != fingerprint:
             raise cursor.mismatch("cursor")
         after = values["after"]
     rows = await repo.list_invoices(
@@ -497,8 +497,10 @@ async def job_view(
     q = f"{job_id}:{outcome or ''}"
     after_seq = 0
     if results_cursor is not None:
-        values = cursor.decode(results_cursor, param="results_cursor", required=("seq", "q"))
-        if values["q"] != q or not isinstance(values["seq"], int):
+        values = cursor.decode(
+            results_cursor, param="results_cursor", fields={"seq": int, "q": str}
+        )
+        if values["q"] != q:
             raise cursor.mismatch("results_cursor")
         after_seq = values["seq"]
     rows = await repo.job_results(

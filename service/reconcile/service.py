@@ -7,8 +7,6 @@ what to run, in which transaction, and what to count. See docs/ARCHITECTURE.md,
 
 from __future__ import annotations
 
-import base64
-import binascii
 import time
 import uuid
 from collections import Counter
@@ -19,7 +17,7 @@ from typing import Any, TypeVar
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from service.errors import Unprocessable
+from service.cursor import decode_after, encode_after
 from service.logging import get_logger
 from service.ops.metrics import (
     CONFLICTS,
@@ -241,11 +239,11 @@ async def run_view(
     run = await repo.get_run(conn, run_id)
     if run is None:
         return None
-    after = decode_cursor(changes_cursor, "changes_cursor")
+    after = decode_after(changes_cursor, param="changes_cursor")
     changes = await repo.run_changes(conn, run_id, after=after, limit=changes_limit + 1)
     more = len(changes) > changes_limit
     changes = changes[:changes_limit]
-    next_cursor = encode_cursor(changes[-1].invoice_number) if more and changes else None
+    next_cursor = encode_after(changes[-1].invoice_number) if more and changes else None
     return RunView(run=run, changes=changes, next_changes_cursor=next_cursor)
 
 
@@ -257,7 +255,7 @@ async def run_view(
 async def report(
     conn: AsyncConnection, kind: str, settings: Settings, *, limit: int, cursor: str | None
 ) -> tuple[list[dict[str, Any]], str | None]:
-    after = decode_cursor(cursor, "cursor")
+    after = decode_after(cursor, param="cursor")
     rows = await repo.report(conn, kind, settings, after=after, limit=limit + 1)
     more = len(rows) > limit
     rows = rows[:limit]
@@ -270,7 +268,7 @@ async def report(
         if row.pop("crm_drift"):
             reasons.append("crm_drift")
         row["reasons"] = reasons
-    next_cursor = encode_cursor(rows[-1]["invoice_number"]) if more and rows else None
+    next_cursor = encode_after(rows[-1]["invoice_number"]) if more and rows else None
     return rows, next_cursor
 
 
@@ -282,25 +280,6 @@ async def latest_run(conn: AsyncConnection) -> repo.RunRow | None:
 # ---------------------------------------------------------------------------------------------
 # Helpers
 # ---------------------------------------------------------------------------------------------
-
-
-def encode_cursor(invoice_number: str) -> str:
-    return base64.urlsafe_b64encode(invoice_number.encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str | None, name: str) -> str | None:
-    if cursor is None:
-        return None
-    try:
-        value = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        value = ""
-    if not value or len(value) > 30 or "\x00" in value:
-        raise Unprocessable(
-            f"{name} is not a cursor this server gave out; start again without it",
-            errors=[{"loc": ["query", name], "field": name, "msg": "invalid cursor"}],
-        )
-    return value
 
 
 def _observe(
