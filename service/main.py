@@ -14,7 +14,7 @@ from fastapi_offline import FastAPIOffline
 
 from service import __version__
 from service.auth import check_before_body
-from service.db import EmbeddedPostgres, create_engine
+from service.db import create_engine, database
 from service.errors import install_error_handlers, install_openapi_problems
 from service.logging import configure_logging, get_logger
 from service.middleware import BodyBudget, RequestContextMiddleware
@@ -27,13 +27,12 @@ log = get_logger(__name__)
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
-    embedded: EmbeddedPostgres | None = None
-    if settings.database_url is None:
-        embedded = EmbeddedPostgres(settings.data_dir)
-        database_url = await asyncio.to_thread(embedded.start)
-        log.info("database.embedded.started", pgdata=str(embedded.pgdata))
-    else:
-        database_url = settings.database_url.get_secret_value()
+    # Closed last: it stops the embedded PostgreSQL started when no database URL is set.
+    database_scope = contextlib.ExitStack()
+    db = await asyncio.to_thread(database_scope.enter_context, database(settings))
+    database_url = db.url
+    if db.embedded is not None:
+        log.info("database.embedded.started", pgdata=str(db.embedded.pgdata))
     engine = create_engine(database_url, pool_size=settings.db_pool_size)
     # OpenCRM is the only thing it calls; OpenCrmClient sends its User-Agent on every request.
     http = httpx.AsyncClient(timeout=settings.opencrm_timeout_seconds)
@@ -64,8 +63,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                 await asyncio.wait_for(worker_task, timeout=30)
         await http.aclose()
         await engine.dispose()
-        if embedded is not None:
-            await asyncio.to_thread(embedded.stop)
+        await asyncio.to_thread(database_scope.close)
+        if db.embedded is not None:
             log.info("database.embedded.stopped")
 
 
