@@ -98,15 +98,10 @@ def _database() -> Iterator[tuple[str, int | None]]:
     if url:
         yield url, None
         return
-    from service.db import EmbeddedPostgres
+    from service.db import throwaway_postgres
 
-    with tempfile.TemporaryDirectory(prefix="ledgerlink-bench-pg-") as tmp:
-        embedded = EmbeddedPostgres(Path(tmp), cleanup="delete")
-        try:
-            url = embedded.start()
-            yield url, embedded.postmaster_pid()
-        finally:
-            embedded.stop()
+    with throwaway_postgres("ledgerlink-bench-pg-") as server:
+        yield server.database_url, server.postmaster_pid()
 
 
 @contextlib.contextmanager

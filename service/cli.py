@@ -120,7 +120,7 @@ def serve(
     """Serve the HTTP API (uvicorn, one process)."""
     import uvicorn
 
-    from service.db import EmbeddedPostgres, EmbeddedSupervisor
+    from service.db import Database, EmbeddedPostgres, database
     from service.main import create_app
     from service.migrate import upgrade_to_head
 
@@ -130,48 +130,40 @@ def serve(
         overrides.update(_dev_credentials(settings))
         if "LEDGERLINK_LOG_FORMAT" not in os.environ:
             overrides["log_format"] = "console"
-    embedded: EmbeddedPostgres | None = None
-    supervisor: EmbeddedSupervisor | None = None
+    if settings.database_url is None:
+        pgdata = EmbeddedPostgres(settings.data_dir).pgdata
+        typer.echo(f"  Starting embedded PostgreSQL (data in {pgdata}) ...")
+    db: Database | None = None
     try:
-        if settings.database_url is None:
-            embedded = EmbeddedPostgres(settings.data_dir)
-            typer.echo(f"  Starting embedded PostgreSQL (data in {embedded.pgdata}) ...")
-            overrides["database_url"] = embedded.start()
-            supervisor = EmbeddedSupervisor(embedded)
-        settings = _settings(dev=dev, **overrides)
-        if migrate or dev:
-            assert settings.database_url is not None
-            upgrade_to_head(settings.database_url.get_secret_value())
-        # uvicorn re-raises SIGTERM after its graceful shutdown; turn it into SystemExit so the
-        # `finally` below still stops the embedded PostgreSQL instead of the process dying.
-        signal.signal(signal.SIGTERM, _exit_on_sigterm)
-        application = create_app(settings)
-        if dev:
-            typer.echo(_banner(settings, application))
-        # What exists now (modules, routes, schemas) lives as long as the process: keep the
-        # collector from rescanning it each time a request's garbage triggers a full collection
-        # (a webhook batch allocates thousands of objects; this took a quarter off its parsing).
-        gc.freeze()
-        if supervisor is not None:
-            supervisor.start()
-        uvicorn.run(
-            application,
-            host=settings.host,
-            port=settings.port,
-            log_config=None,
-            timeout_graceful_shutdown=int(settings.request_timeout_seconds),
-            timeout_keep_alive=5,
-            # h11, not httptools: only h11 honours a limit on the size of a request's headers
-            # (httptools would take megabytes of them, however slowly they come).
-            http="h11",
-            h11_max_incomplete_event_size=64 * 1024,
-        )
+        with database(settings, supervised=True) as db:
+            settings = _settings(dev=dev, database_url=db.url, **overrides)
+            if migrate or dev:
+                upgrade_to_head(db.url)
+            # uvicorn re-raises SIGTERM after its graceful shutdown; turn it into SystemExit so
+            # the embedded PostgreSQL is still stopped on the way out instead of the process dying.
+            signal.signal(signal.SIGTERM, _exit_on_sigterm)
+            application = create_app(settings)
+            if dev:
+                typer.echo(_banner(settings, application))
+            # What exists now (modules, routes, schemas) lives as long as the process: keep the
+            # collector from rescanning it each time a request's garbage triggers a full
+            # collection (a webhook batch allocates thousands of objects; this took a quarter off
+            # its parsing).
+            gc.freeze()
+            uvicorn.run(
+                application,
+                host=settings.host,
+                port=settings.port,
+                log_config=None,
+                timeout_graceful_shutdown=int(settings.request_timeout_seconds),
+                timeout_keep_alive=5,
+                # h11, not httptools: only h11 honours a limit on the size of a request's headers
+                # (httptools would take megabytes of them, however slowly they come).
+                http="h11",
+                h11_max_incomplete_event_size=64 * 1024,
+            )
     finally:
-        if supervisor is not None and supervisor.is_alive():
-            supervisor.stop()
-        if embedded is not None:
-            embedded.stop()
-        if supervisor is not None and supervisor.failed:
+        if db is not None and db.supervisor is not None and db.supervisor.failed:
             # Raised here, it replaces the SystemExit(0) of the SIGTERM the supervisor sent.
             typer.echo(
                 "ledgerlink: the embedded PostgreSQL died and could not be restarted", err=True
@@ -201,48 +193,30 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
 @app.command("migrate")
 def migrate_command() -> None:
     """Migrate the database to the newest schema, then exit."""
-    from service.db import EmbeddedPostgres
+    from service.db import database
     from service.migrate import upgrade_to_head
 
-    settings = _settings()
-    embedded: EmbeddedPostgres | None = None
-    try:
-        if settings.database_url is None:
-            embedded = EmbeddedPostgres(settings.data_dir)
-            url = embedded.start()
-        else:
-            url = settings.database_url.get_secret_value()
-        upgrade_to_head(url)
+    with database(_settings()) as db:
+        upgrade_to_head(db.url)
         typer.echo("ledgerlink: database is at the newest migration")
-    finally:
-        if embedded is not None:
-            embedded.stop()
 
 
 @app.command("worker")
 def worker_command() -> None:
     """Run only the background worker (scale it separately from the API)."""
-    from service.db import EmbeddedPostgres
+    from service.db import database
     from service.logging import configure_logging
     from service.main import run_worker
     from service.ops.exposition import MetricsPortTaken
 
     settings = _settings()
     configure_logging(settings.log_level, settings.log_format)
-    embedded: EmbeddedPostgres | None = None
     try:
-        if settings.database_url is None:
-            embedded = EmbeddedPostgres(settings.data_dir)
-            url = embedded.start()
-        else:
-            url = settings.database_url.get_secret_value()
-        asyncio.run(run_worker(settings, url))
+        with database(settings) as db:
+            asyncio.run(run_worker(settings, db.url))
     except MetricsPortTaken as exc:
         typer.echo(f"ledgerlink: {exc}", err=True)
         raise typer.Exit(2) from None
-    finally:
-        if embedded is not None:
-            embedded.stop()
 
 
 def main(argv: list[str] | None = None) -> None:

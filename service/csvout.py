@@ -10,6 +10,8 @@ from decimal import Decimal
 
 from fastapi import Request, Response
 
+from service.schemas import money
+
 CSV_MEDIA_TYPE = "text/csv; charset=utf-8"
 
 
@@ -64,7 +66,7 @@ def cell(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, Decimal):
-        return f"{value:.2f}"
+        return money(value)
     if isinstance(value, datetime):
         return value.isoformat()
     if isinstance(value, list):

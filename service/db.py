@@ -1,4 +1,8 @@
-"""The database: an async engine on asyncpg, and the embedded PostgreSQL used when none is named."""
+"""The database: an async engine on asyncpg, and the embedded PostgreSQL used when none is named.
+
+Everything that needs a database and may have to start one (the CLI's commands, the app's
+lifespan, the tests, the benchmarks) goes through `database()` or `throwaway_postgres()`.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +10,20 @@ import contextlib
 import logging
 import os
 import signal
+import tempfile
 import threading
 import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+if TYPE_CHECKING:
+    from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +66,18 @@ class EmbeddedPostgres:
         self._server: Any = None
         # The postmaster started here, while it runs (its PID file goes before it does).
         self._started: psutil.Process | None = None
+
+    def __enter__(self) -> EmbeddedPostgres:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    @property
+    def database_url(self) -> str:
+        """The URL of the service's database on it (the one start() returns)."""
+        return self.url(EMBEDDED_DATABASE)
 
     def start(self) -> str:
         self.pgdata.parent.mkdir(parents=True, exist_ok=True)
@@ -214,3 +236,42 @@ class EmbeddedSupervisor(threading.Thread):
     def stop(self) -> None:
         self._stopping.set()
         self.join(timeout=10)
+
+
+@dataclass(frozen=True)
+class Database:
+    url: str
+    # Set when the database is the embedded one, started for this scope.
+    embedded: EmbeddedPostgres | None = None
+    supervisor: EmbeddedSupervisor | None = None
+
+
+@contextlib.contextmanager
+def database(settings: Settings, *, supervised: bool = False) -> Iterator[Database]:
+    """The database LEDGERLINK_DATABASE_URL names or, when it is unset, the embedded PostgreSQL
+    under LEDGERLINK_DATA_DIR, started here and stopped on exit. `supervised` restarts the
+    embedded one when it dies (`make run`); supervisor.failed says when it could not."""
+    if settings.database_url is not None:
+        yield Database(settings.database_url.get_secret_value())
+        return
+    with EmbeddedPostgres(settings.data_dir) as embedded:
+        supervisor = EmbeddedSupervisor(embedded) if supervised else None
+        if supervisor is not None:
+            supervisor.start()
+        try:
+            yield Database(embedded.database_url, embedded, supervisor)
+        finally:
+            # Before the server stops, or the supervisor would start it again.
+            if supervisor is not None:
+                supervisor.stop()
+
+
+@contextlib.contextmanager
+def throwaway_postgres(prefix: str) -> Iterator[EmbeddedPostgres]:
+    """A started embedded PostgreSQL in a temporary directory, stopped and deleted on exit
+    (tests and benchmarks)."""
+    with (
+        tempfile.TemporaryDirectory(prefix=prefix) as tmp,
+        EmbeddedPostgres(Path(tmp), cleanup="delete") as server,
+    ):
+        yield server

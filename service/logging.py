@@ -8,8 +8,6 @@ from typing import cast
 
 import structlog
 
-REDACTED = "[redacted]"
-
 
 def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     shared: list[structlog.types.Processor] = [

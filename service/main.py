@@ -25,7 +25,7 @@ from service.context import WorkerContext
 from service.crm import tasks as crm_tasks
 from service.crm.router import router as crm_router
 from service.crm.service import Dispatcher
-from service.db import EmbeddedPostgres, create_engine
+from service.db import create_engine, database
 from service.deps import Runtime, install_runtime
 from service.exception_handlers import install_error_handlers, install_openapi_problems
 from service.ingest.router import WEBHOOK_PATH
@@ -45,8 +45,6 @@ from service.tasks import worker_tasks
 from service.worker import Worker
 
 log = get_logger(__name__)
-
-USER_AGENT = f"ledgerlink/{__version__}"
 
 
 def build_worker(ctx: WorkerContext, database_url: str) -> tuple[Worker, Dispatcher]:
@@ -70,17 +68,15 @@ def lifespan_for(
 async def lifespan(
     app: FastAPI, *, settings: Settings, console_keys: SessionKeys
 ) -> AsyncIterator[None]:
-    embedded: EmbeddedPostgres | None = None
-    if settings.database_url is None:
-        embedded = EmbeddedPostgres(settings.data_dir)
-        database_url = await asyncio.to_thread(embedded.start)
-        log.info("database.embedded.started", pgdata=str(embedded.pgdata))
-    else:
-        database_url = settings.database_url.get_secret_value()
+    # Closed last: it stops the embedded PostgreSQL started when no database URL is set.
+    database_scope = contextlib.ExitStack()
+    db = await asyncio.to_thread(database_scope.enter_context, database(settings))
+    database_url = db.url
+    if db.embedded is not None:
+        log.info("database.embedded.started", pgdata=str(db.embedded.pgdata))
     engine = create_engine(database_url, pool_size=settings.db_pool_size)
-    http = httpx.AsyncClient(
-        timeout=settings.opencrm_timeout_seconds, headers={"User-Agent": USER_AGENT}
-    )
+    # OpenCRM is the only thing it calls; OpenCrmClient sends its User-Agent on every request.
+    http = httpx.AsyncClient(timeout=settings.opencrm_timeout_seconds)
     worker: Worker | None = None
     dispatcher: Dispatcher | None = None
     worker_task: asyncio.Task[None] | None = None
@@ -115,8 +111,8 @@ async def lifespan(
                 await asyncio.wait_for(worker_task, timeout=30)
         await http.aclose()
         await engine.dispose()
-        if embedded is not None:
-            await asyncio.to_thread(embedded.stop)
+        await asyncio.to_thread(database_scope.close)
+        if db.embedded is not None:
             log.info("database.embedded.stopped")
 
 

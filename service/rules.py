@@ -17,39 +17,11 @@ the other signals. See docs/CURRENCY.md.
 
 from __future__ import annotations
 
-import re
-
 from service.settings import Settings
 
 REVALUATION_REFERENCE = "REVAL"
 # Sage's own wording; matched at the start of the details only, case-insensitively.
 REVALUATION_DETAILS = r"^ *currency +reval"
-
-
-def nominal_in_ranges(nominal_code: str, ranges: list[tuple[str, str]]) -> bool:
-    # ASCII digits and spaces only, exactly like the SQL side (str.isdigit() and str.strip()
-    # would accept other scripts' digits and Unicode spaces that PostgreSQL does not).
-    code = nominal_code.strip(" ")
-    if not re.fullmatch(r"[0-9]{1,9}", code):
-        return False
-    value = int(code)
-    return any(int(low) <= value <= int(high) for low, high in ranges)
-
-
-def is_write_off(nominal_code: str, details: str, reference: str, settings: Settings) -> bool:
-    if nominal_in_ranges(nominal_code, settings.nominal_ranges):
-        return True
-    pattern = re.compile(settings.write_off_pattern, re.IGNORECASE)
-    return bool(pattern.search(details) or pattern.search(reference))
-
-
-def is_revaluation(nominal_code: str, details: str, reference: str, settings: Settings) -> bool:
-    """Sage's automatic exchange revaluation: the variance nominal, REVAL, or its details."""
-    if nominal_in_ranges(nominal_code, settings.exchange_variance_ranges):
-        return True
-    if reference.strip(" ").upper() == REVALUATION_REFERENCE:
-        return True
-    return bool(re.search(REVALUATION_DETAILS, details, re.IGNORECASE))
 
 
 def _nominal_sql(
@@ -70,10 +42,8 @@ def _nominal_sql(
 
 
 def write_off_sql(alias: str, settings: Settings) -> tuple[str, dict[str, object]]:
-    """A SQL boolean expression over `alias`.nominal_code/details/reference, with its params.
-
-    Same rule as is_write_off().
-    """
+    """A SQL boolean expression over `alias`.nominal_code/details/reference, with its params:
+    a nominal code in the write-off ranges, or the pattern in the details or reference."""
     params: dict[str, object] = {"wo_pattern": settings.write_off_pattern}
     nominal = _nominal_sql(alias, settings.nominal_ranges, "wo", params)
     text = f"({alias}.details ~* :wo_pattern OR {alias}.reference ~* :wo_pattern)"
@@ -81,7 +51,8 @@ def write_off_sql(alias: str, settings: Settings) -> tuple[str, dict[str, object
 
 
 def revaluation_sql(alias: str, settings: Settings) -> tuple[str, dict[str, object]]:
-    """A SQL boolean expression over `alias`, with its params: the rule of is_revaluation()."""
+    """A SQL boolean expression over `alias`, with its params: the variance nominal, REVAL, or
+    Sage's details."""
     params: dict[str, object] = {
         "reval_reference": REVALUATION_REFERENCE,
         "reval_details": REVALUATION_DETAILS,

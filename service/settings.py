@@ -88,7 +88,6 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     database_url: SecretStr | None = None
-    test_database_url: SecretStr | None = None
     data_dir: Path = Path(".data")
 
     webhook_secrets: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
@@ -255,7 +254,7 @@ class Settings(BaseSettings):
             _parse_api_keys(value.get_secret_value())
         return value
 
-    @field_validator("database_url", "test_database_url")
+    @field_validator("database_url")
     @classmethod
     def _pg_url(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and not value.get_secret_value().startswith(

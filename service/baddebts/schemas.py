@@ -6,7 +6,7 @@ from datetime import date
 
 from pydantic import BaseModel, Field
 
-from service.reconcile.schemas import Money
+from service.schemas import Money
 
 
 class BadDebt(BaseModel):

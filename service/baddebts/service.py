@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.baddebts import repository as repo
 from service.baddebts.schemas import BadDebt, BadDebtPage, BadDebtTotals
-from service.reconcile.service import decode_cursor, encode_cursor
+from service.cursor import decode_after, encode_after
 from service.settings import Settings
 
 CSV_FIELDS = tuple(BadDebt.model_fields)
@@ -40,7 +40,7 @@ async def bad_debts(
     cursor: str | None,
 ) -> BadDebtPage:
     day = as_of or today()
-    after = decode_cursor(cursor, "cursor")
+    after = decode_after(cursor, param="cursor")
     rows = await repo.page(
         conn,
         settings,
@@ -59,7 +59,7 @@ async def bad_debts(
         payment_term_days=settings.bad_debt_payment_term_days,
         totals=BadDebtTotals.model_validate(total, from_attributes=True),
         items=items,
-        next_cursor=encode_cursor(items[-1].invoice_number) if len(rows) > limit else None,
+        next_cursor=encode_after(items[-1].invoice_number) if len(rows) > limit else None,
     )
 
 

@@ -17,7 +17,6 @@ M = TypeVar("M", bound=BaseModel)
 Fields = dict[str, list[str]]
 
 LIST_FIELDS = frozenset({"status", "derived_state", "current_status_in"})
-FILTER_FIELDS = tuple(InvoiceFilter.model_fields)
 
 
 MAX_FIELDS = 500

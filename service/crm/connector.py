@@ -20,6 +20,7 @@ from service.crm.client import (
     OpenCrmClient,
 )
 from service.logging import get_logger
+from service.schemas import money
 
 log = get_logger(__name__)
 
@@ -71,10 +72,6 @@ class Connector(Protocol):
         ...
 
 
-def format_amount(amount: Decimal) -> str:
-    return f"{amount.quantize(Decimal('0.01')):.2f}"
-
-
 class LocalConnector:
     """No CRM: every change counts as delivered."""
 
@@ -86,7 +83,7 @@ class LocalConnector:
     async def deliver(self, change: Change) -> Outcome:
         sent = {"status": change.status} if change.status else {}
         if change.outstanding is not None:
-            sent["outstanding"] = format_amount(change.outstanding)
+            sent["outstanding"] = money(change.outstanding)
         return Pushed(sent=sent, crm_id=change.crm_id)
 
     def take_seen_ids(self) -> dict[str, str]:
@@ -163,7 +160,7 @@ class OpenCrmConnector:
             fields[self.fields.status] = status
         outstanding_field = self.fields.outstanding
         if outstanding_field and change.outstanding is not None:
-            wanted = format_amount(change.outstanding)
+            wanted = money(change.outstanding)
             if parse_amount(invoice.text(outstanding_field)) != Decimal(wanted):
                 fields[outstanding_field] = wanted
         return fields

@@ -10,8 +10,8 @@ from service.auth import AdminKey, ReadKey
 from service.crm import repository as repo
 from service.crm import service
 from service.crm.schemas import OutboxMessageOut, OutboxPage, OutboxState
+from service.cursor import decode_id
 from service.deps import ConnDep
-from service.errors import Unprocessable
 
 router = APIRouter(prefix="/v1/crm", tags=["crm"])
 
@@ -34,21 +34,7 @@ async def list_outbox(
         str | None, Query(max_length=20, description="next_cursor of the previous page")
     ] = None,
 ) -> OutboxPage:
-    after = 0
-    if cursor is not None:
-        if not (cursor.isascii() and cursor.isdigit()) or int(cursor) > MAX_ID:
-            raise Unprocessable(
-                "cursor: not a cursor this API returned",
-                errors=[
-                    {
-                        "loc": ["query", "cursor"],
-                        "field": "query.cursor",
-                        "msg": "not a cursor this API returned",
-                        "type": "value_error",
-                    }
-                ],
-            )
-        after = int(cursor)
+    after = 0 if cursor is None else decode_id(cursor, param="cursor", maximum=MAX_ID)
     rows = await repo.list_messages(
         conn,
         state=state.value if state is not None else None,

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime
-from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, Field
+
+from service.schemas import Money, RowModel
 
 
 class OutboxState(StrEnum):
@@ -18,13 +19,13 @@ class OutboxState(StrEnum):
     dead = "dead"
 
 
-class OutboxMessageOut(BaseModel):
+class OutboxMessageOut(RowModel):
     id: int
     invoice_number: str
     source: str = Field(description="sync, manual or bulk: where the change was decided")
     state: OutboxState
     status: str | None = Field(description="The status the CRM should show")
-    outstanding: str | None = Field(description="The outstanding amount, two decimals")
+    outstanding: Money | None = Field(description="The outstanding amount, two decimals")
     history_id: int | None = None
     attempts: int
     next_attempt_at: datetime
@@ -36,23 +37,21 @@ class OutboxMessageOut(BaseModel):
 
     @classmethod
     def from_row(cls, row: Any) -> OutboxMessageOut:
+        """The row, with what the CRM should show taken out of its JSON payload."""
         payload = row.payload or {}
         history = payload.get("history_id")
-        return cls(
-            id=row.id,
-            invoice_number=row.invoice_number,
-            source=row.source,
-            state=OutboxState(row.state),
-            status=payload.get("status"),
-            outstanding=_amount(payload.get("outstanding")),
-            history_id=int(history)
-            if isinstance(history, int | str) and str(history).isdigit()
-            else None,
-            attempts=row.attempts,
-            next_attempt_at=row.next_attempt_at,
-            last_error=row.last_error,
-            created_at=row.created_at,
-            delivered_at=row.delivered_at,
+        outstanding = payload.get("outstanding")
+        if isinstance(outstanding, str) and not outstanding.strip():
+            outstanding = None
+        return cls.model_validate(
+            {
+                **row._mapping,
+                "status": payload.get("status"),
+                "outstanding": outstanding,
+                "history_id": int(history)
+                if isinstance(history, int | str) and str(history).isdigit()
+                else None,
+            }
         )
 
 
@@ -61,12 +60,3 @@ class OutboxPage(BaseModel):
     next_cursor: str | None = Field(
         description="Pass as `cursor` for the next page; null at the end"
     )
-
-
-def _amount(value: Any) -> str | None:
-    if value is None or str(value).strip() == "":
-        return None
-    try:
-        return f"{Decimal(str(value)).quantize(Decimal('0.01')):.2f}"
-    except InvalidOperation:
-        return str(value)

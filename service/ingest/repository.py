@@ -314,22 +314,14 @@ async def driver_connection(conn: AsyncConnection) -> Any:
     return driver
 
 
-async def store_postings(
-    conn: AsyncConnection, postings: list[PostingIn], *, event_id: str, settings: Settings
-) -> tuple[int, int, int]:
-    """Upsert postings and their allocations, mirror customer-invoice SIs, mark every affected
-    invoice dirty and NOTIFY the worker, all inside the caller's transaction.
-
-    Returns (postings_applied, postings_unchanged, invoices_affected). A tran_number given
-    twice keeps its last version and counts once.
-    """
-    outcome = await store(conn, postings, event_id=event_id, settings=settings)
-    return outcome.applied, outcome.unchanged, outcome.invoices_affected
-
-
 async def store(
     conn: AsyncConnection, postings: list[PostingIn], *, event_id: str, settings: Settings
 ) -> StoreOutcome:
+    """Upsert postings and their allocations, mirror customer-invoice SIs, mark every affected
+    invoice dirty and NOTIFY the worker, all inside the caller's transaction.
+
+    A tran_number given twice keeps its last version and counts once.
+    """
     if not postings:
         return StoreOutcome(0, 0, 0)
     driver = await driver_connection(conn)

@@ -11,7 +11,7 @@ from service.deps import IngestDep
 from service.errors import ServiceError
 from service.exception_handlers import PROBLEM_JSON
 from service.ingest.schemas import IngestResult, PostingBatch
-from service.ingest.service import WebhookIngest, count_rejection, too_large
+from service.ingest.service import count_rejection
 
 router = APIRouter(tags=["ingest"])
 
@@ -113,24 +113,10 @@ async def receive_postings(request: Request, ingest: IngestDep) -> Response:
             request.headers.get("webhook-timestamp"),
             request.headers.get("webhook-signature"),
         )
-        body = await _read_body(request, ingest)
+        # Over LEDGERLINK_MAX_BODY_BYTES, the middleware refuses it while it streams in.
+        body = await request.body()
         answer = await ingest.receive(signed, body)
     except ServiceError as exc:
         count_rejection(exc)
         raise
     return Response(answer.body, status_code=answer.status_code, media_type="application/json")
-
-
-async def _read_body(request: Request, ingest: WebhookIngest) -> bytes:
-    limit = ingest.settings.max_body_bytes
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit():
-        ingest.check_length(int(declared))
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_large(limit)
-        chunks.append(chunk)
-    return b"".join(chunks)

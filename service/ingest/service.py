@@ -18,7 +18,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.errors import (
     Conflict,
-    PayloadTooLarge,
     ServiceError,
     ServiceUnavailable,
     Unauthorized,
@@ -105,10 +104,6 @@ class WebhookIngest:
         except SignatureRejected as exc:
             raise rejected(Unauthorized, exc.reason, exc.detail) from None
 
-    def check_length(self, declared: int) -> None:
-        if declared > self.settings.max_body_bytes:
-            raise too_large(self.settings.max_body_bytes)
-
     async def receive(self, headers: SignedHeaders, body: bytes) -> Answer:
         started = time.perf_counter()
         try:
@@ -180,15 +175,6 @@ class WebhookIngest:
             )
         result = IngestResult.model_validate(response)
         return Answer(200, result.model_dump_json().encode(), replayed=True)
-
-
-def too_large(limit: int) -> ServiceError:
-    return rejected(
-        PayloadTooLarge,
-        "too_large",
-        f"the body is larger than {limit} bytes (LEDGERLINK_MAX_BODY_BYTES); "
-        "send fewer postings per batch",
-    )
 
 
 def count_rejection(exc: ServiceError) -> None:

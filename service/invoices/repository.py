@@ -164,8 +164,9 @@ async def history(conn: AsyncConnection, invoice_number: str) -> list[Row[Any]]:
 async def si_posting(conn: AsyncConnection, tran_number: int) -> Row[Any] | None:
     row = await conn.execute(
         sa.text(
-            "SELECT tran_number, date, reference, details, nominal_code, net_amount, tax_amount, "
-            "gross_amount, outstanding, deleted FROM postings WHERE tran_number = :t"
+            "SELECT tran_number, date, reference, details, nominal_code, net_amount AS net, "
+            "tax_amount AS tax, gross_amount AS gross, outstanding AS sage_outstanding, deleted "
+            "FROM postings WHERE tran_number = :t"
         ),
         {"t": tran_number},
     )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from datetime import UTC, date, datetime
-from decimal import Decimal
 from typing import Annotated, Literal
 
 from pydantic import (
@@ -17,6 +16,7 @@ from pydantic import (
     model_validator,
 )
 
+from service.schemas import Money, RowModel
 from service.settings import DerivedState
 
 MAX_BULK_NUMBERS = 100_000
@@ -59,36 +59,33 @@ Outcome = Literal["updated", "unchanged", "skipped", "skipped_protected", "not_f
 JobStatus = Literal["queued", "running", "succeeded", "failed"]
 
 
-def money(value: Decimal) -> str:
-    """Amounts leave the service as strings with two decimals ("120.00")."""
-    return f"{value:.2f}"
+class Amounts(RowModel):
+    paid: Money = Field(examples=["0.00"])
+    discounted: Money = Field(examples=["0.00"])
+    written_off: Money = Field(examples=["120.00"])
+    credited: Money = Field(examples=["0.00"])
 
 
-class Amounts(BaseModel):
-    paid: str = Field(examples=["0.00"])
-    discounted: str = Field(examples=["0.00"])
-    written_off: str = Field(examples=["120.00"])
-    credited: str = Field(examples=["0.00"])
-
-
-class BaseCurrencyAmounts(BaseModel):
+class BaseCurrencyAmounts(RowModel):
     """The invoice's figures in the company's base currency (what Sage's ledgers hold)."""
 
+    # Read from the invoice row, whose columns for these figures end in _base.
+
     currency: str = Field(examples=["GBP"])
-    gross: str = Field(examples=["1280.00"])
-    outstanding: str = Field(examples=["0.00"])
-    paid: str = Field(examples=["1250.00"])
-    discounted: str = Field(examples=["0.00"])
-    written_off: str = Field(examples=["0.00"])
-    credited: str = Field(examples=["0.00"])
-    exchange_adjustment: str = Field(
+    gross: Money = Field(validation_alias="gross_base", examples=["1280.00"])
+    outstanding: Money = Field(validation_alias="outstanding_base", examples=["0.00"])
+    paid: Money = Field(validation_alias="paid_base", examples=["1250.00"])
+    discounted: Money = Field(validation_alias="discounted_base", examples=["0.00"])
+    written_off: Money = Field(validation_alias="written_off_base", examples=["0.00"])
+    credited: Money = Field(validation_alias="credited_base", examples=["0.00"])
+    exchange_adjustment: Money = Field(
         examples=["30.00"],
         description="Sage's automatic exchange revaluations (REVAL) allocated to the invoice: "
         "neither paid, credited nor written off",
     )
 
 
-class InvoiceOut(BaseModel):
+class InvoiceOut(RowModel):
     invoice_number: str
     account_ref: str
     invoice_date: date
@@ -96,8 +93,8 @@ class InvoiceOut(BaseModel):
         examples=["GBP"],
         description="ISO 4217; gross, outstanding and amounts are in this currency",
     )
-    gross: str = Field(examples=["120.00"])
-    outstanding: str = Field(examples=["0.00"])
+    gross: Money = Field(examples=["120.00"])
+    outstanding: Money = Field(examples=["0.00"])
     status: str
     derived_state: DerivedState | None = Field(description="NULL until first reconciled")
     protected: bool = Field(description="The status is one a sync never changes")
@@ -111,12 +108,12 @@ class InvoiceOut(BaseModel):
     updated_at: datetime
 
 
-class HistoryEntry(BaseModel):
+class HistoryEntry(RowModel):
     at: datetime
     from_status: str | None
     to_status: str
-    from_outstanding: str | None
-    to_outstanding: str | None
+    from_outstanding: Money | None
+    to_outstanding: Money | None
     source: Literal["sync", "manual", "bulk", "crm"]
     actor: str | None
     reason: str | None
@@ -124,7 +121,7 @@ class HistoryEntry(BaseModel):
     job_id: uuid.UUID | None
 
 
-class PostingOut(BaseModel):
+class PostingOut(RowModel):
     """The Sage sales invoice (SI) this invoice mirrors."""
 
     tran_number: int
@@ -132,17 +129,17 @@ class PostingOut(BaseModel):
     reference: str
     details: str
     nominal_code: str
-    net: str
-    tax: str = Field(description="VAT")
-    gross: str
-    sage_outstanding: str | None = Field(description="Sage's own OUTSTANDING, when sent")
+    net: Money
+    tax: Money = Field(description="VAT")
+    gross: Money
+    sage_outstanding: Money | None = Field(description="Sage's own OUTSTANDING, when sent")
     deleted: bool
 
 
 AllocationKind = Literal["paid", "refund", "discounted", "written_off", "credited", "other"]
 
 
-class AllocationOut(BaseModel):
+class AllocationOut(RowModel):
     """One allocation against the invoice, with the posting that settled it."""
 
     posting_tran_number: int
@@ -151,7 +148,7 @@ class AllocationOut(BaseModel):
     reference: str | None
     details: str | None
     nominal_code: str | None
-    amount: str
+    amount: Money
     kind: AllocationKind = Field(
         description="How it counts: paid (SR, SA), refund (SP), discounted (SD), written_off "
         "(an SC the write-off rule classifies so), credited (any other SC)"
@@ -257,12 +254,12 @@ class BulkStatusRequest(BaseModel):
         return self
 
 
-class JobProgress(BaseModel):
+class JobProgress(RowModel):
     processed: int
     total: int
 
 
-class JobResultOut(BaseModel):
+class JobResultOut(RowModel):
     invoice_number: str
     from_status: str | None
     to_status: str | None

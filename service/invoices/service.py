@@ -32,27 +32,18 @@ from sqlalchemy.engine import Row
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from service import db_errors
+from service import cursor, db_errors
 from service.errors import Conflict, NotFound, ServiceError, ServiceUnavailable, Unprocessable
-from service.invoices import cursor
 from service.invoices import repository as repo
 from service.invoices.repository import BulkPlan, ChunkCounts, FilterContext
 from service.invoices.schemas import (
-    AllocationOut,
-    Amounts,
-    BaseCurrencyAmounts,
     BulkStatusRequest,
-    HistoryEntry,
     InvoiceDetail,
     InvoiceFilter,
     InvoiceOut,
     InvoicePage,
     JobOut,
-    JobProgress,
-    JobResultOut,
-    PostingOut,
     StatusEdit,
-    money,
 )
 from service.metrics import BULK_JOBS, STATUS_CHANGES
 from service.picklist.service import ensure_allowed, ensure_known_statuses
@@ -84,42 +75,19 @@ async def retryable_conflicts() -> AsyncIterator[None]:
 
 
 def invoice_out(row: Row[Any], settings: Settings) -> InvoiceOut:
-    return InvoiceOut(**_invoice_fields(row, settings))
+    return InvoiceOut.model_validate(_invoice_fields(row, settings))
 
 
 def _invoice_fields(row: Row[Any], settings: Settings) -> dict[str, Any]:
+    """The invoice row's columns, grouped as the response nests them, and what the settings
+    decide: the currency of a base-currency invoice (NULL in the row), whether it is protected."""
+    columns = row._mapping
     return {
-        "invoice_number": row.invoice_number,
-        "account_ref": row.account_ref,
-        "invoice_date": row.invoice_date,
+        **columns,
         "currency": row.currency or settings.base_currency,
-        "gross": money(row.gross),
-        "outstanding": money(row.outstanding),
-        "status": row.status,
-        "derived_state": row.derived_state,
         "protected": row.status in settings.protected_statuses,
-        "amounts": Amounts(
-            paid=money(row.paid),
-            discounted=money(row.discounted),
-            written_off=money(row.written_off),
-            credited=money(row.credited),
-        ),
-        "base": BaseCurrencyAmounts(
-            currency=settings.base_currency,
-            gross=money(row.gross_base),
-            outstanding=money(row.outstanding_base),
-            paid=money(row.paid_base),
-            discounted=money(row.discounted_base),
-            written_off=money(row.written_off_base),
-            credited=money(row.credited_base),
-            exchange_adjustment=money(row.exchange_adjustment),
-        ),
-        "sage_tran_number": row.sage_tran_number,
-        "conflict": row.conflict,
-        "mismatch": row.mismatch,
-        "warning": row.warning,
-        "deleted": row.deleted,
-        "updated_at": row.updated_at,
+        "amounts": columns,
+        "base": {**columns, "currency": settings.base_currency},
     }
 
 
@@ -185,8 +153,8 @@ async def list_invoices(
     fingerprint = _filters_fingerprint(filters)
     after: str | None = None
     if cursor_token is not None:
-        values = cursor.decode(cursor_token, param="cursor", required=("after", "q"))
-        if values["q"] != fingerprint or not isinstance(values["after"], str):
+        values = cursor.decode(cursor_token, param="cursor", fields={"after": str, "q": str})
+        if values["q"] != fingerprint:
             raise cursor.mismatch("cursor")
         after = values["after"]
     rows = await repo.list_invoices(
@@ -218,55 +186,13 @@ async def invoice_detail(
     row = await repo.get_invoice(conn, invoice_number)
     if row is None:
         raise NotFound(f"no invoice '{invoice_number}'")
-    entries = [
-        HistoryEntry(
-            at=h.at,
-            from_status=h.from_status,
-            to_status=h.to_status,
-            from_outstanding=None if h.from_outstanding is None else money(h.from_outstanding),
-            to_outstanding=None if h.to_outstanding is None else money(h.to_outstanding),
-            source=h.source,
-            actor=h.actor,
-            reason=h.reason,
-            run_id=h.run_id,
-            job_id=h.job_id,
-        )
-        for h in await repo.history(conn, invoice_number)
-    ]
-    si = await repo.si_posting(conn, row.sage_tran_number)
-    return InvoiceDetail(
-        **_invoice_fields(row, settings),
-        posting=None if si is None else _posting_out(si),
-        allocations=[
-            AllocationOut(
-                posting_tran_number=a.posting_tran_number,
-                type=a.type,
-                date=a.date,
-                reference=a.reference,
-                details=a.details,
-                nominal_code=a.nominal_code,
-                amount=money(a.amount),
-                kind=a.kind,
-                deleted=a.deleted,
-            )
-            for a in await repo.allocations(conn, row.sage_tran_number, settings)
-        ],
-        history=entries,
-    )
-
-
-def _posting_out(si: Row[Any]) -> PostingOut:
-    return PostingOut(
-        tran_number=si.tran_number,
-        date=si.date,
-        reference=si.reference,
-        details=si.details,
-        nominal_code=si.nominal_code,
-        net=money(si.net_amount),
-        tax=money(si.tax_amount),
-        gross=money(si.gross_amount),
-        sage_outstanding=None if si.outstanding is None else money(si.outstanding),
-        deleted=si.deleted,
+    return InvoiceDetail.model_validate(
+        {
+            **_invoice_fields(row, settings),
+            "posting": await repo.si_posting(conn, row.sage_tran_number),
+            "allocations": await repo.allocations(conn, row.sage_tran_number, settings),
+            "history": await repo.history(conn, invoice_number),
+        }
     )
 
 
@@ -496,8 +422,10 @@ async def job_view(
     q = f"{job_id}:{outcome or ''}"
     after_seq = 0
     if results_cursor is not None:
-        values = cursor.decode(results_cursor, param="results_cursor", required=("seq", "q"))
-        if values["q"] != q or not isinstance(values["seq"], int):
+        values = cursor.decode(
+            results_cursor, param="results_cursor", fields={"seq": int, "q": str}
+        )
+        if values["q"] != q:
             raise cursor.mismatch("results_cursor")
         after_seq = values["seq"]
     rows = await repo.job_results(
@@ -507,33 +435,14 @@ async def job_view(
     next_cursor = None
     if len(rows) > results_limit:
         next_cursor = cursor.encode({"seq": page[-1].seq, "q": q})
-    return JobOut(
-        job_id=job.id,
-        kind=job.kind,
-        status=job.status,
-        dry_run=job.dry_run,
-        to_status=job.to_status,
-        matched=job.matched,
-        updated=job.updated,
-        unchanged=job.unchanged,
-        skipped=job.skipped,
-        skipped_protected=job.skipped_protected,
-        not_found=job.not_found,
-        progress=JobProgress(processed=job.processed, total=job.total),
-        error=job.error,
-        created_at=job.created_at,
-        started_at=job.started_at,
-        finished_at=job.finished_at,
-        results=[
-            JobResultOut(
-                invoice_number=r.invoice_number,
-                from_status=r.from_status,
-                to_status=r.to_status,
-                outcome=r.outcome,
-            )
-            for r in page
-        ],
-        next_results_cursor=next_cursor,
+    return JobOut.model_validate(
+        {
+            **job._mapping,
+            "job_id": job.id,
+            "progress": job,
+            "results": page,
+            "next_results_cursor": next_cursor,
+        }
     )
 
 

@@ -5,20 +5,6 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
 
-# Seeded by the first migration: an OpenCRM-like list that already holds both write-off values.
-DEFAULT_PICKLIST: tuple[str, ...] = (
-    "Created",
-    "Approved",
-    "Sent",
-    "Unpaid",
-    "Part Paid",
-    "Paid",
-    "Credit Invoice",
-    "Written Off",
-    "Paid/Written Off",
-    "Cancelled",
-)
-
 
 class PicklistValue(SQLModel, table=True):
     __tablename__ = "picklist_values"

@@ -26,7 +26,6 @@ from service import contracts
 from service.rules import revaluation_sql, write_off_sql
 from service.settings import DERIVED_STATES, SAGELINK_FALLBACK, Settings, WriteOffMode
 
-WRITE_OFF_STATES = ("written_off", "paid_written_off")
 _BIG_BATCH = 1000
 _HUGE_BATCH = 10_000
 _BIG_BATCH_WORK_MEM = "64MB"
@@ -864,8 +863,3 @@ async def report(
         },
     )
     return [dict(r._mapping) for r in rows]
-
-
-async def picklist_values(conn: AsyncConnection) -> set[str]:
-    rows = await conn.execute(sa.text("SELECT value FROM picklist_values"))
-    return set(rows.scalars())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from typing import Annotated, Any
@@ -19,8 +20,6 @@ from service.reconcile.schemas import (
     Report,
     ReportItem,
     ReportKind,
-    RunChange,
-    RunCounts,
     SyncRunOut,
     SyncTrigger,
     SyncTriggered,
@@ -154,35 +153,14 @@ async def reconciliation_report(
 
 def _run_out(view: service.RunView) -> SyncRunOut:
     run = view.run
-    return SyncRunOut(
-        run_id=run.id,
-        status=run.status,
-        trigger=run.trigger,
-        dry_run=run.dry_run,
-        scope=run.scope,
-        actor=run.actor,
-        requested_at=run.requested_at,
-        started_at=run.started_at,
-        finished_at=run.finished_at,
-        error=run.error,
-        counts=RunCounts(
-            examined=run.examined,
-            changed=run.changed,
-            unchanged=run.unchanged,
-            skipped_protected=run.skipped_protected,
-            conflicts=run.conflicts,
-        ),
-        changes=[
-            RunChange(
-                invoice_number=c.invoice_number,
-                from_status=c.from_status,
-                to_status=c.to_status,
-                from_outstanding=c.from_outstanding,
-                to_outstanding=c.to_outstanding,
-            )
-            for c in view.changes
-        ],
-        next_changes_cursor=view.next_changes_cursor,
+    return SyncRunOut.model_validate(
+        {
+            **dataclasses.asdict(run),
+            "run_id": run.id,
+            "counts": run,
+            "changes": view.changes,
+            "next_changes_cursor": view.next_changes_cursor,
+        }
     )
 
 

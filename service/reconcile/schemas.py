@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from decimal import Decimal
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, StrictBool
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
-# Money in responses: a string with two decimals ("120.00"); never a float.
-Money = Annotated[Decimal, PlainSerializer(lambda v: f"{v:.2f}", return_type=str)]
+from service.schemas import Money, RowModel
+
 RunStatus = Literal["queued", "running", "succeeded", "failed"]
 ReportKind = Literal["divergent", "conflicts", "mismatches", "crm_drift"]
 InvoiceNumber = Annotated[str, Field(min_length=1, max_length=30)]
@@ -36,7 +35,7 @@ class SyncTriggered(BaseModel):
     status: RunStatus
 
 
-class RunCounts(BaseModel):
+class RunCounts(RowModel):
     examined: int
     changed: int
     unchanged: int
@@ -44,7 +43,7 @@ class RunCounts(BaseModel):
     conflicts: int
 
 
-class RunChange(BaseModel):
+class RunChange(RowModel):
     invoice_number: str
     from_status: str | None
     to_status: str

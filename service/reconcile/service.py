@@ -7,8 +7,6 @@ what to run, in which transaction, and what to count. See docs/ARCHITECTURE.md,
 
 from __future__ import annotations
 
-import base64
-import binascii
 import time
 import uuid
 from collections import Counter
@@ -18,7 +16,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from service.errors import Unprocessable
+from service.cursor import decode_after, encode_after
 from service.logging import get_logger
 from service.metrics import (
     CONFLICTS,
@@ -29,7 +27,7 @@ from service.metrics import (
 )
 from service.reconcile import repository as repo
 from service.reconcile.repository import BatchResult, ChangeRow, RunRow, RunScope
-from service.settings import DERIVED_STATES, Settings, WriteOffMode
+from service.settings import Settings
 from service.transaction import run_in_transaction
 
 log = get_logger(__name__)
@@ -255,11 +253,11 @@ async def run_view(
     run = await repo.get_run(conn, run_id)
     if run is None:
         return None
-    after = decode_cursor(changes_cursor, "changes_cursor")
+    after = decode_after(changes_cursor, param="changes_cursor")
     changes = await repo.run_changes(conn, run_id, after=after, limit=changes_limit + 1)
     more = len(changes) > changes_limit
     changes = changes[:changes_limit]
-    next_cursor = encode_cursor(changes[-1].invoice_number) if more and changes else None
+    next_cursor = encode_after(changes[-1].invoice_number) if more and changes else None
     return RunView(run=run, changes=changes, next_changes_cursor=next_cursor)
 
 
@@ -271,7 +269,7 @@ async def run_view(
 async def report(
     conn: AsyncConnection, kind: str, settings: Settings, *, limit: int, cursor: str | None
 ) -> tuple[list[dict[str, Any]], str | None]:
-    after = decode_cursor(cursor, "cursor")
+    after = decode_after(cursor, param="cursor")
     rows = await repo.report(conn, kind, settings, after=after, limit=limit + 1)
     more = len(rows) > limit
     rows = rows[:limit]
@@ -284,7 +282,7 @@ async def report(
         if row.pop("crm_drift"):
             reasons.append("crm_drift")
         row["reasons"] = reasons
-    next_cursor = encode_cursor(rows[-1]["invoice_number"]) if more and rows else None
+    next_cursor = encode_after(rows[-1]["invoice_number"]) if more and rows else None
     return rows, next_cursor
 
 
@@ -293,43 +291,9 @@ async def latest_run(conn: AsyncConnection) -> repo.RunRow | None:
     return await repo.latest_run(conn)
 
 
-def sync_states(settings: Settings) -> list[str]:
-    """The derived states whose label a sync may write in the configured mode."""
-    if settings.write_off_mode is WriteOffMode.sagelink:
-        return [s for s in DERIVED_STATES if s not in repo.WRITE_OFF_STATES]
-    return list(DERIVED_STATES)
-
-
-async def missing_labels(conn: AsyncConnection, settings: Settings) -> list[str]:
-    """Labels the sync would write in the configured mode that the picklist lacks (it writes
-    the SageLink label instead, with a warning on the invoice). For readiness."""
-    present = await repo.picklist_values(conn)
-    wanted = dict.fromkeys(settings.status_labels[s] for s in sync_states(settings))
-    return [label for label in wanted if label not in present]
-
-
 # ---------------------------------------------------------------------------------------------
 # Helpers
 # ---------------------------------------------------------------------------------------------
-
-
-def encode_cursor(invoice_number: str) -> str:
-    return base64.urlsafe_b64encode(invoice_number.encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str | None, name: str) -> str | None:
-    if cursor is None:
-        return None
-    try:
-        value = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        value = ""
-    if not value or len(value) > 30 or "\x00" in value:
-        raise Unprocessable(
-            f"{name} is not a cursor this server gave out; start again without it",
-            errors=[{"loc": ["query", name], "field": name, "msg": "invalid cursor"}],
-        )
-    return value
 
 
 def _observe(

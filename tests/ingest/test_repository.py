@@ -1,5 +1,5 @@
-"""store_postings as other features call it (inside their own transaction), and the locking
-that keeps ingest and the reconciliation worker from losing each other's work."""
+"""ingest.repository.store as other features call it (inside their own transaction), and
+the locking that keeps ingest and the reconciliation worker from losing each other's work."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import httpx
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.ingest.repository import store_postings
+from service.ingest.repository import StoreOutcome, store
 from service.ingest.schemas import PostingIn
 from service.settings import Settings
 from tests.ingest.factories import deliver, si, sr
@@ -26,23 +26,23 @@ async def scalar(engine: AsyncEngine, sql: str) -> object:
         return (await conn.execute(sa.text(sql))).scalar_one()
 
 
-async def test_store_postings_returns_applied_unchanged_affected(
+async def test_store_returns_applied_unchanged_affected(
     engine: AsyncEngine, settings: Settings
 ) -> None:
     async with engine.begin() as conn:
-        first = await store_postings(
+        first = await store(
             conn, postings(si(1, "INV1"), sr(2, (1, "5.00"))), event_id="e1", settings=settings
         )
     async with engine.begin() as conn:
-        again = await store_postings(
+        again = await store(
             conn, postings(si(1, "INV1"), sr(2, (1, "6.00"))), event_id="e2", settings=settings
         )
-    assert first == (2, 0, 1)
-    assert again == (1, 1, 1)
+    assert first == StoreOutcome(applied=2, unchanged=0, invoices_affected=1)
+    assert again == StoreOutcome(applied=1, unchanged=1, invoices_affected=1)
     assert await scalar(engine, "SELECT event_id FROM postings WHERE tran_number = 2") == "e2"
 
 
-async def test_store_postings_is_part_of_the_callers_transaction(
+async def test_store_is_part_of_the_callers_transaction(
     engine: AsyncEngine, settings: Settings
 ) -> None:
     class Abort(Exception):
@@ -51,7 +51,7 @@ async def test_store_postings_is_part_of_the_callers_transaction(
     try:
         async with engine.begin() as conn:
             # The very first statement of the transaction: it must not run outside it.
-            await store_postings(conn, postings(si(1, "INV1")), event_id="e", settings=settings)
+            await store(conn, postings(si(1, "INV1")), event_id="e", settings=settings)
             raise Abort
     except Abort:
         pass
@@ -63,13 +63,13 @@ async def test_a_tran_number_given_twice_keeps_its_last_version(
     engine: AsyncEngine, settings: Settings
 ) -> None:
     async with engine.begin() as conn:
-        result = await store_postings(
+        result = await store(
             conn,
             postings(si(1, "INV1", "1.00"), si(1, "INV1", "2.00")),
             event_id="e",
             settings=settings,
         )
-    assert result == (1, 0, 1)
+    assert result == StoreOutcome(applied=1, unchanged=0, invoices_affected=1)
     assert await scalar(engine, "SELECT gross FROM invoices") == Decimal("2.00")
 
 
@@ -98,10 +98,10 @@ async def test_worker_cannot_claim_an_invoice_while_an_ingest_holds_it(
     engine: AsyncEngine, settings: Settings
 ) -> None:
     async with engine.begin() as conn:
-        await store_postings(conn, postings(si(1, "INV1")), event_id="e", settings=settings)
+        await store(conn, postings(si(1, "INV1")), event_id="e", settings=settings)
     async with engine.connect() as ingest:
         await ingest.begin()
-        await store_postings(ingest, postings(sr(10, (1, "1.00"))), event_id="e", settings=settings)
+        await store(ingest, postings(sr(10, (1, "1.00"))), event_id="e", settings=settings)
         async with engine.connect() as worker:
             claimed = (
                 await worker.execute(

@@ -8,7 +8,7 @@ import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.context import WorkerContext
-from service.ingest.repository import store_postings
+from service.ingest.repository import store
 from service.ingest.schemas import PostingIn
 from service.reconcile import tasks as reconcile_tasks
 from tests.conftest import READ_KEY, WRITE_KEY, auth
@@ -37,7 +37,7 @@ def _posting(tran: int, kind: str, amount: str, **extra: Any) -> PostingIn:
 async def _sync(engine: AsyncEngine, ctx: WorkerContext, *postings: PostingIn) -> None:
     if postings:
         async with engine.begin() as conn:
-            await store_postings(
+            await store(
                 conn,
                 list(postings),
                 event_id=f"evt-{postings[0].tran_number}",

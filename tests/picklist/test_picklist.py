@@ -11,11 +11,13 @@ import sqlalchemy as sa
 from asgi_lifespan import LifespanManager
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service.db import create_engine
 from service.main import create_app
-from service.picklist.models import DEFAULT_PICKLIST
+from service.migrate import upgrade_to_head
 from service.picklist.service import readiness_warnings, required_values, verify
-from tests.conftest import ADMIN_KEY, READ_KEY, WRITE_KEY, auth, make_settings
+from tests.conftest import ADMIN_KEY, DEFAULT_PICKLIST, READ_KEY, WRITE_KEY, auth, make_settings
 from tests.invoices.conftest import add_invoice, scalar
+from tests.support.database import scratch_database
 
 URL = "/v1/picklists/invoice-status"
 WITHOUT_WRITE_OFFS = [v for v in DEFAULT_PICKLIST if v not in ("Written Off", "Paid/Written Off")]
@@ -30,6 +32,21 @@ async def _values(client: httpx.AsyncClient) -> list[str]:
 
 async def _put(client: httpx.AsyncClient, values: Any) -> httpx.Response:
     return await client.put(URL, json={"values": values}, headers=auth(ADMIN_KEY))
+
+
+async def test_the_initial_migration_seeds_the_default_list() -> None:
+    """The tests start from DEFAULT_PICKLIST; a freshly migrated database holds the same."""
+    async with scratch_database() as url:
+        await asyncio.to_thread(upgrade_to_head, url)
+        engine = create_engine(url, pool_size=1)
+        try:
+            async with engine.connect() as conn:
+                seeded = await conn.execute(
+                    sa.text("SELECT value FROM picklist_values ORDER BY position")
+                )
+                assert tuple(seeded.scalars()) == DEFAULT_PICKLIST
+        finally:
+            await engine.dispose()
 
 
 async def test_get_returns_the_seeded_list_in_order(client: httpx.AsyncClient) -> None:

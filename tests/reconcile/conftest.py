@@ -11,7 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.ingest.repository import store_postings
+from service.ingest.repository import store
 from service.ingest.schemas import AllocationIn, PostingIn
 from service.reconcile import service
 from service.settings import Settings
@@ -92,9 +92,7 @@ def settle(
 
 async def load(engine: AsyncEngine, settings: Settings, *postings: PostingIn) -> None:
     async with engine.begin() as conn:
-        await store_postings(
-            conn, list(postings), event_id=f"test-{uuid.uuid4().hex}", settings=settings
-        )
+        await store(conn, list(postings), event_id=f"test-{uuid.uuid4().hex}", settings=settings)
 
 
 async def reconcile(engine: AsyncEngine, settings: Settings) -> int:

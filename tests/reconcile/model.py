@@ -7,15 +7,42 @@ for money. Keep it naive and obviously right; speed does not matter here.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from decimal import Decimal
 
 from service.ingest.schemas import PostingIn
-from service.rules import is_revaluation, is_write_off
+from service.rules import REVALUATION_DETAILS, REVALUATION_REFERENCE
 from service.settings import SAGELINK_FALLBACK, Settings, WriteOffMode
 
 ZERO = Decimal("0.00")
 WRITE_OFF_STATES = {"written_off", "paid_written_off"}
+
+
+def nominal_in_ranges(nominal_code: str, ranges: list[tuple[str, str]]) -> bool:
+    # ASCII digits and spaces only, exactly like the SQL side (str.isdigit() and str.strip()
+    # would accept other scripts' digits and Unicode spaces that PostgreSQL does not).
+    code = nominal_code.strip(" ")
+    if not re.fullmatch(r"[0-9]{1,9}", code):
+        return False
+    value = int(code)
+    return any(int(low) <= value <= int(high) for low, high in ranges)
+
+
+def is_write_off(nominal_code: str, details: str, reference: str, settings: Settings) -> bool:
+    if nominal_in_ranges(nominal_code, settings.nominal_ranges):
+        return True
+    pattern = re.compile(settings.write_off_pattern, re.IGNORECASE)
+    return bool(pattern.search(details) or pattern.search(reference))
+
+
+def is_revaluation(nominal_code: str, details: str, reference: str, settings: Settings) -> bool:
+    """Sage's automatic exchange revaluation: the variance nominal, REVAL, or its details."""
+    if nominal_in_ranges(nominal_code, settings.exchange_variance_ranges):
+        return True
+    if reference.strip(" ").upper() == REVALUATION_REFERENCE:
+        return True
+    return bool(re.search(REVALUATION_DETAILS, details, re.IGNORECASE))
 
 
 @dataclass(frozen=True)

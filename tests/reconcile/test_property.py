@@ -15,8 +15,7 @@ from hypothesis import strategies as st
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.ingest.schemas import AllocationIn, PostingIn
-from service.picklist.models import DEFAULT_PICKLIST
-from tests.conftest import make_settings
+from tests.conftest import DEFAULT_PICKLIST, make_settings
 from tests.reconcile import model
 from tests.reconcile.conftest import load, reconcile
 

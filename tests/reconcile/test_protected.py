@@ -7,7 +7,7 @@ from decimal import Decimal
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.reconcile.service import missing_labels
+from service.picklist.service import verify
 from service.settings import Settings
 from tests.conftest import make_settings
 from tests.reconcile.conftest import (
@@ -119,7 +119,7 @@ async def test_missing_picklist_label_falls_back_to_sagelink_with_a_warning(
 ) -> None:
     await execute(engine, "DELETE FROM picklist_values WHERE value = 'Written Off'")
     async with engine.connect() as conn:
-        assert await missing_labels(conn, settings) == ["Written Off"]
+        assert (await verify(conn, settings)).missing == ["Written Off"]
     await load(engine, settings, si(1, "INV-1", "30.00"), settle(2, "SC", [(1, "30.00")], **WO))
     await reconcile(engine, settings)
     row = await invoice(engine, "INV-1")
@@ -154,17 +154,3 @@ async def test_label_and_fallback_both_missing_leaves_the_status(
     )
     assert "status left as Unpaid" in row["warning"]
     assert await history(engine, "INV-1") == []
-
-
-async def test_missing_labels_follow_the_mode(engine: AsyncEngine, database_url: str) -> None:
-    await execute(
-        engine, "DELETE FROM picklist_values WHERE value IN ('Paid/Written Off', 'Part Paid')"
-    )
-    async with engine.connect() as conn:
-        assert await missing_labels(conn, make_settings(database_url)) == [
-            "Part Paid",
-            "Paid/Written Off",
-        ]
-        assert await missing_labels(
-            conn, make_settings(database_url, write_off_mode="sagelink")
-        ) == ["Part Paid"]

@@ -8,16 +8,14 @@ named (so runs never share state), dropped afterwards.
 from __future__ import annotations
 
 import os
-import tempfile
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 
 import asyncpg
 from sqlalchemy.engine import make_url
 
-from service.db import EmbeddedPostgres, asyncpg_url, libpq_url
+from service.db import asyncpg_url, libpq_url, throwaway_postgres
 
 ENV = "LEDGERLINK_TEST_DATABASE_URL"
 
@@ -30,12 +28,8 @@ async def scratch_database() -> AsyncIterator[str]:
         async with _database_on_server(server_url) as url:
             yield url
         return
-    with tempfile.TemporaryDirectory(prefix="ledgerlink-test-") as tmp:
-        embedded = EmbeddedPostgres(Path(tmp), cleanup="delete")
-        try:
-            yield embedded.start()
-        finally:
-            embedded.stop()
+    with throwaway_postgres("ledgerlink-test-") as server:
+        yield server.database_url
 
 
 @asynccontextmanager

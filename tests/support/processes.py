@@ -3,21 +3,20 @@ service or a worker as `ledgerlink` subprocesses, configured like production."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-from pathlib import Path
 from types import TracebackType
 
 import httpx
 
-from service.db import EmbeddedPostgres
+from service.db import throwaway_postgres
 from tests.support.webhooks import TEST_SECRET
 
 FAULT_KEY = "fault-admin-key-0000000000"
@@ -34,12 +33,12 @@ class ThrowawayPostgres:
     """An embedded PostgreSQL in a temporary directory that a test may crash and restart."""
 
     def __init__(self) -> None:
-        self._tmp = tempfile.TemporaryDirectory(prefix="ledgerlink-fault-")
-        self.embedded = EmbeddedPostgres(Path(self._tmp.name), cleanup="delete")
+        self._scope = contextlib.ExitStack()
         self.url = ""
 
     def __enter__(self) -> ThrowawayPostgres:
-        self.url = self.embedded.start()
+        self.embedded = self._scope.enter_context(throwaway_postgres("ledgerlink-fault-"))
+        self.url = self.embedded.database_url
         return self
 
     def __exit__(
@@ -48,8 +47,7 @@ class ThrowawayPostgres:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.embedded.stop()
-        self._tmp.cleanup()
+        self._scope.close()
 
     def stop(self, mode: str = "immediate") -> None:
         """`immediate` is a crash as far as clients are concerned: connections just drop."""
