@@ -18,7 +18,7 @@ from service.errors import Conflict
 from service.exception_handlers import install_error_handlers
 
 ROOT = Path(__file__).resolve().parents[1]
-AUTHENTICATED = {"ReadKey", "WriteKey", "AdminKey", "CtxDep"}
+AUTHENTICATED = {"ReadKey", "WriteKey", "AdminKey", "CtxDep", "WriteForm", "AdminForm"}
 
 
 @pytest.fixture

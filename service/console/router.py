@@ -9,6 +9,7 @@ retries. No page reads or writes data any other way.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path as FilePath
 from typing import Annotated, Any
@@ -125,6 +126,28 @@ async def posted(ctx: Ctx) -> forms.Fields:
     fields = forms.parse((await ctx.request.body()).decode("utf-8", errors="replace"))
     ctx.keys.check_csrf(ctx.session, forms.one(fields, CSRF_FIELD))
     return fields
+
+
+@dataclass(frozen=True)
+class Form:
+    """A posted form whose sender holds the scope and whose CSRF token checked out."""
+
+    ctx: Ctx
+    fields: forms.Fields
+
+
+def _form(scope: Scope) -> Callable[[Ctx], Awaitable[Form]]:
+    async def read(ctx: CtxDep) -> Form:
+        ctx.need(scope)
+        return Form(ctx, await posted(ctx))
+
+    return read
+
+
+# Declared before ConnDep, so the scope and the CSRF token are checked, and the whole body read,
+# before the request takes a connection from the pool.
+WriteForm = Annotated[Form, Depends(_form("write"))]
+AdminForm = Annotated[Form, Depends(_form("admin"))]
 
 
 # --- sign in / out ---------------------------------------------------------------------------
@@ -283,10 +306,9 @@ async def update_page(ctx: CtxDep, conn: ConnDep, settings: SettingsDep) -> Resp
 
 
 @router.post("/update")
-async def preview_update(ctx: CtxDep, conn: ConnDep, settings: SettingsDep) -> Response:
+async def preview_update(form: WriteForm, conn: ConnDep, settings: SettingsDep) -> Response:
     """The dry run: a job that changes nothing, whose results the job page shows."""
-    ctx.need("write")
-    fields = await posted(ctx)
+    ctx, fields = form.ctx, form.fields
     f = forms.invoice_filter(fields)
     data = {
         # The filter's own `status` field is the current status: the new one is `to_status`.
@@ -303,11 +325,10 @@ async def preview_update(ctx: CtxDep, conn: ConnDep, settings: SettingsDep) -> R
 
 @router.post("/jobs/{job_id}/apply")
 async def apply_update(
-    ctx: CtxDep, job_id: uuid.UUID, conn: ConnDep, settings: SettingsDep
+    form: WriteForm, job_id: uuid.UUID, conn: ConnDep, settings: SettingsDep
 ) -> Response:
     """Apply exactly what the dry run `job_id` previewed, with the reason given."""
-    ctx.need("write")
-    fields = await posted(ctx)
+    ctx, fields = form.ctx, form.fields
     reason = (forms.one(fields, "reason") or "").strip()
     if not reason:
         raise ServiceError("give a reason: it is recorded in each invoice's status history")
@@ -375,9 +396,7 @@ async def picklist_page(ctx: CtxDep, conn: ConnDep, settings: SettingsDep) -> Re
 
 
 @router.post("/picklist/repair")
-async def repair_picklist(ctx: CtxDep, conn: ConnDep, settings: SettingsDep) -> Response:
-    ctx.need("admin")
-    await posted(ctx)
+async def repair_picklist(form: AdminForm, conn: ConnDep, settings: SettingsDep) -> Response:
     added = await picklist.repair(conn, settings)
     query = forms.filter_query(InvoiceFilter(), added=";".join(added) or "nothing")
     return redirect(f"/console/picklist?{query}")
@@ -414,19 +433,15 @@ async def outbox_page(ctx: CtxDep, conn: ConnDep) -> Response:
 
 @router.post("/outbox/{message_id}/retry")
 async def retry_one(
-    ctx: CtxDep, message_id: Annotated[int, Path(ge=1, le=2**63 - 1)], conn: ConnDep
+    form: AdminForm, message_id: Annotated[int, Path(ge=1, le=2**63 - 1)], conn: ConnDep
 ) -> Response:
-    ctx.need("admin")
-    await posted(ctx)
     await crm.retry_dead_letter(conn, message_id)
     return redirect(f"/console/outbox?state=dead&retried={message_id}")
 
 
 @router.post("/outbox/retry-dead")
-async def retry_all(ctx: CtxDep, conn: ConnDep) -> Response:
+async def retry_all(form: AdminForm, conn: ConnDep) -> Response:
     """Every dead letter back to pending, in one transaction, through the API's retry."""
-    ctx.need("admin")
-    await posted(ctx)
     retried = 0
     after = 0
     while True:

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import time
+import uuid
 from typing import cast
 
 import httpx
@@ -14,6 +15,7 @@ import sqlalchemy as sa
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from itsdangerous import TimestampSigner, URLSafeTimedSerializer
+from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.console.session import COOKIE
@@ -334,3 +336,34 @@ async def test_crm_drift_page_lists_what_the_report_lists(
     page = (await c.get("/console/crm-drift")).text
     assert ">INV-1002</a>" in page
     assert "<td>Part Paid</td>" in page
+
+
+@pytest.mark.usefixtures("company")
+async def test_a_refused_form_never_takes_a_database_connection(
+    sign_in: SignIn, app: FastAPI
+) -> None:
+    """Scope and CSRF are checked, and the body read, before the request's transaction opens:
+    a forged or slow form holds no pooled connection (and a database outage cannot turn the 403
+    into a 503)."""
+    c = await sign_in(ADMIN_KEY)
+    checkouts: list[object] = []
+
+    def checked_out(*_: object) -> None:
+        checkouts.append(object())
+
+    pool = runtime_of(app).engine.sync_engine.pool
+    event.listen(pool, "checkout", checked_out)
+    try:
+        for path in (
+            "/console/update",
+            f"/console/jobs/{uuid.uuid4()}/apply",
+            "/console/picklist/repair",
+            "/console/outbox/1/retry",
+            "/console/outbox/retry-dead",
+        ):
+            answer = await c.post(path, data={"csrf_token": "0" * 64, "reason": "x"})
+            assert answer.status_code == 403, (path, answer.text)
+            assert "CSRF" in answer.text
+    finally:
+        event.remove(pool, "checkout", checked_out)
+    assert checkouts == []
