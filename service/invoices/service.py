@@ -325,6 +325,12 @@ async def submit_bulk(
 
 
 async def _checked_body(conn: AsyncConnection, body: BulkStatusRequest) -> BulkStatusRequest:
+    """Every status the selection names must be one an invoice can carry: a mistyped one in
+    `current_status_in` would otherwise select nothing, silently."""
+    if body.current_status_in:
+        await ensure_known_statuses(
+            conn, body.current_status_in, loc="body", field="current_status_in"
+        )
     if body.filter is None:
         return body
     checked = await checked_filter(conn, body.filter, loc="body.filter")

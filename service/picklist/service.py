@@ -119,7 +119,9 @@ async def known_statuses(conn: AsyncConnection) -> list[str]:
     return list(dict.fromkeys([*values, *observed]))
 
 
-async def ensure_known_statuses(conn: AsyncConnection, statuses: list[str], *, loc: str) -> None:
+async def ensure_known_statuses(
+    conn: AsyncConnection, statuses: list[str], *, loc: str, field: str = "status"
+) -> None:
     """422 listing the known statuses when a filter names one no invoice can carry."""
     known = await known_statuses(conn)
     unknown = [value for value in statuses if value not in known]
@@ -131,8 +133,8 @@ async def ensure_known_statuses(conn: AsyncConnection, statuses: list[str], *, l
         + ", ".join(f"'{value}'" for value in known),
         errors=[
             {
-                "loc": [*loc.split("."), "status"],
-                "field": f"{loc}.status",
+                "loc": [*loc.split("."), field],
+                "field": f"{loc}.{field}",
                 "msg": "not a known invoice status",
                 "type": "enum",
             }

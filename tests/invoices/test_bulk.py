@@ -111,6 +111,24 @@ async def test_current_status_in_filters(client: httpx.AsyncClient, engine: Asyn
 
 
 @pytest.mark.usefixtures("book")
+async def test_a_mistyped_current_status_in_is_422_and_nothing_is_queued(
+    client: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    before = await table_checksums(engine)
+    answer = await client.post(
+        "/v1/invoices/bulk-status",
+        json={"status": "Sent", "account_ref": "ACME01", "current_status_in": ["Part paid"]},
+        headers=auth(WRITE_KEY),
+    )
+    assert answer.status_code == 422, answer.text
+    problem = answer.json()
+    assert problem["detail"].startswith("unknown status 'Part paid'; statuses are case-sensitive")
+    assert problem["errors"][0]["field"] == "body.current_status_in"
+    assert "Part Paid" in problem["allowed"]
+    assert await table_checksums(engine) == before
+
+
+@pytest.mark.usefixtures("book")
 async def test_only_settled_leaves_invoices_with_a_balance(
     client: httpx.AsyncClient, engine: AsyncEngine
 ) -> None:
