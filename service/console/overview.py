@@ -81,7 +81,4 @@ async def overview(conn: AsyncConnection, settings: Settings, probed: Probed) ->
 
 async def crm_drift_count(conn: AsyncConnection, settings: Settings) -> int:
     """How many invoices the crm_drift report lists, up to the cap (and one more past it)."""
-    rows, _ = await reconcile.report(
-        conn, CRM_DRIFT_KIND, settings, limit=CRM_DRIFT_COUNT_CAP + 1, cursor=None
-    )
-    return len(rows)
+    return await reconcile.report_count(conn, CRM_DRIFT_KIND, settings, cap=CRM_DRIFT_COUNT_CAP + 1)

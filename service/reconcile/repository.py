@@ -838,6 +838,26 @@ _REPORT_FILTERS = {
 }
 
 
+async def report_count(conn: AsyncConnection, kind: str, settings: Settings, *, cap: int) -> int:
+    """How many invoices the report lists, counting no further than `cap`."""
+    labels = label_params(settings)
+    sql = f"""
+        SELECT count(*) FROM (
+            SELECT 1 FROM invoices AS i {_EXPECTED} WHERE {_REPORT_FILTERS[kind]} LIMIT :cap
+        ) AS listed
+    """
+    count = await conn.scalar(
+        sa.text(sql),
+        {
+            "states": labels["states"],
+            "labels": labels["labels"],
+            "protected": labels["protected"],
+            "cap": cap,
+        },
+    )
+    return int(count or 0)
+
+
 async def report(
     conn: AsyncConnection, kind: str, settings: Settings, *, after: str | None, limit: int
 ) -> list[dict[str, Any]]:

@@ -286,6 +286,11 @@ async def report(
     return rows, next_cursor
 
 
+async def report_count(conn: AsyncConnection, kind: str, settings: Settings, *, cap: int) -> int:
+    """How many invoices `report` would list, up to `cap` (a cap + 1 reads as "more than")."""
+    return await repo.report_count(conn, kind, settings, cap=cap)
+
+
 async def latest_run(conn: AsyncConnection) -> repo.RunRow | None:
     """The most recently requested sync run (worker batches that changed something included)."""
     return await repo.latest_run(conn)

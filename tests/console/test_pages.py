@@ -21,6 +21,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from service.console.session import COOKIE
 from service.deps import runtime_of
 from service.main import create_app
+from service.reconcile import service as reconcile
+from service.settings import Settings
 from tests.conftest import ADMIN_KEY, API_KEYS, READ_KEY, WRITE_KEY, auth, make_settings
 from tests.console.conftest import CONSOLE_SECRET, SignIn
 from tests.console.support import csrf_from
@@ -367,3 +369,32 @@ async def test_a_refused_form_never_takes_a_database_connection(
     finally:
         event.remove(pool, "checkout", checked_out)
     assert checkouts == []
+
+
+@pytest.mark.usefixtures("company")
+async def test_report_counts_agree_with_the_reports_and_stop_at_the_cap(
+    engine: AsyncEngine, settings: Settings
+) -> None:
+    """The overview counts with `report_count`; it must list exactly what each report lists."""
+    async with engine.begin() as conn:
+        # Two invoices a person should look at: a status Sage does not bear out, a mismatch.
+        await conn.execute(
+            sa.text(
+                "UPDATE invoices SET status = 'Sent' WHERE invoice_number = "
+                "(SELECT min(invoice_number) FROM invoices WHERE status = 'Unpaid')"
+            )
+        )
+        await conn.execute(
+            sa.text(
+                "UPDATE invoices SET mismatch = true WHERE invoice_number = "
+                "(SELECT max(invoice_number) FROM invoices)"
+            )
+        )
+    seen = 0
+    async with engine.connect() as conn:
+        for kind in ("divergent", "conflicts", "mismatches", "crm_drift"):
+            rows, _ = await reconcile.report(conn, kind, settings, limit=1000, cursor=None)
+            assert await reconcile.report_count(conn, kind, settings, cap=1000) == len(rows)
+            assert await reconcile.report_count(conn, kind, settings, cap=1) == min(1, len(rows))
+            seen += len(rows)
+    assert seen > 0, "the company shows nothing in any report: the test would prove nothing"
