@@ -10,6 +10,18 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 from sqlmodel import Field, SQLModel
 
+from service.columns import counter, defaults_to_now, identity_key, money
+
+
+def _single_row_id() -> Any:
+    """smallint PRIMARY KEY DEFAULT 1 (never a sequence): the table's CHECK keeps it the one row."""
+    return Field(
+        default=1,
+        primary_key=True,
+        sa_type=sa.SmallInteger,
+        sa_column_kwargs={"autoincrement": False, "server_default": sa.text("1")},
+    )
+
 
 class OutboxMessage(SQLModel, table=True):
     __tablename__ = "outbox"
@@ -29,50 +41,26 @@ class OutboxMessage(SQLModel, table=True):
         sa.Index("ix_outbox_dead", "id", postgresql_where=sa.text("state = 'dead'")),
     )
 
-    id: int | None = Field(
-        default=None, sa_column=sa.Column(sa.BigInteger, sa.Identity(), primary_key=True)
-    )
-    invoice_number: str = Field(sa_column=sa.Column(sa.String(30), nullable=False))
+    id: int | None = identity_key()
+    invoice_number: str = Field(max_length=30)
     # {"status", "outstanding", "history_id"}: what the CRM should show after this change.
-    payload: dict[str, Any] = Field(sa_column=sa.Column(pg.JSONB, nullable=False))
-    source: str = Field(sa_column=sa.Column(sa.String(10), nullable=False))
-    state: str = Field(sa_column=sa.Column(sa.String(12), nullable=False, server_default="pending"))
-    attempts: int = Field(
-        default=0, sa_column=sa.Column(sa.Integer, nullable=False, server_default="0")
-    )
-    next_attempt_at: datetime = Field(
-        sa_column=sa.Column(
-            sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
-        )
-    )
-    last_error: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
-    created_at: datetime = Field(
-        sa_column=sa.Column(
-            sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
-        )
-    )
-    delivered_at: datetime | None = Field(
-        default=None, sa_column=sa.Column(sa.DateTime(timezone=True))
-    )
+    payload: dict[str, Any] = Field(sa_type=pg.JSONB)
+    source: str = Field(max_length=10)
+    state: str = Field(max_length=12, sa_column_kwargs={"server_default": "pending"})
+    attempts: int = counter()
+    next_attempt_at: datetime = defaults_to_now()
+    last_error: str | None = Field(default=None, sa_type=sa.Text)
+    created_at: datetime = defaults_to_now()
+    delivered_at: datetime | None = None
 
 
 class CrmObservedStatus(SQLModel, table=True):
     __tablename__ = "crm_observed_statuses"
 
-    value: str = Field(sa_column=sa.Column(sa.String(64), primary_key=True))
-    first_seen: datetime = Field(
-        sa_column=sa.Column(
-            sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
-        )
-    )
-    last_seen: datetime = Field(
-        sa_column=sa.Column(
-            sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
-        )
-    )
-    times_seen: int = Field(
-        default=1, sa_column=sa.Column(sa.Integer, nullable=False, server_default="1")
-    )
+    value: str = Field(primary_key=True, max_length=64)
+    first_seen: datetime = defaults_to_now()
+    last_seen: datetime = defaults_to_now()
+    times_seen: int = Field(default=1, sa_column_kwargs={"server_default": "1"})
 
 
 class CrmDispatcherState(SQLModel, table=True):
@@ -85,30 +73,15 @@ class CrmDispatcherState(SQLModel, table=True):
     __tablename__ = "crm_dispatcher_state"
     __table_args__ = (sa.CheckConstraint("id = 1", name="ck_crm_dispatcher_state_single_row"),)
 
-    id: int = Field(
-        default=1,
-        sa_column=sa.Column(
-            sa.SmallInteger, primary_key=True, autoincrement=False, server_default=sa.text("1")
-        ),
-    )
+    id: int = _single_row_id()
     # Set while deliveries are halted because OpenCRM refused our credentials.
-    halted_reason: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
-    halted_at: datetime | None = Field(
-        default=None, sa_column=sa.Column(sa.DateTime(timezone=True))
-    )
+    halted_reason: str | None = Field(default=None, sa_type=sa.Text)
+    halted_at: datetime | None = None
     # The last failed call (network, 5xx, 429, rejected) and the last successful delivery.
-    last_error: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
-    last_error_at: datetime | None = Field(
-        default=None, sa_column=sa.Column(sa.DateTime(timezone=True))
-    )
-    last_success_at: datetime | None = Field(
-        default=None, sa_column=sa.Column(sa.DateTime(timezone=True))
-    )
-    updated_at: datetime = Field(
-        sa_column=sa.Column(
-            sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
-        )
-    )
+    last_error: str | None = Field(default=None, sa_type=sa.Text)
+    last_error_at: datetime | None = None
+    last_success_at: datetime | None = None
+    updated_at: datetime = defaults_to_now()
 
 
 class CrmInvoiceView(SQLModel, table=True):
@@ -120,19 +93,15 @@ class CrmInvoiceView(SQLModel, table=True):
 
     __tablename__ = "crm_invoices"
 
-    invoice_number: str = Field(sa_column=sa.Column(sa.String(30), primary_key=True))
-    crm_id: str | None = Field(default=None, sa_column=sa.Column(sa.String(64)))
-    status: str | None = Field(default=None, sa_column=sa.Column(sa.String(64)))
+    invoice_number: str = Field(primary_key=True, max_length=30)
+    crm_id: str | None = Field(default=None, max_length=64)
+    status: str | None = Field(default=None, max_length=64)
     # NULL when LEDGERLINK_OPENCRM_OUTSTANDING_FIELD is unset or the CRM's value is unreadable.
-    outstanding: Decimal | None = Field(default=None, sa_column=sa.Column(sa.Numeric(14, 2)))
+    outstanding: Decimal | None = money(None)
     # The CRM's modification time, as the CRM writes it.
-    modified: str | None = Field(default=None, sa_column=sa.Column(sa.String(32)))
+    modified: str | None = Field(default=None, max_length=32)
     # Since when the CRM has shown this (the row is rewritten only when something changes).
-    seen_at: datetime = Field(
-        sa_column=sa.Column(
-            sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
-        )
-    )
+    seen_at: datetime = defaults_to_now()
 
 
 class CrmReadbackState(SQLModel, table=True):
@@ -145,35 +114,16 @@ class CrmReadbackState(SQLModel, table=True):
     __tablename__ = "crm_readback_state"
     __table_args__ = (sa.CheckConstraint("id = 1", name="ck_crm_readback_state_single_row"),)
 
-    id: int = Field(
-        default=1,
-        sa_column=sa.Column(
-            sa.SmallInteger, primary_key=True, autoincrement=False, server_default=sa.text("1")
-        ),
-    )
-    next_run_at: datetime = Field(
-        sa_column=sa.Column(
-            sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
-        )
-    )
+    id: int = _single_row_id()
+    next_run_at: datetime = defaults_to_now()
     # Set while a scan is under way; the scan resumes at (scan_day, page_start).
-    scan_started_at: datetime | None = Field(
-        default=None, sa_column=sa.Column(sa.DateTime(timezone=True))
-    )
+    scan_started_at: datetime | None = None
     # The modification day the scan filters on; NULL: every invoice.
-    scan_day: date | None = Field(default=None, sa_column=sa.Column(sa.Date))
-    page_start: int = Field(
-        default=0, sa_column=sa.Column(sa.Integer, nullable=False, server_default="0")
-    )
+    scan_day: date | None = None
+    page_start: int = counter()
     # The latest modification time seen (the CRM's text), where the next scan starts from.
-    last_modified: str | None = Field(default=None, sa_column=sa.Column(sa.String(32)))
-    failures: int = Field(
-        default=0, sa_column=sa.Column(sa.Integer, nullable=False, server_default="0")
-    )
-    last_error: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
-    last_error_at: datetime | None = Field(
-        default=None, sa_column=sa.Column(sa.DateTime(timezone=True))
-    )
-    last_completed_at: datetime | None = Field(
-        default=None, sa_column=sa.Column(sa.DateTime(timezone=True))
-    )
+    last_modified: str | None = Field(default=None, max_length=32)
+    failures: int = counter()
+    last_error: str | None = Field(default=None, sa_type=sa.Text)
+    last_error_at: datetime | None = None
+    last_completed_at: datetime | None = None

@@ -10,8 +10,10 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 from sqlmodel import Field, SQLModel
 
-MONEY = sa.Numeric(14, 2)
-RATE = sa.Numeric(20, 10)
+from service.columns import defaults_to_false, defaults_to_now, money
+
+# Sage's own text fields: NOT NULL, empty when Sage sends nothing.
+EMPTY_BY_DEFAULT = {"server_default": ""}
 
 
 class Posting(SQLModel, table=True):
@@ -21,49 +23,34 @@ class Posting(SQLModel, table=True):
         sa.Index("ix_postings_reference_si", "reference", postgresql_where=sa.text("type = 'SI'")),
     )
 
+    # Sage's transaction number, not one of ours: no sequence.
     tran_number: int = Field(
-        sa_column=sa.Column(sa.BigInteger, primary_key=True, autoincrement=False)
+        primary_key=True, sa_type=sa.BigInteger, sa_column_kwargs={"autoincrement": False}
     )
-    type: str = Field(sa_column=sa.Column(sa.String(2), nullable=False))
-    account_ref: str = Field(sa_column=sa.Column(sa.String(32), nullable=False))
-    reference: str = Field(sa_column=sa.Column(sa.String(30), nullable=False, server_default=""))
-    date: dt.date = Field(sa_column=sa.Column(sa.Date, nullable=False))
-    details: str = Field(sa_column=sa.Column(sa.String(60), nullable=False, server_default=""))
-    nominal_code: str = Field(sa_column=sa.Column(sa.String(8), nullable=False, server_default=""))
-    net_amount: Decimal = Field(sa_column=sa.Column(MONEY, nullable=False))
-    tax_amount: Decimal = Field(sa_column=sa.Column(MONEY, nullable=False))
-    gross_amount: Decimal = Field(sa_column=sa.Column(MONEY, nullable=False))
-    outstanding: Decimal | None = Field(default=None, sa_column=sa.Column(MONEY, nullable=True))
+    type: str = Field(max_length=2)
+    account_ref: str = Field(max_length=32)
+    reference: str = Field(max_length=30, sa_column_kwargs=EMPTY_BY_DEFAULT)
+    date: dt.date
+    details: str = Field(max_length=60, sa_column_kwargs=EMPTY_BY_DEFAULT)
+    nominal_code: str = Field(max_length=8, sa_column_kwargs=EMPTY_BY_DEFAULT)
+    net_amount: Decimal = money()
+    tax_amount: Decimal = money()
+    gross_amount: Decimal = money()
+    outstanding: Decimal | None = money(None)
     # Foreign Trader (docs/CURRENCY.md): NULL currency = the base currency, and then every
     # foreign_* column is NULL too.
-    currency: str | None = Field(default=None, sa_column=sa.Column(sa.String(3), nullable=True))
-    exchange_rate: Decimal | None = Field(default=None, sa_column=sa.Column(RATE, nullable=True))
-    foreign_net_amount: Decimal | None = Field(
-        default=None, sa_column=sa.Column(MONEY, nullable=True)
-    )
-    foreign_tax_amount: Decimal | None = Field(
-        default=None, sa_column=sa.Column(MONEY, nullable=True)
-    )
-    foreign_gross_amount: Decimal | None = Field(
-        default=None, sa_column=sa.Column(MONEY, nullable=True)
-    )
-    foreign_outstanding: Decimal | None = Field(
-        default=None, sa_column=sa.Column(MONEY, nullable=True)
-    )
-    deleted: bool = Field(sa_column=sa.Column(sa.Boolean, nullable=False, server_default="false"))
+    currency: str | None = Field(default=None, max_length=3)
+    exchange_rate: Decimal | None = Field(default=None, max_digits=20, decimal_places=10)
+    foreign_net_amount: Decimal | None = money(None)
+    foreign_tax_amount: Decimal | None = money(None)
+    foreign_gross_amount: Decimal | None = money(None)
+    foreign_outstanding: Decimal | None = money(None)
+    deleted: bool = defaults_to_false()
     # Hash of the posting with its allocations: a re-send with the same hash is "unchanged".
-    content_hash: bytes = Field(sa_column=sa.Column(sa.LargeBinary, nullable=False))
-    event_id: str = Field(sa_column=sa.Column(sa.String(255), nullable=False))
-    received_at: dt.datetime = Field(
-        sa_column=sa.Column(
-            sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
-        )
-    )
-    updated_at: dt.datetime = Field(
-        sa_column=sa.Column(
-            sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
-        )
-    )
+    content_hash: bytes
+    event_id: str = Field(max_length=255)
+    received_at: dt.datetime = defaults_to_now()
+    updated_at: dt.datetime = defaults_to_now()
 
 
 class Allocation(SQLModel, table=True):
@@ -77,19 +64,18 @@ class Allocation(SQLModel, table=True):
     __table_args__ = (sa.Index("ix_allocations_invoice_tran_number", "invoice_tran_number"),)
 
     posting_tran_number: int = Field(
-        sa_column=sa.Column(
-            sa.BigInteger,
-            sa.ForeignKey("postings.tran_number", ondelete="CASCADE"),
-            primary_key=True,
-        )
+        primary_key=True,
+        sa_type=sa.BigInteger,
+        foreign_key="postings.tran_number",
+        ondelete="CASCADE",
     )
-    seq: int = Field(sa_column=sa.Column(sa.Integer, primary_key=True))
-    invoice_tran_number: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))
-    amount: Decimal = Field(sa_column=sa.Column(MONEY, nullable=False))
+    seq: int = Field(primary_key=True)
+    invoice_tran_number: int = Field(sa_type=sa.BigInteger)
+    amount: Decimal = money()
     # In the settling posting's currency; NULL when that is the base currency.
-    foreign_amount: Decimal | None = Field(default=None, sa_column=sa.Column(MONEY, nullable=True))
-    date: dt.date | None = Field(default=None, sa_column=sa.Column(sa.Date, nullable=True))
-    deleted: bool = Field(sa_column=sa.Column(sa.Boolean, nullable=False, server_default="false"))
+    foreign_amount: Decimal | None = money(None)
+    date: dt.date | None = None
+    deleted: bool = defaults_to_false()
 
 
 class WebhookDelivery(SQLModel, table=True):
@@ -97,14 +83,10 @@ class WebhookDelivery(SQLModel, table=True):
 
     __tablename__ = "webhook_deliveries"
 
-    webhook_id: str = Field(sa_column=sa.Column(sa.String(255), primary_key=True))
-    body_sha256: bytes = Field(sa_column=sa.Column(sa.LargeBinary, nullable=False))
-    source: str | None = Field(default=None, sa_column=sa.Column(sa.String(100), nullable=True))
-    status_code: int = Field(sa_column=sa.Column(sa.SmallInteger, nullable=False))
-    response: dict[str, Any] = Field(sa_column=sa.Column(pg.JSONB, nullable=False))
-    postings_received: int = Field(sa_column=sa.Column(sa.Integer, nullable=False))
-    received_at: dt.datetime = Field(
-        sa_column=sa.Column(
-            sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
-        )
-    )
+    webhook_id: str = Field(primary_key=True, max_length=255)
+    body_sha256: bytes
+    source: str | None = Field(default=None, max_length=100)
+    status_code: int = Field(sa_type=sa.SmallInteger)
+    response: dict[str, Any] = Field(sa_type=pg.JSONB)
+    postings_received: int
+    received_at: dt.datetime = defaults_to_now()

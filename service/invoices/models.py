@@ -7,15 +7,12 @@ from datetime import date, datetime
 from decimal import Decimal
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql as pg
 from sqlmodel import Field, SQLModel
 
-MONEY = sa.Numeric(14, 2)
+from service.columns import defaults_to_false, defaults_to_now, identity_key, money
+
+# The figures reconciliation derives start at zero, before the first pass.
 ZERO = sa.text("0")
-
-
-def _money(nullable: bool = False) -> sa.Column[Decimal]:
-    return sa.Column(MONEY, nullable=nullable, server_default=None if nullable else ZERO)
 
 
 class Invoice(SQLModel, table=True):
@@ -39,62 +36,50 @@ class Invoice(SQLModel, table=True):
         sa.Index("ix_invoices_updated_at", "updated_at", "invoice_number"),
     )
 
-    invoice_number: str = Field(sa_column=sa.Column(sa.String(30), primary_key=True))
-    account_ref: str = Field(sa_column=sa.Column(sa.String(32), nullable=False))
+    invoice_number: str = Field(primary_key=True, max_length=30)
+    account_ref: str = Field(max_length=32)
     # The SI posting the invoice is mirrored from; with duplicates, the later one wins.
-    sage_tran_number: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))
-    invoice_date: date = Field(sa_column=sa.Column(sa.Date, nullable=False))
-    gross: Decimal = Field(sa_column=_money())
-    sage_outstanding: Decimal | None = Field(default=None, sa_column=_money(nullable=True))
+    sage_tran_number: int = Field(sa_type=sa.BigInteger)
+    invoice_date: date
+    gross: Decimal = money(server_default=ZERO)
+    sage_outstanding: Decimal | None = money(None)
     # NULL = the base currency. gross, sage_outstanding and the figures below are in this
     # currency; the *_base columns are the same figures in the base currency.
-    currency: str | None = Field(default=None, sa_column=sa.Column(sa.String(3)))
-    gross_base: Decimal = Field(sa_column=_money())
-    sage_outstanding_base: Decimal | None = Field(default=None, sa_column=_money(nullable=True))
+    currency: str | None = Field(default=None, max_length=3)
+    gross_base: Decimal = money(server_default=ZERO)
+    sage_outstanding_base: Decimal | None = money(None)
     # Set by reconciliation.
-    status: str = Field(sa_column=sa.Column(sa.String(64), nullable=False, server_default="Unpaid"))
-    derived_state: str | None = Field(default=None, sa_column=sa.Column(sa.String(20)))
-    outstanding: Decimal = Field(sa_column=_money())
-    computed_outstanding: Decimal | None = Field(default=None, sa_column=_money(nullable=True))
-    paid: Decimal = Field(sa_column=_money())
-    discounted: Decimal = Field(sa_column=_money())
-    written_off: Decimal = Field(sa_column=_money())
-    credited: Decimal = Field(sa_column=_money())
-    outstanding_base: Decimal = Field(sa_column=_money())
-    computed_outstanding_base: Decimal | None = Field(default=None, sa_column=_money(nullable=True))
-    paid_base: Decimal = Field(sa_column=_money())
-    discounted_base: Decimal = Field(sa_column=_money())
-    written_off_base: Decimal = Field(sa_column=_money())
-    credited_base: Decimal = Field(sa_column=_money())
+    status: str = Field(max_length=64, sa_column_kwargs={"server_default": "Unpaid"})
+    derived_state: str | None = Field(default=None, max_length=20)
+    outstanding: Decimal = money(server_default=ZERO)
+    computed_outstanding: Decimal | None = money(None)
+    paid: Decimal = money(server_default=ZERO)
+    discounted: Decimal = money(server_default=ZERO)
+    written_off: Decimal = money(server_default=ZERO)
+    credited: Decimal = money(server_default=ZERO)
+    outstanding_base: Decimal = money(server_default=ZERO)
+    computed_outstanding_base: Decimal | None = money(None)
+    paid_base: Decimal = money(server_default=ZERO)
+    discounted_base: Decimal = money(server_default=ZERO)
+    written_off_base: Decimal = money(server_default=ZERO)
+    credited_base: Decimal = money(server_default=ZERO)
     # Sage's automatic revaluations (REVAL) allocated to the invoice, in the base currency:
     # neither paid, credited nor written off.
-    exchange_adjustment: Decimal = Field(sa_column=_money())
+    exchange_adjustment: Decimal = money(server_default=ZERO)
     # A protected invoice whose postings disagree with its status: listed for a human.
-    conflict: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
+    conflict: str | None = Field(default=None, sa_type=sa.Text)
     # Sage's OUTSTANDING disagrees with the allocations we hold.
-    mismatch: bool = Field(sa_column=sa.Column(sa.Boolean, nullable=False, server_default="false"))
+    mismatch: bool = defaults_to_false()
     # Another SI carries the same reference (invoice number).
-    duplicate_of: int | None = Field(default=None, sa_column=sa.Column(sa.BigInteger))
+    duplicate_of: int | None = Field(default=None, sa_type=sa.BigInteger)
     # The derived label is missing from the picklist; the SageLink label was written instead.
-    warning: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
-    deleted: bool = Field(sa_column=sa.Column(sa.Boolean, nullable=False, server_default="false"))
-    crm_id: str | None = Field(default=None, sa_column=sa.Column(sa.String(64)))
-    dirty_since: datetime | None = Field(
-        default=None, sa_column=sa.Column(sa.DateTime(timezone=True))
-    )
-    reconciled_at: datetime | None = Field(
-        default=None, sa_column=sa.Column(sa.DateTime(timezone=True))
-    )
-    created_at: datetime = Field(
-        sa_column=sa.Column(
-            sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
-        )
-    )
-    updated_at: datetime = Field(
-        sa_column=sa.Column(
-            sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
-        )
-    )
+    warning: str | None = Field(default=None, sa_type=sa.Text)
+    deleted: bool = defaults_to_false()
+    crm_id: str | None = Field(default=None, max_length=64)
+    dirty_since: datetime | None = None
+    reconciled_at: datetime | None = None
+    created_at: datetime = defaults_to_now()
+    updated_at: datetime = defaults_to_now()
 
 
 class StatusHistory(SQLModel, table=True):
@@ -106,27 +91,17 @@ class StatusHistory(SQLModel, table=True):
         sa.Index("ix_status_history_invoice", "invoice_number", "id"),
     )
 
-    id: int | None = Field(
-        default=None, sa_column=sa.Column(sa.BigInteger, sa.Identity(), primary_key=True)
-    )
+    id: int | None = identity_key()
     invoice_number: str = Field(
-        sa_column=sa.Column(
-            sa.String(30),
-            sa.ForeignKey("invoices.invoice_number", ondelete="CASCADE"),
-            nullable=False,
-        )
+        max_length=30, foreign_key="invoices.invoice_number", ondelete="CASCADE"
     )
-    at: datetime = Field(
-        sa_column=sa.Column(
-            sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
-        )
-    )
-    from_status: str | None = Field(default=None, sa_column=sa.Column(sa.String(64)))
-    to_status: str = Field(sa_column=sa.Column(sa.String(64), nullable=False))
-    from_outstanding: Decimal | None = Field(default=None, sa_column=_money(nullable=True))
-    to_outstanding: Decimal | None = Field(default=None, sa_column=_money(nullable=True))
-    source: str = Field(sa_column=sa.Column(sa.String(10), nullable=False))
-    actor: str | None = Field(default=None, sa_column=sa.Column(sa.String(100)))
-    reason: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
-    run_id: uuid.UUID | None = Field(default=None, sa_column=sa.Column(pg.UUID(as_uuid=True)))
-    job_id: uuid.UUID | None = Field(default=None, sa_column=sa.Column(pg.UUID(as_uuid=True)))
+    at: datetime = defaults_to_now()
+    from_status: str | None = Field(default=None, max_length=64)
+    to_status: str = Field(max_length=64)
+    from_outstanding: Decimal | None = money(None)
+    to_outstanding: Decimal | None = money(None)
+    source: str = Field(max_length=10)
+    actor: str | None = Field(default=None, max_length=100)
+    reason: str | None = Field(default=None, sa_type=sa.Text)
+    run_id: uuid.UUID | None = None
+    job_id: uuid.UUID | None = None

@@ -10,9 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 from sqlmodel import Field, SQLModel
 
-
-def _count() -> sa.Column[int]:
-    return sa.Column(sa.Integer, nullable=False, server_default="0")
+from service.columns import counter, defaults_to_false, defaults_to_now
 
 
 class Job(SQLModel, table=True):
@@ -26,53 +24,41 @@ class Job(SQLModel, table=True):
         sa.Index("ix_jobs_queued", "created_at", postgresql_where=sa.text("status = 'queued'")),
     )
 
-    id: uuid.UUID = Field(sa_column=sa.Column(pg.UUID(as_uuid=True), primary_key=True))
-    kind: str = Field(sa_column=sa.Column(sa.String(30), nullable=False))
-    status: str = Field(sa_column=sa.Column(sa.String(10), nullable=False))
-    request: dict[str, Any] = Field(sa_column=sa.Column(pg.JSONB, nullable=False))
-    request_sha256: bytes = Field(sa_column=sa.Column(sa.LargeBinary, nullable=False))
-    idempotency_key: str | None = Field(default=None, sa_column=sa.Column(sa.String(255)))
-    actor: str | None = Field(default=None, sa_column=sa.Column(sa.String(100)))
-    dry_run: bool = Field(sa_column=sa.Column(sa.Boolean, nullable=False, server_default="false"))
-    total: int = Field(default=0, sa_column=_count())
-    processed: int = Field(default=0, sa_column=_count())
-    matched: int = Field(default=0, sa_column=_count())
-    updated: int = Field(default=0, sa_column=_count())
-    unchanged: int = Field(default=0, sa_column=_count())
-    not_found: int = Field(default=0, sa_column=_count())
+    id: uuid.UUID = Field(primary_key=True)
+    kind: str = Field(max_length=30)
+    status: str = Field(max_length=10)
+    request: dict[str, Any] = Field(sa_type=pg.JSONB)
+    request_sha256: bytes
+    idempotency_key: str | None = Field(default=None, max_length=255)
+    actor: str | None = Field(default=None, max_length=100)
+    dry_run: bool = defaults_to_false()
+    total: int = counter()
+    processed: int = counter()
+    matched: int = counter()
+    updated: int = counter()
+    unchanged: int = counter()
+    not_found: int = counter()
     # Found but filtered out (account_ref, current_status_in, only_settled).
-    skipped: int = Field(default=0, sa_column=_count())
+    skipped: int = counter()
     # Matched, but protected and not named in current_status_in: left alone.
-    skipped_protected: int = Field(default=0, sa_column=_count())
+    skipped_protected: int = counter()
     # Worker runs started; a job whose worker died is retried from scratch (all or nothing).
-    attempts: int = Field(default=0, sa_column=_count())
-    error: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
-    created_at: datetime = Field(
-        sa_column=sa.Column(
-            sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
-        )
-    )
-    started_at: datetime | None = Field(
-        default=None, sa_column=sa.Column(sa.DateTime(timezone=True))
-    )
-    finished_at: datetime | None = Field(
-        default=None, sa_column=sa.Column(sa.DateTime(timezone=True))
-    )
+    attempts: int = counter()
+    error: str | None = Field(default=None, sa_type=sa.Text)
+    created_at: datetime = defaults_to_now()
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
     # Idempotency keys are honoured at least this long (24 h).
-    expires_at: datetime = Field(sa_column=sa.Column(sa.DateTime(timezone=True), nullable=False))
+    expires_at: datetime
 
 
 class JobResult(SQLModel, table=True):
     __tablename__ = "job_results"
 
-    job_id: uuid.UUID = Field(
-        sa_column=sa.Column(
-            pg.UUID(as_uuid=True), sa.ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
-        )
-    )
-    seq: int = Field(sa_column=sa.Column(sa.Integer, primary_key=True))
-    invoice_number: str = Field(sa_column=sa.Column(sa.String(30), nullable=False))
-    from_status: str | None = Field(default=None, sa_column=sa.Column(sa.String(64)))
-    to_status: str | None = Field(default=None, sa_column=sa.Column(sa.String(64)))
+    job_id: uuid.UUID = Field(primary_key=True, foreign_key="jobs.id", ondelete="CASCADE")
+    seq: int = Field(primary_key=True)
+    invoice_number: str = Field(max_length=30)
+    from_status: str | None = Field(default=None, max_length=64)
+    to_status: str | None = Field(default=None, max_length=64)
     # updated | unchanged | not_found | skipped (filtered out) | skipped_protected
-    outcome: str = Field(sa_column=sa.Column(sa.String(20), nullable=False))
+    outcome: str = Field(max_length=20)

@@ -11,11 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 from sqlmodel import Field, SQLModel
 
-MONEY = sa.Numeric(14, 2)
-
-
-def _count() -> sa.Column[int]:
-    return sa.Column(sa.Integer, nullable=False, server_default="0")
+from service.columns import counter, defaults_to_false, defaults_to_now, money
 
 
 class SyncRun(SQLModel, table=True):
@@ -33,50 +29,34 @@ class SyncRun(SQLModel, table=True):
         ),
     )
 
-    id: uuid.UUID = Field(sa_column=sa.Column(pg.UUID(as_uuid=True), primary_key=True))
-    status: str = Field(sa_column=sa.Column(sa.String(10), nullable=False))
-    trigger: str = Field(sa_column=sa.Column(sa.String(20), nullable=False))  # worker | api
-    scope: dict[str, Any] = Field(sa_column=sa.Column(pg.JSONB, nullable=False))
-    dry_run: bool = Field(sa_column=sa.Column(sa.Boolean, nullable=False, server_default="false"))
-    actor: str | None = Field(default=None, sa_column=sa.Column(sa.String(100)))
-    requested_at: datetime = Field(
-        sa_column=sa.Column(
-            sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
-        )
-    )
-    started_at: datetime | None = Field(
-        default=None, sa_column=sa.Column(sa.DateTime(timezone=True))
-    )
-    finished_at: datetime | None = Field(
-        default=None, sa_column=sa.Column(sa.DateTime(timezone=True))
-    )
-    examined: int = Field(default=0, sa_column=_count())
-    changed: int = Field(default=0, sa_column=_count())
-    unchanged: int = Field(default=0, sa_column=_count())
-    skipped_protected: int = Field(default=0, sa_column=_count())
-    conflicts: int = Field(default=0, sa_column=_count())
-    error: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
+    id: uuid.UUID = Field(primary_key=True)
+    status: str = Field(max_length=10)
+    trigger: str = Field(max_length=20)  # worker | api
+    scope: dict[str, Any] = Field(sa_type=pg.JSONB)
+    dry_run: bool = defaults_to_false()
+    actor: str | None = Field(default=None, max_length=100)
+    requested_at: datetime = defaults_to_now()
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    examined: int = counter()
+    changed: int = counter()
+    unchanged: int = counter()
+    skipped_protected: int = counter()
+    conflicts: int = counter()
+    error: str | None = Field(default=None, sa_type=sa.Text)
     # Keyset position of a requested run (the last invoice number it examined): a run is
     # executed in batches, each its own transaction, and resumes from here after a crash.
-    cursor: str | None = Field(default=None, sa_column=sa.Column(sa.String(30)))
+    cursor: str | None = Field(default=None, max_length=30)
     # Refreshed by every batch of a running requested run; a stale one is taken over.
-    heartbeat_at: datetime | None = Field(
-        default=None, sa_column=sa.Column(sa.DateTime(timezone=True))
-    )
+    heartbeat_at: datetime | None = None
 
 
 class SyncRunChange(SQLModel, table=True):
     __tablename__ = "sync_run_changes"
 
-    run_id: uuid.UUID = Field(
-        sa_column=sa.Column(
-            pg.UUID(as_uuid=True),
-            sa.ForeignKey("sync_runs.id", ondelete="CASCADE"),
-            primary_key=True,
-        )
-    )
-    invoice_number: str = Field(sa_column=sa.Column(sa.String(30), primary_key=True))
-    from_status: str | None = Field(default=None, sa_column=sa.Column(sa.String(64)))
-    to_status: str = Field(sa_column=sa.Column(sa.String(64), nullable=False))
-    from_outstanding: Decimal | None = Field(default=None, sa_column=sa.Column(MONEY))
-    to_outstanding: Decimal | None = Field(default=None, sa_column=sa.Column(MONEY))
+    run_id: uuid.UUID = Field(primary_key=True, foreign_key="sync_runs.id", ondelete="CASCADE")
+    invoice_number: str = Field(primary_key=True, max_length=30)
+    from_status: str | None = Field(default=None, max_length=64)
+    to_status: str = Field(max_length=64)
+    from_outstanding: Decimal | None = money(None)
+    to_outstanding: Decimal | None = money(None)

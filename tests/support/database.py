@@ -25,7 +25,7 @@ async def scratch_database() -> AsyncIterator[str]:
     """Yield an asyncpg SQLAlchemy URL of an empty database that is gone afterwards."""
     server_url = os.environ.get(ENV)
     if server_url:
-        async with _database_on_server(server_url) as url:
+        async with database_beside(server_url) as url:
             yield url
         return
     with throwaway_postgres("ledgerlink-test-") as server:
@@ -33,7 +33,9 @@ async def scratch_database() -> AsyncIterator[str]:
 
 
 @asynccontextmanager
-async def _database_on_server(server_url: str) -> AsyncIterator[str]:
+async def database_beside(server_url: str) -> AsyncIterator[str]:
+    """Yield an asyncpg SQLAlchemy URL of an empty database on the server `server_url` names
+    (any database of it), dropped afterwards."""
     name = f"ledgerlink_test_{uuid.uuid4().hex[:12]}"
     admin = await asyncpg.connect(libpq_url(server_url))
     try:
