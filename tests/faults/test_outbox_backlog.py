@@ -60,7 +60,7 @@ async def test_a_backlog_created_after_the_outbox_was_analysed_empty_drains_in_s
         )
 
         started = time.monotonic()
-        with Service(pg.url, command="worker").start():
+        with Service(pg.url, command="worker"):
 
             async def drained() -> bool:
                 left: int = await fetchval(

@@ -94,6 +94,8 @@ class LedgerlinkProcess:
         return f"http://127.0.0.1:{self.env['LEDGERLINK_WORKER_METRICS_PORT']}"
 
     def start(self, *extra: str) -> LedgerlinkProcess:
+        # A second start would orphan the first process (`with p.start():` starts it twice).
+        assert self.proc is None or self.proc.poll() is not None, "already running"
         self._lines = []
         args = [sys.executable, "-m", "service.cli", self.command, *extra]
         self.proc = subprocess.Popen(
