@@ -76,10 +76,11 @@ class Allocation(SQLModel, table=True):
     __tablename__ = "allocations"
     __table_args__ = (sa.Index("ix_allocations_invoice_tran_number", "invoice_tran_number"),)
 
+    # No foreign key either: the store statement writes a posting and its allocations together
+    # and postings are never deleted (only marked), so a per-row check would guard nothing.
     posting_tran_number: int = Field(
         sa_column=sa.Column(
             sa.BigInteger,
-            sa.ForeignKey("postings.tran_number", ondelete="CASCADE"),
             primary_key=True,
         )
     )

@@ -65,11 +65,9 @@ class Job(SQLModel, table=True):
 class JobResult(SQLModel, table=True):
     __tablename__ = "job_results"
 
-    job_id: uuid.UUID = Field(
-        sa_column=sa.Column(
-            pg.UUID(as_uuid=True), sa.ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
-        )
-    )
+    # No foreign key: results are written only by the job's own transaction, holding the job
+    # row, and jobs are never deleted; a per-row check cost a Global Update ~0.3 s per 100k.
+    job_id: uuid.UUID = Field(sa_column=sa.Column(pg.UUID(as_uuid=True), primary_key=True))
     seq: int = Field(sa_column=sa.Column(sa.Integer, primary_key=True))
     invoice_number: str = Field(sa_column=sa.Column(sa.String(30), nullable=False))
     from_status: str | None = Field(default=None, sa_column=sa.Column(sa.String(64)))

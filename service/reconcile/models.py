@@ -68,10 +68,11 @@ class SyncRun(SQLModel, table=True):
 class SyncRunChange(SQLModel, table=True):
     __tablename__ = "sync_run_changes"
 
+    # No foreign key: changes are written only in the statement that inserts or locks their run,
+    # and runs are never deleted; the per-row check cost every reconcile batch.
     run_id: uuid.UUID = Field(
         sa_column=sa.Column(
             pg.UUID(as_uuid=True),
-            sa.ForeignKey("sync_runs.id", ondelete="CASCADE"),
             primary_key=True,
         )
     )
