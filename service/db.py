@@ -176,10 +176,11 @@ class EmbeddedPostgres:
         run(list(args), pgdata=self.pgdata, user=user, timeout=60)
 
     def postmaster_pid(self) -> int | None:
+        """From the PID file: the wheel remembers the postmaster it started, not one started
+        again since (the first start's restart in _size_to_machine, or the supervisor's)."""
         if self._server is None:
             return None
-        pid: int | None = self._server.get_pid()
-        return pid
+        return _postmaster_pid(self.pgdata)
 
 
 def embedded_settings(memory_bytes: int) -> dict[str, str]:
