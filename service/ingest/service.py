@@ -154,7 +154,11 @@ class WebhookIngest:
                     result = None
                 else:
                     outcome = await repository.store(
-                        conn, batch.postings, event_id=webhook_id, settings=self.settings
+                        conn,
+                        batch.postings,
+                        event_id=webhook_id,
+                        settings=self.settings,
+                        notify=False,
                     )
                     result = IngestResult(
                         event_id=webhook_id,
@@ -163,7 +167,7 @@ class WebhookIngest:
                         postings_unchanged=outcome.unchanged,
                         invoices_affected=outcome.invoices_affected,
                     )
-                    await repository.record_answer(conn, webhook_id, result)
+                    await repository.record_answer(conn, webhook_id, result, wake=outcome.wake)
         if result is None:
             return await self._replay(webhook_id, body_sha256)
         # Only here, after the commit, is the delivery acknowledged.
