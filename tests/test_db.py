@@ -57,12 +57,13 @@ async def test_embedded_server_runs_sized_and_reports_its_postmaster(tmp_path: P
         conn = await asyncpg.connect(libpq_url(url))
         try:
             shown = await conn.fetchval("SHOW shared_buffers")
-            backend = await conn.fetchval("SELECT pg_backend_pid()")
+            # Read while the connection is open: its backend exits when it closes.
+            postmaster = psutil.Process(await conn.fetchval("SELECT pg_backend_pid()")).ppid()
         finally:
             await conn.close()
         wanted = embedded_settings(psutil.virtual_memory().total)["shared_buffers"]
         assert _to_kb(shown) == _to_kb(wanted)
         # The server restarted with that size is the one named, not the first one started.
-        assert psutil.Process(backend).ppid() == embedded.postmaster_pid()
+        assert postmaster == embedded.postmaster_pid()
     finally:
         await asyncio.to_thread(embedded.stop)
