@@ -20,7 +20,7 @@ from typing import Any
 
 from bench.common import ROOT, BenchResult
 
-MODULES = ("ingest", "reconcile", "bulk", "memory", "orm_baseline", "growth")
+MODULES = ("ingest", "reconcile", "bulk", "outbox", "scaleout", "memory", "orm_baseline", "growth")
 FULL_REPORT = ROOT / "docs" / "BENCHMARKS.md"
 QUICK_REPORT = ROOT / "bench" / "results" / "BENCHMARKS-quick.md"
 # Hand-written text (profiles, before/after, closing notes) kept verbatim from the existing
@@ -164,7 +164,8 @@ def report(data: dict[str, Section], existing: str, chart: Path | None) -> str:
         "",
         "Written by `make bench` (`python -m bench`; `--only NAME` reruns one module and keeps "
         "the other sections). Everything runs on one machine: the load generator, the service "
-        "(one uvicorn process with its worker, started as `make run` starts it) and "
+        "(one uvicorn process with its worker, started as `make run` starts it; the scale-out "
+        "benchmark runs API and worker processes apart) and "
         "PostgreSQL (the embedded one, or `LEDGERLINK_BENCH_DATABASE_URL`). Figures are "
         "measured, never asserted; a missed target is reported as missed. The machine is "
         "shared: each figure's notes say how much CPU other processes took during it.",

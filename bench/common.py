@@ -212,6 +212,24 @@ def percentile(values: Sequence[float], pct: float) -> float:
     return ordered[max(0, math.ceil(pct / 100 * len(ordered)) - 1)]
 
 
+def server_cpu_seconds(postmaster_pid: int | None) -> float:
+    """CPU seconds used so far by our PostgreSQL server and its backends (0 for a server
+    named by LEDGERLINK_BENCH_DATABASE_URL, which is not ours to measure). Backends that ended
+    in between are not counted: measure with long-lived connections."""
+    import psutil
+
+    if not postmaster_pid:
+        return 0.0
+    total = 0.0
+    with contextlib.suppress(psutil.Error):
+        root = psutil.Process(postmaster_pid)
+        for proc in [root, *root.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                times = proc.cpu_times()
+                total += times.user + times.system
+    return total
+
+
 @dataclass
 class Timer:
     started: float = field(default_factory=time.perf_counter)

@@ -91,7 +91,27 @@ class EmbeddedPostgres:
             self._server = get_server(self.pgdata, cleanup_mode=self._cleanup)
         self._ensure_database()
         self._started = self._postmaster()
+        self._size_to_machine()
         return self.url(EMBEDDED_DATABASE)
+
+    def _size_to_machine(self) -> None:
+        """PostgreSQL's defaults (128 MB of shared_buffers, 1 GB of WAL between checkpoints)
+        suit a Raspberry Pi: past ~1M postings every reconcile writes dirty pages back itself
+        and checkpoints come every few seconds. Written once with ALTER SYSTEM (kept in the
+        data directory); a restart applies shared_buffers, on first start only."""
+        wanted = embedded_settings(psutil.virtual_memory().total)
+        current = self._server.psql("SELECT name, setting, unit FROM pg_settings;")
+        values = _settings_in_kb(current)
+        changed = [name for name, value in wanted.items() if values.get(name) != _to_kb(value)]
+        if not changed:
+            return
+        for name in changed:
+            self._server.psql(f"ALTER SYSTEM SET {name} = '{wanted[name]}';")
+        if "shared_buffers" in changed:
+            self.pg_ctl("-w", "restart")
+            self._started = self._postmaster()
+        else:
+            self._server.psql("SELECT pg_reload_conf();")
 
     def url(self, database: str) -> str:
         assert self._server is not None
@@ -178,10 +198,60 @@ class EmbeddedPostgres:
         run(list(args), pgdata=self.pgdata, user=user, timeout=60)
 
     def postmaster_pid(self) -> int | None:
+        """From the PID file: the wheel remembers the postmaster it started, not one started
+        again since (the first start's restart in _size_to_machine, or the supervisor's)."""
         if self._server is None:
             return None
-        pid: int | None = self._server.get_pid()
-        return pid
+        return _postmaster_pid(self.pgdata)
+
+
+def embedded_settings(memory_bytes: int) -> dict[str, str]:
+    """The embedded server's sizing for a machine with `memory_bytes` of memory: an eighth of
+    it for shared_buffers (at most 2 GB: it shares the machine with the service and whatever
+    else `make run` sits beside), room for 4 GB of WAL between checkpoints and for the WAL of
+    one large statement, and enough memory per sort to aggregate a large reconcile batch
+    without spilling. docs/OPERATIONS.md gives the same settings for a real server."""
+    mb = memory_bytes // 2**20
+    shared_buffers = max(128, min(mb // 8, 2048))
+    return {
+        "shared_buffers": f"{shared_buffers}MB",
+        "effective_cache_size": f"{max(512, mb // 2)}MB",
+        "max_wal_size": "4096MB",
+        "min_wal_size": "512MB",
+        "checkpoint_timeout": "900s",
+        "checkpoint_completion_target": "0.9",
+        "work_mem": "16MB",
+        "maintenance_work_mem": "256MB",
+        # A Global Update of 100,000 invoices writes 160 MB of WAL in one statement: with
+        # the default 16 MB the backend kept waiting for "WAL buffers full".
+        "wal_buffers": f"{max(16, min(64, shared_buffers // 16))}MB",
+    }
+
+
+_UNITS_KB = {"kB": 1, "8kB": 8, "MB": 1024, "GB": 1024 * 1024}
+
+
+def _to_kb(value: str) -> str:
+    """A setting as pg_settings would show it, for comparison: sizes in kB, the rest as is."""
+    for unit in ("MB", "GB", "kB"):
+        if value.endswith(unit) and value[: -len(unit)].isdigit():
+            return str(int(value[: -len(unit)]) * _UNITS_KB[unit])
+    return value.removesuffix("s") if value[:-1].isdigit() else value
+
+
+def _settings_in_kb(psql_output: str) -> dict[str, str]:
+    """`name | setting | unit` rows of psql's table output, sizes converted to kB."""
+    values: dict[str, str] = {}
+    for line in psql_output.splitlines():
+        parts = [part.strip() for part in line.split("|")]
+        if len(parts) != 3:
+            continue
+        name, setting, unit = parts
+        factor = _UNITS_KB.get(unit)
+        if factor is not None and setting.isdigit():
+            setting = str(int(setting) * factor)
+        values[name] = setting
+    return values
 
 
 def _wait_gone(process: psutil.Process, timeout: float = 60) -> None:

@@ -63,11 +63,11 @@ class Allocation(SQLModel, table=True):
     __tablename__ = "allocations"
     __table_args__ = (sa.Index("ix_allocations_invoice_tran_number", "invoice_tran_number"),)
 
+    # No foreign key either: the store statement writes a posting and its allocations together
+    # and postings are never deleted (only marked), so a per-row check would guard nothing.
     posting_tran_number: int = Field(
         primary_key=True,
         sa_type=sa.BigInteger,
-        foreign_key="postings.tran_number",
-        ondelete="CASCADE",
     )
     seq: int = Field(primary_key=True)
     invoice_tran_number: int = Field(sa_type=sa.BigInteger)

@@ -298,6 +298,8 @@ class StoreOutcome:
     applied: int
     unchanged: int
     invoices_affected: int
+    # Invoices newly dirty: the worker must hear of it (store() notified, unless told not to).
+    wake: bool = False
 
 
 async def driver_connection(conn: AsyncConnection) -> Any:
@@ -315,12 +317,19 @@ async def driver_connection(conn: AsyncConnection) -> Any:
 
 
 async def store(
-    conn: AsyncConnection, postings: list[PostingIn], *, event_id: str, settings: Settings
+    conn: AsyncConnection,
+    postings: list[PostingIn],
+    *,
+    event_id: str,
+    settings: Settings,
+    notify: bool = True,
 ) -> StoreOutcome:
     """Upsert postings and their allocations, mirror customer-invoice SIs, mark every affected
     invoice dirty and NOTIFY the worker, all inside the caller's transaction.
 
-    A tran_number given twice keeps its last version and counts once.
+    A tran_number given twice keeps its last version and counts once. With notify=False the
+    NOTIFY is left to the caller (`wake`), who sends it with its own last statement: one round
+    trip less per webhook batch.
     """
     if not postings:
         return StoreOutcome(0, 0, 0)
@@ -336,7 +345,7 @@ async def store(
         mirrored = await _mirror_invoices(conn, refs, settings)
         affected |= mirrored
         woken = woken or bool(mirrored)
-    if woken:
+    if woken and notify:
         # Delivered on commit, and only then: the worker never wakes to uncommitted rows. Not
         # sent when every affected invoice was dirty already: the worker has it queued, and
         # NOTIFY serialises committing transactions on a database-wide lock.
@@ -346,6 +355,7 @@ async def store(
         applied=applied,
         unchanged=int(row["distinct_postings"]) - applied,
         invoices_affected=len(affected),
+        wake=woken,
     )
 
 
@@ -411,12 +421,21 @@ async def claim_delivery(
     return Claim.CLAIMED if row.claimed else Claim.DELIVERED
 
 
-async def record_answer(conn: AsyncConnection, webhook_id: str, result: IngestResult) -> None:
+# The answer, and the worker's wake-up when store() left it to us, in one round trip.
+_RECORD_ANSWER_SQL = """
+WITH answer AS (
+    UPDATE webhook_deliveries SET response = $2::jsonb WHERE webhook_id = $1
+)
+SELECT pg_notify($3, '') WHERE $4::boolean
+"""
+
+
+async def record_answer(
+    conn: AsyncConnection, webhook_id: str, result: IngestResult, *, wake: bool = False
+) -> None:
     driver = await driver_connection(conn)
     await driver.execute(
-        "UPDATE webhook_deliveries SET response = $2::jsonb WHERE webhook_id = $1",
-        webhook_id,
-        result.model_dump_json(),
+        _RECORD_ANSWER_SQL, webhook_id, result.model_dump_json(), contracts.DIRTY_CHANNEL, wake
     )
 
 

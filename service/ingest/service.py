@@ -138,7 +138,7 @@ class WebhookIngest:
             if claim is repository.Claim.DELIVERED:
                 return None
             outcome = await repository.store(
-                conn, batch.postings, event_id=webhook_id, settings=self.settings
+                conn, batch.postings, event_id=webhook_id, settings=self.settings, notify=False
             )
             result = IngestResult(
                 event_id=webhook_id,
@@ -147,7 +147,7 @@ class WebhookIngest:
                 postings_unchanged=outcome.unchanged,
                 invoices_affected=outcome.invoices_affected,
             )
-            await repository.record_answer(conn, webhook_id, result)
+            await repository.record_answer(conn, webhook_id, result, wake=outcome.wake)
             return result
 
         result = await run_in_transaction(self.engine, apply, retries=RETRIES, name="webhook")

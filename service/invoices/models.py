@@ -92,9 +92,9 @@ class StatusHistory(SQLModel, table=True):
     )
 
     id: int | None = identity_key()
-    invoice_number: str = Field(
-        max_length=30, foreign_key="invoices.invoice_number", ondelete="CASCADE"
-    )
+    # No foreign key: history is written only in the statement that updates the invoice, and
+    # invoices are never deleted (only marked); the per-row check was a tenth of a Global Update.
+    invoice_number: str = Field(max_length=30)
     at: datetime = defaults_to_now()
     from_status: str | None = Field(default=None, max_length=64)
     to_status: str = Field(max_length=64)

@@ -55,7 +55,9 @@ class Job(SQLModel, table=True):
 class JobResult(SQLModel, table=True):
     __tablename__ = "job_results"
 
-    job_id: uuid.UUID = Field(primary_key=True, foreign_key="jobs.id", ondelete="CASCADE")
+    # No foreign key: results are written only by the job's own transaction, holding the job
+    # row, and jobs are never deleted; a per-row check cost a Global Update ~0.3 s per 100k.
+    job_id: uuid.UUID = Field(primary_key=True)
     seq: int = Field(primary_key=True)
     invoice_number: str = Field(max_length=30)
     from_status: str | None = Field(default=None, max_length=64)

@@ -54,7 +54,9 @@ class SyncRun(SQLModel, table=True):
 class SyncRunChange(SQLModel, table=True):
     __tablename__ = "sync_run_changes"
 
-    run_id: uuid.UUID = Field(primary_key=True, foreign_key="sync_runs.id", ondelete="CASCADE")
+    # No foreign key: changes are written only in the statement that inserts or locks their run,
+    # and runs are never deleted; the per-row check cost every reconcile batch.
+    run_id: uuid.UUID = Field(primary_key=True)
     invoice_number: str = Field(primary_key=True, max_length=30)
     from_status: str | None = Field(default=None, max_length=64)
     to_status: str = Field(max_length=64)

@@ -172,6 +172,9 @@ sums AS (
         JOIN allocations AS a ON a.invoice_tran_number = t.sage_tran_number AND NOT a.deleted
         JOIN postings AS p ON p.tran_number = a.posting_tran_number AND NOT p.deleted
         WHERE NOT t.deleted
+        -- Not pulled up into the aggregate: there, each of the ten sums would repeat the
+        -- classification (three regular expressions) for every allocation.
+        OFFSET 0
     ) AS x
     GROUP BY x.sage_tran_number
 ),

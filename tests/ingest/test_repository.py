@@ -37,8 +37,9 @@ async def test_store_returns_applied_unchanged_affected(
         again = await store(
             conn, postings(si(1, "INV1"), sr(2, (1, "6.00"))), event_id="e2", settings=settings
         )
-    assert first == StoreOutcome(applied=2, unchanged=0, invoices_affected=1)
-    assert again == StoreOutcome(applied=1, unchanged=1, invoices_affected=1)
+    # The first makes INV1 dirty (the worker must hear of it); the second finds it dirty still.
+    assert first == StoreOutcome(applied=2, unchanged=0, invoices_affected=1, wake=True)
+    assert again == StoreOutcome(applied=1, unchanged=1, invoices_affected=1, wake=False)
     assert await scalar(engine, "SELECT event_id FROM postings WHERE tran_number = 2") == "e2"
 
 
@@ -69,7 +70,7 @@ async def test_a_tran_number_given_twice_keeps_its_last_version(
             event_id="e",
             settings=settings,
         )
-    assert result == StoreOutcome(applied=1, unchanged=0, invoices_affected=1)
+    assert result == StoreOutcome(applied=1, unchanged=0, invoices_affected=1, wake=True)
     assert await scalar(engine, "SELECT gross FROM invoices") == Decimal("2.00")
 
 

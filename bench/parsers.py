@@ -1,0 +1,146 @@
+"""Batch parsing: pydantic (what the webhook uses) against msgspec, CPU per batch (issue 17).
+
+Not part of `make bench` (msgspec is not a dependency): `uv run --frozen --with msgspec==0.22.0
+python -m bench.parsers`. The same body as bench/ingest.py sends (500 receipts, each with one
+allocation) is parsed N times by each; the figure is CPU milliseconds per batch (process time,
+best of 5 rounds, so another process's load hardly moves it).
+
+- pydantic: `service.ingest.service.parse_batch`, the webhook's whole parse: strict JSON
+  validation with every field constraint, then the exactness, duplicate-key, duplicate
+  tran_number and currency checks.
+- msgspec: Structs with the same field types, lengths and patterns, amounts decoded as exact
+  Decimals (without the ASCII-digits rule for amount strings) and checked (range, whole
+  cents) in Python afterwards, plus the same duplicate
+  tran_number check. It covers the accepted path only: the 422 texts the contract names (each
+  failing field located as `postings[i].field`, with pydantic's messages) would still have to
+  be rebuilt from msgspec's single first error.
+"""
+
+import datetime as dt
+import importlib
+import time
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+from bench.ingest import BATCH_SIZE, batches, receipt
+from service.ingest.schemas import (
+    CENT,
+    FIRST_DATE,
+    LAST_DATE,
+    MAX_AMOUNT,
+    NO_CONTROL_CHARACTERS,
+    PostingBatch,
+)
+from service.ingest.service import parse_batch
+
+ROUNDS = 5
+PER_ROUND = 40
+
+
+def _msgspec_parser() -> Any:
+    # Imported by name: msgspec is not a dependency, so mypy cannot see it.
+    msgspec: Any = importlib.import_module("msgspec")
+    meta = msgspec.Meta
+    text = NO_CONTROL_CHARACTERS
+    # msgspec reads a Decimal exactly from a JSON number or string (no union with a patterned
+    # str allowed: the ASCII-digits rule would be one more check in Python).
+    amount: Any = Decimal
+    tran: Any = Annotated[int, meta(gt=0, le=2**63 - 1)]
+    allocation: Any = msgspec.defstruct(
+        "Allocation",
+        [
+            ("invoice_tran_number", tran),
+            ("amount", amount),
+            ("foreign_amount", amount | None, None),
+            ("date", dt.date | None, None),
+            ("deleted", bool, False),
+        ],
+        forbid_unknown_fields=True,
+    )
+    posting: Any = msgspec.defstruct(
+        "Posting",
+        [
+            ("tran_number", tran),
+            ("type", Literal["SI", "SC", "SR", "SA", "SD", "SP"]),
+            ("account_ref", Annotated[str, meta(min_length=1, max_length=32, pattern=text)]),
+            ("date", dt.date),
+            ("net_amount", amount),
+            ("tax_amount", amount),
+            ("gross_amount", amount),
+            ("reference", Annotated[str, meta(max_length=30, pattern=text)], ""),
+            ("details", Annotated[str, meta(max_length=60, pattern=text)], ""),
+            ("nominal_code", Annotated[str, meta(max_length=8, pattern=text)], ""),
+            ("outstanding", amount | None, None),
+            ("currency", Annotated[str, meta(pattern=r"^[A-Z]{3}$")] | None, None),
+            ("deleted", bool, False),
+            ("allocations", list[allocation], []),
+        ],
+        forbid_unknown_fields=True,
+    )
+    batch_type = msgspec.defstruct(
+        "Batch",
+        [
+            (
+                "postings",
+                Annotated[list[posting], meta(min_length=1, max_length=5000)],
+            ),
+            ("source", Annotated[str, meta(max_length=100, pattern=text)] | None, None),
+        ],
+        forbid_unknown_fields=True,
+    )
+
+    decoder = msgspec.json.Decoder(batch_type)
+
+    def money(value: Decimal | str, *, positive: bool = False) -> Decimal:
+        number = Decimal(value)
+        if not (number > 0 if positive else number >= 0) or number > MAX_AMOUNT:
+            raise ValueError("amount out of range")
+        if number % CENT:
+            raise ValueError("more than 2 decimals")
+        return number
+
+    def parse(body: bytes) -> Any:
+        batch = decoder.decode(body)
+        seen: set[int] = set()
+        for posting in batch.postings:
+            if posting.tran_number in seen:
+                raise ValueError("duplicate tran_number")
+            seen.add(posting.tran_number)
+            if not FIRST_DATE <= posting.date <= LAST_DATE:
+                raise ValueError("date out of range")
+            posting.net_amount = money(posting.net_amount)
+            posting.tax_amount = money(posting.tax_amount)
+            posting.gross_amount = money(posting.gross_amount)
+            for allocation in posting.allocations:
+                allocation.amount = money(allocation.amount, positive=True)
+        return batch
+
+    return parse
+
+
+def _cpu_ms_per_batch(parse: Any, body: bytes) -> float:
+    best = float("inf")
+    for _ in range(ROUNDS):
+        started = time.process_time()
+        for _ in range(PER_ROUND):
+            parse(body)
+        best = min(best, (time.process_time() - started) / PER_ROUND)
+    return best * 1000
+
+
+def main() -> None:
+    body = batches([receipt(i, 100_000) for i in range(BATCH_SIZE)])[0]
+    pydantic_ms = _cpu_ms_per_batch(lambda b: parse_batch(b, base_currency="GBP"), body)
+    model_ms = _cpu_ms_per_batch(lambda b: PostingBatch.model_validate_json(b, strict=True), body)
+    msgspec_ms = _cpu_ms_per_batch(_msgspec_parser(), body)
+    print(
+        f"parse a batch of {BATCH_SIZE} receipts ({len(body):,} bytes), CPU ms per batch, "
+        f"best of {ROUNDS} x {PER_ROUND}: pydantic (parse_batch) {pydantic_ms:.2f} ms "
+        f"({pydantic_ms / BATCH_SIZE * 1000:.1f} us/posting), of which model_validate_json "
+        f"{model_ms:.2f} ms; msgspec {msgspec_ms:.2f} ms "
+        f"({msgspec_ms / BATCH_SIZE * 1000:.1f} us/posting); ratio {msgspec_ms / pydantic_ms:.2f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
