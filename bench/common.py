@@ -204,6 +204,23 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         process.wait(timeout=10)
 
 
+def paying_receipt(n: int) -> dict[str, Any]:
+    """A receipt paying invoice SI `n` (120.00) in full: one posting, one allocation."""
+    return {
+        "tran_number": 50_000_000 + n,
+        "type": "SR",
+        "account_ref": f"CUST{n % 2000:04d}",
+        "reference": f"BACS{n:08d}",
+        "date": "2026-02-01",
+        "details": "Sales Receipt",
+        "nominal_code": "1200",
+        "net_amount": "120.00",
+        "tax_amount": "0.00",
+        "gross_amount": "120.00",
+        "allocations": [{"invoice_tran_number": n, "amount": "120.00"}],
+    }
+
+
 def percentile(values: Sequence[float], pct: float) -> float:
     """Nearest-rank percentile (pct in 0..100)."""
     if not values:

@@ -33,6 +33,7 @@ from bench.common import (
     Service,
     Timer,
     _database,
+    paying_receipt,
     percentile,
     running_service,
     server_cpu_seconds,
@@ -310,22 +311,6 @@ VACUUM ANALYZE
 """
 
 
-def _receipt(n: int) -> dict[str, Any]:
-    return {
-        "tran_number": 50_000_000 + n,
-        "type": "SR",
-        "account_ref": f"CUST{n % 2000:04d}",
-        "reference": f"BACS{n:08d}",
-        "date": "2026-02-01",
-        "details": "Sales Receipt",
-        "nominal_code": "1200",
-        "net_amount": "120.00",
-        "tax_amount": "0.00",
-        "gross_amount": "120.00",
-        "allocations": [{"invoice_tran_number": n, "amount": "120.00"}],
-    }
-
-
 @dataclass
 class Flight:
     numbers: list[str]
@@ -391,7 +376,7 @@ async def latency(size: Size, rate: int) -> tuple[list[float], list[float], str]
                 {
                     "source": "bench",
                     "postings": [
-                        _receipt(n)
+                        paying_receipt(n)
                         for n in range(b * LATENCY_BATCH + 1, (b + 1) * LATENCY_BATCH + 1)
                     ],
                 }

@@ -26,7 +26,6 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import httpx
@@ -43,6 +42,7 @@ from bench.common import (
     _ledgerlink_command,
     _stop,
     free_port,
+    paying_receipt,
 )
 from service.db import libpq_url
 from service.migrate import upgrade_to_head
@@ -90,22 +90,6 @@ SELECT
   (SELECT count(*) FROM outbox WHERE state = 'delivered' AND attempts = 1) AS delivered_once,
   (SELECT count(*) FROM postings WHERE type = 'SR') AS receipts
 """
-
-
-def _receipt(n: int) -> dict[str, Any]:
-    return {
-        "tran_number": 50_000_000 + n,
-        "type": "SR",
-        "account_ref": f"CUST{n % 2000:04d}",
-        "reference": f"BACS{n:08d}",
-        "date": "2026-02-01",
-        "details": "Sales Receipt",
-        "nominal_code": "1200",
-        "net_amount": "120.00",
-        "tax_amount": "0.00",
-        "gross_amount": "120.00",
-        "allocations": [{"invoice_tran_number": n, "amount": "120.00"}],
-    }
 
 
 @dataclass
@@ -326,7 +310,7 @@ async def _phase(apis: int, workers: int, size: Size, bodies: list[bytes]) -> Ph
 
 
 async def _run(size: Size) -> list[BenchResult]:
-    receipts = [_receipt(n) for n in range(1, size.receipts + 1)]
+    receipts = [paying_receipt(n) for n in range(1, size.receipts + 1)]
     bodies = [
         orjson.dumps({"source": "bench", "postings": receipts[i : i + BATCH]})
         for i in range(0, len(receipts), BATCH)
