@@ -80,29 +80,31 @@ async def lifespan(
     worker: Worker | None = None
     dispatcher: Dispatcher | None = None
     worker_task: asyncio.Task[None] | None = None
-    if not settings.parsed_api_keys:
-        log.warning(
-            "auth.no_keys",
-            detail="LEDGERLINK_API_KEYS is empty: every protected endpoint answers 401",
-        )
-    await startup_checks(engine, settings)
-    if settings.run_worker:
-        ctx = WorkerContext(settings=settings, engine=engine, http=http)
-        worker, dispatcher = build_worker(ctx, database_url)
-    install_runtime(
-        app,
-        Runtime(
-            settings=settings,
-            engine=engine,
-            ingest=WebhookIngest(settings, engine),
-            console_keys=console_keys,
-            worker=worker,
-            dispatcher=dispatcher,
-        ),
-    )
-    if worker is not None:
-        worker_task = asyncio.create_task(worker.run(), name="ledgerlink-worker")
+    # Undone by the finally even when start-up itself fails or is cancelled (a Ctrl-C while
+    # starting): the embedded PostgreSQL must not be left running.
     try:
+        if not settings.parsed_api_keys:
+            log.warning(
+                "auth.no_keys",
+                detail="LEDGERLINK_API_KEYS is empty: every protected endpoint answers 401",
+            )
+        await startup_checks(engine, settings)
+        if settings.run_worker:
+            ctx = WorkerContext(settings=settings, engine=engine, http=http)
+            worker, dispatcher = build_worker(ctx, database_url)
+        install_runtime(
+            app,
+            Runtime(
+                settings=settings,
+                engine=engine,
+                ingest=WebhookIngest(settings, engine),
+                console_keys=console_keys,
+                worker=worker,
+                dispatcher=dispatcher,
+            ),
+        )
+        if worker is not None:
+            worker_task = asyncio.create_task(worker.run(), name="ledgerlink-worker")
         yield
     finally:
         if worker is not None and worker_task is not None:
