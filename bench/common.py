@@ -106,10 +106,10 @@ def _database() -> Iterator[tuple[str, int | None]]:
 
 @contextlib.contextmanager
 def serving(
-    command: list[str], env: dict[str, str], log_path: Path, port: int
+    command: list[str], env: dict[str, str], log_path: Path, ready_url: str
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """Any HTTP app started as a subprocess of ours (its own session), until /readyz answers
-    200; stopped as the service is (SIGINT, then SIGKILL) on the way out."""
+    """Any HTTP app started as a subprocess of ours (its own session), until `ready_url`
+    answers 200; stopped as the service is (SIGINT, then SIGKILL) on the way out."""
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             command,
@@ -120,7 +120,7 @@ def serving(
             start_new_session=True,
         )
     try:
-        _wait_ready(f"http://127.0.0.1:{port}", process, log_path)
+        _wait_ready(ready_url, process, log_path)
         yield process
     except Exception:
         # What the server said is often the only clue to a 500: show its last lines.
@@ -165,7 +165,7 @@ def running_service(*, extra_env: dict[str, str] | None = None) -> Iterator[Serv
         }
         log_path = Path(tmp) / "service.log"
         command = [*_ledgerlink_command(), "serve", "--dev"]
-        with serving(command, env, log_path, port) as process:
+        with serving(command, env, log_path, f"http://127.0.0.1:{port}/readyz") as process:
             yield Service(
                 base_url=f"http://127.0.0.1:{port}",
                 database_url=database_url,
@@ -177,7 +177,7 @@ def running_service(*, extra_env: dict[str, str] | None = None) -> Iterator[Serv
             )
 
 
-def _wait_ready(base_url: str, process: subprocess.Popen[bytes], log_path: Path) -> None:
+def _wait_ready(ready_url: str, process: subprocess.Popen[bytes], log_path: Path) -> None:
     deadline = time.monotonic() + READY_TIMEOUT_SECONDS
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -186,7 +186,7 @@ def _wait_ready(base_url: str, process: subprocess.Popen[bytes], log_path: Path)
                 + log_path.read_text(errors="replace")[-3000:]
             )
         with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{base_url}/readyz", timeout=2).status_code == 200:
+            if httpx.get(ready_url, timeout=2).status_code == 200:
                 return
         time.sleep(0.2)
     raise RuntimeError(f"the service was not ready within {READY_TIMEOUT_SECONDS:.0f}s")

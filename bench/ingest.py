@@ -34,7 +34,7 @@ from bench.common import (
     running_service,
 )
 from service.db import libpq_url
-from tests.support.webhooks import sign
+from tests.support.webhooks import signed_request
 
 WEBHOOK_PATH = "/v1/webhooks/sage/postings"
 BATCH_SIZE = 500
@@ -127,14 +127,9 @@ async def push(
 
         async def sender() -> None:
             for index, body in queue:
-                webhook_id = f"bench-{label}-{run}-{index}"
-                timestamp = int(time.time())
-                headers = {
-                    "content-type": "application/json",
-                    "webhook-id": webhook_id,
-                    "webhook-timestamp": str(timestamp),
-                    "webhook-signature": sign(service.webhook_secret, webhook_id, timestamp, body),
-                }
+                _, headers = signed_request(
+                    body, secret=service.webhook_secret, webhook_id=f"bench-{label}-{run}-{index}"
+                )
                 started = time.perf_counter()
                 response = await http.post(WEBHOOK_PATH, content=body, headers=headers)
                 latencies.append(time.perf_counter() - started)

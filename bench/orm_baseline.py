@@ -364,7 +364,7 @@ async def _run(size: Size) -> list[BenchResult]:
         with tempfile.TemporaryDirectory(prefix="ledgerlink-bench-naive-") as tmp:
             log_path = Path(tmp) / "naive.log"
             command = [sys.executable, "-m", "bench.orm_baseline", "serve"]
-            with serving(command, env, log_path, port) as process:
+            with serving(command, env, log_path, f"http://127.0.0.1:{port}/readyz") as process:
                 naive = {
                     name: Service(
                         base_url=f"http://127.0.0.1:{port}{prefix}",

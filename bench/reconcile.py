@@ -44,7 +44,7 @@ from service.migrate import upgrade_to_head
 from service.reconcile import service as reconcile_service
 from service.rules import write_off_sql
 from service.settings import Settings, load_settings
-from tests.support.webhooks import sign
+from tests.support.webhooks import signed_request
 
 WEBHOOK_PATH = "/v1/webhooks/sage/postings"
 
@@ -393,17 +393,11 @@ async def latency(size: Size, rate: int) -> tuple[list[float], list[float], str]
 
             async def send(index: int) -> None:
                 async with slots:
-                    webhook_id = f"bench-latency-{run}-{index}"
-                    timestamp = int(time.time())
-                    body = bodies[index]
-                    headers = {
-                        "content-type": "application/json",
-                        "webhook-id": webhook_id,
-                        "webhook-timestamp": str(timestamp),
-                        "webhook-signature": sign(
-                            service.webhook_secret, webhook_id, timestamp, body
-                        ),
-                    }
+                    body, headers = signed_request(
+                        bodies[index],
+                        secret=service.webhook_secret,
+                        webhook_id=f"bench-latency-{run}-{index}",
+                    )
                     started = time.perf_counter()
                     response = await http.post(WEBHOOK_PATH, content=body, headers=headers)
                     accepted = time.perf_counter()

@@ -19,9 +19,7 @@ import asyncio
 import contextlib
 import json
 import os
-import subprocess
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -35,23 +33,21 @@ import psutil
 from bench.common import (
     BENCH_API_KEY,
     BENCH_WEBHOOK_SECRET,
-    ROOT,
     BenchResult,
     Timer,
     _database,
     _ledgerlink_command,
-    _stop,
     free_port,
     paying_receipt,
+    serving,
 )
 from service.db import libpq_url
 from service.migrate import upgrade_to_head
-from tests.support.webhooks import sign
+from tests.support.webhooks import signed_request
 
 WEBHOOK_PATH = "/v1/webhooks/sage/postings"
 BATCH = 500
 CONCURRENCY = 8
-READY_SECONDS = 120.0
 
 
 @dataclass(frozen=True)
@@ -140,28 +136,8 @@ def _env(database_url: str, data_dir: str, **extra: str) -> dict[str, str]:
 @contextlib.contextmanager
 def _process(args: list[str], env: dict[str, str], log: Path, ready_url: str) -> Iterator[int]:
     """A ledgerlink process of ours, until `ready_url` answers 200; stopped on the way out."""
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [*_ledgerlink_command(), *args],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + READY_SECONDS
-        while True:
-            if process.poll() is not None or time.monotonic() > deadline:
-                tail = log.read_text(errors="replace")[-3000:]
-                raise RuntimeError(f"{args} did not become ready:\n{tail}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(ready_url, timeout=2).status_code == 200:
-                    break
-            time.sleep(0.2)
+    with serving([*_ledgerlink_command(), *args], env, log, ready_url) as process:
         yield process.pid
-    finally:
-        _stop(process)
 
 
 def _cpu(roots: dict[str, list[int]]) -> dict[str, float]:
@@ -203,14 +179,9 @@ async def _push(bases: list[str], bodies: list[bytes]) -> None:
 
         async def sender() -> None:
             for index, body in queue:
-                webhook_id = f"bench-scaleout-{run}-{index}"
-                timestamp = int(time.time())
-                headers = {
-                    "content-type": "application/json",
-                    "webhook-id": webhook_id,
-                    "webhook-timestamp": str(timestamp),
-                    "webhook-signature": sign(BENCH_WEBHOOK_SECRET, webhook_id, timestamp, body),
-                }
+                _, headers = signed_request(
+                    body, secret=BENCH_WEBHOOK_SECRET, webhook_id=f"bench-scaleout-{run}-{index}"
+                )
                 client = clients[index % len(clients)]
                 response = await client.post(WEBHOOK_PATH, content=body, headers=headers)
                 if response.status_code != 202:
