@@ -110,9 +110,7 @@ async def _drain(service: Service) -> float | None:
     try:
         timer = Timer()
         while timer.elapsed < DRAIN_SECONDS:
-            dirty = await conn.fetchval(
-                "SELECT count(*) FROM invoices WHERE dirty_since IS NOT NULL"
-            )
+            dirty = await conn.fetchval("SELECT count(*) FROM dirty_invoices")
             if not dirty:
                 return timer.elapsed
             await asyncio.sleep(0.5)

@@ -5,8 +5,8 @@ The naive service (`naive_app` below) is the obvious FastAPI + SQLModel endpoint
 the same Standard Webhooks signature with the same verifier, validates the body with the same
 pydantic models, then, in one AsyncSession and one commit per batch, adds the inbox row,
 `session.merge()`s every posting and every allocation (an upsert: a SELECT by primary key,
-then an INSERT or UPDATE at flush) and loads the invoices the allocations name to set their
-`dirty_since`. It does less than ours: no content hash (a re-sent posting is always
+then an INSERT or UPDATE at flush) and loads the invoices the allocations name to queue each
+in `dirty_invoices`. It does less than ours: no content hash (a re-sent posting is always
 rewritten), no NOTIFY, no answer stored for replays, no retry of a whole delivery.
 
 The comparison is fair by construction: both are HTTP services run by uvicorn the same way
@@ -35,6 +35,7 @@ import asyncpg
 import orjson
 from fastapi import FastAPI, Request, Response
 from pydantic import SecretStr
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import DBAPIError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -60,7 +61,7 @@ from service.db import create_engine, libpq_url
 from service.ingest.models import Allocation, Posting, WebhookDelivery
 from service.ingest.schemas import PostingBatch, PostingIn
 from service.ingest.signature import SignatureRejected, Verifier
-from service.invoices.models import Invoice
+from service.invoices.models import DirtyInvoice, Invoice
 
 TARGET_SPEEDUP = 2.5
 NAIVE_ENV = "BENCH_NAIVE_"  # the naive service's settings: DATABASE_URL, PORT, SECRET
@@ -209,8 +210,13 @@ def naive_app(database_url: str, secret: str) -> FastAPI:
                         )
                     )
                     for found in invoices:
-                        if found.dirty_since is None:
-                            found.dirty_since = now
+                        # One statement per invoice; a plain add would collide with another
+                        # batch queueing the same invoice.
+                        await session.exec(
+                            pg_insert(DirtyInvoice)
+                            .values(invoice_number=found.invoice_number, since=now)
+                            .on_conflict_do_nothing()
+                        )
                     await session.commit()
                 break
             except DBAPIError as exc:
@@ -258,7 +264,7 @@ _RESET_SQL = f"""
 DELETE FROM allocations WHERE posting_tran_number >= {RECEIPT_BASE};
 DELETE FROM postings WHERE tran_number >= {RECEIPT_BASE};
 TRUNCATE webhook_deliveries;
-UPDATE invoices SET dirty_since = NULL WHERE dirty_since IS NOT NULL;
+TRUNCATE dirty_invoices;
 VACUUM ANALYZE postings, allocations, invoices, webhook_deliveries;
 CHECKPOINT;
 """
@@ -281,7 +287,7 @@ async def _check(database_url: str, size: Size) -> None:
         stored = await conn.fetchval(
             f"SELECT count(*) FROM allocations WHERE posting_tran_number >= {RECEIPT_BASE}"
         )
-        dirty = await conn.fetchval("SELECT count(*) FROM invoices WHERE dirty_since IS NOT NULL")
+        dirty = await conn.fetchval("SELECT count(*) FROM dirty_invoices")
     finally:
         await conn.close()
     expected_dirty = min(size.postings, size.invoices)

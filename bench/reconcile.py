@@ -112,9 +112,11 @@ SELECT p.tran_number, 1, (p.tran_number - 10000000) % $1::int + 1, p.gross_amoun
 FROM postings AS p WHERE p.tran_number >= 10000000;
 
 INSERT INTO invoices (invoice_number, account_ref, sage_tran_number, invoice_date, gross,
-                      status, dirty_since)
-SELECT reference, account_ref, tran_number, date, gross_amount, 'Unpaid', now()
+                      status)
+SELECT reference, account_ref, tran_number, date, gross_amount, 'Unpaid'
 FROM postings WHERE type = 'SI';
+
+INSERT INTO dirty_invoices (invoice_number) SELECT invoice_number FROM invoices;
 """
 
 # Back to "ingested, never reconciled, all dirty" between repeats, without bloat.
@@ -123,10 +125,14 @@ TRUNCATE status_history, outbox, sync_run_changes, sync_runs;
 
 UPDATE invoices SET status = 'Unpaid', derived_state = NULL, outstanding = 0,
     computed_outstanding = NULL, paid = 0, discounted = 0, written_off = 0, credited = 0,
-    conflict = NULL, mismatch = false, warning = NULL, reconciled_at = NULL,
-    dirty_since = now();
+    conflict = NULL, mismatch = false, warning = NULL;
+
+INSERT INTO dirty_invoices (invoice_number) SELECT invoice_number FROM invoices
+ON CONFLICT (invoice_number) DO NOTHING;
 
 VACUUM FULL invoices;
+
+VACUUM FULL dirty_invoices;
 
 VACUUM ANALYZE;
 
@@ -134,16 +140,17 @@ CHECKPOINT
 """
 
 # The baseline: the least any implementation must do, in one statement (same classifier,
-# same state derivation, same labels; no history, outbox, runs, protection or picklist).
+# same state derivation, same labels; no history, outbox, runs, protection or picklist). It
+# empties the reconcile queue as ours does.
 BARE_SQL = """
+WITH done AS (DELETE FROM dirty_invoices)
 UPDATE invoices AS i SET
     paid = s.paid, discounted = s.discounted, written_off = s.written_off,
     credited = s.credited, outstanding = s.balance, computed_outstanding = s.balance,
     derived_state = s.state,
     status = CASE s.state WHEN 'unpaid' THEN 'Unpaid' WHEN 'part_paid' THEN 'Part Paid'
                           WHEN 'paid' THEN 'Paid' WHEN 'written_off' THEN 'Written Off'
-                          ELSE 'Paid/Written Off' END,
-    dirty_since = NULL
+                          ELSE 'Paid/Written Off' END
 FROM (
     SELECT g.*,
            CASE WHEN g.balance <= 0 THEN
@@ -302,9 +309,9 @@ SELECT n, 'SI', 'CUST' || lpad((n % 2000)::text, 4, '0'), 'INV' || lpad(n::text,
 FROM generate_series(1, $1::int) AS n;
 
 INSERT INTO invoices (invoice_number, account_ref, sage_tran_number, invoice_date, gross,
-                      status, derived_state, outstanding, computed_outstanding, reconciled_at)
+                      status, derived_state, outstanding, computed_outstanding)
 SELECT reference, account_ref, tran_number, date, gross_amount, 'Unpaid', 'unpaid',
-       gross_amount, gross_amount, now()
+       gross_amount, gross_amount
 FROM postings WHERE type = 'SI';
 
 VACUUM ANALYZE

@@ -67,9 +67,9 @@ FROM generate_series(1, $1::int) AS n;
 
 INSERT INTO invoices (invoice_number, account_ref, sage_tran_number, invoice_date, gross,
                       gross_base, status, derived_state, outstanding, outstanding_base,
-                      computed_outstanding, computed_outstanding_base, reconciled_at)
+                      computed_outstanding, computed_outstanding_base)
 SELECT reference, account_ref, tran_number, date, gross_amount, gross_amount, 'Unpaid',
-       'unpaid', gross_amount, gross_amount, gross_amount, gross_amount, now()
+       'unpaid', gross_amount, gross_amount, gross_amount, gross_amount
 FROM postings WHERE type = 'SI';
 
 VACUUM ANALYZE
@@ -253,10 +253,10 @@ async def _phase(apis: int, workers: int, size: Size, bodies: list[bytes]) -> Ph
             await _push(api_urls, bodies)
             phase.push_seconds = timer.elapsed
             # Every 202 committed its invoices as dirty: done when none is dirty and no CRM
-            # message is pending (both read from partial indexes, so polling costs little).
+            # message is pending (the queue and a partial index, so polling costs little).
             while True:
                 busy = await conn.fetchval(
-                    "SELECT EXISTS (SELECT 1 FROM invoices WHERE dirty_since IS NOT NULL) "
+                    "SELECT EXISTS (SELECT 1 FROM dirty_invoices) "
                     "OR EXISTS (SELECT 1 FROM outbox WHERE state = 'pending')"
                 )
                 if not busy:

@@ -9,7 +9,7 @@ from service.crm.models import (
     OutboxMessage,
 )
 from service.ingest.models import Allocation, Posting, WebhookDelivery
-from service.invoices.models import Invoice, StatusHistory
+from service.invoices.models import DirtyInvoice, Invoice, StatusHistory
 from service.jobs.models import Job, JobResult
 from service.picklist.models import PicklistValue
 from service.reconcile.models import SyncRun, SyncRunChange
@@ -21,6 +21,7 @@ __all__ = [
     "CrmInvoiceView",
     "CrmObservedStatus",
     "CrmReadbackState",
+    "DirtyInvoice",
     "Invoice",
     "Job",
     "JobResult",

@@ -31,7 +31,8 @@ _POSTINGS_JSON = TypeAdapter(list[PostingIn])
 # - `up` upserts the changed postings only; `old_alloc` reads (from the statement's snapshot)
 #   the allocations they had, `new_alloc` / `gone_alloc` replace them as a set;
 # - every invoice an old or new allocation names, or mirrored from a changed posting, is
-#   locked FOR KEY SHARE until commit (see _MARK_DIRTY_SQL);
+#   locked FOR KEY SHARE until commit and queued in dirty_invoices (`marked`; see "Dirty
+#   marking" below);
 # - changed SIs, old and new versions, give the invoice numbers whose mirror is recomputed.
 # Lookups into the big tables are `= ANY (ARRAY(...))`: an index scan whatever the planner
 # guesses about a CTE's size (a hash join would read all of invoices or allocations).
@@ -189,11 +190,17 @@ targets AS (
     UNION SELECT tran_number FROM up WHERE NOT inserted
 ),
 locked AS (
-    SELECT i.invoice_number, i.dirty_since IS NULL AS clean
+    SELECT i.invoice_number
     FROM invoices AS i
     WHERE i.sage_tran_number = ANY (ARRAY(SELECT tran_number FROM targets)) AND NOT i.deleted
     ORDER BY i.invoice_number
     FOR KEY SHARE OF i
+),
+marked AS (
+    INSERT INTO dirty_invoices AS d (invoice_number)
+    SELECT invoice_number FROM locked ORDER BY invoice_number
+    ON CONFLICT (invoice_number) DO NOTHING
+    RETURNING 1
 ),
 mirror_refs AS (
     SELECT reference FROM up WHERE type = 'SI' AND reference <> ''
@@ -203,29 +210,27 @@ SELECT
     (SELECT count(*) FROM input) AS distinct_postings,
     (SELECT count(*) FROM up) AS applied,
     ARRAY(SELECT invoice_number FROM locked) AS touched,
-    ARRAY(SELECT invoice_number FROM locked WHERE clean) AS clean,
+    (SELECT count(*) FROM marked) AS marked,
     ARRAY(SELECT reference FROM mirror_refs) AS mirror_refs
 """
 
-# Dirty marking (contract 1 in docs/ARCHITECTURE.md), in two steps. The store statement locks
-# every affected invoice FOR KEY SHARE: that waits for a worker holding it (FOR UPDATE), keeps
-# any worker from claiming it until this transaction commits (SKIP LOCKED), and does not block
-# other ingest transactions. This statement, with a fresh snapshot, then sets dirty_since on
-# those still clean. An invoice already dirty is not rewritten (no new row version, no index
-# writes); a worker cannot clear it under us, since it cannot claim it while we hold the lock.
-_MARK_DIRTY_SQL = """
-UPDATE invoices
-SET dirty_since = now()
-WHERE invoice_number = ANY($1::text[]) AND dirty_since IS NULL
-RETURNING invoice_number
-"""
+# Dirty marking (contract 1 in docs/ARCHITECTURE.md), in the store and mirror statements.
+# Every statement that marks an invoice dirty holds a lock on the invoice row first: the store
+# statement FOR KEY SHARE (`locked`), the detach and mirror statements by updating the row.
+# That lock waits for a worker holding the invoice (FOR UPDATE), keeps any worker from
+# claiming it until this transaction commits (the claim skips locked invoices), and FOR KEY
+# SHARE does not block other ingest transactions. The mark itself is an insert into
+# dirty_invoices that does nothing when the invoice is queued already: the oldest mark keeps
+# its place, and the invoice row is never rewritten to say it is dirty. A worker cannot
+# remove a queued row under us: it deletes only rows of invoices it has claimed, and it
+# cannot claim one while we hold its lock.
 
 # Before the mirror is recomputed, every live invoice it concerns lets go of its SI: the
 # unique index on sage_tran_number covers live invoices only, so an SI that moved from one
 # invoice number to another (an edited reference, two SIs swapping) can never collide.
 _DETACH_SQL = """
 UPDATE invoices AS i
-SET deleted = true, dirty_since = coalesce(i.dirty_since, now()), updated_at = now()
+SET deleted = true, updated_at = now()
 WHERE i.invoice_number = ANY(:refs) AND NOT i.deleted
 RETURNING i.invoice_number
 """
@@ -252,7 +257,7 @@ FROM (
 # document, not one of Sage's exchange revaluations): live ones first, then the highest
 # tran_number; the runner-up is `duplicate_of`.
 # An invoice whose every SI is deleted stays, deleted; one left with no SI at all stays
-# deleted from the detach step.
+# deleted from the detach step. Every invoice detached or mirrored is marked dirty.
 _MIRROR_SQL = """
 WITH candidates AS (
     SELECT p.reference, p.tran_number, p.account_ref, p.date, p.gross_amount,
@@ -262,16 +267,16 @@ WITH candidates AS (
            ) AS rank
     FROM postings AS p
     WHERE p.type = 'SI' AND p.reference = ANY(:refs) AND NOT {write_off} AND NOT {revaluation}
-)
+),
+mirrored AS (
 INSERT INTO invoices AS i (
     invoice_number, account_ref, sage_tran_number, invoice_date, currency, gross,
-    sage_outstanding, gross_base, sage_outstanding_base, status, deleted, duplicate_of,
-    dirty_since
+    sage_outstanding, gross_base, sage_outstanding_base, status, deleted, duplicate_of
 )
 SELECT w.reference, w.account_ref, w.tran_number, w.date, w.currency,
        coalesce(w.foreign_gross_amount, w.gross_amount),
        CASE WHEN w.currency IS NULL THEN w.outstanding ELSE w.foreign_outstanding END,
-       w.gross_amount, w.outstanding, :unpaid, w.deleted, d.tran_number, now()
+       w.gross_amount, w.outstanding, :unpaid, w.deleted, d.tran_number
 FROM candidates AS w
 LEFT JOIN candidates AS d ON d.reference = w.reference AND d.rank = 2
 WHERE w.rank = 1
@@ -287,9 +292,21 @@ ON CONFLICT (invoice_number) DO UPDATE SET
     sage_outstanding_base = EXCLUDED.sage_outstanding_base,
     deleted = EXCLUDED.deleted,
     duplicate_of = EXCLUDED.duplicate_of,
-    dirty_since = coalesce(i.dirty_since, now()),
     updated_at = now()
 RETURNING i.invoice_number
+),
+affected AS (
+    SELECT invoice_number FROM mirrored
+    UNION SELECT unnest(CAST(:detached AS text[]))
+),
+marked AS (
+    INSERT INTO dirty_invoices (invoice_number)
+    SELECT invoice_number FROM affected ORDER BY invoice_number
+    ON CONFLICT (invoice_number) DO NOTHING
+    RETURNING 1
+)
+SELECT ARRAY(SELECT invoice_number FROM affected) AS affected,
+       (SELECT count(*) FROM marked) AS marked
 """
 
 
@@ -337,14 +354,12 @@ async def store(
     document = _POSTINGS_JSON.dump_json(postings).decode()
     row = await driver.fetchrow(_STORE_SQL, document, event_id)
     affected: set[str] = set(row["touched"])
-    woken = False
-    if row["clean"]:
-        woken = bool(await driver.fetch(_MARK_DIRTY_SQL, row["clean"]))
+    woken = row["marked"] > 0
     refs: list[str] = row["mirror_refs"]
     if refs:
-        mirrored = await _mirror_invoices(conn, refs, settings)
+        mirrored, marked = await _mirror_invoices(conn, refs, settings)
         affected |= mirrored
-        woken = woken or bool(mirrored)
+        woken = woken or marked
     if woken and notify:
         # Delivered on commit, and only then: the worker never wakes to uncommitted rows. Not
         # sent when every affected invoice was dirty already: the worker has it queued, and
@@ -359,7 +374,11 @@ async def store(
     )
 
 
-async def _mirror_invoices(conn: AsyncConnection, refs: list[str], settings: Settings) -> set[str]:
+async def _mirror_invoices(
+    conn: AsyncConnection, refs: list[str], settings: Settings
+) -> tuple[set[str], bool]:
+    """Detach and re-mirror the invoice numbers `refs`: the invoices affected, and whether any
+    of them was newly marked dirty."""
     write_off, params = write_off_sql("p", settings)
     revaluation, reval_params = revaluation_sql("p", settings)
     params.update(reval_params)
@@ -370,13 +389,18 @@ async def _mirror_invoices(conn: AsyncConnection, refs: list[str], settings: Set
         {"refs": refs, "slots": MIRROR_LOCK_SLOTS, "namespace": MIRROR_LOCK_NAMESPACE},
     )
     detached = await conn.execute(sa.text(_DETACH_SQL), {"refs": refs})
-    affected = set(detached.scalars())
-    mirrored = await conn.execute(
-        sa.text(_MIRROR_SQL.format(write_off=write_off, revaluation=revaluation)),
-        {**params, "refs": refs, "unpaid": settings.status_labels["unpaid"]},
-    )
-    affected.update(mirrored.scalars())
-    return affected
+    mirrored = (
+        await conn.execute(
+            sa.text(_MIRROR_SQL.format(write_off=write_off, revaluation=revaluation)),
+            {
+                **params,
+                "refs": refs,
+                "detached": list(detached.scalars()),
+                "unpaid": settings.status_labels["unpaid"],
+            },
+        )
+    ).one()
+    return set(mirrored.affected), mirrored.marked > 0
 
 
 class Claim(enum.Enum):

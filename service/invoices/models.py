@@ -28,11 +28,6 @@ class Invoice(SQLModel, table=True):
             unique=True,
             postgresql_where=sa.text("NOT deleted"),
         ),
-        sa.Index(
-            "ix_invoices_dirty",
-            "dirty_since",
-            postgresql_where=sa.text("dirty_since IS NOT NULL"),
-        ),
         sa.Index("ix_invoices_updated_at", "updated_at", "invoice_number"),
     )
 
@@ -76,10 +71,27 @@ class Invoice(SQLModel, table=True):
     warning: str | None = Field(default=None, sa_type=sa.Text)
     deleted: bool = defaults_to_false()
     crm_id: str | None = Field(default=None, max_length=64)
-    dirty_since: datetime | None = None
-    reconciled_at: datetime | None = None
     created_at: datetime = defaults_to_now()
     updated_at: datetime = defaults_to_now()
+
+
+class DirtyInvoice(SQLModel, table=True):
+    """The reconcile queue: an invoice whose figures may have changed, and since when.
+
+    Kept apart from the invoice row: marking an invoice dirty inserts one narrow row here
+    instead of writing a new version of the invoice row and every one of its indexes, and a
+    reconcile deletes it instead of rewriting the invoice when nothing else changed. The
+    invoice row's lock stays the mutex between ingest and the worker (docs/ARCHITECTURE.md,
+    contract 1); this row only says that work is waiting.
+    """
+
+    __tablename__ = "dirty_invoices"
+    __table_args__ = (sa.Index("ix_dirty_invoices_since", "since"),)
+
+    # No foreign key: rows are inserted only for invoices the inserting statement has locked
+    # or written, and invoices are never deleted (only marked).
+    invoice_number: str = Field(primary_key=True, max_length=30)
+    since: datetime = defaults_to_now()
 
 
 class StatusHistory(SQLModel, table=True):

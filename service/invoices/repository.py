@@ -221,11 +221,13 @@ _MANUAL_CHANGE = sa.text(
         UPDATE invoices
            SET status = CAST(:to AS text),
                updated_at = now(),
-               dirty_since = CASE WHEN :release THEN coalesce(dirty_since, now())
-                                  ELSE dirty_since END,
                conflict = CASE WHEN :release THEN NULL ELSE conflict END
          WHERE invoice_number = :n
      RETURNING invoice_number, outstanding
+    ), released AS (
+        INSERT INTO dirty_invoices (invoice_number)
+        SELECT invoice_number FROM upd WHERE :release
+        ON CONFLICT (invoice_number) DO NOTHING
     ), hist AS ({history}
     )
     {outbox}
@@ -415,12 +417,15 @@ def _chunk_sql(plan: BulkPlan, *, by_numbers: bool, keyset: bool) -> str:
             UPDATE invoices i
                SET status = CAST(:to AS text),
                    updated_at = now(),
-                   dirty_since = CASE WHEN p.released THEN coalesce(i.dirty_since, now())
-                                      ELSE i.dirty_since END,
                    conflict = CASE WHEN p.released THEN NULL ELSE i.conflict END
               FROM plan p
              WHERE p.outcome = 'updated' AND i.invoice_number = p.invoice_number
-         RETURNING i.invoice_number, p.from_status, i.outstanding
+         RETURNING i.invoice_number, p.from_status, i.outstanding, p.released
+        ),
+        requeued AS (
+            INSERT INTO dirty_invoices (invoice_number)
+            SELECT invoice_number FROM upd WHERE released ORDER BY invoice_number
+            ON CONFLICT (invoice_number) DO NOTHING
         ),
         hist AS ({_BULK_HISTORY}
         ),

@@ -20,9 +20,8 @@ from service.metrics import (
 _QUERY = sa.text(
     """
     SELECT
-      (SELECT count(*) FROM invoices WHERE dirty_since IS NOT NULL),
-      (SELECT coalesce(extract(epoch FROM now() - min(dirty_since)), 0)
-         FROM invoices WHERE dirty_since IS NOT NULL),
+      (SELECT count(*) FROM dirty_invoices),
+      (SELECT coalesce(extract(epoch FROM now() - min(since)), 0) FROM dirty_invoices),
       (SELECT count(*) FROM outbox WHERE state = 'pending'),
       (SELECT coalesce(extract(epoch FROM now() - min(created_at)), 0)
          FROM outbox WHERE state = 'pending'),

@@ -34,13 +34,19 @@ _BIG_BATCH_WORK_MEM = "64MB"
 # Claims
 # ---------------------------------------------------------------------------------------------
 
+# Both rows are locked. The invoice row orders ingest and the worker (contract 1 in
+# docs/ARCHITECTURE.md): ingest holds it FOR KEY SHARE while it stores postings that concern
+# it, so an invoice with uncommitted postings is skipped here. The queue row keeps two
+# workers from taking one mark: a worker whose snapshot still shows a row another batch has
+# since deleted finds it gone when it tries to lock it, and skips it.
 _CLAIM_DIRTY = sa.text(
     """
-    SELECT invoice_number FROM invoices
-    WHERE dirty_since IS NOT NULL
-    ORDER BY dirty_since
+    SELECT i.invoice_number
+    FROM dirty_invoices AS d
+    JOIN invoices AS i ON i.invoice_number = d.invoice_number
+    ORDER BY d.since
     LIMIT :limit
-    FOR UPDATE SKIP LOCKED
+    FOR UPDATE OF d, i SKIP LOCKED
     """
 )
 
@@ -93,24 +99,25 @@ async def claim_for_run(
     where: list[str] = []
     params: dict[str, Any] = {"limit": limit}
     if scope.account_ref is not None:
-        where.append("account_ref = :account_ref")
+        where.append("i.account_ref = :account_ref")
         params["account_ref"] = scope.account_ref
     if scope.invoice_numbers is not None:
-        where.append("invoice_number = ANY(CAST(:numbers AS text[]))")
+        where.append("i.invoice_number = ANY(CAST(:numbers AS text[]))")
         params["numbers"] = scope.invoice_numbers
+    source = "invoices AS i"
     if scope.scope == "dirty":
-        where.append("dirty_since IS NOT NULL")
+        source += " JOIN dirty_invoices AS d ON d.invoice_number = i.invoice_number"
     if scope.scope == "dirty" and not dry_run:
-        where.append("dirty_since <= :bound")
+        where.append("d.since <= :bound")
         params["bound"] = dirty_bound
-        order, lock = "dirty_since", "FOR UPDATE SKIP LOCKED"
+        order, lock = "d.since", "FOR UPDATE OF d, i SKIP LOCKED"
     else:
         if after is not None:
-            where.append("invoice_number > :after")
+            where.append("i.invoice_number > :after")
             params["after"] = after
-        order, lock = "invoice_number", "" if dry_run else "FOR UPDATE"
+        order, lock = "i.invoice_number", "" if dry_run else "FOR UPDATE OF i"
     sql = (
-        "SELECT invoice_number FROM invoices "
+        f"SELECT i.invoice_number FROM {source} "
         f"WHERE {' AND '.join(where) or 'true'} ORDER BY {order} LIMIT :limit {lock}"
     )
     rows = await conn.execute(sa.text(sql), params)
@@ -143,7 +150,7 @@ t AS MATERIALIZED (
     SELECT i.ctid AS tid, i.invoice_number, i.sage_tran_number, i.gross, i.sage_outstanding,
            i.status, i.derived_state, i.outstanding, i.computed_outstanding, i.paid,
            i.discounted, i.written_off, i.credited, i.conflict, i.mismatch, i.warning,
-           i.deleted, i.dirty_since, i.currency, i.gross_base, i.sage_outstanding_base,
+           i.deleted, i.currency, i.gross_base, i.sage_outstanding_base,
            i.outstanding_base, i.computed_outstanding_base, i.paid_base, i.discounted_base,
            i.written_off_base, i.credited_base, i.exchange_adjustment,
            i.status = ANY(CAST(:protected AS text[])) AS protected
@@ -248,7 +255,7 @@ res AS MATERIALIZED (
                     ELSE '' END,
                CASE WHEN r.new_warning IS NOT NULL THEN '; ' || r.new_warning ELSE '' END
            ) END AS reason,
-           (r.new_status IS DISTINCT FROM r.status OR r.dirty_since IS NOT NULL
+           (r.new_status IS DISTINCT FROM r.status
             OR r.new_outstanding <> r.outstanding
             OR r.new_state IS DISTINCT FROM r.derived_state
             OR r.new_computed IS DISTINCT FROM r.computed_outstanding
@@ -368,10 +375,6 @@ SELECT c.examined, c.changed, c.skipped_protected, c.conflicts, c.new_conflicts,
        (SELECT count(*) FROM chg) AS recorded_changes,
        {write_counts},
        (SELECT count(*) FROM run_row) AS run_rows,
-       ARRAY(
-           SELECT extract(epoch FROM clock_timestamp() - r.dirty_since)::float8
-           FROM res AS r WHERE r.changed AND r.dirty_since IS NOT NULL
-       ) AS latencies,
        ARRAY(SELECT r.new_status FROM res AS r WHERE r.status_changed) AS new_statuses
 FROM cnt AS c
 """
@@ -399,8 +402,6 @@ upd AS (
         conflict = r.new_conflict,
         mismatch = r.new_mismatch,
         warning = r.new_warning,
-        dirty_since = NULL,
-        reconciled_at = now(),
         updated_at = CASE WHEN r.changed OR r.new_state IS DISTINCT FROM r.derived_state
                           THEN now() ELSE i.updated_at END
     -- By tuple id, in physical order: the rows are locked by this transaction, so their
@@ -444,14 +445,28 @@ outb AS ({
 notified AS (
     SELECT pg_notify(:outbox_channel, '') WHERE EXISTS (SELECT 1 FROM outb)
 ),
+-- Off the queue: the batch holds these invoices locked, so no mark can arrive in between;
+-- one made after our commit queues the invoice again.
+undirty AS (
+    DELETE FROM dirty_invoices AS d
+    WHERE d.invoice_number = ANY(CAST(:numbers AS text[]))
+    RETURNING d.invoice_number, d.since
+),
 """
 
+# latencies: from the oldest mark to this write, for each changed invoice that was queued.
 _WRITE_COUNTS = """(SELECT count(*) FROM upd) AS written,
        (SELECT count(*) FROM hist) AS history_rows,
        (SELECT count(*) FROM outb) AS outbox_rows,
-       (SELECT count(*) FROM notified) AS notified"""
+       (SELECT count(*) FROM notified) AS notified,
+       ARRAY(
+           SELECT extract(epoch FROM clock_timestamp() - u.since)::float8
+           FROM undirty AS u JOIN res AS r ON r.invoice_number = u.invoice_number
+           WHERE r.changed
+       ) AS latencies"""
 
-_DRY_COUNTS = "0 AS written, 0 AS history_rows, 0 AS outbox_rows, 0 AS notified"
+_DRY_COUNTS = """0 AS written, 0 AS history_rows, 0 AS outbox_rows, 0 AS notified,
+       CAST(ARRAY[] AS float8[]) AS latencies"""
 
 # A worker batch records itself as a finished run, but only when it changed something or
 # raised a new conflict: an idle or no-op pass leaves no row (metrics still count it).

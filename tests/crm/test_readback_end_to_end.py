@@ -86,8 +86,8 @@ async def test_a_write_off_made_in_the_crm_is_adopted_and_the_next_receipt_is_a_
         assert (await deliver(client, sr(7002, (7001, "120.00")))).status_code == 202
         await wait_for(
             engine,
-            f"(SELECT conflict IS NOT NULL AND dirty_since IS NULL FROM invoices "
-            f"WHERE invoice_number = '{NUMBER}')",
+            f"(SELECT conflict IS NOT NULL FROM invoices WHERE invoice_number = '{NUMBER}') "
+            f"AND NOT EXISTS (SELECT FROM dirty_invoices WHERE invoice_number = '{NUMBER}')",
         )
         body = await shown(client)
         assert (body["status"], body["protected"], body["outstanding"]) == (

@@ -185,7 +185,8 @@ WHERE (l.invoice_number IS NOT NULL AND l.to_status IS DISTINCT FROM i.status)
    OR (i.derived_state IS NOT NULL
        AND i.outstanding <> i.gross - i.paid - i.discounted - i.written_off - i.credited)
    OR (i.derived_state IS NULL AND l.invoice_number IS NOT NULL)
-   OR (i.derived_state IS NULL AND i.dirty_since IS NULL)
+   OR (i.derived_state IS NULL
+       AND NOT EXISTS (SELECT FROM dirty_invoices AS d WHERE d.invoice_number = i.invoice_number))
 LIMIT 20
 """
 DOUBLED_HISTORY = """

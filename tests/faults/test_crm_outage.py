@@ -187,7 +187,7 @@ async def _outbox_settled(url: str) -> bool:
     pending = await fetchval(
         url, "SELECT count(*) FROM outbox WHERE state NOT IN ('delivered', 'superseded')"
     )
-    dirty = await fetchval(url, "SELECT count(*) FROM invoices WHERE dirty_since IS NOT NULL")
+    dirty = await fetchval(url, "SELECT count(*) FROM dirty_invoices")
     return int(pending) == 0 and int(dirty) == 0
 
 

@@ -167,6 +167,8 @@ async def _ready_is(http: httpx.AsyncClient, status: int, seen: Counter[int | st
 
 async def _all_paid(url: str, invoices: int) -> bool:
     paid = await fetchval(
-        url, "SELECT count(*) FROM invoices WHERE status = 'Paid' AND dirty_since IS NULL"
+        url,
+        "SELECT count(*) FROM invoices AS i WHERE status = 'Paid' AND NOT EXISTS "
+        "(SELECT FROM dirty_invoices AS d WHERE d.invoice_number = i.invoice_number)",
     )
     return int(paid) == invoices

@@ -47,9 +47,10 @@ SELECT 10000000 + g, 'SI', 'ACC' || (g % 50), 'INV-' || g, DATE '2026-01-01', 10
        '\\x00'::bytea, 'seed'
 FROM generate_series(1, {n}) AS g;
 INSERT INTO invoices (invoice_number, account_ref, sage_tran_number, invoice_date, gross,
-                      status, dirty_since)
-SELECT 'INV-' || g, 'ACC' || (g % 50), 10000000 + g, DATE '2026-01-01', 100, 'Unpaid', now()
+                      status)
+SELECT 'INV-' || g, 'ACC' || (g % 50), 10000000 + g, DATE '2026-01-01', 100, 'Unpaid'
 FROM generate_series(1, {n}) AS g;
+INSERT INTO dirty_invoices (invoice_number) SELECT 'INV-' || g FROM generate_series(1, {n}) AS g;
 SELECT pg_notify('{dirty_channel}', '');
 """
 # The worker's reconcile statement, its batch claimed, waiting for the test's lock.
@@ -64,7 +65,8 @@ WHERE application_name = 'ledgerlink' AND state <> 'idle' AND backend_xid IS NOT
   AND query LIKE '%json_to_recordset%'
 """
 SEEDED_RECONCILED = (
-    "SELECT count(*) FROM invoices WHERE invoice_number LIKE 'INV-%' AND dirty_since IS NULL"
+    "SELECT count(*) FROM invoices AS i WHERE invoice_number LIKE 'INV-%' "
+    "AND NOT EXISTS (SELECT FROM dirty_invoices AS d WHERE d.invoice_number = i.invoice_number)"
 )
 
 
@@ -159,9 +161,7 @@ async def test_sigterm_finishes_what_is_in_flight_and_loses_nothing() -> None:
                 assert held.of(batch) == (len(batch.postings), 1)
 
             async def drained() -> bool:
-                left = await fetchval(
-                    pg.url, "SELECT count(*) FROM invoices WHERE dirty_since IS NOT NULL"
-                )
+                left = await fetchval(pg.url, "SELECT count(*) FROM dirty_invoices")
                 return int(left) == 0
 
             await eventually(drained, within=120, what="the rest reconciled after the restart")

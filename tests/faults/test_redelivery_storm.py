@@ -122,7 +122,9 @@ async def _reconciled_once(url: str, invoices: int) -> None:
 
     async def done() -> bool:
         paid = await fetchval(
-            url, "SELECT count(*) FROM invoices WHERE status = 'Paid' AND dirty_since IS NULL"
+            url,
+            "SELECT count(*) FROM invoices AS i WHERE status = 'Paid' AND NOT EXISTS "
+            "(SELECT FROM dirty_invoices AS d WHERE d.invoice_number = i.invoice_number)",
         )
         return int(paid) == invoices
 

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.ingest.repository import StoreOutcome, store
 from service.ingest.schemas import PostingIn
+from service.reconcile.repository import claim_dirty
 from service.settings import Settings
 from tests.ingest.factories import deliver, si, sr
 
@@ -77,7 +78,7 @@ async def test_a_tran_number_given_twice_keeps_its_last_version(
 async def test_ingest_waits_for_a_worker_holding_the_invoice_and_leaves_it_dirty(
     client: httpx.AsyncClient, engine: AsyncEngine
 ) -> None:
-    """The worker claims an invoice (FOR UPDATE), computes, clears dirty_since and commits.
+    """The worker claims an invoice (FOR UPDATE), computes, takes it off the queue and commits.
     An allocation arriving meanwhile must leave the invoice dirty afterwards, or it is lost."""
     await deliver(client, si(1, "INV1"))
     async with engine.connect() as worker:
@@ -88,11 +89,11 @@ async def test_ingest_waits_for_a_worker_holding_the_invoice_and_leaves_it_dirty
         ingest = asyncio.create_task(deliver(client, sr(10, (1, "5.00"))))
         await asyncio.sleep(0.3)
         assert not ingest.done(), "ingest must wait for the worker's lock"
-        await worker.execute(sa.text("UPDATE invoices SET dirty_since = NULL"))
+        await worker.execute(sa.text("DELETE FROM dirty_invoices"))
         await worker.commit()
     response = await ingest
     assert response.status_code == 202
-    assert await scalar(engine, "SELECT dirty_since IS NOT NULL FROM invoices") is True
+    assert await scalar(engine, "SELECT count(*) FROM dirty_invoices") == 1
 
 
 async def test_worker_cannot_claim_an_invoice_while_an_ingest_holds_it(
@@ -103,17 +104,12 @@ async def test_worker_cannot_claim_an_invoice_while_an_ingest_holds_it(
     async with engine.connect() as ingest:
         await ingest.begin()
         await store(ingest, postings(sr(10, (1, "1.00"))), event_id="e", settings=settings)
-        async with engine.connect() as worker:
-            claimed = (
-                await worker.execute(
-                    sa.text(
-                        "SELECT invoice_number FROM invoices WHERE dirty_since IS NOT NULL "
-                        "FOR UPDATE SKIP LOCKED"
-                    )
-                )
-            ).all()
+        async with engine.begin() as worker:
+            held = await claim_dirty(worker, 10)
         await ingest.commit()
-    assert claimed == []
+    async with engine.begin() as worker:
+        after_commit = await claim_dirty(worker, 10)
+    assert (held, after_commit) == ([], ["INV1"])
 
 
 async def test_concurrent_batches_on_the_same_invoices_all_land(
@@ -121,7 +117,7 @@ async def test_concurrent_batches_on_the_same_invoices_all_land(
 ) -> None:
     await deliver(client, *[si(n, f"INV{n}") for n in range(1, 51)])
     async with engine.begin() as conn:
-        await conn.execute(sa.text("UPDATE invoices SET dirty_since = NULL"))
+        await conn.execute(sa.text("DELETE FROM dirty_invoices"))
     rng = random.Random(7)
 
     def batch(k: int) -> list[dict[str, object]]:
@@ -132,7 +128,7 @@ async def test_concurrent_batches_on_the_same_invoices_all_land(
     responses = await asyncio.gather(*(deliver(client, *batch(k)) for k in range(1, 9)))
     assert [r.status_code for r in responses] == [202] * 8
     assert await scalar(engine, "SELECT count(*) FROM allocations") == 400
-    assert await scalar(engine, "SELECT count(*) FROM invoices WHERE dirty_since IS NULL") == 0
+    assert await scalar(engine, "SELECT count(*) FROM dirty_invoices") == 50
 
 
 async def test_concurrent_duplicates_of_one_invoice_number_resolve_to_the_later_si(

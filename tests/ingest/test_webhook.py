@@ -428,7 +428,13 @@ async def invoice(engine: AsyncEngine, number: str) -> dict[str, Any]:
         row = (
             (
                 await conn.execute(
-                    sa.text("SELECT * FROM invoices WHERE invoice_number = :n"), {"n": number}
+                    sa.text(
+                        # The invoice with its place in the reconcile queue, if it has one.
+                        "SELECT i.*, d.since AS dirty_since FROM invoices AS i "
+                        "LEFT JOIN dirty_invoices AS d USING (invoice_number) "
+                        "WHERE invoice_number = :n"
+                    ),
+                    {"n": number},
                 )
             )
             .mappings()
@@ -452,14 +458,12 @@ async def allocations_of(engine: AsyncEngine, posting: int) -> list[tuple[int, D
 
 async def clean_all(engine: AsyncEngine) -> None:
     async with engine.begin() as conn:
-        await conn.execute(sa.text("UPDATE invoices SET dirty_since = NULL"))
+        await conn.execute(sa.text("DELETE FROM dirty_invoices"))
 
 
 async def dirty(engine: AsyncEngine) -> set[str]:
     async with engine.connect() as conn:
-        rows = await conn.execute(
-            sa.text("SELECT invoice_number FROM invoices WHERE dirty_since IS NOT NULL")
-        )
+        rows = await conn.execute(sa.text("SELECT invoice_number FROM dirty_invoices"))
         return set(rows.scalars())
 
 

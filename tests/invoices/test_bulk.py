@@ -198,9 +198,7 @@ async def test_releasing_by_bulk_queues_reconciliation(
 ) -> None:
     body = {"status": "Paid", "account_ref": "ACME01", "current_status_in": ["Written Off"]}
     await _bulk(client, body)
-    dirty = await scalar(
-        engine, "SELECT array_agg(invoice_number) FROM invoices WHERE dirty_since IS NOT NULL"
-    )
+    dirty = await scalar(engine, "SELECT array_agg(invoice_number) FROM dirty_invoices")
     assert dirty == ["A-3"]
 
 

@@ -103,7 +103,7 @@ async def test_protecting_does_not_queue_reconciliation(
 ) -> None:
     await add_invoice(engine, "INV-1", status="Paid", outstanding="0.00")
     await _patch(client, "INV-1", {"status": "Written Off"})
-    assert await scalar(engine, "SELECT dirty_since FROM invoices") is None
+    assert await scalar(engine, "SELECT count(*) FROM dirty_invoices") == 0
 
 
 async def test_releasing_a_protected_invoice_queues_reconciliation(
@@ -116,7 +116,7 @@ async def test_releasing_a_protected_invoice_queues_reconciliation(
     assert response.status_code == 200
     assert response.json()["protected"] is False
     assert response.json()["conflict"] is None  # a conflict only exists on protected invoices
-    assert await scalar(engine, "SELECT dirty_since IS NOT NULL FROM invoices") is True
+    assert await scalar(engine, "SELECT array_agg(invoice_number) FROM dirty_invoices") == ["INV-1"]
 
 
 async def test_releasing_keeps_an_earlier_dirty_mark(
@@ -125,10 +125,13 @@ async def test_releasing_keeps_an_earlier_dirty_mark(
     await add_invoice(engine, "INV-1", status="Paid/Written Off")
     async with engine.begin() as conn:
         await conn.execute(
-            sa.text("UPDATE invoices SET dirty_since = TIMESTAMPTZ '2026-01-01 00:00+00'")
+            sa.text(
+                "INSERT INTO dirty_invoices (invoice_number, since) "
+                "VALUES ('INV-1', TIMESTAMPTZ '2026-01-01 00:00+00')"
+            )
         )
     await _patch(client, "INV-1", {"status": "Paid"})
-    assert await scalar(engine, "SELECT dirty_since::text FROM invoices") == (
+    assert await scalar(engine, "SELECT since::text FROM dirty_invoices") == (
         "2026-01-01 00:00:00+00"
     )
 

@@ -103,7 +103,13 @@ async def invoice(engine: AsyncEngine, number: str) -> dict[str, Any]:
     async with engine.connect() as conn:
         row = (
             await conn.execute(
-                sa.text("SELECT * FROM invoices WHERE invoice_number = :n"), {"n": number}
+                sa.text(
+                    # The invoice with its place in the reconcile queue, if it has one.
+                    "SELECT i.*, d.since AS dirty_since FROM invoices AS i "
+                    "LEFT JOIN dirty_invoices AS d USING (invoice_number) "
+                    "WHERE invoice_number = :n"
+                ),
+                {"n": number},
             )
         ).one()
     return dict(row._mapping)
@@ -130,11 +136,15 @@ async def set_status(engine: AsyncEngine, number: str, status: str) -> None:
     """A person's edit (what PATCH /v1/invoices does), marking the invoice dirty."""
     async with engine.begin() as conn:
         await conn.execute(
-            sa.text(
-                "UPDATE invoices SET status = :s, dirty_since = coalesce(dirty_since, now()) "
-                "WHERE invoice_number = :n"
-            ),
+            sa.text("UPDATE invoices SET status = :s WHERE invoice_number = :n"),
             {"s": status, "n": number},
+        )
+        await conn.execute(
+            sa.text(
+                "INSERT INTO dirty_invoices (invoice_number) VALUES (:n) "
+                "ON CONFLICT (invoice_number) DO NOTHING"
+            ),
+            {"n": number},
         )
 
 

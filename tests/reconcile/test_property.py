@@ -183,10 +183,17 @@ async def _reset(engine: AsyncEngine, dropped: set[str]) -> None:
         )
 
 
+# Every invoice, with its place in the reconcile queue (NULL: not queued).
+_INVOICES_QUEUED = (
+    "SELECT i.*, d.since AS dirty_since FROM invoices AS i "
+    "LEFT JOIN dirty_invoices AS d USING (invoice_number)"
+)
+
+
 async def _befores(engine: AsyncEngine) -> dict[str, tuple[model.Before, bool]]:
     """Every invoice as it is now, and whether it is dirty (only those get reconciled)."""
     async with engine.connect() as conn:
-        rows = await conn.execute(sa.text("SELECT * FROM invoices"))
+        rows = await conn.execute(sa.text(_INVOICES_QUEUED))
         return {
             r["invoice_number"]: (
                 model.Before(**{k: r[k] for k in model.Before.__dataclass_fields__}),
@@ -216,7 +223,7 @@ async def _check(
     async with engine.connect() as conn:
         rows = {
             r["invoice_number"]: r
-            for r in (await conn.execute(sa.text("SELECT * FROM invoices"))).mappings()
+            for r in (await conn.execute(sa.text(_INVOICES_QUEUED))).mappings()
         }
     live = list(postings.values())
     for number, (before, dirty) in befores.items():
@@ -277,11 +284,16 @@ async def test_sql_engine_agrees_with_the_python_model(
     protected = [*config.protected_statuses, config.status_labels["paid"]]
     async with engine.begin() as conn:
         for number, which in case["protect"]:
+            params = {"s": protected[which], "n": f"INV{number}"}
+            await conn.execute(
+                sa.text("UPDATE invoices SET status = :s WHERE invoice_number = :n"), params
+            )
             await conn.execute(
                 sa.text(
-                    "UPDATE invoices SET status = :s, dirty_since = now() WHERE invoice_number = :n"
+                    "INSERT INTO dirty_invoices (invoice_number) VALUES (:n) "
+                    "ON CONFLICT (invoice_number) DO NOTHING"
                 ),
-                {"s": protected[which], "n": f"INV{number}"},
+                params,
             )
     if case["phase2"]:
         await load(engine, config, *case["phase2"])

@@ -133,7 +133,9 @@ async def test_missing_picklist_label_falls_back_to_sagelink_with_a_warning(
     await execute(
         engine, "INSERT INTO picklist_values (value, position) VALUES ('Written Off', 50)"
     )
-    await execute(engine, "UPDATE invoices SET dirty_since = now()")
+    await execute(
+        engine, "INSERT INTO dirty_invoices (invoice_number) SELECT invoice_number FROM invoices"
+    )
     await reconcile(engine, settings)
     row = await invoice(engine, "INV-1")
     assert (row["status"], row["warning"]) == ("Written Off", None)

@@ -4,7 +4,10 @@ and the whole loop woken by LISTEN/NOTIFY."""
 from __future__ import annotations
 
 import asyncio
+import collections
+import random
 import uuid
+from decimal import Decimal
 
 import httpx
 import pytest
@@ -45,7 +48,7 @@ async def test_two_workers_racing_on_one_backlog_do_every_invoice_once(
         for e in engines:
             await e.dispose()
     assert sum(examined) == 300
-    assert await _scalar(engine, "SELECT count(*) FROM invoices WHERE dirty_since IS NOT NULL") == 0
+    assert await _scalar(engine, "SELECT count(*) FROM dirty_invoices") == 0
     # Exactly one history row and one change per invoice: no double work, no lost update.
     rows = await _scalar(
         engine,
@@ -80,6 +83,55 @@ async def test_posting_arriving_during_a_reconcile_is_not_lost(
     assert row["dirty_since"] is not None  # marked again after our commit
     await reconcile(engine, settings)
     assert (await invoice(engine, "INV-1"))["status"] == "Paid"
+
+
+async def test_ingest_and_workers_racing_on_the_same_invoices_lose_no_mark(
+    engine: AsyncEngine, database_url: str
+) -> None:
+    """Receipts keep arriving for a few invoices while three workers reconcile them: whatever
+    the interleaving, once the queue is drained every invoice shows every receipt. A mark lost
+    between an ingest and a batch (a batch taking an invoice off the queue that an uncommitted
+    ingest had just queued again) would leave an invoice short of the last receipts."""
+    config = make_settings(database_url, worker_batch_size=5)
+    invoices, batches, per_batch = 12, 40, 6
+    await load(engine, config, *[si(i, f"INV-{i:05d}", "1000.00") for i in range(1, invoices + 1)])
+    rng = random.Random(17)
+    plan = [[rng.randint(1, invoices) for _ in range(per_batch)] for _ in range(batches)]
+    ingesting = True
+    engines = [create_engine(database_url, pool_size=2) for _ in range(7)]
+
+    async def ingest(worker_engine: AsyncEngine, k: int) -> None:
+        for b in range(k, batches, 4):
+            receipts = [
+                settle(10_000 + b * per_batch + j, "SR", [(target, "1.00")])
+                for j, target in enumerate(plan[b])
+            ]
+            await load(worker_engine, config, *receipts)
+            await asyncio.sleep(rng.random() / 200)
+
+    async def work(worker_engine: AsyncEngine) -> None:
+        while ingesting:
+            if not (await service.reconcile_dirty(worker_engine, config)).examined:
+                await asyncio.sleep(0.001)
+
+    try:
+        workers = [asyncio.create_task(work(e)) for e in engines[4:]]
+        await asyncio.gather(*(ingest(e, k) for k, e in enumerate(engines[:4])))
+        ingesting = False
+        await asyncio.gather(*workers)
+        await reconcile(engine, config)
+    finally:
+        for e in engines:
+            await e.dispose()
+    expected = collections.Counter(n for receipts in plan for n in receipts)
+    async with engine.connect() as conn:
+        rows = await conn.execute(sa.text("SELECT invoice_number, paid FROM invoices"))
+        paid = {r.invoice_number: r.paid for r in rows}
+    assert paid == {
+        f"INV-{i:05d}": Decimal(expected[i]).quantize(Decimal("0.01"))
+        for i in range(1, invoices + 1)
+    }
+    assert await _scalar(engine, "SELECT count(*) FROM dirty_invoices") == 0
 
 
 async def test_a_batch_killed_midway_leaves_nothing_half_done(
@@ -131,7 +183,11 @@ async def test_worker_runs_are_recorded_only_when_they_change_something(
     # Re-sending the same receipt re-marks nothing; touching the invoice without a change
     # reconciles it with nothing to record.
     async with engine.begin() as conn:
-        await conn.execute(sa.text("UPDATE invoices SET dirty_since = now()"))
+        await conn.execute(
+            sa.text(
+                "INSERT INTO dirty_invoices (invoice_number) SELECT invoice_number FROM invoices"
+            )
+        )
     assert await reconcile(engine, settings) == 1
     assert await _scalar(engine, "SELECT count(*) FROM sync_runs") == 1
 
