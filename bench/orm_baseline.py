@@ -111,6 +111,8 @@ def _allocation_rows(p: PostingIn) -> list[dict[str, Any]]:
             "amount": a.amount,
             "date": a.date,
             "deleted": a.deleted,
+            "posting_type": p.type,
+            "posting_deleted": p.deleted,
         }
         for seq, a in enumerate(p.allocations, start=1)
     ]

@@ -106,9 +106,10 @@ CROSS JOIN LATERAL (
     FROM (SELECT k % $1::int + 1 AS n, (k % $1::int + 3 * (k / $1::int)) % 20 AS r) AS nr
 ) AS x;
 
-INSERT INTO allocations (posting_tran_number, seq, invoice_tran_number, amount, deleted)
+INSERT INTO allocations (posting_tran_number, seq, invoice_tran_number, amount, deleted,
+                         posting_type, posting_deleted)
 SELECT p.tran_number, 1, (p.tran_number - 10000000) % $1::int + 1, p.gross_amount,
-       (p.tran_number - 10000000) % 101 = 0
+       (p.tran_number - 10000000) % 101 = 0, p.type, p.deleted
 FROM postings AS p WHERE p.tran_number >= 10000000;
 
 INSERT INTO invoices (invoice_number, account_ref, sage_tran_number, invoice_date, gross,

@@ -76,6 +76,12 @@ class Allocation(SQLModel, table=True):
     foreign_amount: Decimal | None = money(None)
     date: dt.date | None = None
     deleted: bool = defaults_to_false()
+    # The settling posting's type and deleted flag, copied by the statement that stores the
+    # posting: a posting that changes in any way has all its allocations written again, so the
+    # copies cannot drift. Reconciliation reads them here instead of looking up the posting of
+    # every allocation; it still reads the posting of a credit (SC), to classify it.
+    posting_type: str = Field(max_length=2)
+    posting_deleted: bool = defaults_to_false()
 
 
 class WebhookDelivery(SQLModel, table=True):

@@ -29,7 +29,8 @@ _POSTINGS_JSON = TypeAdapter(list[PostingIn])
 # - `hashed` adds the content hash over the typed values (so "12.3" and 12.30 are the same),
 #   allocations included in order: an unchanged re-send is detected and not rewritten;
 # - `up` upserts the changed postings only; `old_alloc` reads (from the statement's snapshot)
-#   the allocations they had, `new_alloc` / `gone_alloc` replace them as a set;
+#   the allocations they had, `new_alloc` / `gone_alloc` replace them as a set (each
+#   allocation carries its posting's type and deleted flag for reconciliation);
 # - every invoice an old or new allocation names, or mirrored from a changed posting, is
 #   locked FOR KEY SHARE until commit and queued in dirty_invoices (`marked`; see "Dirty
 #   marking" below);
@@ -74,7 +75,8 @@ alloc_in AS (
     SELECT i.tran_number AS posting_tran_number, a.seq::integer AS seq,
            a.invoice_tran_number, a.amount::numeric(14, 2) AS amount,
            a.foreign_amount::numeric(14, 2) AS foreign_amount, a.date,
-           coalesce(a.deleted, false) AS deleted
+           coalesce(a.deleted, false) AS deleted, i.type AS posting_type,
+           i.deleted AS posting_deleted
     FROM input AS i
     CROSS JOIN LATERAL ROWS FROM (
         json_to_recordset(i.allocations) AS (
@@ -159,10 +161,11 @@ old_alloc AS (
 ),
 new_alloc AS (
     INSERT INTO allocations AS t (
-        posting_tran_number, seq, invoice_tran_number, amount, foreign_amount, date, deleted
+        posting_tran_number, seq, invoice_tran_number, amount, foreign_amount, date, deleted,
+        posting_type, posting_deleted
     )
     SELECT a.posting_tran_number, a.seq, a.invoice_tran_number, a.amount, a.foreign_amount,
-           a.date, a.deleted
+           a.date, a.deleted, a.posting_type, a.posting_deleted
     FROM alloc_in AS a
     JOIN up ON up.tran_number = a.posting_tran_number
     ORDER BY a.posting_tran_number, a.seq
@@ -171,7 +174,9 @@ new_alloc AS (
         amount = EXCLUDED.amount,
         foreign_amount = EXCLUDED.foreign_amount,
         date = EXCLUDED.date,
-        deleted = EXCLUDED.deleted
+        deleted = EXCLUDED.deleted,
+        posting_type = EXCLUDED.posting_type,
+        posting_deleted = EXCLUDED.posting_deleted
     RETURNING t.invoice_tran_number
 ),
 gone_alloc AS (

@@ -170,14 +170,20 @@ sums AS (
            sum(CASE x.kind WHEN 'X' THEN x.amount END) AS b_exchange
     FROM (
         SELECT t.sage_tran_number, a.amount, coalesce(a.foreign_amount, a.amount) AS fx,
-               CASE p.type
+               CASE a.posting_type
                    WHEN 'SR' THEN 'P' WHEN 'SA' THEN 'P' WHEN 'SP' THEN 'R' WHEN 'SD' THEN 'D'
                    WHEN 'SC' THEN CASE WHEN {revaluation} THEN 'X' WHEN {write_off} THEN 'W'
                                        ELSE 'C' END
                END AS kind
         FROM t
-        JOIN allocations AS a ON a.invoice_tran_number = t.sage_tran_number AND NOT a.deleted
-        JOIN postings AS p ON p.tran_number = a.posting_tran_number AND NOT p.deleted
+        JOIN allocations AS a ON a.invoice_tran_number = t.sage_tran_number
+                               AND NOT a.deleted AND NOT a.posting_deleted
+        -- Only a credit's posting is read (its nominal code, details and reference classify
+        -- it); the type and deleted flag of the others travel on the allocation.
+        LEFT JOIN LATERAL (
+            SELECT p.nominal_code, p.details, p.reference FROM postings AS p
+            WHERE p.tran_number = a.posting_tran_number AND a.posting_type = 'SC'
+        ) AS p ON true
         WHERE NOT t.deleted
         -- Not pulled up into the aggregate: there, each of the ten sums would repeat the
         -- classification (three regular expressions) for every allocation.

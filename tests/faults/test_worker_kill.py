@@ -44,8 +44,9 @@ SELECT {n} + g, CASE g % 4 WHEN 3 THEN 'SC' ELSE 'SR' END, 'ACC' || (g % 50), 'P
        '\\x00'::bytea, 'seed'
 FROM generate_series(1, {n}) AS g WHERE g % 4 <> 0;
 
-INSERT INTO allocations (posting_tran_number, seq, invoice_tran_number, amount)
-SELECT {n} + g, 1, g, CASE g % 4 WHEN 1 THEN 40 ELSE 100 END
+INSERT INTO allocations (posting_tran_number, seq, invoice_tran_number, amount, posting_type)
+SELECT {n} + g, 1, g, CASE g % 4 WHEN 1 THEN 40 ELSE 100 END,
+       CASE g % 4 WHEN 3 THEN 'SC' ELSE 'SR' END
 FROM generate_series(1, {n}) AS g WHERE g % 4 <> 0;
 
 INSERT INTO invoices (invoice_number, account_ref, sage_tran_number, invoice_date, gross,

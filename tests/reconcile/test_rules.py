@@ -247,6 +247,35 @@ async def test_sagelink_mode_shows_a_write_off_as_paid(
     assert "shown as in SageLink" in (await history(engine, "INV-95"))[0]["reason"]
 
 
+async def test_a_posting_restored_or_retyped_in_sage_counts_as_it_is_now(
+    engine: AsyncEngine, settings: Settings
+) -> None:
+    """An allocation's copy of its posting's type and deleted flag follows every re-send."""
+    await load(engine, settings, si(111, "INV-111", "100.00"))
+    await load(engine, settings, settle(112, "SR", [(111, "100.00")], deleted=True))
+    await load(engine, settings, settle(112, "SR", [(111, "100.00")]))
+    await reconcile(engine, settings)
+    row = await invoice(engine, "INV-111")
+    assert (row["status"], row["paid"], row["written_off"]) == (
+        "Paid",
+        Decimal("100.00"),
+        Decimal("0.00"),
+    )
+    # The same transaction re-sent as a bad-debt write-off credit.
+    await load(
+        engine,
+        settings,
+        settle(112, "SC", [(111, "100.00")], **WO),
+    )
+    await reconcile(engine, settings)
+    row = await invoice(engine, "INV-111")
+    assert (row["status"], row["paid"], row["written_off"]) == (
+        "Written Off",
+        Decimal("0.00"),
+        Decimal("100.00"),
+    )
+
+
 async def test_deleted_and_edited_receipts(engine: AsyncEngine, settings: Settings) -> None:
     await load(engine, settings, si(101, "INV-101", "100.00"), settle(102, "SR", [(101, "100.00")]))
     await reconcile(engine, settings)
