@@ -170,11 +170,11 @@ WITH p AS (
         account_ref = EXCLUDED.account_ref, gross_amount = EXCLUDED.gross_amount
 )
 INSERT INTO {BASELINE_SCHEMA}.allocations AS a (
-    posting_tran_number, seq, invoice_tran_number, amount, date
+    posting_tran_number, seq, invoice_tran_number, amount, date, posting_type
 )
-SELECT u.posting, 1, u.invoice, u.amount, u.date
-FROM unnest($1::bigint[], $11::bigint[], $12::numeric[], $13::date[])
-     AS u (posting, invoice, amount, date)
+SELECT u.posting, 1, u.invoice, u.amount, u.date, u.type
+FROM unnest($1::bigint[], $11::bigint[], $12::numeric[], $13::date[], $2::text[])
+     AS u (posting, invoice, amount, date, type)
 ON CONFLICT (posting_tran_number, seq) DO UPDATE SET amount = EXCLUDED.amount
 """
 

@@ -34,27 +34,44 @@ _BIG_BATCH_WORK_MEM = "64MB"
 # Claims
 # ---------------------------------------------------------------------------------------------
 
-# Both rows are locked. The invoice row orders ingest and the worker (contract 1 in
-# docs/ARCHITECTURE.md): ingest holds it FOR KEY SHARE while it stores postings that concern
-# it, so an invoice with uncommitted postings is skipped here. The queue row keeps two
-# workers from taking one mark: a worker whose snapshot still shows a row another batch has
-# since deleted finds it gone when it tries to lock it, and skips it.
+# The invoice row is locked and the queue row deleted, in one statement. The invoice row
+# orders ingest and the worker (contract 1 in docs/ARCHITECTURE.md): ingest holds it FOR KEY
+# SHARE while it stores postings that concern it, so an invoice with uncommitted postings is
+# skipped here, and an ingest arriving now waits for this transaction and queues the invoice
+# again after it. Deleting the queue row is the claim's second half: a worker whose snapshot
+# still shows a row another batch has deleted since finds it gone, and leaves the invoice to
+# that batch (it holds the invoice's lock, harmlessly, until it commits).
 _CLAIM_DIRTY = sa.text(
     """
-    SELECT i.invoice_number
-    FROM dirty_invoices AS d
-    JOIN invoices AS i ON i.invoice_number = d.invoice_number
-    ORDER BY d.since
-    LIMIT :limit
-    FOR UPDATE OF d, i SKIP LOCKED
+    WITH picked AS (
+        SELECT d.invoice_number
+        FROM dirty_invoices AS d
+        JOIN invoices AS i ON i.invoice_number = d.invoice_number
+        ORDER BY d.since
+        LIMIT :limit
+        FOR UPDATE OF i SKIP LOCKED
+    )
+    DELETE FROM dirty_invoices AS d
+    USING picked AS p
+    WHERE d.invoice_number = p.invoice_number
+    RETURNING d.invoice_number, d.since
     """
 )
 
 
-async def claim_dirty(conn: AsyncConnection, limit: int) -> list[str]:
-    """Lock up to `limit` dirty invoices, oldest first, skipping those another worker holds."""
-    rows = await conn.execute(_CLAIM_DIRTY, {"limit": limit})
-    return list(rows.scalars())
+@dataclass(frozen=True)
+class DirtyBatch:
+    """Invoices a worker batch took off the queue, each with the time of its oldest mark."""
+
+    numbers: list[str]
+    since: list[datetime]
+
+
+async def claim_dirty(conn: AsyncConnection, limit: int) -> DirtyBatch:
+    """Lock up to `limit` dirty invoices, oldest first, skipping those another worker holds,
+    and take them off the queue (undone if the transaction rolls back)."""
+    rows = (await conn.execute(_CLAIM_DIRTY, {"limit": limit})).all()
+    return DirtyBatch([r.invoice_number for r in rows], [r.since for r in rows])
 
 
 @dataclass(frozen=True)
@@ -157,6 +174,7 @@ t AS MATERIALIZED (
     FROM unnest(CAST(:numbers AS text[])) AS n(invoice_number)
     JOIN invoices AS i ON i.invoice_number = n.invoice_number
 ),
+{queue}
 sums AS (
     SELECT x.sage_tran_number,
            sum(CASE x.kind WHEN 'P' THEN x.fx WHEN 'R' THEN -x.fx END) AS paid,
@@ -179,10 +197,13 @@ sums AS (
         JOIN allocations AS a ON a.invoice_tran_number = t.sage_tran_number
                                AND NOT a.deleted AND NOT a.posting_deleted
         -- Only a credit's posting is read (its nominal code, details and reference classify
-        -- it); the type and deleted flag of the others travel on the allocation.
+        -- it); the type and deleted flag of the others travel on the allocation. OFFSET 0
+        -- keeps the subquery apart, so the type test gates the lookup (a one-time filter);
+        -- pulled up into a join, the lookup ran for every allocation and the test after it.
         LEFT JOIN LATERAL (
             SELECT p.nominal_code, p.details, p.reference FROM postings AS p
             WHERE p.tran_number = a.posting_tran_number AND a.posting_type = 'SC'
+            OFFSET 0
         ) AS p ON true
         WHERE NOT t.deleted
         -- Not pulled up into the aggregate: there, each of the ten sums would repeat the
@@ -451,8 +472,19 @@ outb AS ({
 notified AS (
     SELECT pg_notify(:outbox_channel, '') WHERE EXISTS (SELECT 1 FROM outb)
 ),
--- Off the queue: the batch holds these invoices locked, so no mark can arrive in between;
--- one made after our commit queues the invoice again.
+"""
+
+# `undirty`: the batch's invoices that were queued, and since when. A worker batch took them
+# off the queue when it claimed them (their times come as a parameter); a requested run takes
+# off any of its invoices that are queued: it holds them locked, so no mark can arrive in
+# between, and one made after our commit queues the invoice again.
+_CLAIMED_QUEUE = """
+undirty AS (
+    SELECT q.invoice_number, q.since
+    FROM unnest(CAST(:numbers AS text[]), CAST(:since AS timestamptz[])) AS q(invoice_number, since)
+),
+"""
+_RUN_QUEUE = """
 undirty AS (
     DELETE FROM dirty_invoices AS d
     WHERE d.invoice_number = ANY(CAST(:numbers AS text[]))
@@ -468,7 +500,7 @@ _WRITE_COUNTS = """(SELECT count(*) FROM upd) AS written,
        ARRAY(
            SELECT extract(epoch FROM clock_timestamp() - u.since)::float8
            FROM undirty AS u JOIN res AS r ON r.invoice_number = u.invoice_number
-           WHERE r.changed
+           WHERE r.changed AND u.since IS NOT NULL
        ) AS latencies"""
 
 _DRY_COUNTS = """0 AS written, 0 AS history_rows, 0 AS outbox_rows, 0 AS notified,
@@ -525,6 +557,7 @@ def _apply_sql(write_off: str, revaluation: str, dry_run: bool, new_run: bool) -
         else "ON CONFLICT (run_id, invoice_number) DO UPDATE SET "
         "to_status = EXCLUDED.to_status, to_outstanding = EXCLUDED.to_outstanding",
         writes="" if dry_run else _WRITES,
+        queue="" if dry_run else _CLAIMED_QUEUE if new_run else _RUN_QUEUE,
         run=_RUN_INSERT if new_run else _RUN_UPDATE,
         write_counts=_DRY_COUNTS if dry_run else _WRITE_COUNTS,
     )
@@ -569,13 +602,16 @@ async def apply_batch(
     actor: str,
     dry_run: bool = False,
     new_run: RunInsert | None = None,
+    queued_since: list[datetime] | None = None,
     cursor: str | None = None,
     finish: bool = False,
 ) -> BatchResult:
     """Reconcile the invoices `numbers` (already locked by the caller, unless dry_run).
 
-    With `new_run`, the batch records itself as a finished run (worker batches); otherwise it
-    adds its counts to the existing run `run_id` (requested runs).
+    With `new_run`, the batch is a worker's: `claim_dirty` took the invoices off the queue
+    (`queued_since` gives their times, for the latency metric) and the batch records itself
+    as a finished run. Otherwise it takes its invoices off the queue itself and adds its
+    counts to the existing run `run_id` (requested runs).
     """
     write_off, wo_params = write_off_sql("p", settings)
     revaluation, reval_params = revaluation_sql("p", settings)
@@ -585,6 +621,7 @@ async def apply_batch(
         **label_params(settings),
         "base_currency": settings.base_currency,
         "numbers": numbers,
+        "since": queued_since,
         "run_id": str(run_id),
         "actor": actor,
         "outbox_channel": contracts.OUTBOX_CHANNEL,

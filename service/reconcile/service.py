@@ -60,13 +60,14 @@ async def reconcile_dirty(
     started = time.perf_counter()
 
     async def attempt(conn: AsyncConnection) -> tuple[BatchResult, float | None]:
-        numbers = await repo.claim_dirty(conn, batch)
-        if not numbers:
+        claimed = await repo.claim_dirty(conn, batch)
+        if not claimed.numbers:
             return BatchResult(), None
         result = await repo.apply_batch(
             conn,
-            numbers,
+            claimed.numbers,
             settings,
+            queued_since=claimed.since,
             run_id=run_id,
             actor=WORKER_ACTOR,
             new_run=repo.RunInsert(trigger="worker", scope_json='{"scope": "dirty"}'),

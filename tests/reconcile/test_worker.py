@@ -65,7 +65,7 @@ async def test_posting_arriving_during_a_reconcile_is_not_lost(
 ) -> None:
     await load(engine, settings, si(1, "INV-1", "100.00"))
     async with engine.begin() as conn:
-        numbers = await repo.claim_dirty(conn, 10)
+        numbers = (await repo.claim_dirty(conn, 10)).numbers
         assert numbers == ["INV-1"]
         # A receipt is ingested now: its transaction waits for our row lock on the invoice.
         arriving = asyncio.create_task(load(engine, settings, settle(2, "SR", [(1, "100.00")])))
@@ -141,7 +141,7 @@ async def test_a_batch_killed_midway_leaves_nothing_half_done(
 
     async def killed_midway() -> None:
         async with engine.begin() as conn:
-            numbers = await repo.claim_dirty(conn, 10)
+            numbers = (await repo.claim_dirty(conn, 10)).numbers
             await repo.apply_batch(
                 conn,
                 numbers,
