@@ -15,6 +15,7 @@ from pydantic import (
     GetJsonSchemaHandler,
     StrictBool,
     StringConstraints,
+    ValidationInfo,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
@@ -36,6 +37,28 @@ AMOUNT_SHAPE = (
 )
 
 
+class AmountsRead:
+    """The validation context of a webhook body: whether any amount came as a JSON number.
+
+    Only those reach pydantic-core as binary floats, so only then must the raw body be read
+    again for their exactness (`service.ingest.service.inexact_numbers`); a body of string
+    amounts, what the exporter sends, skips that second read.
+    """
+
+    __slots__ = ("as_numbers",)
+
+    def __init__(self) -> None:
+        self.as_numbers = False
+
+
+def _from_float(value: float, info: ValidationInfo) -> Decimal:
+    if isinstance(info.context, AmountsRead):
+        info.context.as_numbers = True
+    # repr() is the shortest text that reads back as the same float: what the sender wrote
+    # whenever it had at most 15 digits, which every amount below MAX_AMOUNT has.
+    return Decimal(repr(value))
+
+
 @dataclass(frozen=True)
 class _Amount:
     """A Decimal read exactly from a JSON string or number, checked in pydantic-core.
@@ -54,13 +77,10 @@ class _Amount:
                 cs.no_info_plain_validator_function(Decimal),
             ]
         )
-        # repr() is the shortest text that reads back as the same float: what the sender wrote
-        # whenever it had at most 15 digits, which every amount below MAX_AMOUNT has.
         from_number = cs.chain_schema(
             [
                 cs.float_schema(strict=True, allow_inf_nan=False),
-                cs.no_info_plain_validator_function(repr),
-                cs.no_info_plain_validator_function(Decimal),
+                cs.with_info_plain_validator_function(_from_float),
             ]
         )
         shape = cs.json_or_python_schema(

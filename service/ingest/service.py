@@ -27,6 +27,7 @@ from service.ingest import repository
 from service.ingest.schemas import (
     CENT,
     AllocationIn,
+    AmountsRead,
     IngestResult,
     PostingBatch,
     PostingIn,
@@ -183,8 +184,9 @@ def count_rejection(exc: ServiceError) -> None:
 
 
 def parse_batch(body: bytes, *, base_currency: str) -> PostingBatch:
+    amounts = AmountsRead()
     try:
-        batch = PostingBatch.model_validate_json(body, strict=True)
+        batch = PostingBatch.model_validate_json(body, strict=True, context=amounts)
     except ValidationError as exc:
         errors = exc.errors(include_url=False, include_input=False)
         if errors and errors[0]["type"] == "json_invalid":
@@ -193,7 +195,9 @@ def parse_batch(body: bytes, *, base_currency: str) -> PostingBatch:
             ) from None
         raise _invalid_batch([_field_error(e) for e in errors]) from None
     refused = (
-        inexact_numbers(body) or _duplicate_keys(body, batch) or _duplicate_tran_numbers(batch)
+        (inexact_numbers(body) if amounts.as_numbers else [])
+        or _duplicate_keys(body, batch)
+        or _duplicate_tran_numbers(batch)
     )
     if refused:
         raise _invalid_batch(refused)

@@ -11,6 +11,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service.ingest.schemas import AmountsRead, PostingBatch
 from tests.ingest.factories import WEBHOOK, si, sr
 from tests.support.webhooks import signed_request
 
@@ -149,3 +150,22 @@ async def test_a_date_outside_the_calendar_sage_holds_is_a_422_naming_it(
     expected = "postings[0].date" if where == "posting" else "postings[1].allocations[0].date"
     assert [e["field"] for e in response.json()["errors"]] == [expected]
     assert await _stored(engine, "SELECT count(*) FROM postings") == 0
+
+
+@pytest.mark.parametrize(
+    ("raw", "field", "as_numbers"),
+    [
+        ('"10.00"', "net_amount", False),
+        ("10.00", "net_amount", True),
+        ("10", "outstanding", True),
+        ("10.00", "amount", True),
+    ],
+)
+def test_the_body_is_read_again_only_for_amounts_sent_as_json_numbers(
+    raw: str, field: str, as_numbers: bool
+) -> None:
+    """String amounts are exact as read; only a JSON number sends the body to the exactness
+    check, wherever it is (an allocation's included)."""
+    amounts = AmountsRead()
+    PostingBatch.model_validate_json(_body(raw, field=field), strict=True, context=amounts)
+    assert amounts.as_numbers is as_numbers
