@@ -33,6 +33,7 @@ from service.ingest.schemas import (
     PostingIn,
     amount_fields,
     loc_text,
+    without_plain_path,
 )
 from service.ingest.signature import SignatureRejected, SignedHeaders, Verifier
 from service.logging import get_logger
@@ -193,7 +194,7 @@ def parse_batch(body: bytes, *, base_currency: str) -> PostingBatch:
     try:
         batch = PostingBatch.model_validate_json(body, strict=True, context=amounts)
     except ValidationError as exc:
-        errors = exc.errors(include_url=False, include_input=False)
+        errors = without_plain_path(exc.errors(include_url=False, include_input=False))
         if errors and errors[0]["type"] == "json_invalid":
             raise rejected(
                 InvalidBody, "invalid_json", f"the body is not valid JSON: {errors[0]['msg']}"
