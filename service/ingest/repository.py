@@ -2,9 +2,10 @@
 
 The hot path is a handful of set-based statements per batch, run on the raw asyncpg
 connection underneath the caller's SQLAlchemy transaction. The validated batch travels to
-PostgreSQL as one JSON document and is unpacked there with `json_to_recordset`, so the API
-process does no per-row work beyond Pydantic's validation (it is the single-threaded part of
-the pipeline; PostgreSQL backends run in parallel).
+PostgreSQL as one JSON document (from a webhook, the postings array as the sender wrote it)
+and is unpacked there with `json_to_recordset`, so the API process does no per-row work
+beyond Pydantic's validation (it is the single-threaded part of the pipeline; PostgreSQL
+backends run in parallel).
 """
 
 from __future__ import annotations
