@@ -1,10 +1,15 @@
-"""Batch parsing: pydantic (what the webhook uses) against msgspec, CPU per batch (issue 17).
+"""Batch parsing: pydantic (what the webhook uses) against msgspec, CPU per batch (issue 17),
+and the webhook's other Python work per batch beside it.
 
-Not part of `make bench` (msgspec is not a dependency): `uv run --frozen --with msgspec==0.22.0
-python -m bench.parsers`. The same body as bench/ingest.py sends (500 receipts, each with one
-allocation) is parsed N times by each; the figure is CPU milliseconds per batch (process time,
-best of 5 rounds, so another process's load hardly moves it).
+Not part of `make bench`: `python -m bench.parsers`, with msgspec for the comparison
+(`uv run --frozen --with msgspec==0.22.0 python -m bench.parsers`; without it, that line is left
+out). The same body as bench/ingest.py sends (500 receipts, each with one allocation) is parsed
+N times by each; the figure is CPU milliseconds per batch (process time, best of 5 rounds, so
+another process's load hardly moves it).
 
+- the webhook's steps: `parse_batch` and its `model_validate_json`, the signature's HMAC, and
+  what PostgreSQL is handed: the body's postings array cut out (`received_postings`) or, for
+  the batches that cannot be, the postings serialised again.
 - pydantic: `service.ingest.service.parse_batch`, the webhook's whole parse: strict JSON
   validation with every field constraint, then the exactness, duplicate-key, duplicate
   tran_number and currency checks.
@@ -22,7 +27,10 @@ import time
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
+from pydantic import SecretStr
+
 from bench.ingest import BATCH_SIZE, batches, receipt
+from service.ingest.repository import _POSTINGS_JSON
 from service.ingest.schemas import (
     CENT,
     FIRST_DATE,
@@ -31,7 +39,9 @@ from service.ingest.schemas import (
     NO_CONTROL_CHARACTERS,
     PostingBatch,
 )
-from service.ingest.service import parse_batch
+from service.ingest.service import parse_batch, received_postings
+from service.ingest.signature import Verifier
+from tests.support.webhooks import TEST_SECRET, signed_request
 
 ROUNDS = 5
 PER_ROUND = 40
@@ -128,17 +138,51 @@ def _cpu_ms_per_batch(parse: Any, body: bytes) -> float:
     return best * 1000
 
 
+def _steps(body: bytes) -> dict[str, float]:
+    """CPU ms per batch of each step of the webhook's own Python work on `body`."""
+    batch = PostingBatch.model_validate_json(body, strict=True)
+    _, headers = signed_request(body)
+    verifier = Verifier([SecretStr(TEST_SECRET)], tolerance_seconds=300)
+    signed = verifier.check_headers(
+        headers["webhook-id"],
+        headers["webhook-timestamp"],
+        headers["webhook-signature"],
+        now=time.time(),
+    )
+    return {
+        "parse_batch": _cpu_ms_per_batch(lambda b: parse_batch(b, base_currency="GBP"), body),
+        "model_validate_json": _cpu_ms_per_batch(
+            lambda b: PostingBatch.model_validate_json(b, strict=True), body
+        ),
+        "HMAC": _cpu_ms_per_batch(lambda b: verifier.verify(signed, b), body),
+        "received_postings": _cpu_ms_per_batch(lambda b: received_postings(b, batch), body),
+        "postings serialised again": _cpu_ms_per_batch(
+            lambda _: _POSTINGS_JSON.dump_json(batch.postings), body
+        ),
+    }
+
+
 def main() -> None:
     body = batches([receipt(i, 100_000) for i in range(BATCH_SIZE)])[0]
-    pydantic_ms = _cpu_ms_per_batch(lambda b: parse_batch(b, base_currency="GBP"), body)
-    model_ms = _cpu_ms_per_batch(lambda b: PostingBatch.model_validate_json(b, strict=True), body)
-    msgspec_ms = _cpu_ms_per_batch(_msgspec_parser(), body)
+    steps = _steps(body)
     print(
-        f"parse a batch of {BATCH_SIZE} receipts ({len(body):,} bytes), CPU ms per batch, "
-        f"best of {ROUNDS} x {PER_ROUND}: pydantic (parse_batch) {pydantic_ms:.2f} ms "
-        f"({pydantic_ms / BATCH_SIZE * 1000:.1f} us/posting), of which model_validate_json "
-        f"{model_ms:.2f} ms; msgspec {msgspec_ms:.2f} ms "
-        f"({msgspec_ms / BATCH_SIZE * 1000:.1f} us/posting); ratio {msgspec_ms / pydantic_ms:.2f}"
+        f"a batch of {BATCH_SIZE} receipts ({len(body):,} bytes), CPU ms per batch, best of "
+        f"{ROUNDS} x {PER_ROUND}: "
+        + "; ".join(
+            f"{name} {ms:.2f} ms ({ms / BATCH_SIZE * 1000:.1f} us/posting)"
+            for name, ms in steps.items()
+        )
+    )
+    try:
+        msgspec_parse = _msgspec_parser()
+    except ModuleNotFoundError:
+        print("msgspec is not installed: no comparison (see the module docstring)")
+        return
+    pydantic_ms = steps["parse_batch"]
+    msgspec_ms = _cpu_ms_per_batch(msgspec_parse, body)
+    print(
+        f"msgspec {msgspec_ms:.2f} ms ({msgspec_ms / BATCH_SIZE * 1000:.1f} us/posting) against "
+        f"parse_batch {pydantic_ms:.2f} ms; ratio {msgspec_ms / pydantic_ms:.2f}"
     )
 
 

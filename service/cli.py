@@ -34,6 +34,10 @@ DEV_SECRET_FILE = "webhook-secret"
 DEV_CONSOLE_SECRET_FILE = "console-session-secret"
 
 
+# The collector's threshold0 in the API process (see serve()).
+YOUNG_GENERATION = 50_000
+
+
 def _settings(*, dev: bool = False, **overrides: object) -> Settings:
     try:
         settings = load_settings(**overrides)
@@ -150,6 +154,12 @@ def serve(
             # collection (a webhook batch allocates thousands of objects; this took a quarter off
             # its parsing).
             gc.freeze()
+            # A young generation of 50,000 instead of 700: a batch's thousands of models live
+            # until it is stored, so with the default they were scanned again and again by
+            # collections that freed nothing (1.4 ms of CPU per batch of 500 receipts). Garbage
+            # without cycles goes by reference counting anyway; cycles still trigger a
+            # collection once 50,000 objects pile up.
+            gc.set_threshold(YOUNG_GENERATION)
             uvicorn.run(
                 application,
                 host=settings.host,

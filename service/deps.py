@@ -48,30 +48,32 @@ def runtime_of(app: FastAPI) -> Runtime:
     return runtime
 
 
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> Runtime:
+    # These accessors are coroutines: FastAPI runs a plain function dependency in its thread
+    # pool, a round trip between threads per dependency per request for an attribute read.
     return runtime_of(request.app)
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
-def get_settings(runtime: RuntimeDep) -> Settings:
+async def get_settings(runtime: RuntimeDep) -> Settings:
     return runtime.settings
 
 
-def get_engine(runtime: RuntimeDep) -> AsyncEngine:
+async def get_engine(runtime: RuntimeDep) -> AsyncEngine:
     return runtime.engine
 
 
-def get_ingest(runtime: RuntimeDep) -> WebhookIngest:
+async def get_ingest(runtime: RuntimeDep) -> WebhookIngest:
     return runtime.ingest
 
 
-def get_worker(runtime: RuntimeDep) -> Worker | None:
+async def get_worker(runtime: RuntimeDep) -> Worker | None:
     return runtime.worker
 
 
-def get_probed(runtime: RuntimeDep) -> Probed:
+async def get_probed(runtime: RuntimeDep) -> Probed:
     return runtime.probed
 
 

@@ -2,9 +2,10 @@
 
 The hot path is a handful of set-based statements per batch, run on the raw asyncpg
 connection underneath the caller's SQLAlchemy transaction. The validated batch travels to
-PostgreSQL as one JSON document and is unpacked there with `json_to_recordset`, so the API
-process does no per-row work beyond Pydantic's validation (it is the single-threaded part of
-the pipeline; PostgreSQL backends run in parallel).
+PostgreSQL as one JSON document (from a webhook, the postings array as the sender wrote it)
+and is unpacked there with `json_to_recordset`, so the API process does no per-row work
+beyond Pydantic's validation (it is the single-threaded part of the pipeline; PostgreSQL
+backends run in parallel).
 """
 
 from __future__ import annotations
@@ -345,18 +346,23 @@ async def store(
     event_id: str,
     settings: Settings,
     notify: bool = True,
+    received: str | None = None,
 ) -> StoreOutcome:
     """Upsert postings and their allocations, mirror customer-invoice SIs, mark every affected
     invoice dirty and NOTIFY the worker, all inside the caller's transaction.
 
     A tran_number given twice keeps its last version and counts once. With notify=False the
     NOTIFY is left to the caller (`wake`), who sends it with its own last statement: one round
-    trip less per webhook batch.
+    trip less per webhook batch. `received` is the postings' JSON array as the sender wrote
+    it, when PostgreSQL reads the same values from it (`service.ingest.service.
+    received_postings`): sent as it is instead of serialising `postings` again.
     """
     if not postings:
         return StoreOutcome(0, 0, 0)
     driver = await driver_connection(conn)
-    document = _POSTINGS_JSON.dump_json(postings).decode()
+    document = received
+    if document is None:
+        document = _POSTINGS_JSON.dump_json(postings).decode()
     row = await driver.fetchrow(_STORE_SQL, document, event_id)
     affected: set[str] = set(row["touched"])
     woken = row["marked"] > 0

@@ -3,14 +3,32 @@ float), a JSON string only as plain ASCII digits; anything else is a 422 naming 
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal
+from typing import Any
 
 import httpx
 import orjson
 import pytest
 import sqlalchemy as sa
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import TypeAdapter, ValidationError
+from pydantic_core import SchemaValidator
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service.ingest.schemas import (
+    CENTS,
+    CHECKED_PATH,
+    NONZERO_CENTS,
+    SIGNED_CENTS,
+    AmountsRead,
+    Money,
+    PositiveMoney,
+    PostingBatch,
+    SignedMoney,
+    without_plain_path,
+)
 from tests.ingest.factories import WEBHOOK, si, sr
 from tests.support.webhooks import signed_request
 
@@ -55,6 +73,10 @@ async def _stored(engine: AsyncEngine, sql: str) -> object:
         ('"1e2"', "net_amount"),
         ('"+5"', "net_amount"),
         ('"0x10"', "net_amount"),
+        ('"100.00\\n"', "net_amount"),
+        ('"-0.01"', "net_amount"),
+        ('"1000000000000"', "gross_amount"),
+        ('"0.00"', "amount"),
     ],
 )
 async def test_an_amount_that_is_not_exactly_cents_is_a_422_naming_it(
@@ -149,3 +171,78 @@ async def test_a_date_outside_the_calendar_sage_holds_is_a_422_naming_it(
     expected = "postings[0].date" if where == "posting" else "postings[1].allocations[0].date"
     assert [e["field"] for e in response.json()["errors"]] == [expected]
     assert await _stored(engine, "SELECT count(*) FROM postings") == 0
+
+
+@pytest.mark.parametrize(
+    ("raw", "field", "as_numbers"),
+    [
+        ('"10.00"', "net_amount", False),
+        ("10.00", "net_amount", True),
+        ("10", "outstanding", True),
+        ("10.00", "amount", True),
+    ],
+)
+def test_the_body_is_read_again_only_for_amounts_sent_as_json_numbers(
+    raw: str, field: str, as_numbers: bool
+) -> None:
+    """String amounts are exact as read; only a JSON number sends the body to the exactness
+    check, wherever it is (an allocation's included)."""
+    amounts = AmountsRead()
+    PostingBatch.model_validate_json(_body(raw, field=field), strict=True, context=amounts)
+    assert amounts.as_numbers is as_numbers
+
+
+def _checked_path(money: Any) -> SchemaValidator:
+    """The amount's checked path alone (the one that words errors), from its own schema."""
+    schema = TypeAdapter(money).core_schema
+    choices = schema["json_schema"]["choices"]
+    [checked] = [choice for choice, label in choices if label == CHECKED_PATH]
+    return SchemaValidator(checked)
+
+
+@pytest.mark.parametrize(
+    ("money", "plain"),
+    [(Money, CENTS), (PositiveMoney, NONZERO_CENTS), (SignedMoney, SIGNED_CENTS)],
+)
+@settings(max_examples=400, deadline=None)
+@given(data=st.data())
+def test_text_taken_plain_is_what_the_checked_path_accepts_unchanged(
+    money: Any, plain: str, data: st.DataObject
+) -> None:
+    """The plain path skips the decimal checks: only sound if whatever text it takes, the
+    checked path takes too, as the same Decimal (digits and exponent alike)."""
+    text = data.draw(st.from_regex(plain, fullmatch=True))
+    value = _checked_path(money).validate_json(json.dumps(text), strict=True)
+    assert value.as_tuple() == Decimal(text).as_tuple()
+    assert TypeAdapter(money).validate_json(json.dumps(text), strict=True).as_tuple() == (
+        value.as_tuple()
+    )
+
+
+@pytest.mark.parametrize(
+    ("money", "text"),
+    [
+        (Money, "-0.01"),
+        (Money, "1000000000000"),
+        (Money, "1.001"),
+        (Money, "1.100"),
+        (PositiveMoney, "0"),
+        (PositiveMoney, "000.00"),
+        (SignedMoney, "-1000000000000"),
+        (SignedMoney, "1.1000000000000000000000000000001"),
+    ],
+)
+def test_text_outside_the_plain_path_is_judged_by_the_checked_one(money: Any, text: str) -> None:
+    """Refused or not, such text gets the checked path's answer, errors located at the field."""
+    adapter = TypeAdapter(money)
+    try:
+        expected: Any = _checked_path(money).validate_json(json.dumps(text), strict=True)
+    except ValidationError as exc:
+        expected = [(e["type"], e["msg"]) for e in exc.errors()]
+    try:
+        got: Any = adapter.validate_json(json.dumps(text), strict=True)
+    except ValidationError as exc:
+        errors = without_plain_path(exc.errors())
+        assert [e["loc"] for e in errors] == [()]
+        got = [(e["type"], e["msg"]) for e in errors]
+    assert got == expected

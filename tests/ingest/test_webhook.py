@@ -305,6 +305,18 @@ async def test_a_key_twice_in_an_object_is_422(
     assert await nothing_stored(engine)
 
 
+async def test_a_key_twice_beside_colons_in_values_is_422(
+    client: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    """The colons counted in text values must not make up for the repeated key's."""
+    posting = orjson.dumps(si(1, "INV:1", details="Ref: 12:30"))
+    twice = posting.replace(b'"tran_number":1', b'"tran_number":1,"tran_number":1')
+    response = await deliver_raw(client, b'{"source":"x:y","postings":[' + twice + b"]}")
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["field"] == "tran_number"
+    assert await nothing_stored(engine)
+
+
 async def test_colons_in_values_and_escaped_colons_are_not_mistaken_for_keys(
     client: httpx.AsyncClient, engine: AsyncEngine
 ) -> None:
