@@ -40,11 +40,13 @@ _BIG_BATCH_WORK_MEM = "64MB"
 # skipped here, and an ingest arriving now waits for this transaction and queues the invoice
 # again after it. Deleting the queue row is the claim's second half: a worker whose snapshot
 # still shows a row another batch has deleted since finds it gone, and leaves the invoice to
-# that batch (it holds the invoice's lock, harmlessly, until it commits).
+# that batch (it holds the invoice's lock, harmlessly, until it commits). The rows are
+# deleted by the tuple ids the claim read (a TID scan): joined back by number, the planner
+# read the whole queue for every batch.
 _CLAIM_DIRTY = sa.text(
     """
     WITH picked AS (
-        SELECT d.invoice_number
+        SELECT d.ctid AS tid
         FROM dirty_invoices AS d
         JOIN invoices AS i ON i.invoice_number = d.invoice_number
         ORDER BY d.since
@@ -52,8 +54,7 @@ _CLAIM_DIRTY = sa.text(
         FOR UPDATE OF i SKIP LOCKED
     )
     DELETE FROM dirty_invoices AS d
-    USING picked AS p
-    WHERE d.invoice_number = p.invoice_number
+    WHERE d.ctid = ANY (ARRAY(SELECT tid FROM picked))
     RETURNING d.invoice_number, d.since
     """
 )
