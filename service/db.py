@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 if TYPE_CHECKING:
     from service.settings import Settings
@@ -52,6 +52,20 @@ def create_engine(url: str, *, pool_size: int = 10, **kwargs: Any) -> AsyncEngin
         connect_args={"server_settings": {"application_name": "ledgerlink"}},
         **kwargs,
     )
+
+
+async def driver_connection(conn: AsyncConnection) -> Any:
+    """The asyncpg connection under `conn`, with the caller's transaction already begun on it.
+
+    SQLAlchemy begins the DBAPI transaction lazily, on the first statement; anything sent
+    straight to asyncpg before that would run outside it (autocommit).
+    """
+    raw = await conn.get_raw_connection()
+    driver = raw.driver_connection
+    assert driver is not None
+    if not driver.is_in_transaction():
+        await conn.exec_driver_sql("SELECT 1")
+    return driver
 
 
 class EmbeddedPostgres:

@@ -19,6 +19,7 @@ from pydantic import TypeAdapter
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service import contracts
+from service.db import driver_connection
 from service.ingest.schemas import IngestResult, PostingIn
 from service.rules import revaluation_sql, write_off_sql
 from service.settings import Settings
@@ -323,20 +324,6 @@ class StoreOutcome:
     invoices_affected: int
     # Invoices newly dirty: the worker must hear of it (store() notified, unless told not to).
     wake: bool = False
-
-
-async def driver_connection(conn: AsyncConnection) -> Any:
-    """The asyncpg connection under `conn`, with the caller's transaction already begun on it.
-
-    SQLAlchemy begins the DBAPI transaction lazily, on the first statement; anything sent
-    straight to asyncpg before that would run outside it (autocommit).
-    """
-    raw = await conn.get_raw_connection()
-    driver = raw.driver_connection
-    assert driver is not None
-    if not driver.is_in_transaction():
-        await conn.exec_driver_sql("SELECT 1")
-    return driver
 
 
 async def store(

@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service import contracts
+from service.db import driver_connection
 from service.rules import revaluation_sql, write_off_sql
 from service.settings import DERIVED_STATES, SAGELINK_FALLBACK, Settings, WriteOffMode
 
@@ -42,22 +43,21 @@ _BIG_BATCH_WORK_MEM = "64MB"
 # still shows a row another batch has deleted since finds it gone, and leaves the invoice to
 # that batch (it holds the invoice's lock, harmlessly, until it commits). The rows are
 # deleted by the tuple ids the claim read (a TID scan): joined back by number, the planner
-# read the whole queue for every batch.
-_CLAIM_DIRTY = sa.text(
-    """
-    WITH picked AS (
-        SELECT d.ctid AS tid
-        FROM dirty_invoices AS d
-        JOIN invoices AS i ON i.invoice_number = d.invoice_number
-        ORDER BY d.since
-        LIMIT :limit
-        FOR UPDATE OF i SKIP LOCKED
-    )
-    DELETE FROM dirty_invoices AS d
-    WHERE d.ctid = ANY (ARRAY(SELECT tid FROM picked))
-    RETURNING d.invoice_number, d.since
-    """
+# read the whole queue for every batch. Sent on the asyncpg connection itself: a batch's
+# 2,000 rows through SQLAlchemy's result cost a quarter of the claim.
+_CLAIM_DIRTY = """
+WITH picked AS (
+    SELECT d.ctid AS tid
+    FROM dirty_invoices AS d
+    JOIN invoices AS i ON i.invoice_number = d.invoice_number
+    ORDER BY d.since
+    LIMIT $1
+    FOR UPDATE OF i SKIP LOCKED
 )
+DELETE FROM dirty_invoices AS d
+WHERE d.ctid = ANY (ARRAY(SELECT tid FROM picked))
+RETURNING d.invoice_number, d.since
+"""
 
 
 @dataclass(frozen=True)
@@ -71,8 +71,8 @@ class DirtyBatch:
 async def claim_dirty(conn: AsyncConnection, limit: int) -> DirtyBatch:
     """Lock up to `limit` dirty invoices, oldest first, skipping those another worker holds,
     and take them off the queue (undone if the transaction rolls back)."""
-    rows = (await conn.execute(_CLAIM_DIRTY, {"limit": limit})).all()
-    return DirtyBatch([r.invoice_number for r in rows], [r.since for r in rows])
+    rows = await (await driver_connection(conn)).fetch(_CLAIM_DIRTY, limit)
+    return DirtyBatch([r[0] for r in rows], [r[1] for r in rows])
 
 
 @dataclass(frozen=True)
