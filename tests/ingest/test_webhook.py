@@ -19,6 +19,7 @@ from service.contracts import DIRTY_CHANNEL
 from service.main import create_app
 from tests.conftest import make_settings
 from tests.ingest.factories import WEBHOOK, deliver, si, sr
+from tests.support.database import INVOICES_WITH_QUEUE
 from tests.support.webhooks import OLD_SECRET, TEST_SECRET, sign, signed_request
 
 
@@ -440,12 +441,7 @@ async def invoice(engine: AsyncEngine, number: str) -> dict[str, Any]:
         row = (
             (
                 await conn.execute(
-                    sa.text(
-                        # The invoice with its place in the reconcile queue, if it has one.
-                        "SELECT i.*, d.since AS dirty_since FROM invoices AS i "
-                        "LEFT JOIN dirty_invoices AS d USING (invoice_number) "
-                        "WHERE invoice_number = :n"
-                    ),
+                    sa.text(f"{INVOICES_WITH_QUEUE} WHERE invoice_number = :n"),
                     {"n": number},
                 )
             )

@@ -15,6 +15,7 @@ from service.ingest.repository import store
 from service.ingest.schemas import AllocationIn, PostingIn
 from service.reconcile import service
 from service.settings import Settings
+from tests.support.database import INVOICES_WITH_QUEUE
 
 DAY = dt.date(2026, 10, 1)
 # What the write-off wizard puts on its credit notes (docs/ARCHITECTURE.md, "What a write-off
@@ -103,12 +104,7 @@ async def invoice(engine: AsyncEngine, number: str) -> dict[str, Any]:
     async with engine.connect() as conn:
         row = (
             await conn.execute(
-                sa.text(
-                    # The invoice with its place in the reconcile queue, if it has one.
-                    "SELECT i.*, d.since AS dirty_since FROM invoices AS i "
-                    "LEFT JOIN dirty_invoices AS d USING (invoice_number) "
-                    "WHERE invoice_number = :n"
-                ),
+                sa.text(f"{INVOICES_WITH_QUEUE} WHERE invoice_number = :n"),
                 {"n": number},
             )
         ).one()

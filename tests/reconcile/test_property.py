@@ -18,6 +18,7 @@ from service.ingest.schemas import AllocationIn, PostingIn
 from tests.conftest import DEFAULT_PICKLIST, make_settings
 from tests.reconcile import model
 from tests.reconcile.conftest import load, reconcile
+from tests.support.database import INVOICES_WITH_QUEUE
 
 NOMINALS = ["4000", "8100", "8150", "8199", "8200", "1200", "", " 8105", "81O0", "08100", "7906"]
 DETAILS = [
@@ -183,17 +184,10 @@ async def _reset(engine: AsyncEngine, dropped: set[str]) -> None:
         )
 
 
-# Every invoice, with its place in the reconcile queue (NULL: not queued).
-_INVOICES_QUEUED = (
-    "SELECT i.*, d.since AS dirty_since FROM invoices AS i "
-    "LEFT JOIN dirty_invoices AS d USING (invoice_number)"
-)
-
-
 async def _befores(engine: AsyncEngine) -> dict[str, tuple[model.Before, bool]]:
     """Every invoice as it is now, and whether it is dirty (only those get reconciled)."""
     async with engine.connect() as conn:
-        rows = await conn.execute(sa.text(_INVOICES_QUEUED))
+        rows = await conn.execute(sa.text(INVOICES_WITH_QUEUE))
         return {
             r["invoice_number"]: (
                 model.Before(**{k: r[k] for k in model.Before.__dataclass_fields__}),
@@ -223,7 +217,7 @@ async def _check(
     async with engine.connect() as conn:
         rows = {
             r["invoice_number"]: r
-            for r in (await conn.execute(sa.text(_INVOICES_QUEUED))).mappings()
+            for r in (await conn.execute(sa.text(INVOICES_WITH_QUEUE))).mappings()
         }
     live = list(postings.values())
     for number, (before, dirty) in befores.items():

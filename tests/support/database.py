@@ -19,6 +19,13 @@ from service.db import asyncpg_url, libpq_url, throwaway_postgres
 
 ENV = "LEDGERLINK_TEST_DATABASE_URL"
 
+# Every invoice with its place in the reconcile queue: `dirty_since` is NULL when it is not
+# queued. Add a WHERE on `invoice_number` for one.
+INVOICES_WITH_QUEUE = (
+    "SELECT i.*, d.since AS dirty_since FROM invoices AS i "
+    "LEFT JOIN dirty_invoices AS d USING (invoice_number)"
+)
+
 
 @asynccontextmanager
 async def scratch_database() -> AsyncIterator[str]:
