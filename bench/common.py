@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -202,6 +203,33 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(timeout=10)
+
+
+async def run_script(conn: asyncpg.Connection, script: str, *args: Any) -> None:
+    """Statements separated by blank lines, each given the positional arguments it uses."""
+    for statement in script.split(";\n\n"):
+        used = max((n for n in range(1, len(args) + 1) if f"${n}" in statement), default=0)
+        await conn.execute(statement, *args[:used])
+
+
+# $1 customer invoices (SI n, 120.00, reference INVnnnnnnn), already reconciled and unpaid:
+# what paying_receipt(n) pays in full.
+PRELOAD_UNPAID_SQL = """
+INSERT INTO postings (tran_number, type, account_ref, reference, date, details, nominal_code,
+                      net_amount, tax_amount, gross_amount, content_hash, event_id)
+SELECT n, 'SI', 'CUST' || lpad((n % 2000)::text, 4, '0'), 'INV' || lpad(n::text, 7, '0'),
+       DATE '2026-01-05', 'Consulting services', '4000', 120, 0, 120, '\\x'::bytea, 'bench'
+FROM generate_series(1, $1::int) AS n;
+
+INSERT INTO invoices (invoice_number, account_ref, sage_tran_number, invoice_date, gross,
+                      gross_base, status, derived_state, outstanding, outstanding_base,
+                      computed_outstanding, computed_outstanding_base)
+SELECT reference, account_ref, tran_number, date, gross_amount, gross_amount, 'Unpaid',
+       'unpaid', gross_amount, gross_amount, gross_amount, gross_amount
+FROM postings WHERE type = 'SI';
+
+VACUUM ANALYZE
+"""
 
 
 def paying_receipt(n: int) -> dict[str, Any]:

@@ -24,7 +24,7 @@ import asyncpg
 import httpx
 import psutil
 
-from bench.common import BenchResult, Timer, _database
+from bench.common import BenchResult, Timer, _database, run_script
 from service.crm.service import LOCAL_BATCH_CAP, build_dispatcher
 from service.db import create_engine, libpq_url
 from service.logging import configure_logging
@@ -106,11 +106,6 @@ def _measure(cpu: _Cpu, into: list[tuple[float, float, float]]) -> Iterator[None
     into.append((elapsed, own1 - own0, pg1 - pg0))
 
 
-async def _script(conn: asyncpg.Connection, script: str, *args: object) -> None:
-    for statement in script.split(";\n\n"):
-        await conn.execute(statement, *(args if "$1" in statement else ()))
-
-
 async def _drain(size: Size) -> list[BenchResult]:
     configure_logging("WARNING", "console")
     with _database() as (url, postmaster_pid):
@@ -123,16 +118,16 @@ async def _drain(size: Size) -> list[BenchResult]:
         bare: list[tuple[float, float, float]] = []
         try:
             await conn.execute("TRUNCATE invoices, outbox")
-            await _script(conn, _SEED, size.messages)
+            await run_script(conn, _SEED, size.messages)
             async with httpx.AsyncClient() as http:
                 for repeat in range(size.repeats):
-                    await _script(conn, _RESET)
+                    await run_script(conn, _RESET)
                     with _measure(cpu, bare):
                         while True:
                             status = await conn.execute(_BARE, BATCH)
                             if status == "UPDATE 0":
                                 break
-                    await _script(conn, _RESET)
+                    await run_script(conn, _RESET)
                     dispatcher = build_dispatcher(settings, engine, http)
                     with _measure(cpu, real):
                         while await dispatcher.run_once():

@@ -29,12 +29,14 @@ import httpx
 import orjson
 
 from bench.common import (
+    PRELOAD_UNPAID_SQL,
     BenchResult,
     Service,
     Timer,
     _database,
     paying_receipt,
     percentile,
+    run_script,
     running_service,
     server_cpu_seconds,
 )
@@ -193,13 +195,6 @@ def _bare_sql(settings: Settings) -> tuple[str, list[Any]]:
     return BARE_SQL.format(wo=expression), values
 
 
-async def _script(conn: asyncpg.Connection, script: str, *args: Any) -> None:
-    """Statements separated by blank lines, each given the positional arguments it uses."""
-    for statement in script.split(";\n\n"):
-        used = max((n for n in range(1, len(args) + 1) if f"${n}" in statement), default=0)
-        await conn.execute(statement, *args[:used])
-
-
 async def _state_counts(conn: asyncpg.Connection) -> dict[str, int]:
     rows = await conn.fetch("SELECT status, count(*) FROM invoices GROUP BY status")
     return {r["status"]: r["count"] for r in rows}
@@ -219,7 +214,7 @@ async def full_reconcile(size: Size) -> list[BenchResult]:
                 "sync_runs, sync_run_changes CASCADE"
             )
             async with conn.transaction():
-                await _script(conn, GENERATE_SQL, size.invoices, size.postings)
+                await run_script(conn, GENERATE_SQL, size.invoices, size.postings)
             print(f"  generated in {timer.elapsed:.1f}s")
             bare_sql, bare_params = _bare_sql(settings)
             bare_times: list[float] = []
@@ -231,7 +226,7 @@ async def full_reconcile(size: Size) -> list[BenchResult]:
             engine = create_engine(url, pool_size=2)
             try:
                 for repeat in range(size.repeats):
-                    await _script(conn, RESET_SQL)
+                    await run_script(conn, RESET_SQL)
                     cpu = server_cpu_seconds(postmaster_pid)
                     timer = Timer()
                     async with conn.transaction():
@@ -242,7 +237,7 @@ async def full_reconcile(size: Size) -> list[BenchResult]:
                     bare_cpu.append(server_cpu_seconds(postmaster_pid) - cpu)
                     bare_states = await _state_counts(conn)
 
-                    await _script(conn, RESET_SQL)
+                    await run_script(conn, RESET_SQL)
                     # The pool's connections stay open to the end: their CPU is counted.
                     cpu = server_cpu_seconds(postmaster_pid)
                     timer = Timer()
@@ -302,22 +297,6 @@ KNEE_RATE = 3_000
 POLL_SECONDS = 0.002
 SENDERS = 32
 
-PRELOAD_SQL = """
-INSERT INTO postings (tran_number, type, account_ref, reference, date, details, nominal_code,
-                      net_amount, tax_amount, gross_amount, content_hash, event_id)
-SELECT n, 'SI', 'CUST' || lpad((n % 2000)::text, 4, '0'), 'INV' || lpad(n::text, 7, '0'),
-       DATE '2026-01-05', 'Consulting services', '4000', 120, 0, 120, '\\x'::bytea, 'bench'
-FROM generate_series(1, $1::int) AS n;
-
-INSERT INTO invoices (invoice_number, account_ref, sage_tran_number, invoice_date, gross,
-                      status, derived_state, outstanding, computed_outstanding)
-SELECT reference, account_ref, tran_number, date, gross_amount, 'Unpaid', 'unpaid',
-       gross_amount, gross_amount
-FROM postings WHERE type = 'SI';
-
-VACUUM ANALYZE
-"""
-
 
 @dataclass
 class Flight:
@@ -370,7 +349,7 @@ async def latency(size: Size, rate: int) -> tuple[list[float], list[float], str]
     with running_service() as service:
         conn = await asyncpg.connect(libpq_url(service.database_url))
         try:
-            await _script(conn, PRELOAD_SQL, total)
+            await run_script(conn, PRELOAD_UNPAID_SQL, total)
         finally:
             await conn.close()
         flights = [

@@ -33,12 +33,14 @@ import psutil
 from bench.common import (
     BENCH_API_KEY,
     BENCH_WEBHOOK_SECRET,
+    PRELOAD_UNPAID_SQL,
     BenchResult,
     Timer,
     _database,
     _ledgerlink_command,
     free_port,
     paying_receipt,
+    run_script,
     serving,
 )
 from service.db import libpq_url
@@ -57,23 +59,6 @@ class Size:
 
 FULL = Size(receipts=200_000)
 QUICK = Size(receipts=20_000)
-
-PRELOAD_SQL = """
-INSERT INTO postings (tran_number, type, account_ref, reference, date, details, nominal_code,
-                      net_amount, tax_amount, gross_amount, content_hash, event_id)
-SELECT n, 'SI', 'CUST' || lpad((n % 2000)::text, 4, '0'), 'INV' || lpad(n::text, 7, '0'),
-       DATE '2026-01-05', 'Consulting services', '4000', 120, 0, 120, '\\x'::bytea, 'bench'
-FROM generate_series(1, $1::int) AS n;
-
-INSERT INTO invoices (invoice_number, account_ref, sage_tran_number, invoice_date, gross,
-                      gross_base, status, derived_state, outstanding, outstanding_base,
-                      computed_outstanding, computed_outstanding_base)
-SELECT reference, account_ref, tran_number, date, gross_amount, gross_amount, 'Unpaid',
-       'unpaid', gross_amount, gross_amount, gross_amount, gross_amount
-FROM postings WHERE type = 'SI';
-
-VACUUM ANALYZE
-"""
 
 VERIFY_SQL = """
 SELECT
@@ -165,11 +150,6 @@ def _machine_busy() -> float:
     return float(sum(times) - times.idle - getattr(times, "iowait", 0.0))
 
 
-async def _script(conn: asyncpg.Connection, script: str, *args: object) -> None:
-    for statement in script.split(";\n\n"):
-        await conn.execute(statement, *(args if "$1" in statement else ()))
-
-
 async def _push(bases: list[str], bodies: list[bytes]) -> None:
     queue = iter(enumerate(bodies))
     run = uuid.uuid4().hex[:8]
@@ -213,7 +193,7 @@ async def _phase(apis: int, workers: int, size: Size, bodies: list[bytes]) -> Ph
         await asyncio.to_thread(upgrade_to_head, url)
         conn = await asyncpg.connect(libpq_url(url))
         try:
-            await _script(conn, PRELOAD_SQL, size.receipts)
+            await run_script(conn, PRELOAD_UNPAID_SQL, size.receipts)
             api_pids, api_urls, worker_pids, worker_metrics = [], [], [], []
             for n in range(apis):
                 port = free_port()
