@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import csv
+import html
 import io
 import json
+import re
 import time
 import uuid
 from typing import cast
+from urllib.parse import quote, urlencode
 
 import httpx
 import pytest
@@ -25,7 +28,7 @@ from service.reconcile import service as reconcile
 from service.settings import Settings
 from tests.conftest import ADMIN_KEY, API_KEYS, READ_KEY, WRITE_KEY, auth, make_settings
 from tests.console.conftest import CONSOLE_SECRET, SignIn
-from tests.console.support import csrf_from
+from tests.console.support import ODD_ACCOUNT, ODD_NUMBERS, csrf_from, odd_delivery
 from tests.invoices.conftest import statuses, table_checksums
 
 
@@ -398,3 +401,86 @@ async def test_report_counts_agree_with_the_reports_and_stop_at_the_cap(
             assert await reconcile.report_count(conn, kind, settings, cap=1) == min(1, len(rows))
             seen += len(rows)
     assert seen > 0, "the company shows nothing in any report: the test would prove nothing"
+
+
+LINK = re.compile(r'<a href="([^"]+)">([^<]*)</a>')
+
+
+def links(page: str) -> dict[str, str]:
+    """Each link's text and its target, as a browser reads them."""
+    return {html.unescape(text): html.unescape(href) for href, text in LINK.findall(page)}
+
+
+def invoice_heading(number: str) -> str:
+    return f"<h1>Invoice {html.escape(number)}</h1>"
+
+
+@pytest.fixture
+async def odd_invoices(client: httpx.AsyncClient, engine: AsyncEngine, settings: Settings) -> None:
+    body, headers = odd_delivery()
+    answer = await client.post("/v1/webhooks/sage/postings", content=body, headers=headers)
+    assert answer.status_code == 202, answer.text
+    await reconcile.reconcile_all_dirty(engine, settings)
+
+
+@pytest.mark.usefixtures("odd_invoices")
+async def test_links_built_from_invoice_numbers_reach_that_invoice(sign_in: SignIn) -> None:
+    """A number is one path segment: `..`, `.`, `/`, `?`, `#` and `%` in it cannot send its link
+    to another page (httpx, like a browser, resolves `..` before sending)."""
+    c = await sign_in(WRITE_KEY)
+    listed = await c.get("/console/invoices?" + urlencode({"account_ref": ODD_ACCOUNT}))
+    outbox = await c.get("/console/outbox?state=pending")
+    form = await c.get("/console/update?" + urlencode({"account_ref": ODD_ACCOUNT}))
+    preview = await c.post(
+        "/console/update",
+        data={"csrf_token": csrf_from(form.text), "account_ref": ODD_ACCOUNT, "to_status": "Paid"},
+    )
+    job = await c.get(preview.headers["location"])
+    for page in (listed, outbox, job):
+        found = links(page.text)
+        for number in ODD_NUMBERS:
+            answer = await c.get(found[number])
+            assert answer.status_code == 200, (number, found[number], answer.status_code)
+            assert invoice_heading(number) in answer.text, (number, found[number])
+    invoice = await c.get(links(listed.text)[".."])
+    account = await c.get(links(invoice.text)[ODD_ACCOUNT])
+    assert sorted(n for n in links(account.text) if n in ODD_NUMBERS) == sorted(ODD_NUMBERS)
+
+
+@pytest.mark.usefixtures("odd_invoices")
+async def test_sign_in_returns_to_the_invoice_asked_for(
+    sign_in: SignIn, client: httpx.AsyncClient
+) -> None:
+    """The page asked for before signing in is the one shown after, whatever its number."""
+    listed = await (await sign_in(READ_KEY)).get(
+        "/console/invoices?" + urlencode({"account_ref": ODD_ACCOUNT})
+    )
+    found = links(listed.text)
+    for number in ODD_NUMBERS:
+        client.cookies.clear()
+        asked = await client.get(found[number])
+        assert asked.status_code == 303
+        page = await client.get(asked.headers["location"])
+        answer = await client.post(
+            "/console/sign-in",
+            data={
+                "csrf_token": csrf_from(page.text),
+                "api_key": READ_KEY,
+                "next": re.findall(r'name="next" value="([^"]*)"', page.text)[0],
+            },
+        )
+        assert answer.status_code == 303
+        shown = await client.get(html.unescape(answer.headers["location"]))
+        assert invoice_heading(number) in shown.text, (number, answer.headers["location"])
+
+
+@pytest.mark.usefixtures("odd_invoices")
+async def test_api_reads_an_invoice_whose_number_is_a_dot_segment(
+    client: httpx.AsyncClient,
+) -> None:
+    """GET /v1/invoices/{number}: the number percent-encoded as one segment, dots as %2E."""
+    for number in ODD_NUMBERS:
+        segment = quote(number, safe="").replace(".", "%2E")
+        answer = await client.get(f"/v1/invoices/{segment}", headers=auth(READ_KEY))
+        assert answer.status_code == 200, (number, answer.text)
+        assert answer.json()["invoice_number"] == number
