@@ -13,9 +13,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path as FilePath
 from typing import Annotated, Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
-from fastapi import APIRouter, Depends, FastAPI, Path, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from service import csvout
 from service.auth import find_key
 from service.baddebts import service as baddebts
-from service.console import forms
+from service.console import forms, links
 from service.console.overview import ATTENTION, CRM_DRIFT_COUNT_CAP, CRM_DRIFT_KIND, overview
 from service.console.session import CSRF_FIELD, ConsoleSession, SessionKeys
 from service.crm import repository as crm_repo
@@ -45,6 +45,8 @@ from service.settings import DERIVED_STATES, Principal, Scope, Settings
 
 HERE = FilePath(__file__).parent
 templates = Jinja2Templates(directory=HERE / "templates")
+templates.env.filters["invoice_href"] = links.invoice_href
+templates.env.filters["account_href"] = links.account_href
 router = APIRouter(prefix="/console", include_in_schema=False)
 
 PAGE_SIZES = (25, 50, 100, 200, 500)
@@ -200,6 +202,16 @@ async def sign_out(ctx: CtxDep) -> Response:
     return response
 
 
+def _as_sent(request: Request) -> str:
+    """The path as the client encoded it: the decoded one would turn an invoice number's
+    `%3F` into a query and its `%2F` into a separator."""
+    raw = request.scope.get("raw_path")
+    if isinstance(raw, bytes):
+        # Some servers leave the query on raw_path; an unencoded `?` ends the path anyway.
+        return raw.partition(b"?")[0].decode("latin-1")
+    return quote(request.url.path)
+
+
 def _local(url: str) -> str:
     """Only a console path: never an open redirect."""
     return url if url.startswith("/console/") and not url.startswith("//") else "/console/"
@@ -282,6 +294,15 @@ async def invoice_page(
     ctx: CtxDep, invoice_number: Annotated[Text, Path()], conn: ConnDep, settings: SettingsDep
 ) -> Response:
     invoice = await invoices.invoice_detail(conn, settings, invoice_number)
+    return render(ctx.request, "invoice.html", ctx=ctx, invoice=invoice)
+
+
+@router.get("/invoice")
+async def invoice_by_query(
+    ctx: CtxDep, number: Annotated[Text, Query()], conn: ConnDep, settings: SettingsDep
+) -> Response:
+    """The same page for a number no path can carry (`.` or `..`: see links.py)."""
+    invoice = await invoices.invoice_detail(conn, settings, number)
     return render(ctx.request, "invoice.html", ctx=ctx, invoice=invoice)
 
 
@@ -529,7 +550,7 @@ def install_console(app: FastAPI) -> None:
 
     async def sign_in_required(request: Request, exc: Exception) -> Response:
         if request.method == "GET":
-            wanted = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+            wanted = _as_sent(request) + (f"?{request.url.query}" if request.url.query else "")
             return redirect("/console/sign-in?" + urlencode({"next": wanted}))
         return render(
             request,
