@@ -9,6 +9,9 @@ import json
 import re
 import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import timedelta
 from typing import cast
 from urllib.parse import quote, urlencode
 
@@ -255,39 +258,147 @@ def _forged_cookie(age_seconds: int, fingerprint: str) -> str:
     return signer.sign(payload).decode()
 
 
-async def test_session_expires_after_its_lifetime(app: FastAPI, client: httpx.AsyncClient) -> None:
-    keys = runtime_of(app).console_keys
-    fingerprint = keys.fingerprint(READ_KEY)
-    fresh = _forged_cookie(60, fingerprint)
-    stale = _forged_cookie(8 * 3600 + 60, fingerprint)  # the default lifetime is 480 minutes
-    assert (
-        await client.get("/console/", headers={"Cookie": f"{COOKIE}={fresh}"})
-    ).status_code == 200
-    assert (
-        await client.get("/console/", headers={"Cookie": f"{COOKIE}={stale}"})
-    ).status_code == 303
+@asynccontextmanager
+async def replica(database_url: str, **overrides: object) -> AsyncIterator[httpx.AsyncClient]:
+    """Another API process on the same database (a second replica, or this one restarted)."""
+    values: dict[str, object] = {
+        "write_off_mode": "sagelink",
+        "console_session_secret": CONSOLE_SECRET,
+    }
+    values.update(overrides)
+    other = create_app(make_settings(database_url, **values))
+    async with LifespanManager(other):
+        transport = httpx.ASGITransport(app=other)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+            yield c
 
 
-async def test_removing_a_key_ends_its_sessions(
-    sign_in: SignIn, database_url: str, app: FastAPI
+def with_cookie(cookie: str) -> dict[str, str]:
+    return {"Cookie": f"{COOKIE}={cookie}"}
+
+
+async def test_a_signed_cookie_without_a_session_is_refused(
+    app: FastAPI, client: httpx.AsyncClient
 ) -> None:
+    """The signature alone opens nothing: the session must be one the server started."""
+    fingerprint = runtime_of(app).console_keys.fingerprint(READ_KEY)
+    forged = _forged_cookie(60, fingerprint)
+    assert (await client.get("/console/", headers=with_cookie(forged))).status_code == 303
+
+
+async def test_session_expires_after_its_lifetime(sign_in: SignIn, engine: AsyncEngine) -> None:
+    c = await sign_in(READ_KEY)
+    assert (await c.get("/console/")).status_code == 200
+    async with engine.begin() as conn:
+        lifetime = await conn.scalar(
+            sa.text("SELECT expires_at - created_at FROM console_sessions")
+        )
+        assert lifetime == timedelta(minutes=480)  # the default
+        await conn.execute(sa.text("UPDATE console_sessions SET expires_at = now()"))
+    assert (await c.get("/console/")).status_code == 303
+
+
+async def test_a_stale_signature_is_refused_while_its_session_lives(
+    app: FastAPI, client: httpx.AsyncClient, sign_in: SignIn
+) -> None:
+    """The cookie's signed time is checked too (a cookie older than the lifetime is refused)."""
+    fingerprint = runtime_of(app).console_keys.fingerprint(READ_KEY)
+    stale = _forged_cookie(8 * 3600 + 60, fingerprint)
+    assert (await client.get("/console/", headers=with_cookie(stale))).status_code == 303
+
+
+@pytest.mark.usefixtures("company")
+async def test_a_cookie_saved_before_sign_out_opens_nothing_after(
+    sign_in: SignIn, client: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    """Signing out ends the session on the server: a copy of the cookie taken before (another
+    tab, a stolen cookie) neither opens a page nor runs an admin action with its CSRF token."""
+    async with engine.begin() as conn:
+        await conn.exec_driver_sql("DELETE FROM picklist_values WHERE value = 'Paid/Written Off'")
+    admin = await sign_in(ADMIN_KEY)
+    page = await admin.get("/console/picklist")
+    saved, token = admin.cookies[COOKIE], csrf_from(page.text)
+    out = await admin.post("/console/sign-out", data={"csrf_token": token})
+    assert out.status_code == 303
+    assert (await client.get("/console/", headers=with_cookie(saved))).status_code == 303
+    repair = await client.post(
+        "/console/picklist/repair", data={"csrf_token": token}, headers=with_cookie(saved)
+    )
+    assert repair.status_code == 401
+    assert "your session has ended" in repair.text
+    async with engine.connect() as conn:
+        missing = await conn.scalar(
+            sa.text("SELECT count(*) FROM picklist_values WHERE value = 'Paid/Written Off'")
+        )
+    assert missing == 0
+
+
+async def test_sessions_are_shared_by_replicas_and_outlive_a_restart(
+    sign_in: SignIn, database_url: str
+) -> None:
+    c = await sign_in(READ_KEY)
+    cookie = c.cookies[COOKIE]
+    async with replica(database_url) as other:
+        page = await other.get("/console/", headers=with_cookie(cookie))
+        assert page.status_code == 200
+        # Signed out on the other replica: this one refuses the cookie too.
+        out = await other.post(
+            "/console/sign-out",
+            data={"csrf_token": csrf_from(page.text)},
+            headers=with_cookie(cookie),
+        )
+        assert out.status_code == 303
+    assert (await c.get("/console/")).status_code == 303
+
+
+async def test_removing_a_key_ends_its_sessions(sign_in: SignIn, database_url: str) -> None:
+    """For good: a replica still configured with the key (a rolling deploy), or the key put
+    back later, does not bring the session back."""
     c = await sign_in(WRITE_KEY)
+    reader = await sign_in(READ_KEY)
     assert (await c.get("/console/")).status_code == 200
     cookie = c.cookies[COOKIE]
     without_writer = {k: v for k, v in API_KEYS.items() if k != WRITE_KEY}
-    other = create_app(
-        make_settings(
-            database_url,
-            api_keys=json.dumps(without_writer),
-            write_off_mode="sagelink",
-            console_session_secret=CONSOLE_SECRET,
-        )
-    )
-    async with LifespanManager(other):
-        transport = httpx.ASGITransport(app=other)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as later:
-            answer = await later.get("/console/", headers={"Cookie": f"{COOKIE}={cookie}"})
-    assert answer.status_code == 303
+    async with replica(database_url, api_keys=json.dumps(without_writer)) as later:
+        assert (await later.get("/console/", headers=with_cookie(cookie))).status_code == 303
+        other = reader.cookies[COOKIE]
+        assert (await later.get("/console/", headers=with_cookie(other))).status_code == 200
+    assert (await c.get("/console/")).status_code == 303
+    assert (await reader.get("/console/")).status_code == 200
+
+
+async def test_a_new_session_secret_ends_every_session(sign_in: SignIn, database_url: str) -> None:
+    c = await sign_in(READ_KEY)
+    cookie = c.cookies[COOKIE]
+    async with replica(database_url, console_session_secret="another-secret-" + "9" * 32) as other:
+        assert (await other.get("/console/", headers=with_cookie(cookie))).status_code == 303
+
+
+async def test_the_session_table_holds_neither_the_key_nor_the_cookie(
+    sign_in: SignIn, engine: AsyncEngine
+) -> None:
+    c = await sign_in(ADMIN_KEY)
+    async with engine.connect() as conn:
+        rows = (await conn.execute(sa.text("SELECT * FROM console_sessions"))).mappings().all()
+    assert len(rows) == 1
+    stored = json.dumps({k: str(v) for k, v in rows[0].items()})
+    assert ADMIN_KEY not in stored
+    session_id = URLSafeTimedSerializer(CONSOLE_SECRET, salt="ledgerlink-console-session").loads(
+        c.cookies[COOKIE]
+    )["n"]
+    assert session_id not in stored
+
+
+async def test_ended_sessions_are_deleted_at_a_later_sign_in(
+    sign_in: SignIn, engine: AsyncEngine
+) -> None:
+    await sign_in(READ_KEY)
+    await sign_in(READ_KEY)
+    async with engine.begin() as conn:
+        await conn.execute(sa.text("UPDATE console_sessions SET expires_at = now()"))
+    await sign_in(READ_KEY)
+    async with engine.connect() as conn:
+        assert await conn.scalar(sa.text("SELECT count(*) FROM console_sessions")) == 1
 
 
 @pytest.mark.usefixtures("company")
