@@ -438,6 +438,26 @@ async def test_bad_debts_and_their_csv(new_page: Any, shots: Path) -> None:
     assert table["INV-2001"]["vat_relief"] == "83.33"
 
 
+async def test_a_cookie_kept_from_before_sign_out_opens_nothing(
+    browser: Browser, new_page: Any, server: str
+) -> None:
+    page = await new_page()
+    await sign_in(page, ADMIN_KEY, "/console/picklist")
+    kept = await page.context.cookies()
+    await page.get_by_role("button", name="Sign out").click()
+    await page.get_by_role("heading", name="Sign in").wait_for()
+    # Another browser given the cookie as it was (a copied cookie, a tab restored from disk).
+    context = await browser.new_context(viewport=LAPTOP, base_url=server)
+    try:
+        await context.add_cookies(kept)
+        other = await context.new_page()
+        await other.goto("/console/picklist")
+        await other.get_by_role("heading", name="Sign in").wait_for()
+        assert "/console/sign-in" in other.url
+    finally:
+        await context.close()
+
+
 async def test_links_reach_invoices_whatever_their_number(new_page: Any, server: str) -> None:
     """Last: it adds invoices. A browser resolves `..` and `.` segments, %2E%2E and %2E too, so
     a link pasting (or merely percent-encoding) such a number would open another page."""
