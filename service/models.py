@@ -2,6 +2,7 @@
 
 from sqlmodel import SQLModel
 
+from service.console.models import ConsoleSessionRow, SignInFailures
 from service.crm.models import (
     CrmInvoiceView,
     CrmObservedStatus,
@@ -18,6 +19,7 @@ metadata = SQLModel.metadata
 
 __all__ = [
     "Allocation",
+    "ConsoleSessionRow",
     "CrmInvoiceView",
     "CrmObservedStatus",
     "CrmReadbackState",
@@ -28,6 +30,7 @@ __all__ = [
     "OutboxMessage",
     "PicklistValue",
     "Posting",
+    "SignInFailures",
     "StatusHistory",
     "SyncRun",
     "SyncRunChange",

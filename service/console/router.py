@@ -8,14 +8,15 @@ retries. No page reads or writes data any other way.
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path as FilePath
 from typing import Annotated, Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
-from fastapi import APIRouter, Depends, FastAPI, Path, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
@@ -26,8 +27,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from service import csvout
 from service.auth import find_key
 from service.baddebts import service as baddebts
-from service.console import forms
+from service.console import forms, links, throttle
 from service.console.overview import ATTENTION, CRM_DRIFT_COUNT_CAP, CRM_DRIFT_KIND, overview
+from service.console.repository import delete_ended_sessions
 from service.console.session import CSRF_FIELD, ConsoleSession, SessionKeys
 from service.crm import repository as crm_repo
 from service.crm import service as crm
@@ -38,13 +40,17 @@ from service.exception_handlers import describe, validation_errors
 from service.ingest.schemas import SageDate
 from service.invoices import service as invoices
 from service.invoices.schemas import AccountRef, BulkStatusRequest, InvoiceFilter, Text
+from service.logging import get_logger
 from service.picklist import repository as picklist_repo
 from service.picklist import service as picklist
 from service.reconcile import service as reconcile
 from service.settings import DERIVED_STATES, Principal, Scope, Settings
 
+log = get_logger(__name__)
 HERE = FilePath(__file__).parent
 templates = Jinja2Templates(directory=HERE / "templates")
+templates.env.filters["invoice_href"] = links.invoice_href
+templates.env.filters["account_href"] = links.account_href
 router = APIRouter(prefix="/console", include_in_schema=False)
 
 PAGE_SIZES = (25, 50, 100, 200, 500)
@@ -93,12 +99,24 @@ def session_keys(request: Request) -> SessionKeys:
     return runtime_of(request.app).console_keys
 
 
-async def signed_in(request: Request) -> Ctx:
+async def claimed(request: Request) -> Ctx:
+    """The session the cookie claims, from the cookie alone (no database yet)."""
     keys = session_keys(request)
     session = keys.read(request)
     if session is None or session.principal is None:
         raise SignInRequired
     return Ctx(request, keys, session, session.principal)
+
+
+ClaimDep = Annotated[Ctx, Depends(claimed)]
+
+
+async def signed_in(ctx: ClaimDep, conn: ConnDep) -> Ctx:
+    """A session the server started and has not ended (the route's own transaction reads it:
+    FastAPI hands the route the same connection)."""
+    if not await ctx.keys.is_live(conn, ctx.session):
+        raise SignInRequired
+    return ctx
 
 
 CtxDep = Annotated[Ctx, Depends(signed_in)]
@@ -109,10 +127,13 @@ def render(
     template: str,
     status_code: int = 200,
     ctx: Ctx | None = None,
+    headers: dict[str, str] | None = None,
     **context: Any,
 ) -> HTMLResponse:
     context.update(ctx=ctx, csrf_field=CSRF_FIELD)
-    response = templates.TemplateResponse(request, template, context, status_code=status_code)
+    response = templates.TemplateResponse(
+        request, template, context, status_code=status_code, headers=headers
+    )
     response.headers.update(SECURITY_HEADERS)
     return response
 
@@ -136,18 +157,81 @@ class Form:
     fields: forms.Fields
 
 
-def _form(scope: Scope) -> Callable[[Ctx], Awaitable[Form]]:
-    async def read(ctx: CtxDep) -> Form:
-        ctx.need(scope)
+def _form(scope: Scope | None, *, live: bool = True) -> Callable[..., Awaitable[Form]]:
+    async def read(ctx: ClaimDep) -> Form:
+        if scope is not None:
+            ctx.need(scope)
         return Form(ctx, await posted(ctx))
 
-    return read
+    # A default, not an annotation: the annotation is a string (future annotations), which
+    # FastAPI resolves in the module's namespace, where `read` is not.
+    async def checked(*, form: Form = Depends(read), conn: ConnDep) -> Form:
+        if not await form.ctx.keys.is_live(conn, form.ctx.session):
+            raise SignInRequired
+        return form
+
+    return checked if live else read
 
 
-# Declared before ConnDep, so the scope and the CSRF token are checked, and the whole body read,
-# before the request takes a connection from the pool.
+# The scope and the CSRF token are checked, and the whole body read, from the cookie alone
+# before the request takes a connection from the pool (then the session's row is checked in
+# the route's transaction).
+# Signing out needs the cookie and its CSRF token, not a live session: ending one that has
+# ended already just clears the cookie.
+SignOutForm = Annotated[Form, Depends(_form(None, live=False))]
 WriteForm = Annotated[Form, Depends(_form("write"))]
 AdminForm = Annotated[Form, Depends(_form("admin"))]
+
+
+@dataclass(frozen=True)
+class SignInForm:
+    """The sign-in form, its CSRF token checked against the visitor's cookie."""
+
+    request: Request
+    keys: SessionKeys
+    session: ConsoleSession
+    fields: forms.Fields
+    client: str
+
+    @property
+    def next_url(self) -> str:
+        return _local(forms.one(self.fields, "next") or "/console/")
+
+    def again(self, status: int, error: str, wait: int = 0) -> Response:
+        """The sign-in page again, with `error`; after a wrong key, how long to wait."""
+        if wait:
+            error += f" Too many wrong keys from your address: wait {_duration(wait)} before "
+            error += "trying again."
+        return render(
+            self.request,
+            "sign_in.html",
+            status,
+            headers={"Retry-After": str(wait)} if wait else None,
+            csrf=self.keys.csrf_token(self.session),
+            next=self.next_url,
+            error=error.strip(),
+        )
+
+
+class MustWait(Exception):
+    """This address sent too many wrong keys: no key is read until it has waited."""
+
+    def __init__(self, form: SignInForm, seconds: int) -> None:
+        self.form, self.seconds = form, seconds
+
+
+async def sign_in_form(request: Request) -> SignInForm:
+    keys = session_keys(request)
+    session = keys.read(request)
+    fields = forms.parse((await request.body()).decode("utf-8", errors="replace"))
+    keys.check_csrf(session, forms.one(fields, CSRF_FIELD))
+    assert session is not None  # the CSRF check needs one
+    form = SignInForm(request, keys, session, fields, throttle.client_of(request))
+    # Known to this process already: refused before the request takes a connection, so a
+    # flood of guesses from one address does not tie up the pool.
+    if wait := keys.waiting.remaining(form.client):
+        raise MustWait(form, wait)
+    return form
 
 
 # --- sign in / out ---------------------------------------------------------------------------
@@ -169,35 +253,51 @@ async def sign_in_page(request: Request, next: str = "/console/") -> HTMLRespons
 
 
 @router.post("/sign-in")
-async def sign_in(request: Request, settings: SettingsDep) -> Response:
-    keys = session_keys(request)
-    fields = forms.parse((await request.body()).decode("utf-8", errors="replace"))
-    keys.check_csrf(keys.read(request), forms.one(fields, CSRF_FIELD))
-    presented = forms.one(fields, "api_key") or ""
-    next_url = _local(forms.one(fields, "next") or "/console/")
-    if find_key(settings, presented.strip()) is None:
-        session = keys.read(request)
-        assert session is not None  # the CSRF check needs one
-        return render(
-            request,
-            "sign_in.html",
-            401,
-            csrf=keys.csrf_token(session),
-            next=next_url,
-            error="That key is not one this service knows. Check it and try again.",
+async def sign_in(
+    form: Annotated[SignInForm, Depends(sign_in_form)], conn: ConnDep, settings: SettingsDep
+) -> Response:
+    keys, client = form.keys, form.client
+    if wait := await throttle.hold(conn, client):
+        raise MustWait(form, wait)
+    await throttle.forget_old(conn)
+    key = find_key(settings, (forms.one(form.fields, "api_key") or "").strip())
+    if key is None:
+        wait = await throttle.record_failure(conn, client)
+        keys.waiting.note(client, wait)
+        log.warning("console.sign_in_refused", client=client, wait_seconds=wait)
+        return form.again(
+            401, "That key is not one this service knows. Check it and try again.", wait
         )
-    response = redirect(next_url)
-    _, cookie = keys.new_session(api_key=presented.strip())
-    keys.set_cookie(request, response, cookie)
+    # The session this browser had (if any) ends: a new id at every sign-in.
+    await keys.end(conn, form.session)
+    await delete_ended_sessions(conn, limit=throttle.CLEANUP_BATCH)
+    response = redirect(form.next_url)
+    keys.set_cookie(form.request, response, await keys.start(conn, key))
     return response
+
+
+def _duration(seconds: int) -> str:
+    if seconds < 120:
+        return f"{seconds} second{'s' if seconds != 1 else ''}"
+    return f"{math.ceil(seconds / 60)} minutes"
 
 
 @router.post("/sign-out")
-async def sign_out(ctx: CtxDep) -> Response:
-    await posted(ctx)
+async def sign_out(form: SignOutForm, conn: ConnDep) -> Response:
+    await form.ctx.keys.end(conn, form.ctx.session)
     response = redirect("/console/sign-in")
-    ctx.keys.clear(ctx.request, response)
+    form.ctx.keys.clear(form.ctx.request, response)
     return response
+
+
+def _as_sent(request: Request) -> str:
+    """The path as the client encoded it: the decoded one would turn an invoice number's
+    `%3F` into a query and its `%2F` into a separator."""
+    raw = request.scope.get("raw_path")
+    if isinstance(raw, bytes):
+        # Some servers leave the query on raw_path; an unencoded `?` ends the path anyway.
+        return raw.partition(b"?")[0].decode("latin-1")
+    return quote(request.url.path)
 
 
 def _local(url: str) -> str:
@@ -282,6 +382,15 @@ async def invoice_page(
     ctx: CtxDep, invoice_number: Annotated[Text, Path()], conn: ConnDep, settings: SettingsDep
 ) -> Response:
     invoice = await invoices.invoice_detail(conn, settings, invoice_number)
+    return render(ctx.request, "invoice.html", ctx=ctx, invoice=invoice)
+
+
+@router.get("/invoice")
+async def invoice_by_query(
+    ctx: CtxDep, number: Annotated[Text, Query()], conn: ConnDep, settings: SettingsDep
+) -> Response:
+    """The same page for a number no path can carry (`.` or `..`: see links.py)."""
+    invoice = await invoices.invoice_detail(conn, settings, number)
     return render(ctx.request, "invoice.html", ctx=ctx, invoice=invoice)
 
 
@@ -529,7 +638,7 @@ def install_console(app: FastAPI) -> None:
 
     async def sign_in_required(request: Request, exc: Exception) -> Response:
         if request.method == "GET":
-            wanted = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+            wanted = _as_sent(request) + (f"?{request.url.query}" if request.url.query else "")
             return redirect("/console/sign-in?" + urlencode({"next": wanted}))
         return render(
             request,
@@ -553,6 +662,13 @@ def install_console(app: FastAPI) -> None:
     app.add_exception_handler(ServiceError, service_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(SignInRequired, sign_in_required)
+
+    async def must_wait(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, MustWait)
+        exc.form.keys.waiting.note(exc.form.client, exc.seconds)
+        return exc.form.again(429, "", exc.seconds)
+
+    app.add_exception_handler(MustWait, must_wait)
 
 
 class _BadDebtQuery(BaseModel):

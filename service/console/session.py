@@ -1,12 +1,18 @@
-"""Console sessions: an API key signs a person in; the browser holds only a signed cookie.
+"""Console sessions: an API key signs a person in; the browser holds a signed cookie naming a
+session the server keeps (table console_sessions).
 
-The cookie carries a fingerprint of the key (an HMAC under the session secret), never the
-key, so neither the cookie, a URL nor browser storage ever holds it; the key's scopes are
-looked up on every request, so removing a key from LEDGERLINK_API_KEYS ends its sessions.
+The cookie carries the session's random id and a fingerprint of the key (an HMAC under the
+session secret), never the key, so neither the cookie, a URL nor browser storage ever holds
+it. The server's row holds the SHA-256 of the id, the key's fingerprint and the expiry; every
+request needs a row that is neither signed out nor expired, whose key is still configured (the
+key's scopes are looked up each time, so removing a key from LEDGERLINK_API_KEYS ends its
+sessions at once, and a new session secret ends every session). Signing out marks the row, so
+every other copy of the cookie stops working too, on every replica.
 The cookie is HttpOnly, SameSite=Strict, Secure behind TLS, and expires after
-LEDGERLINK_CONSOLE_SESSION_MINUTES (the signature carries its time; the browser's expiry
+LEDGERLINK_CONSOLE_SESSION_MINUTES (the signature carries its time too; the browser's expiry
 alone is not trusted). Every form that changes something carries a CSRF token derived from
-the session's random nonce (a new nonce at every sign-in).
+the session's random id (a new id at every sign-in); before sign-in, from a random nonce the
+cookie carries (no row: a visitor costs no write).
 """
 
 from __future__ import annotations
@@ -18,10 +24,12 @@ from dataclasses import dataclass
 
 from fastapi import Request, Response
 from itsdangerous import BadSignature, URLSafeTimedSerializer
+from sqlalchemy.ext.asyncio import AsyncConnection
 
+from service.console import repository, throttle
 from service.errors import Forbidden
 from service.logging import get_logger
-from service.settings import Principal, Settings
+from service.settings import ApiKey, Principal, Settings
 
 log = get_logger(__name__)
 
@@ -32,8 +40,16 @@ CSRF_FIELD = "csrf_token"
 
 @dataclass(frozen=True)
 class ConsoleSession:
+    """What a cookie says. `nonce` is the session id once signed in (`fingerprint` set); the
+    principal is None before sign-in or when the key is no longer configured."""
+
     nonce: str
+    fingerprint: str | None
     principal: Principal | None
+
+    @property
+    def id_hash(self) -> str:
+        return hashlib.sha256(self.nonce.encode()).hexdigest()
 
 
 def _mac(key: bytes, message: str) -> str:
@@ -57,6 +73,8 @@ class SessionKeys:
         self.settings = settings
         self.max_age = settings.console_session_minutes * 60
         self.signer = URLSafeTimedSerializer(self.secret, salt="ledgerlink-console-session")
+        # The sign-in's back-off, as far as this process has seen it (throttle.py).
+        self.waiting = throttle.Waiting()
 
     def fingerprint(self, api_key: str) -> str:
         return _mac(self.secret, f"api-key\n{api_key}")
@@ -65,7 +83,8 @@ class SessionKeys:
         return _mac(self.secret, f"csrf\n{session.nonce}")
 
     def read(self, request: Request) -> ConsoleSession | None:
-        """The session the cookie names, or None (absent, forged, expired)."""
+        """What the cookie claims, or None (absent, forged, too old). A signed-in claim still
+        needs `is_live` (the server's row) before it is believed."""
         raw = request.cookies.get(COOKIE)
         if raw is None:
             return None
@@ -76,10 +95,10 @@ class SessionKeys:
         if not isinstance(data, dict) or not isinstance(data.get("n"), str):
             return None
         fingerprint = data.get("k")
-        principal = self._principal(fingerprint) if isinstance(fingerprint, str) else None
-        if fingerprint is not None and principal is None:
-            return None  # the key was removed from the configuration
-        return ConsoleSession(nonce=data["n"], principal=principal)
+        if fingerprint is not None and not isinstance(fingerprint, str):
+            return None
+        principal = None if fingerprint is None else self._principal(fingerprint)
+        return ConsoleSession(nonce=data["n"], fingerprint=fingerprint, principal=principal)
 
     def _principal(self, fingerprint: str) -> Principal | None:
         found: Principal | None = None
@@ -90,12 +109,40 @@ class SessionKeys:
         return found
 
     def new_session(self, *, api_key: str | None) -> tuple[ConsoleSession, str]:
-        """A new session (a new nonce, so a new CSRF token) and its signed cookie value."""
-        nonce = secrets.token_urlsafe(24)
+        """A new session (a new random id, so a new CSRF token) and its signed cookie value;
+        with a key, `start` must store it before the cookie is of any use."""
+        nonce = secrets.token_urlsafe(32)
         fingerprint = None if api_key is None else self.fingerprint(api_key)
-        return ConsoleSession(nonce=nonce, principal=None), self.signer.dumps(
-            {"n": nonce, "k": fingerprint}
+        return ConsoleSession(nonce=nonce, fingerprint=fingerprint, principal=None), (
+            self.signer.dumps({"n": nonce, "k": fingerprint})
         )
+
+    async def start(self, conn: AsyncConnection, key: ApiKey) -> str:
+        """A session signed in with `key`, stored; the cookie value that names it."""
+        session, cookie = self.new_session(api_key=key.secret)
+        assert session.fingerprint is not None
+        await repository.insert_session(
+            conn,
+            id_hash=session.id_hash,
+            key_fingerprint=session.fingerprint,
+            key_name=key.name[:100],
+            minutes=self.settings.console_session_minutes,
+        )
+        return cookie
+
+    @staticmethod
+    async def is_live(conn: AsyncConnection, session: ConsoleSession) -> bool:
+        """The server started this session, and it is neither signed out nor expired."""
+        if session.fingerprint is None or session.principal is None:
+            return False
+        stored = await repository.live_session_key(conn, session.id_hash)
+        return stored is not None and hmac.compare_digest(stored, session.fingerprint)
+
+    @staticmethod
+    async def end(conn: AsyncConnection, session: ConsoleSession) -> None:
+        """Sign out: no copy of the cookie opens anything any more, on any replica."""
+        if session.fingerprint is not None:
+            await repository.revoke_session(conn, session.id_hash)
 
     def set_cookie(self, request: Request, response: Response, value: str) -> None:
         response.set_cookie(

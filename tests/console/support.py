@@ -88,3 +88,18 @@ def csrf_from(html: str) -> str:
     found = CSRF_INPUT.search(html)
     assert found is not None, html[:2000]
     return found.group(1)
+
+
+# Invoice numbers (and an account) that a link built by pasting them into a URL would send
+# elsewhere: dot segments, a slash, a query, a fragment, a percent sign.
+ODD_ACCOUNT = "ODD/1?&#"
+ODD_NUMBERS = ["..", ".", "A/B", "a?b#c", "50%2F", "x/../y", "..."]
+
+
+def odd_delivery() -> tuple[bytes, dict[str, str]]:
+    """One unpaid invoice for each of ODD_NUMBERS, as one signed delivery."""
+    postings = [
+        _si(900 + n, number, ODD_ACCOUNT, "2026-11-02", "10.00", "2.00")
+        for n, number in enumerate(ODD_NUMBERS)
+    ]
+    return signed_request({"source": "console-tests", "postings": postings})

@@ -20,7 +20,7 @@ import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import httpx
 import pytest
@@ -37,7 +37,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from service.db import create_engine
 from tests.conftest import ADMIN_KEY, API_KEYS, READ_KEY, WRITE_KEY, auth, reset_database
 from tests.console.conftest import CONSOLE_SECRET
-from tests.console.support import WRITTEN_OFF, company_delivery
+from tests.console.support import (
+    ODD_ACCOUNT,
+    ODD_NUMBERS,
+    WRITTEN_OFF,
+    company_delivery,
+    odd_delivery,
+)
 from tests.support.processes import LedgerlinkProcess
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -430,3 +436,47 @@ async def test_bad_debts_and_their_csv(new_page: Any, shots: Path) -> None:
     assert table["INV-1001"]["qualifies"] == "true"
     assert table["INV-3001"]["qualifies"] == "false"
     assert table["INV-2001"]["vat_relief"] == "83.33"
+
+
+async def test_a_cookie_kept_from_before_sign_out_opens_nothing(
+    browser: Browser, new_page: Any, server: str
+) -> None:
+    page = await new_page()
+    await sign_in(page, ADMIN_KEY, "/console/picklist")
+    kept = await page.context.cookies()
+    await page.get_by_role("button", name="Sign out").click()
+    await page.get_by_role("heading", name="Sign in").wait_for()
+    # Another browser given the cookie as it was (a copied cookie, a tab restored from disk).
+    context = await browser.new_context(viewport=LAPTOP, base_url=server)
+    try:
+        await context.add_cookies(kept)
+        other = await context.new_page()
+        await other.goto("/console/picklist")
+        await other.get_by_role("heading", name="Sign in").wait_for()
+        assert "/console/sign-in" in other.url
+    finally:
+        await context.close()
+
+
+async def test_links_reach_invoices_whatever_their_number(new_page: Any, server: str) -> None:
+    """Last: it adds invoices. A browser resolves `..` and `.` segments, %2E%2E and %2E too, so
+    a link pasting (or merely percent-encoding) such a number would open another page."""
+    query = urlencode({"account_ref": ODD_ACCOUNT})
+    async with httpx.AsyncClient(base_url=server) as api:
+        body, headers = odd_delivery()
+        answer = await api.post("/v1/webhooks/sage/postings", content=body, headers=headers)
+        assert answer.status_code == 202, answer.text
+
+        async def reconciled() -> bool:
+            listed = await _all(api, query)
+            return len(listed) == len(ODD_NUMBERS) and all(i["derived_state"] for i in listed)
+
+        await _until(reconciled, "the odd invoices to be reconciled")
+    page = await new_page()
+    await sign_in(page, READ_KEY, f"/console/invoices?{query}")
+    for number in ODD_NUMBERS:
+        await page.get_by_role("link", name=number, exact=True).click()
+        await page.get_by_role("heading", name=f"Invoice {number}", exact=True).wait_for(
+            timeout=5000
+        )
+        await page.go_back()

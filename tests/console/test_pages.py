@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import csv
+import html
 import io
 import json
+import re
 import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import timedelta
 from typing import cast
+from urllib.parse import quote, urlencode
 
 import httpx
 import pytest
@@ -25,7 +31,7 @@ from service.reconcile import service as reconcile
 from service.settings import Settings
 from tests.conftest import ADMIN_KEY, API_KEYS, READ_KEY, WRITE_KEY, auth, make_settings
 from tests.console.conftest import CONSOLE_SECRET, SignIn
-from tests.console.support import csrf_from
+from tests.console.support import ODD_ACCOUNT, ODD_NUMBERS, csrf_from, odd_delivery
 from tests.invoices.conftest import statuses, table_checksums
 
 
@@ -252,39 +258,145 @@ def _forged_cookie(age_seconds: int, fingerprint: str) -> str:
     return signer.sign(payload).decode()
 
 
-async def test_session_expires_after_its_lifetime(app: FastAPI, client: httpx.AsyncClient) -> None:
-    keys = runtime_of(app).console_keys
-    fingerprint = keys.fingerprint(READ_KEY)
-    fresh = _forged_cookie(60, fingerprint)
-    stale = _forged_cookie(8 * 3600 + 60, fingerprint)  # the default lifetime is 480 minutes
-    assert (
-        await client.get("/console/", headers={"Cookie": f"{COOKIE}={fresh}"})
-    ).status_code == 200
-    assert (
-        await client.get("/console/", headers={"Cookie": f"{COOKIE}={stale}"})
-    ).status_code == 303
-
-
-async def test_removing_a_key_ends_its_sessions(
-    sign_in: SignIn, database_url: str, app: FastAPI
-) -> None:
-    c = await sign_in(WRITE_KEY)
-    assert (await c.get("/console/")).status_code == 200
-    cookie = c.cookies[COOKIE]
-    without_writer = {k: v for k, v in API_KEYS.items() if k != WRITE_KEY}
-    other = create_app(
-        make_settings(
-            database_url,
-            api_keys=json.dumps(without_writer),
-            write_off_mode="sagelink",
-            console_session_secret=CONSOLE_SECRET,
-        )
-    )
+@asynccontextmanager
+async def replica(database_url: str, **overrides: object) -> AsyncIterator[httpx.AsyncClient]:
+    """Another API process on the same database (a second replica, or this one restarted)."""
+    values: dict[str, object] = {
+        "write_off_mode": "sagelink",
+        "console_session_secret": CONSOLE_SECRET,
+    }
+    values.update(overrides)
+    other = create_app(make_settings(database_url, **values))
     async with LifespanManager(other):
         transport = httpx.ASGITransport(app=other)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as later:
-            answer = await later.get("/console/", headers={"Cookie": f"{COOKIE}={cookie}"})
-    assert answer.status_code == 303
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+            yield c
+
+
+def with_cookie(cookie: str) -> dict[str, str]:
+    return {"Cookie": f"{COOKIE}={cookie}"}
+
+
+async def test_a_signed_cookie_without_a_session_is_refused(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    """The signature alone opens nothing: the session must be one the server started."""
+    fingerprint = runtime_of(app).console_keys.fingerprint(READ_KEY)
+    forged = _forged_cookie(60, fingerprint)
+    assert (await client.get("/console/", headers=with_cookie(forged))).status_code == 303
+
+
+async def test_session_expires_after_its_lifetime(sign_in: SignIn, engine: AsyncEngine) -> None:
+    c = await sign_in(READ_KEY)
+    assert (await c.get("/console/")).status_code == 200
+    async with engine.begin() as conn:
+        lifetime = await conn.scalar(
+            sa.text("SELECT expires_at - created_at FROM console_sessions")
+        )
+        assert lifetime == timedelta(minutes=480)  # the default
+        await conn.execute(sa.text("UPDATE console_sessions SET expires_at = now()"))
+    assert (await c.get("/console/")).status_code == 303
+
+
+async def test_a_stale_signature_is_refused_while_its_session_lives(
+    app: FastAPI, client: httpx.AsyncClient, sign_in: SignIn
+) -> None:
+    """The cookie's signed time is checked too (a cookie older than the lifetime is refused)."""
+    fingerprint = runtime_of(app).console_keys.fingerprint(READ_KEY)
+    stale = _forged_cookie(8 * 3600 + 60, fingerprint)
+    assert (await client.get("/console/", headers=with_cookie(stale))).status_code == 303
+
+
+@pytest.mark.usefixtures("company")
+async def test_a_cookie_saved_before_sign_out_opens_nothing_after(
+    sign_in: SignIn, client: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    """Signing out ends the session on the server: a copy of the cookie taken before (another
+    tab, a stolen cookie) neither opens a page nor runs an admin action with its CSRF token."""
+    async with engine.begin() as conn:
+        await conn.exec_driver_sql("DELETE FROM picklist_values WHERE value = 'Paid/Written Off'")
+    admin = await sign_in(ADMIN_KEY)
+    page = await admin.get("/console/picklist")
+    saved, token = admin.cookies[COOKIE], csrf_from(page.text)
+    out = await admin.post("/console/sign-out", data={"csrf_token": token})
+    assert out.status_code == 303
+    assert (await client.get("/console/", headers=with_cookie(saved))).status_code == 303
+    repair = await client.post(
+        "/console/picklist/repair", data={"csrf_token": token}, headers=with_cookie(saved)
+    )
+    assert repair.status_code == 401
+    assert "your session has ended" in repair.text
+    async with engine.connect() as conn:
+        missing = await conn.scalar(
+            sa.text("SELECT count(*) FROM picklist_values WHERE value = 'Paid/Written Off'")
+        )
+    assert missing == 0
+
+
+async def test_sessions_are_shared_by_replicas_and_outlive_a_restart(
+    sign_in: SignIn, database_url: str
+) -> None:
+    c = await sign_in(READ_KEY)
+    cookie = c.cookies[COOKIE]
+    async with replica(database_url) as other:
+        page = await other.get("/console/", headers=with_cookie(cookie))
+        assert page.status_code == 200
+        # Signed out on the other replica: this one refuses the cookie too.
+        out = await other.post(
+            "/console/sign-out",
+            data={"csrf_token": csrf_from(page.text)},
+            headers=with_cookie(cookie),
+        )
+        assert out.status_code == 303
+    assert (await c.get("/console/")).status_code == 303
+
+
+async def test_removing_a_key_ends_its_sessions(sign_in: SignIn, database_url: str) -> None:
+    """On every request the session's key must still be configured: a session is never worth
+    more than its key (put the key back and its unexpired sessions work again, as the key
+    itself does)."""
+    c = await sign_in(WRITE_KEY)
+    reader = await sign_in(READ_KEY)
+    assert (await c.get("/console/")).status_code == 200
+    without_writer = {k: v for k, v in API_KEYS.items() if k != WRITE_KEY}
+    async with replica(database_url, api_keys=json.dumps(without_writer)) as later:
+        cookie, other = c.cookies[COOKIE], reader.cookies[COOKIE]
+        assert (await later.get("/console/", headers=with_cookie(cookie))).status_code == 303
+        assert (await later.get("/console/", headers=with_cookie(other))).status_code == 200
+
+
+async def test_a_new_session_secret_ends_every_session(sign_in: SignIn, database_url: str) -> None:
+    c = await sign_in(READ_KEY)
+    cookie = c.cookies[COOKIE]
+    async with replica(database_url, console_session_secret="another-secret-" + "9" * 32) as other:
+        assert (await other.get("/console/", headers=with_cookie(cookie))).status_code == 303
+
+
+async def test_the_session_table_holds_neither_the_key_nor_the_cookie(
+    sign_in: SignIn, engine: AsyncEngine
+) -> None:
+    c = await sign_in(ADMIN_KEY)
+    async with engine.connect() as conn:
+        rows = (await conn.execute(sa.text("SELECT * FROM console_sessions"))).mappings().all()
+    assert len(rows) == 1
+    stored = json.dumps({k: str(v) for k, v in rows[0].items()})
+    assert ADMIN_KEY not in stored
+    session_id = URLSafeTimedSerializer(CONSOLE_SECRET, salt="ledgerlink-console-session").loads(
+        c.cookies[COOKIE]
+    )["n"]
+    assert session_id not in stored
+
+
+async def test_ended_sessions_are_deleted_at_a_later_sign_in(
+    sign_in: SignIn, engine: AsyncEngine
+) -> None:
+    await sign_in(READ_KEY)
+    await sign_in(READ_KEY)
+    async with engine.begin() as conn:
+        await conn.execute(sa.text("UPDATE console_sessions SET expires_at = now()"))
+    await sign_in(READ_KEY)
+    async with engine.connect() as conn:
+        assert await conn.scalar(sa.text("SELECT count(*) FROM console_sessions")) == 1
 
 
 @pytest.mark.usefixtures("company")
@@ -296,6 +408,9 @@ async def test_removing_a_key_ends_its_sessions(
         "/console/invoices?derived_state=bogus",
         "/console/invoices/%00",
         "/console/invoices/" + "9" * 200,
+        "/console/invoice",
+        "/console/invoice?number=%00",
+        "/console/invoice?number=..",
         "/console/jobs/not-a-uuid",
         "/console/jobs/00000000-0000-0000-0000-000000000000?results_cursor=zz",
         "/console/outbox?state=nope&after=" + "9" * 40,
@@ -398,3 +513,111 @@ async def test_report_counts_agree_with_the_reports_and_stop_at_the_cap(
             assert await reconcile.report_count(conn, kind, settings, cap=1) == min(1, len(rows))
             seen += len(rows)
     assert seen > 0, "the company shows nothing in any report: the test would prove nothing"
+
+
+LINK = re.compile(r'<a href="([^"]+)">([^<]*)</a>')
+
+
+def links(page: str) -> dict[str, str]:
+    """Each link's text and its target, as a browser reads them."""
+    return {html.unescape(text): html.unescape(href) for href, text in LINK.findall(page)}
+
+
+def invoice_heading(number: str) -> str:
+    return f"<h1>Invoice {html.escape(number)}</h1>"
+
+
+@pytest.fixture
+async def odd_invoices(client: httpx.AsyncClient, engine: AsyncEngine, settings: Settings) -> None:
+    body, headers = odd_delivery()
+    answer = await client.post("/v1/webhooks/sage/postings", content=body, headers=headers)
+    assert answer.status_code == 202, answer.text
+    await reconcile.reconcile_all_dirty(engine, settings)
+
+
+@pytest.mark.usefixtures("odd_invoices")
+async def test_links_built_from_invoice_numbers_reach_that_invoice(sign_in: SignIn) -> None:
+    """A number is one path segment: `..`, `.`, `/`, `?`, `#` and `%` in it cannot send its link
+    to another page (httpx, like a browser, resolves `..` before sending)."""
+    c = await sign_in(WRITE_KEY)
+    listed = await c.get("/console/invoices?" + urlencode({"account_ref": ODD_ACCOUNT}))
+    outbox = await c.get("/console/outbox?state=pending")
+    form = await c.get("/console/update?" + urlencode({"account_ref": ODD_ACCOUNT}))
+    preview = await c.post(
+        "/console/update",
+        data={"csrf_token": csrf_from(form.text), "account_ref": ODD_ACCOUNT, "to_status": "Paid"},
+    )
+    job = await c.get(preview.headers["location"])
+    for page in (listed, outbox, job):
+        found = links(page.text)
+        for number in ODD_NUMBERS:
+            answer = await c.get(found[number])
+            assert answer.status_code == 200, (number, found[number], answer.status_code)
+            assert invoice_heading(number) in answer.text, (number, found[number])
+    invoice = await c.get(links(listed.text)[".."])
+    account = await c.get(links(invoice.text)[ODD_ACCOUNT])
+    assert sorted(n for n in links(account.text) if n in ODD_NUMBERS) == sorted(ODD_NUMBERS)
+
+
+@pytest.mark.usefixtures("odd_invoices")
+async def test_sign_in_returns_to_the_invoice_asked_for(
+    sign_in: SignIn, client: httpx.AsyncClient
+) -> None:
+    """The page asked for before signing in is the one shown after, whatever its number."""
+    listed = await (await sign_in(READ_KEY)).get(
+        "/console/invoices?" + urlencode({"account_ref": ODD_ACCOUNT})
+    )
+    found = links(listed.text)
+    for number in ODD_NUMBERS:
+        client.cookies.clear()
+        asked = await client.get(found[number])
+        assert asked.status_code == 303
+        page = await client.get(asked.headers["location"])
+        answer = await client.post(
+            "/console/sign-in",
+            data={
+                "csrf_token": csrf_from(page.text),
+                "api_key": READ_KEY,
+                "next": re.findall(r'name="next" value="([^"]*)"', page.text)[0],
+            },
+        )
+        assert answer.status_code == 303
+        shown = await client.get(html.unescape(answer.headers["location"]))
+        assert invoice_heading(number) in shown.text, (number, answer.headers["location"])
+
+
+@pytest.mark.usefixtures("odd_invoices")
+async def test_api_reads_an_invoice_whose_number_is_a_dot_segment(
+    client: httpx.AsyncClient,
+) -> None:
+    """GET /v1/invoices/{number}: the number percent-encoded as one segment, dots as %2E."""
+    for number in ODD_NUMBERS:
+        segment = quote(number, safe="").replace(".", "%2E")
+        answer = await client.get(f"/v1/invoices/{segment}", headers=auth(READ_KEY))
+        assert answer.status_code == 200, (number, answer.text)
+        assert answer.json()["invoice_number"] == number
+
+
+async def test_a_page_and_its_session_check_share_one_connection(
+    sign_in: SignIn, app: FastAPI
+) -> None:
+    """The session's row is read in the page's own transaction: one pooled connection each."""
+    c = await sign_in(ADMIN_KEY)
+    page = await c.get("/console/picklist")
+    checkouts: list[object] = []
+
+    def checked_out(*_: object) -> None:
+        checkouts.append(object())
+
+    pool = runtime_of(app).engine.sync_engine.pool
+    event.listen(pool, "checkout", checked_out)
+    try:
+        assert (await c.get("/console/invoices")).status_code == 200
+        assert len(checkouts) == 1
+        repaired = await c.post(
+            "/console/picklist/repair", data={"csrf_token": csrf_from(page.text)}
+        )
+        assert repaired.status_code == 303
+        assert len(checkouts) == 2
+    finally:
+        event.remove(pool, "checkout", checked_out)
