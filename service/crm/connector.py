@@ -23,6 +23,7 @@ from service.crm.client import (
     CrmRejected,
     OpenCrmClient,
 )
+from service.crm.models import CRM_ID_LENGTH, INVOICE_NUMBER_LENGTH, STATUS_LENGTH
 from service.logging import get_logger
 from service.schemas import money
 
@@ -161,6 +162,8 @@ class OpenCrmConnector:
     async def deliver(self, change: Change) -> Outcome:
         invoice = await self.read(change.invoice_number, change.crm_id)
         crm_status = invoice.text(self.fields.status) or None
+        if text_problem(invoice.fields.get(self.fields.status), limit=STATUS_LENGTH):
+            crm_status = None  # nothing ledgerlink can store, nor a protected status
         if change.source == "sync":
             kept = self.protected(crm_status)
             if kept is not None and kept != change.status:
@@ -236,7 +239,9 @@ class OpenCrmConnector:
             if pages == 2:
                 self._paging_confirmed = True
             numbered = [(self.number_of(r), r) for r in page if r.crm_id]
-            self.seen_ids.update((n, r.crm_id) for n, r in numbered if n)
+            self.seen_ids.update(
+                (n, r.crm_id) for n, r in numbered if n and storable_id(n, r.crm_id)
+            )
             found = [r for n, r in numbered if n == invoice_number]
             if len(found) < len(numbered):
                 self._warn_unfiltered(invoice_number)
@@ -330,3 +335,12 @@ def text_problem(value: Any, *, limit: int) -> str | None:
     if bad is not None:
         return f"holds the character {bad!a}"
     return None
+
+
+def storable_id(invoice_number: str, crm_id: str) -> bool:
+    """Whether an invoice number and its CRM record id can be cached (read from the CRM, either
+    may be anything)."""
+    return (
+        text_problem(invoice_number, limit=INVOICE_NUMBER_LENGTH) is None
+        and text_problem(crm_id, limit=CRM_ID_LENGTH) is None
+    )

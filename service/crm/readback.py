@@ -157,6 +157,10 @@ class ReadBack:
         except CrmError as exc:
             await self._failed(state, lease, str(exc), exc=exc)
             return None
+        except Exception as exc:  # an answer nothing foresaw: back off all the same
+            log.exception("crm.readback.unexpected")
+            await self._failed(state, lease, f"unexpected {type(exc).__name__}: {exc}")
+            return None
         digest = _digest(page)
         if scanning and start > 0 and digest == state.page_digest:
             ignored = paging_ignored(self.connector.fields.list_method, start)

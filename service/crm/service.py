@@ -51,6 +51,7 @@ from service.crm.connector import (
     OpenCrmConnector,
     Outcome,
     Pushed,
+    storable_id,
 )
 from service.errors import Conflict, NotFound
 from service.logging import get_logger
@@ -280,11 +281,14 @@ class Dispatcher:
             self._fail(newest, f"unexpected {type(exc).__name__}: {exc}", work)
             return True
         work.succeeded = True
-        if outcome.crm_id and outcome.crm_id != group.crm_id:
-            work.crm_ids[group.invoice_number] = outcome.crm_id
+        crm_id = outcome.crm_id
+        if crm_id and not storable_id(group.invoice_number, crm_id):
+            crm_id = None  # a record id no column holds: delivered, not remembered
+        if crm_id and crm_id != group.crm_id:
+            work.crm_ids[group.invoice_number] = crm_id
         if isinstance(outcome, KeptCrmStatus):
             work.seen[outcome.crm_status] += 1
-            work.views.append(_view(change, outcome.crm_id, outcome.crm_status, None))
+            work.views.append(_view(change, crm_id, outcome.crm_status, None))
             work.kept.append((newest, outcome))
             return True
         assert isinstance(outcome, Pushed)
@@ -292,7 +296,7 @@ class Dispatcher:
             work.seen[outcome.crm_status] += 1
         if self.tracks_health:
             status = change.status or outcome.crm_status
-            work.views.append(_view(change, outcome.crm_id, status, outcome.crm_outstanding))
+            work.views.append(_view(change, crm_id, status, outcome.crm_outstanding))
         work.results.append(repo.Result(newest, "delivered"))
         work.outcomes["delivered" if outcome.sent else "unchanged"] += 1
         return True
@@ -572,8 +576,8 @@ async def readiness_problems(
     if state.paging_problem:
         since = state.paging_problem_at.isoformat() if state.paging_problem_at else "recently"
         warnings.append(
-            f"OpenCRM ignores paging (since {since}): lookups of invoices past the first page "
-            f"and read-back scans fail until OpenCRM pages properly: {state.paging_problem}"
+            f"OpenCRM lists do not page properly (since {since}): lookups of invoices past "
+            f"the first page and read-back scans fail until they do: {state.paging_problem}"
         )
     if settings.crm_readback_seconds > 0:
         warnings.extend(_readback_warnings(await repo.read_readback_state(conn)))

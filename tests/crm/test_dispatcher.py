@@ -457,3 +457,16 @@ async def test_a_protected_status_kept_from_the_crm_queues_the_invoice_for_recon
     assert await dispatcher(engine, opencrm_connector(http)).run_once() == 1
     assert await scalar(engine, "SELECT status FROM invoices") == "Written Off"
     assert await scalar(engine, "SELECT count(*) FROM dirty_invoices") == 1
+
+
+@respx.mock
+async def test_a_crm_record_holding_what_no_column_can_store_is_still_delivered_to(
+    engine: AsyncEngine, http: httpx.AsyncClient
+) -> None:
+    crm = FakeCrm({"42": crm_invoice("INV-1", "42", status="Unpaid\x00" + "x" * 70)})
+    await add_invoice(engine, "INV-1", crm_id="42")
+    message = await add_message(engine, "INV-1", "Paid", "0.00")
+    assert await dispatcher(engine, opencrm_connector(http)).run_once() == 1
+    assert (await messages(engine))[message].state == "delivered"
+    assert crm.edits == [{"crmid": "42", "invoicestatus": "Paid", "amount_outstanding": "0.00"}]
+    assert await scalar(engine, "SELECT count(*) FROM crm_observed_statuses") == 0

@@ -414,3 +414,17 @@ async def test_a_page_that_cannot_be_stored_backs_off_and_is_reported(
     async with engine.connect() as conn:
         _, warnings = await readiness_problems(conn, settings, None)
     assert any("CRM read-back failing" in w and "value too long" in w for w in warnings)
+
+
+async def test_a_scan_past_the_page_cap_fails_and_starts_over(
+    engine: AsyncEngine, database_url: str, fake_crm: FakeOpenCrm, http: httpx.AsyncClient
+) -> None:
+    await company(engine, fake_crm)
+    reader = readback(engine, database_url, fake_crm, http, opencrm_max_pages=2)
+    assert await scan(reader) == 2
+    state = await state_row(engine)
+    assert (state.scan_started_at, state.page_start, state.pages) == (None, 0, 0)
+    assert state.failures == 1
+    assert "more than 2 pages" in state.last_error
+    assert state.last_completed_at is None
+    assert len(list_calls(fake_crm)) == 2
