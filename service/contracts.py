@@ -1,6 +1,7 @@
 """The contracts between features, written once (docs/ARCHITECTURE.md, "Contracts between
 features"): the NOTIFY channels that wake the worker, the status_history row every status change
-writes, and the outbox row (and its payload) that tells the CRM.
+writes, the outbox row (and its payload) that tells the CRM, and when a status the CRM shows is
+the same as ours.
 
 The writes are SQL fragments, not functions that take rows: each caller puts them inside its
 own set-based statement (a CTE chain), so a change, its history and its outbox row stay one
@@ -112,3 +113,19 @@ def _tail(from_: str | None, where: str | None, order_by: str | None, returning:
         f"RETURNING {returning}" if returning else "",
     ]
     return "".join(f"\n    {part}" for part in parts if part)
+
+
+# --- a status the CRM shows against ours ------------------------------------------------------
+
+# OpenCRM's screens let a person type "WRITTEN OFF" for "Written Off": the same status. What
+# read-back adopts, what a delivery keeps and what the crm_drift report lists all compare
+# statuses this way, in Python (`status_key`) or in SQL (`status_key_sql`); both lower-case
+# (they agree on every ASCII status; a database in the C locale lower-cases only ASCII).
+
+
+def status_key(status: str) -> str:
+    return status.strip().lower()
+
+
+def status_key_sql(expression: str) -> str:
+    return f"lower(btrim({expression}))"

@@ -91,7 +91,8 @@ CRM_DELIVERIES = Counter(
 )
 CRM_READBACK = Counter(
     "ledgerlink_crm_readback_total",
-    "CRM read-back: invoice records read, protected statuses adopted, failed page reads",
+    "CRM read-back: invoice records read, protected statuses adopted, failed page reads, "
+    "records skipped, amounts unreadable",
     ["outcome"],
 )
 CRM_LATENCY = Histogram(

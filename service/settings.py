@@ -117,7 +117,13 @@ class Settings(BaseSettings):
     opencrm_page_size: int = Field(default=100, ge=1, le=100)
     # OpenCRM's firewall rejects some user agents (those containing "python" or "curl").
     opencrm_user_agent: str | None = None
+    # One deadline per CRM call: connecting, sending and receiving the whole answer.
     opencrm_timeout_seconds: float = Field(default=10.0, gt=0)
+    # A CRM answer larger than this is refused as it streams in (memory stays bounded).
+    opencrm_max_answer_bytes: int = Field(default=8 * 1024 * 1024, ge=64 * 1024)
+    # List pages one lookup, or one read-back scan, may read: a list that does not end (a CRM
+    # ignoring limit_start that a repeated page does not give away) fails instead.
+    opencrm_max_pages: int = Field(default=1000, ge=2)
     # Where an API method is posted, relative to OPENCRM_BASE_URL (from an unofficial client:
     # check it on your system).
     opencrm_path_template: str = "/api/rest/{method}"
@@ -127,6 +133,9 @@ class Settings(BaseSettings):
     crm_retry_max_seconds: float = Field(default=900.0, gt=0)
     # How often statuses are read back from OpenCRM (0: never).
     crm_readback_seconds: float = Field(default=300.0, ge=0)
+    # How long outbox messages (or the read-back cursor) stay claimed by the worker calling the
+    # CRM for them, with no transaction open meanwhile; a killed worker's claim runs out then.
+    crm_lease_seconds: float = Field(default=60.0, gt=0)
 
     write_off_mode: WriteOffMode = WriteOffMode.classify
     write_off_nominals: Annotated[list[str], NoDecode] = Field(default=["8100-8199"])
@@ -269,6 +278,15 @@ class Settings(BaseSettings):
             raise ValueError(
                 "MAX_INFLIGHT_BODY_BYTES must be at least MAX_BODY_BYTES, or a body of the "
                 "largest size allowed could never be received"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _lease_outlasts_a_call(self) -> Settings:
+        if self.crm_lease_seconds < 2 * self.opencrm_timeout_seconds:
+            raise ValueError(
+                "CRM_LEASE_SECONDS must be at least twice OPENCRM_TIMEOUT_SECONDS: a delivery "
+                "makes two or three calls, each up to the timeout, within its lease"
             )
         return self
 

@@ -21,6 +21,9 @@ def test_defaults_match_the_design() -> None:
     assert settings.exchange_variance_ranges == [("7906", "7906")]
     assert settings.status_labels["paid_written_off"] == "Paid/Written Off"
     assert settings.crm_readback_seconds == 300
+    assert settings.crm_lease_seconds == 60
+    assert settings.opencrm_max_answer_bytes == 8 * 1024 * 1024
+    assert settings.opencrm_max_pages == 1000
     assert settings.number_record_field == settings.opencrm_number_field == "invoice_no"
 
 
@@ -44,6 +47,9 @@ def test_defaults_match_the_design() -> None:
         ("LEDGERLINK_OPENCRM_USER_AGENT", "curl/8.5", "python or curl"),
         ("LEDGERLINK_OPENCRM_PAGE_SIZE", "500", "LEDGERLINK_OPENCRM_PAGE_SIZE"),
         ("LEDGERLINK_CRM_READBACK_SECONDS", "-1", "LEDGERLINK_CRM_READBACK_SECONDS"),
+        ("LEDGERLINK_CRM_LEASE_SECONDS", "15", "twice OPENCRM_TIMEOUT_SECONDS"),
+        ("LEDGERLINK_OPENCRM_MAX_PAGES", "1", "LEDGERLINK_OPENCRM_MAX_PAGES"),
+        ("LEDGERLINK_OPENCRM_MAX_ANSWER_BYTES", "100", "LEDGERLINK_OPENCRM_MAX_ANSWER_BYTES"),
     ],
 )
 def test_bad_setting_names_itself(

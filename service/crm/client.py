@@ -10,12 +10,20 @@ Jacobomara901/opencrm_api (`src/opencrm/resources/base.py` pages with
 with HTTP 200; commit a11ca65 "OpenCRM's WAF blocks user-agents containing 'python'"). The
 shape of a successful answer is not documented, so it is parsed defensively (`records_in`).
 
+Every call has one deadline for all of it (connecting, sending, the whole answer) and a cap on
+the answer's size, counted as it streams in: a CRM trickling a byte a second, or sending a
+300 MB page, fails the call instead of holding the worker (and its memory) for as long as it
+likes. A list that does not end (the same page again, or more pages than a lookup or a scan
+may read) fails too.
+
 Credentials never appear in an exception, a log line or a metric label.
 """
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
+import json
 import re
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -43,6 +51,8 @@ _AUTH_ERROR = re.compile(
     re.IGNORECASE,
 )
 _MAX_MESSAGE = 300
+DEFAULT_MAX_ANSWER_BYTES = 8 * 1024 * 1024
+DEFAULT_MAX_PAGES = 1000
 
 
 class CrmError(Exception):
@@ -75,6 +85,15 @@ class CrmBlocked(CrmUnavailable):
 
 class CrmRejected(CrmError):
     """OpenCRM answered with an error about this request (`{"error": ...}` or a 4xx)."""
+
+
+class CrmAnswerTooLarge(CrmError):
+    """The answer grew past LEDGERLINK_OPENCRM_MAX_ANSWER_BYTES: refused, never held whole."""
+
+
+class CrmPagingBroken(CrmError):
+    """A list that does not end: the CRM answered a page it had already given (it ignores
+    `limit_start`), or more pages than one lookup or scan may read."""
 
 
 class CrmInvoiceNotFound(CrmRejected):
@@ -111,6 +130,8 @@ class OpenCrmClient:
         path_template: str = "/api/rest/{method}",
         timeout: float = 10.0,
         user_agent: str,
+        max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES,
+        max_pages: int = DEFAULT_MAX_PAGES,
     ) -> None:
         self._http = http
         self._base = base_url.rstrip("/")
@@ -119,6 +140,8 @@ class OpenCrmClient:
         self._path_template = path_template
         self._timeout = timeout
         self._user_agent = user_agent
+        self._max_answer_bytes = max_answer_bytes
+        self.max_pages = max_pages
 
     async def list_page(
         self,
@@ -142,14 +165,26 @@ class OpenCrmClient:
     async def pages(
         self, query: str | None, *, size: int, method: str = "get_invoice_list"
     ) -> AsyncIterator[list[CrmInvoice]]:
-        """Every page of a list, first to last (a page shorter than `size` is the last)."""
+        """Every page of a list, first to last (a page shorter than `size` is the last).
+
+        Raises CrmPagingBroken on a page holding the very records of the page before (the CRM
+        ignores `limit_start`), and past `max_pages` full pages.
+        """
         start = 0
-        while True:
+        previous: list[str] | None = None
+        for number in range(1, self.max_pages + 1):
             page = await self.list_page(start=start, size=size, query=query, method=method)
+            ids = page_ids(page)
+            if previous is not None and ids == previous:
+                raise paging_ignored(method, start)
             yield page
             if len(page) < size:
                 return
+            if number == self.max_pages:
+                break
+            previous = ids
             start += len(page)
+        raise too_many_pages(method, self.max_pages)
 
     async def get_invoice(self, crm_id: str) -> CrmInvoice:
         body = await self.call("get_invoice", crmid=crm_id)
@@ -172,7 +207,11 @@ class OpenCrmClient:
         await self.call("edit_invoice", crmid=crm_id, **dict(fields))
 
     async def call(self, method: str, **params: str) -> Any:
-        """POST one API method; return the parsed JSON or raise a CrmError."""
+        """POST one API method; return the parsed JSON or raise a CrmError.
+
+        One deadline (`timeout`) covers the whole call; httpx's own timeout, given the same
+        value, only bounds each read, which a trickling answer never exceeds.
+        """
         url = self._base + self._path_template.replace("{method}", method)
         form = {
             "key": self._key.get_secret_value(),
@@ -181,34 +220,82 @@ class OpenCrmClient:
         }
         started = time.perf_counter()
         try:
-            response = await self._http.post(
-                url,
-                data=form,
-                headers={"User-Agent": self._user_agent, "Accept": "application/json"},
-                timeout=self._timeout,
-            )
-        except httpx.TimeoutException:
+            async with asyncio.timeout(self._timeout):
+                response, content = await self._post(method, url, form)
+        except (TimeoutError, httpx.TimeoutException):
             raise CrmUnavailable(f"OpenCRM {method}: no answer within {self._timeout:g}s") from None
         except httpx.HTTPError as exc:
             raise CrmUnavailable(f"OpenCRM {method}: {type(exc).__name__}") from None
         finally:
             CRM_LATENCY.labels(method).observe(time.perf_counter() - started)
-        log.debug("crm.call", method=method, status=response.status_code)
+        log.debug("crm.call", method=method, status=response.status_code, size=len(content))
         secrets = (form["key"], form["passkey"])
-        return _parse(method, response, secrets, self._user_agent)
+        return _parse(method, response, content, secrets, self._user_agent)
+
+    async def _post(
+        self, method: str, url: str, form: dict[str, str]
+    ) -> tuple[httpx.Response, bytes]:
+        """The response and its body, read no further than the size cap."""
+        cap = self._max_answer_bytes
+        async with self._http.stream(
+            "POST",
+            url,
+            data=form,
+            headers={"User-Agent": self._user_agent, "Accept": "application/json"},
+            timeout=self._timeout,
+        ) as response:
+            declared = response.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > cap:
+                raise answer_too_large(method, cap)
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                if size > cap:
+                    raise answer_too_large(method, cap)
+                chunks.append(chunk)
+        return response, b"".join(chunks)
+
+
+def page_ids(page: list[CrmInvoice]) -> list[str]:
+    """What tells one page from another: its record ids, in order (records without one by
+    their content, so a page of such records is still told apart)."""
+    return [r.crm_id or repr(sorted(r.fields.items())) for r in page]
+
+
+def paging_ignored(method: str, start: int) -> CrmPagingBroken:
+    return CrmPagingBroken(
+        f"OpenCRM {method} ignores paging: limit_start={start} answered the very records of "
+        "the page before, so the list would never end; OpenCRM support must fix its paging"
+    )
+
+
+def too_many_pages(method: str, pages: int) -> CrmPagingBroken:
+    return CrmPagingBroken(
+        f"OpenCRM {method} gave more than {pages} pages: the list does not end, or is larger "
+        "than LEDGERLINK_OPENCRM_MAX_PAGES allows"
+    )
+
+
+def answer_too_large(method: str, cap: int) -> CrmAnswerTooLarge:
+    return CrmAnswerTooLarge(
+        f"OpenCRM {method}: answer larger than {cap} bytes (LEDGERLINK_OPENCRM_MAX_ANSWER_BYTES), "
+        "refused unread"
+    )
 
 
 def _parse(
     method: str,
     response: httpx.Response,
+    content: bytes,
     secrets: tuple[str, ...] = (),
     user_agent: str = "",
 ) -> Any:
     status = response.status_code
     body: Any = None
     try:
-        body = response.json()
-    except ValueError:
+        body = json.loads(content)
+    except (ValueError, RecursionError):
         body = None
     error = _redact(_error_text(body), secrets)
     if status == 401 or (error is not None and _AUTH_ERROR.search(error)):

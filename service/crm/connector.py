@@ -7,10 +7,14 @@ protected status a person set in OpenCRM, and writes only the fields that differ
 
 from __future__ import annotations
 
+import math
+import re
+import unicodedata
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from typing import Protocol
+from typing import Any, Protocol
 
+from service.contracts import status_key
 from service.crm.client import (
     CrmAmbiguous,
     CrmInvoice,
@@ -19,6 +23,7 @@ from service.crm.client import (
     CrmRejected,
     OpenCrmClient,
 )
+from service.crm.models import CRM_ID_LENGTH, INVOICE_NUMBER_LENGTH, STATUS_LENGTH
 from service.logging import get_logger
 from service.schemas import money
 
@@ -62,8 +67,11 @@ Outcome = Pushed | KeptCrmStatus
 
 class Connector(Protocol):
     name: str
-    # How many invoices one dispatcher transaction handles.
+    # How many invoices one dispatcher pass handles.
     batch_size: int
+    # True when delivering calls another system: the dispatcher then leases what it claims and
+    # holds no transaction while it waits for that system.
+    remote: bool
 
     async def deliver(self, change: Change) -> Outcome: ...
 
@@ -71,11 +79,17 @@ class Connector(Protocol):
         """CRM record ids seen since the last call, by invoice number (then forgotten)."""
         ...
 
+    def take_paging_confirmed(self) -> bool:
+        """Whether a lookup since the last call paged past a first page, the CRM answering
+        each page anew (then forgotten): it does not ignore paging (any more)."""
+        ...
+
 
 class LocalConnector:
     """No CRM: every change counts as delivered."""
 
     name = "local"
+    remote = False
 
     def __init__(self, batch_size: int = 500) -> None:
         self.batch_size = batch_size
@@ -88,6 +102,9 @@ class LocalConnector:
 
     def take_seen_ids(self) -> dict[str, str]:
         return {}
+
+    def take_paging_confirmed(self) -> bool:
+        return False
 
 
 @dataclass(frozen=True)
@@ -110,6 +127,7 @@ class CrmFields:
 
 class OpenCrmConnector:
     name = "opencrm"
+    remote = True
 
     def __init__(
         self,
@@ -127,18 +145,25 @@ class OpenCrmConnector:
         # dispatcher so that no invoice is searched for twice.
         self.seen_ids: dict[str, str] = {}
         self._warned_unfiltered = False
+        self._paging_confirmed = False
 
     def take_seen_ids(self) -> dict[str, str]:
         ids, self.seen_ids = self.seen_ids, {}
         return ids
 
+    def take_paging_confirmed(self) -> bool:
+        confirmed, self._paging_confirmed = self._paging_confirmed, False
+        return confirmed
+
     def protected(self, crm_status: str | None) -> str | None:
         """The configured spelling of a protected status the CRM shows, else None."""
-        return self._protected.get(crm_status.casefold()) if crm_status else None
+        return self._protected.get(status_key(crm_status)) if crm_status else None
 
     async def deliver(self, change: Change) -> Outcome:
         invoice = await self.read(change.invoice_number, change.crm_id)
         crm_status = invoice.text(self.fields.status) or None
+        if text_problem(invoice.fields.get(self.fields.status), limit=STATUS_LENGTH):
+            crm_status = None  # nothing ledgerlink can store, nor a protected status
         if change.source == "sync":
             kept = self.protected(crm_status)
             if kept is not None and kept != change.status:
@@ -161,7 +186,7 @@ class OpenCrmConnector:
         outstanding_field = self.fields.outstanding
         if outstanding_field and change.outstanding is not None:
             wanted = money(change.outstanding)
-            if parse_amount(invoice.text(outstanding_field)) != Decimal(wanted):
+            if parse_amount(invoice.fields.get(outstanding_field)) != Decimal(wanted):
                 fields[outstanding_field] = wanted
         return fields
 
@@ -202,14 +227,21 @@ class OpenCrmConnector:
 
         The API validates almost nothing: a filter on a field it does not know comes back as
         the unfiltered list, 100 at a time. So only records carrying the number are trusted,
-        and the list is paged until the invoice is found or the list ends.
+        and the list is paged until the invoice is found or the list ends (or turns out not
+        to end: the client's CrmPagingBroken).
         """
         query = f"{self.fields.number_query}|=|{invoice_number}"
         size, method = self.fields.page_size, self.fields.list_method
         found: list[CrmInvoice] = []
+        pages = 0
         async for page in self.client.pages(query, size=size, method=method):
+            pages += 1
+            if pages == 2:
+                self._paging_confirmed = True
             numbered = [(self.number_of(r), r) for r in page if r.crm_id]
-            self.seen_ids.update((n, r.crm_id) for n, r in numbered if n)
+            self.seen_ids.update(
+                (n, r.crm_id) for n, r in numbered if n and storable_id(n, r.crm_id)
+            )
             found = [r for n, r in numbered if n == invoice_number]
             if len(found) < len(numbered):
                 self._warn_unfiltered(invoice_number)
@@ -243,17 +275,72 @@ class OpenCrmConnector:
 
 
 def protected_map(statuses: list[str]) -> dict[str, str]:
-    return {s.strip().casefold(): s for s in statuses if s.strip()}
+    return {status_key(s): s for s in statuses if s.strip()}
 
 
-def parse_amount(text: str | None) -> Decimal | None:
-    """An amount as the CRM shows it ("1,200.50", "£12.00", "12"); None when unreadable."""
-    if text is None:
+# An amount as a person types one: optional sign and currency symbol, digits with or without
+# thousands separators, optional decimals. No exponent ("1e400" is not 1400), no words.
+_AMOUNT = re.compile(r"([-+]?)[£$€]?([-+]?)(\d{1,3}(?:,\d{3})+|\d+)(\.\d+)?")
+_CENT = Decimal("0.01")
+# The largest amount numeric(14,2) holds.
+LARGEST_AMOUNT = Decimal("999999999999.99")
+
+
+def parse_amount(value: Any) -> Decimal | None:
+    """An amount as the CRM gives it: a JSON number, or text like "1,200.50", "£12.00", "12";
+    rounded to pence. None when unreadable: anything else (an object, a list, a boolean,
+    "1e400", "n/a"), or too large for an amount ledgerlink stores."""
+    number: Decimal
+    if value is None or isinstance(value, bool):
         return None
-    cleaned = "".join(ch for ch in text if ch.isdigit() or ch in ".-")
-    if not cleaned:
+    if isinstance(value, int):
+        number = Decimal(value)
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            return None
+        number = Decimal(repr(value))
+    elif isinstance(value, str):
+        match = _AMOUNT.fullmatch(value.strip())
+        if match is None or (match[1] and match[2]):
+            return None
+        sign, digits, decimals = match[1] or match[2], match[3], match[4] or ""
+        number = Decimal(sign + digits.replace(",", "") + decimals)
+    else:
+        return None
+    if abs(number) > LARGEST_AMOUNT + _CENT:
         return None
     try:
-        return Decimal(cleaned).quantize(Decimal("0.01"))
+        rounded = number.quantize(_CENT)
     except InvalidOperation:
         return None
+    return rounded if abs(rounded) <= LARGEST_AMOUNT else None
+
+
+# Characters text read from the CRM must not hold: controls (NUL among them, which PostgreSQL
+# text cannot store) and lone surrogates (which no UTF-8 can encode).
+_UNSTORABLE = ("Cc", "Cs")
+
+
+def text_problem(value: Any, *, limit: int) -> str | None:
+    """Why a field read from the CRM cannot be stored as text of at most `limit` characters;
+    None when it can (or is absent). Safe to log: the value itself is not quoted."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        return f"is a JSON {type(value).__name__}, not text"
+    text = str(value).strip()
+    if len(text) > limit:
+        return f"has {len(text)} characters, more than {limit}"
+    bad = next((ch for ch in text if unicodedata.category(ch) in _UNSTORABLE), None)
+    if bad is not None:
+        return f"holds the character {bad!a}"
+    return None
+
+
+def storable_id(invoice_number: str, crm_id: str) -> bool:
+    """Whether an invoice number and its CRM record id can be cached (read from the CRM, either
+    may be anything)."""
+    return (
+        text_problem(invoice_number, limit=INVOICE_NUMBER_LENGTH) is None
+        and text_problem(crm_id, limit=CRM_ID_LENGTH) is None
+    )

@@ -1,7 +1,9 @@
-"""All SQL of the CRM feature: claiming outbox messages, recording outcomes, dispatcher state."""
+"""All SQL of the CRM feature: claiming (leasing) outbox messages, recording outcomes,
+dispatcher state, what the CRM shows, and the read-back cursor."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -22,12 +24,29 @@ _NOW = "coalesce(CAST(:now AS timestamptz), now())"
 
 
 @dataclass(frozen=True)
+class Lease:
+    """A claim on outbox messages (or the read-back cursor) held without a transaction: the
+    rows carry `token` and are not due again for `seconds`; an outcome is recorded only while
+    they still carry it."""
+
+    token: uuid.UUID
+    seconds: float
+
+    @classmethod
+    def new(cls, seconds: float) -> Lease:
+        return cls(uuid.uuid4(), seconds)
+
+
+@dataclass(frozen=True)
 class Message:
     id: int
     invoice_number: str
     source: str
     payload: dict[str, Any]
+    # Attempts before this one.
     attempts: int
+    # When it was due before it was claimed (restored when it is handed back untried).
+    due: datetime | None = None
 
 
 @dataclass
@@ -44,16 +63,25 @@ class Group:
     def newest(self) -> Message:
         return self.messages[-1]
 
+    @property
+    def stale(self) -> bool:
+        """A re-queued dead letter older than what the CRM already has: never resent."""
+        return self.done_id is not None and self.done_id > self.newest.id
+
 
 @dataclass(frozen=True)
 class Result:
     """How one message ends this attempt."""
 
-    id: int
+    message: Message
     state: Literal["delivered", "skipped", "pending", "dead"]
     error: str | None = None
     # Seconds until the next attempt (state pending).
     delay: float | None = None
+
+    @property
+    def id(self) -> int:
+        return self.message.id
 
 
 # Due messages in the order they fell due, each kept only when no older message of its
@@ -90,10 +118,13 @@ _LOCK_INVOICES = sa.text(
 
 # Each claimed invoice's messages from its head on, locked. Pending ones are kept in Python
 # rather than by a condition on `state`, which would let the planner pick the index of
-# pending rows (believed empty) and scan all of them for every claim.
+# pending rows (believed empty) and scan all of them for every claim. `leased`: another
+# dispatcher is calling the CRM for this invoice (a requeued dead letter can be a head then).
 _LOAD_GROUPS = sa.text(
-    """
+    f"""
     SELECT o.id, o.invoice_number, o.source, o.payload, o.attempts, o.state, i.crm_id,
+           o.next_attempt_at,
+           o.lease_token IS NOT NULL AND o.next_attempt_at > {_NOW} AS leased,
            (SELECT max(d.id) FROM outbox AS d
              WHERE d.invoice_number = o.invoice_number
                AND d.state IN ('delivered', 'skipped')) AS done_id
@@ -105,13 +136,28 @@ _LOAD_GROUPS = sa.text(
     """
 )
 
+# The claimed messages carry the lease: not due until it runs out, and the one to be sent
+# has its attempt counted now (a worker killed mid-call still spent one).
+_LEASE = sa.text(
+    f"""
+    UPDATE outbox SET lease_token = :token,
+      next_attempt_at = {_NOW} + :seconds * interval '1 second',
+      attempts = attempts + CASE WHEN id = ANY(CAST(:sending AS bigint[])) THEN 1 ELSE 0 END
+    WHERE id = ANY(CAST(:ids AS bigint[]))
+    """
+)
 
-async def claim(conn: AsyncConnection, *, limit: int, now: datetime | None) -> list[Group]:
-    """Up to `limit` invoices with a due message, each with all its pending messages locked.
 
-    Per invoice only the oldest pending message can be claimed, and only when it is due, and
-    the invoice is held by an advisory lock for the transaction: a newer change never
-    overtakes an older one, whatever the number of dispatchers.
+async def claim(
+    conn: AsyncConnection, *, limit: int, now: datetime | None, lease: Lease | None = None
+) -> list[Group]:
+    """Up to `limit` invoices with a due message, each with all its pending messages.
+
+    Per invoice only the oldest pending message can be claimed, and only when it is due and
+    no other dispatcher holds a lease on the invoice; the invoice is held by an advisory lock
+    for the claiming transaction: a newer change never overtakes an older one, whatever the
+    number of dispatchers. Without `lease` the messages stay locked by the caller's
+    transaction; with one they are leased (the caller commits, then calls the CRM).
     """
     heads = (await conn.execute(_CLAIM_HEADS, {"limit": limit, "now": now})).all()
     if not heads:
@@ -127,27 +173,64 @@ async def claim(conn: AsyncConnection, *, limit: int, now: datetime | None) -> l
     if not invoices:
         return []
     groups: dict[str, Group] = {}
+    in_flight: set[str] = set()
     rows = await conn.execute(
-        _LOAD_GROUPS, {"invoices": invoices, "heads": [head_of[n] for n in invoices]}
+        _LOAD_GROUPS, {"invoices": invoices, "heads": [head_of[n] for n in invoices], "now": now}
     )
     for row in rows:
         if row.state != "pending":
             continue
+        if row.leased:
+            in_flight.add(row.invoice_number)
         group = groups.setdefault(
             row.invoice_number,
             Group(row.invoice_number, crm_id=row.crm_id, done_id=row.done_id),
         )
         group.messages.append(
-            Message(row.id, row.invoice_number, row.source, dict(row.payload), row.attempts)
+            Message(
+                row.id,
+                row.invoice_number,
+                row.source,
+                dict(row.payload),
+                row.attempts,
+                row.next_attempt_at,
+            )
         )
-    return [groups[n] for n in invoices if n in groups]
+    claimed = [groups[n] for n in invoices if n in groups and n not in in_flight]
+    if lease is not None and claimed:
+        await conn.execute(
+            _LEASE,
+            {
+                "token": lease.token,
+                "seconds": lease.seconds,
+                "now": now,
+                "ids": [m.id for g in claimed for m in g.messages],
+                "sending": [g.newest.id for g in claimed if not g.stale],
+            },
+        )
+    return claimed
+
+
+async def held(conn: AsyncConnection, ids: Sequence[int], lease: Lease) -> set[int]:
+    """Which of these messages are still pending under our lease, locked for the rest of the
+    transaction (a dispatcher that outlived its lease records nothing)."""
+    if not ids:
+        return set()
+    rows = await conn.execute(
+        sa.text(
+            "SELECT id FROM outbox WHERE id = ANY(CAST(:ids AS bigint[])) "
+            "AND state = 'pending' AND lease_token = :token ORDER BY id FOR UPDATE"
+        ),
+        {"ids": list(ids), "token": lease.token},
+    )
+    return set(rows.scalars())
 
 
 async def supersede(conn: AsyncConnection, ids: Sequence[int]) -> None:
     if ids:
         await conn.execute(
             sa.text(
-                "UPDATE outbox SET state = 'superseded' "
+                "UPDATE outbox SET state = 'superseded', lease_token = NULL "
                 "WHERE id = ANY(CAST(:ids AS bigint[])) AND state = 'pending'"
             ),
             {"ids": list(ids)},
@@ -158,20 +241,22 @@ _RECORD = sa.text(
     f"""
     UPDATE outbox AS o SET
       state = u.state,
-      attempts = o.attempts + 1,
+      attempts = u.attempts,
       last_error = u.error,
-      next_attempt_at = CASE WHEN u.delay IS NULL THEN o.next_attempt_at
+      next_attempt_at = CASE WHEN u.delay IS NULL THEN coalesce(u.due, o.next_attempt_at)
                              ELSE {_NOW} + u.delay * interval '1 second' END,
-      delivered_at = CASE WHEN u.state = 'delivered' THEN {_NOW} ELSE o.delivered_at END
+      delivered_at = CASE WHEN u.state = 'delivered' THEN {_NOW} ELSE o.delivered_at END,
+      lease_token = NULL
     FROM unnest(CAST(:ids AS bigint[]), CAST(:states AS text[]), CAST(:errors AS text[]),
-                CAST(:delays AS float8[])) AS u(id, state, error, delay)
+                CAST(:delays AS float8[]), CAST(:attempts AS int[]),
+                CAST(:dues AS timestamptz[])) AS u(id, state, error, delay, attempts, due)
     WHERE o.id = u.id
     """
 )
 
 
 async def record(conn: AsyncConnection, results: Sequence[Result], *, now: datetime | None) -> None:
-    """One attempt more for each message, and where it stands now (one statement)."""
+    """This attempt counted for each message, and where it stands now (one statement)."""
     if not results:
         return
     await conn.execute(
@@ -181,7 +266,33 @@ async def record(conn: AsyncConnection, results: Sequence[Result], *, now: datet
             "states": [r.state for r in results],
             "errors": [r.error for r in results],
             "delays": [r.delay for r in results],
+            "attempts": [r.message.attempts + 1 for r in results],
+            "dues": [r.message.due for r in results],
             "now": now,
+        },
+    )
+
+
+async def release(conn: AsyncConnection, messages: Sequence[Message], lease: Lease) -> None:
+    """Hand back messages claimed but not tried (or tried and cut short by a shutdown): due
+    as before, their attempt not counted."""
+    if not messages:
+        return
+    await conn.execute(
+        sa.text(
+            """
+            UPDATE outbox AS o SET lease_token = NULL, attempts = u.attempts,
+              next_attempt_at = u.due
+            FROM unnest(CAST(:ids AS bigint[]), CAST(:attempts AS int[]),
+                        CAST(:dues AS timestamptz[])) AS u(id, attempts, due)
+            WHERE o.id = u.id AND o.lease_token = :token
+            """
+        ),
+        {
+            "ids": [m.id for m in messages],
+            "attempts": [m.attempts for m in messages],
+            "dues": [m.due for m in messages],
+            "token": lease.token,
         },
     )
 
@@ -299,7 +410,29 @@ async def keep_crm_status(
             "reason": reason,
         },
     )
+    await queue_for_reconcile(conn, [invoice_number])
     return "updated"
+
+
+async def queue_for_reconcile(conn: AsyncConnection, numbers: Sequence[str]) -> None:
+    """Contract 1 for invoices whose rows this transaction already locked: a protected status
+    taken from the CRM is reconciled at once, so a disagreement with Sage shows as a conflict
+    now rather than at the invoice's next posting."""
+    if not numbers:
+        return
+    queued = await conn.execute(
+        sa.text(
+            """
+            INSERT INTO dirty_invoices (invoice_number)
+            SELECT n FROM unnest(CAST(:numbers AS text[])) AS n ORDER BY n
+            ON CONFLICT (invoice_number) DO NOTHING
+            RETURNING invoice_number
+            """
+        ),
+        {"numbers": sorted(numbers)},
+    )
+    if queued.first() is not None:
+        await contracts.notify(conn, contracts.DIRTY_CHANNEL)
 
 
 # Dispatcher state (one row, id 1) -------------------------------------------------------------
@@ -312,6 +445,8 @@ class DispatcherState:
     last_error: str | None = None
     last_error_at: datetime | None = None
     last_success_at: datetime | None = None
+    paging_problem: str | None = None
+    paging_problem_at: datetime | None = None
 
 
 async def record_halt(conn: AsyncConnection, reason: str) -> None:
@@ -359,6 +494,32 @@ async def record_success(conn: AsyncConnection) -> None:
     )
 
 
+async def record_paging(conn: AsyncConnection, problem: str | None) -> None:
+    """Remember that OpenCRM ignores paging (a page answered twice, a list that does not end),
+    or, with None, that it was seen paging properly again."""
+    if problem is None:
+        await conn.execute(
+            sa.text(
+                "UPDATE crm_dispatcher_state SET paging_problem = NULL, paging_problem_at = NULL, "
+                "updated_at = now() WHERE id = 1 AND paging_problem IS NOT NULL"
+            )
+        )
+        return
+    await conn.execute(
+        sa.text(
+            """
+            INSERT INTO crm_dispatcher_state AS s (id, paging_problem, paging_problem_at,
+              updated_at)
+            VALUES (1, :problem, now(), now())
+            ON CONFLICT (id) DO UPDATE SET paging_problem = EXCLUDED.paging_problem,
+              paging_problem_at = coalesce(s.paging_problem_at, EXCLUDED.paging_problem_at),
+              updated_at = now()
+            """
+        ),
+        {"problem": problem},
+    )
+
+
 async def read_state(conn: AsyncConnection) -> tuple[DispatcherState, int]:
     """The dispatcher state and the number of dead letters."""
     row = (
@@ -366,7 +527,7 @@ async def read_state(conn: AsyncConnection) -> tuple[DispatcherState, int]:
             sa.text(
                 """
                 SELECT s.halted_reason, s.halted_at, s.last_error, s.last_error_at,
-                       s.last_success_at,
+                       s.last_success_at, s.paging_problem, s.paging_problem_at,
                        (SELECT count(*) FROM outbox WHERE state = 'dead') AS dead
                 FROM (SELECT 1) AS one
                 LEFT JOIN crm_dispatcher_state AS s ON s.id = 1
@@ -380,6 +541,8 @@ async def read_state(conn: AsyncConnection) -> tuple[DispatcherState, int]:
         last_error=row.last_error,
         last_error_at=row.last_error_at,
         last_success_at=row.last_success_at,
+        paging_problem=row.paging_problem,
+        paging_problem_at=row.paging_problem_at,
     )
     return state, int(row.dead)
 
@@ -557,8 +720,9 @@ async def adopt_protected(
     conn: AsyncConnection, statuses: dict[str, str], *, deciding: Sequence[str], reason: str
 ) -> list[str]:
     """Give our invoices the protected status the CRM shows, with a history row each (source
-    crm). Not where a person's change made in ledgerlink is on its way to the CRM: it was, or
-    may have been, decided after what the CRM showed. `reason` has one %s, the status."""
+    crm), and queue them for reconciliation (the conflict with Sage, if any, shows at once).
+    Not where a person's change made in ledgerlink is on its way to the CRM: it was, or may
+    have been, decided after what the CRM showed. `reason` has one %s, the status."""
     if not statuses:
         return []
     numbers = sorted(statuses)
@@ -571,7 +735,9 @@ async def adopt_protected(
             "reason": reason,
         },
     )
-    return list(rows.scalars())
+    adopted = list(rows.scalars())
+    await queue_for_reconcile(conn, adopted)
+    return adopted
 
 
 # The read-back cursor (one row, id 1) -----------------------------------------------------------
@@ -587,17 +753,27 @@ class ReadbackState:
     last_error: str | None = None
     last_error_at: datetime | None = None
     last_completed_at: datetime | None = None
+    page_digest: str | None = None
+    pages: int = 0
+    scan_skipped: int = 0
+    skipped: int = 0
+    last_skipped: str | None = None
+    last_skipped_at: datetime | None = None
 
 
 _READBACK_COLUMNS = (
     "scan_started_at, scan_day, page_start, last_modified, failures, last_error, "
-    "last_error_at, last_completed_at"
+    "last_error_at, last_completed_at, page_digest, pages, scan_skipped, skipped, "
+    "last_skipped, last_skipped_at"
 )
 
 
-async def claim_readback(conn: AsyncConnection, *, interval: float) -> ReadbackState | None:
-    """The cursor, locked for this transaction, when a page is due; None when it is not, or
-    when another worker is reading a page (SKIP LOCKED: one reader at a time)."""
+async def claim_readback(
+    conn: AsyncConnection, *, interval: float, lease: Lease
+) -> ReadbackState | None:
+    """Lease the cursor when a page is due; None when none is, or when another worker holds
+    it (its lease, or the row lock of its short transaction: SKIP LOCKED, one reader at a
+    time). The lease makes the cursor not due until it runs out (a killed reader's does)."""
     await conn.execute(
         sa.text("INSERT INTO crm_readback_state (id) VALUES (1) ON CONFLICT (id) DO NOTHING")
     )
@@ -605,17 +781,40 @@ async def claim_readback(conn: AsyncConnection, *, interval: float) -> ReadbackS
         await conn.execute(
             sa.text(
                 f"""
-                SELECT {_READBACK_COLUMNS} FROM crm_readback_state
-                WHERE id = 1 AND next_run_at <= now()
-                  AND (scan_started_at IS NOT NULL OR last_completed_at IS NULL
-                       OR last_completed_at + :interval * interval '1 second' <= now())
-                FOR UPDATE SKIP LOCKED
+                UPDATE crm_readback_state SET lease_token = :token,
+                  next_run_at = now() + :seconds * interval '1 second'
+                WHERE id = (
+                    SELECT id FROM crm_readback_state
+                    WHERE id = 1 AND next_run_at <= now()
+                      AND (scan_started_at IS NOT NULL OR last_completed_at IS NULL
+                           OR last_completed_at + :interval * interval '1 second' <= now())
+                    FOR UPDATE SKIP LOCKED)
+                RETURNING {_READBACK_COLUMNS}
                 """
             ),
-            {"interval": interval},
+            {"interval": interval, "token": lease.token, "seconds": lease.seconds},
         )
     ).first()
     return ReadbackState(**row._mapping) if row is not None else None
+
+
+async def hold_readback(conn: AsyncConnection, lease: Lease) -> bool:
+    """Lock the cursor for the transaction applying a page, if the lease is still ours."""
+    row = await conn.execute(
+        sa.text(
+            "SELECT 1 FROM crm_readback_state WHERE id = 1 AND lease_token = :token FOR UPDATE"
+        ),
+        {"token": lease.token},
+    )
+    return row.first() is not None
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """Records of a page that could not be stored: how many, and the last one's reason."""
+
+    count: int = 0
+    last: str | None = None
 
 
 async def advance_readback(
@@ -625,8 +824,11 @@ async def advance_readback(
     page_start: int,
     last_modified: str | None,
     finished: bool,
+    page_digest: str | None,
+    skipped: Skipped,
 ) -> None:
-    """Move the cursor past the page just applied (same transaction as what it taught us)."""
+    """Move the cursor past the page just applied (same transaction as what it taught us,
+    the cursor held by `hold_readback`) and end the lease."""
     await conn.execute(
         sa.text(
             """
@@ -638,30 +840,60 @@ async def advance_readback(
               last_modified = :last_modified,
               failures = 0,
               last_completed_at = CASE WHEN :finished THEN now() ELSE last_completed_at END,
+              page_digest = CASE WHEN :finished THEN NULL ELSE :page_digest END,
+              pages = CASE WHEN :finished THEN 0 ELSE pages + 1 END,
+              skipped = CASE WHEN :finished THEN scan_skipped + :skipped ELSE skipped END,
+              scan_skipped = CASE WHEN :finished THEN 0 ELSE scan_skipped + :skipped END,
+              last_skipped = coalesce(:last_skipped, last_skipped),
+              last_skipped_at = CASE WHEN :skipped > 0 THEN now() ELSE last_skipped_at END,
+              lease_token = NULL,
               next_run_at = now()
             WHERE id = 1
             """
-        ),
+        ).bindparams(sa.bindparam("finished", type_=sa.Boolean)),
         {
             "finished": finished,
             "scan_day": scan_day,
             "page_start": page_start,
             "last_modified": last_modified,
+            "page_digest": page_digest,
+            "skipped": skipped.count,
+            "last_skipped": skipped.last,
         },
     )
 
 
-async def readback_failed(conn: AsyncConnection, *, error: str, delay: float) -> None:
-    """Keep the cursor; no reader tries again before `delay` seconds."""
+async def readback_failed(
+    conn: AsyncConnection, *, lease: Lease, error: str, delay: float, restart: bool = False
+) -> None:
+    """End the lease; no reader tries again before `delay` seconds. The cursor stays where it
+    is (the page that failed is asked again), or with `restart` the scan starts over."""
     await conn.execute(
         sa.text(
             """
             UPDATE crm_readback_state SET failures = failures + 1, last_error = :error,
-              last_error_at = now(), next_run_at = now() + :delay * interval '1 second'
-            WHERE id = 1
+              last_error_at = now(), next_run_at = now() + :delay * interval '1 second',
+              lease_token = NULL,
+              scan_started_at = CASE WHEN :restart THEN NULL ELSE scan_started_at END,
+              page_start = CASE WHEN :restart THEN 0 ELSE page_start END,
+              page_digest = CASE WHEN :restart THEN NULL ELSE page_digest END,
+              pages = CASE WHEN :restart THEN 0 ELSE pages END,
+              scan_skipped = CASE WHEN :restart THEN 0 ELSE scan_skipped END
+            WHERE id = 1 AND lease_token = :token
             """
+        ).bindparams(sa.bindparam("restart", type_=sa.Boolean)),
+        {"error": error, "delay": delay, "token": lease.token, "restart": restart},
+    )
+
+
+async def release_readback(conn: AsyncConnection, lease: Lease) -> None:
+    """Hand the cursor back untouched (a shutdown in the middle of a page): due at once."""
+    await conn.execute(
+        sa.text(
+            "UPDATE crm_readback_state SET lease_token = NULL, next_run_at = now() "
+            "WHERE id = 1 AND lease_token = :token"
         ),
-        {"error": error, "delay": delay},
+        {"token": lease.token},
     )
 
 

@@ -1,16 +1,24 @@
 """CRM delivery rules: the outbox dispatcher, retries and dead letters, readiness.
 
-One dispatcher per worker process. Each pass is one transaction: claim the due messages
-(one invoice at a time per dispatcher, `FOR UPDATE SKIP LOCKED` plus a per-invoice advisory
-lock), coalesce each invoice's pending messages to the newest, deliver it through the
-connector, record the outcome. The transaction stays open while the CRM is called, so a
-dispatcher killed mid-delivery leaves its messages pending for the next one (delivery is at
-least once; a repeated delivery finds the CRM already up to date and writes nothing).
+One dispatcher per worker process. A pass claims the due messages (one invoice at a time per
+dispatcher, `FOR UPDATE SKIP LOCKED` plus a per-invoice advisory lock), coalesces each
+invoice's pending messages to the newest, delivers it through the connector and records the
+outcome. No transaction is open while the CRM is called: the claim is a short transaction
+that leases the messages (a token, and not due again until the lease runs out), the outcome a
+second one that records it only where the lease is still ours. A dispatcher killed
+mid-delivery leaves its messages leased until the lease runs out, then another delivers them
+(delivery is at least once; a repeated delivery finds the CRM already up to date and writes
+nothing). A dispatcher stopped (cancelled) mid-delivery hands its messages back at once.
+Every delivery ends before the lease does (each call has its own deadline too).
+
+Local mode calls nothing: claim, delivery and record are one transaction, as fast as a queue
+on PostgreSQL can be.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections import Counter
@@ -25,7 +33,15 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service import __version__
 from service.crm import repository as repo
-from service.crm.client import CrmAuthError, CrmError, CrmHalt, CrmUnavailable, OpenCrmClient
+from service.crm.client import (
+    CrmAnswerTooLarge,
+    CrmAuthError,
+    CrmError,
+    CrmHalt,
+    CrmPagingBroken,
+    CrmUnavailable,
+    OpenCrmClient,
+)
 from service.crm.connector import (
     Change,
     Connector,
@@ -33,7 +49,9 @@ from service.crm.connector import (
     KeptCrmStatus,
     LocalConnector,
     OpenCrmConnector,
+    Outcome,
     Pushed,
+    storable_id,
 )
 from service.errors import Conflict, NotFound
 from service.logging import get_logger
@@ -51,6 +69,10 @@ AUTH_RECHECK_SECONDS = 60.0
 MAX_RETRY_AFTER_SECONDS = 3600.0
 # How often a healthy dispatcher refreshes last_success_at in the shared state row.
 SUCCESS_WRITE_SECONDS = 30.0
+# Deliveries must be over by this share of the lease, counted from before the claim: the rest
+# is for recording the outcome while the lease still holds.
+DELIVERY_SHARE_OF_LEASE = 0.8
+DEFAULT_LEASE_SECONDS = 60.0
 
 
 @dataclass
@@ -86,6 +108,13 @@ class _Pass:
 
     results: list[repo.Result] = field(default_factory=list)
     superseded: list[int] = field(default_factory=list)
+    # Protected statuses a person set in the CRM, adopted when the outcome is recorded.
+    kept: list[tuple[repo.Message, KeptCrmStatus]] = field(default_factory=list)
+    # What was claimed and not settled by the end of the pass: handed back untried.
+    untried: list[repo.Message] = field(default_factory=list)
+    # Set when a lookup found OpenCRM ignoring paging; "" when one saw it page properly.
+    paging: str | None = None
+    settled: int = 0
     crm_ids: dict[str, str] = field(default_factory=dict)
     # What the CRM shows after this pass, per invoice (for the crm_drift report).
     views: list[repo.CrmView] = field(default_factory=list)
@@ -104,12 +133,14 @@ class Dispatcher:
         connector: Connector,
         policy: RetryPolicy,
         *,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
         clock: Callable[[], float] = time.monotonic,
         db_now: Callable[[], datetime | None] = lambda: None,
     ) -> None:
         self.engine = engine
         self.connector = connector
         self.policy = policy
+        self.lease_seconds = lease_seconds
         self._clock = clock
         # None: the database's now(). Tests give a fixed instant to check schedules exactly.
         self._db_now = db_now
@@ -133,38 +164,91 @@ class Dispatcher:
                 if now - self._halted_checked < self.policy.auth_recheck_seconds:
                     return 0
                 self._halted_checked = now
-            done = await self._run_pass()
-        return done
+            if self.connector.remote:
+                return await self._leased_pass()
+            return await self._local_pass()
 
-    async def _run_pass(self) -> int:
+    async def _local_pass(self) -> int:
+        """Nothing is called: claim, deliver and record in one transaction."""
         work = _Pass()
 
         async def deliver(conn: AsyncConnection) -> None:
             groups = await repo.claim(conn, limit=self.connector.batch_size, now=self._db_now())
             for group in groups:
-                if not await self._handle(conn, group, work):
+                if not await self._handle(group, work, deadline=None):
                     break
-            await self._finish(conn, work)
+            await self._finish(conn, work, lease=None)
 
         await run_in_transaction(self.engine, deliver)
         self._after_commit(work)
-        return len(work.results) + len(work.superseded)
+        return work.settled
 
-    async def _handle(self, conn: AsyncConnection, group: repo.Group, work: _Pass) -> bool:
+    async def _leased_pass(self) -> int:
+        """Claim and lease (one short transaction), call the CRM with no transaction open,
+        record what is still ours (another short one)."""
+        lease = repo.Lease.new(self.lease_seconds)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.lease_seconds * DELIVERY_SHARE_OF_LEASE
+
+        async def claim(conn: AsyncConnection) -> list[repo.Group]:
+            return await repo.claim(
+                conn, limit=self.connector.batch_size, now=self._db_now(), lease=lease
+            )
+
+        groups = await run_in_transaction(self.engine, claim)
+        if not groups:
+            return 0
+        work = _Pass()
+        handled = 0
+        try:
+            for group in groups:
+                if loop.time() >= deadline:
+                    break  # the rest waits for the next pass, no attempt spent
+                handled += 1
+                if not await self._handle(group, work, deadline=deadline):
+                    break
+        except BaseException:
+            # Stopped mid-delivery (a shutdown): hand everything back now rather than when
+            # the lease runs out. The CRM may have the change already; sending it again
+            # changes nothing there.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._hand_back(lease, groups))
+            raise
+        untried = groups[handled:]
+        if work.halted is not None:
+            untried = groups[handled - 1 :]  # the halted call cost no attempt either
+        work.untried = [m for g in untried for m in g.messages]
+
+        async def finish(conn: AsyncConnection) -> None:
+            await self._finish(conn, work, lease=lease)
+
+        await run_in_transaction(self.engine, finish)
+        self._after_commit(work)
+        return work.settled
+
+    async def _hand_back(self, lease: repo.Lease, groups: list[repo.Group]) -> None:
+        messages = [m for g in groups for m in g.messages]
+
+        async def release(conn: AsyncConnection) -> None:
+            await repo.release(conn, messages, lease)
+
+        await run_in_transaction(self.engine, release)
+
+    async def _handle(self, group: repo.Group, work: _Pass, *, deadline: float | None) -> bool:
         """Deliver one invoice's newest change; False when the rest of the batch must wait."""
         newest = group.newest
-        if group.done_id is not None and group.done_id > newest.id:
+        if group.stale:
             # A re-queued dead letter older than what the CRM already has: never resend it.
             work.superseded.extend(m.id for m in group.messages)
             return True
         work.superseded.extend(m.id for m in group.messages[:-1])
         change = _change(newest, group.crm_id)
         if change.status is None and change.outstanding is None:
-            work.results.append(repo.Result(newest.id, "skipped", "nothing to send: no status"))
+            work.results.append(repo.Result(newest, "skipped", "nothing to send: no status"))
             work.outcomes["empty"] += 1
             return True
         try:
-            outcome = await self.connector.deliver(change)
+            outcome = await self._deliver(change, deadline)
         except CrmHalt as exc:
             # Every later call would fail the same way: stop, burn no attempt, tell readiness.
             work.halted = str(exc)
@@ -177,30 +261,52 @@ class Dispatcher:
             # burning an attempt on it.
             work.pause = delay
             return False
+        except (CrmPagingBroken, CrmAnswerTooLarge) as exc:
+            # About the CRM, not this invoice: readiness hears of it.
+            self._fail(newest, str(exc), work)
+            work.failure = str(exc)
+            if isinstance(exc, CrmPagingBroken):
+                work.paging = str(exc)
+            return True
         except CrmError as exc:
             self._fail(newest, str(exc), work)
             return True
+        except TimeoutError:
+            error = f"no outcome within the lease ({self.lease_seconds:g}s, CRM_LEASE_SECONDS)"
+            self._fail(newest, error, work)
+            work.failure = error
+            return False
         except Exception as exc:  # a bug or an unforeseen answer must not block the outbox
             log.exception("crm.delivery.unexpected", message_id=newest.id)
             self._fail(newest, f"unexpected {type(exc).__name__}: {exc}", work)
             return True
         work.succeeded = True
-        if outcome.crm_id and outcome.crm_id != group.crm_id:
-            work.crm_ids[group.invoice_number] = outcome.crm_id
+        crm_id = outcome.crm_id
+        if crm_id and not storable_id(group.invoice_number, crm_id):
+            crm_id = None  # a record id no column holds: delivered, not remembered
+        if crm_id and crm_id != group.crm_id:
+            work.crm_ids[group.invoice_number] = crm_id
         if isinstance(outcome, KeptCrmStatus):
             work.seen[outcome.crm_status] += 1
-            work.views.append(_view(change, outcome.crm_id, outcome.crm_status, None))
-            await self._keep_crm_status(conn, newest, outcome, work)
+            work.views.append(_view(change, crm_id, outcome.crm_status, None))
+            work.kept.append((newest, outcome))
             return True
         assert isinstance(outcome, Pushed)
         if outcome.crm_status:
             work.seen[outcome.crm_status] += 1
         if self.tracks_health:
             status = change.status or outcome.crm_status
-            work.views.append(_view(change, outcome.crm_id, status, outcome.crm_outstanding))
-        work.results.append(repo.Result(newest.id, "delivered"))
+            work.views.append(_view(change, crm_id, status, outcome.crm_outstanding))
+        work.results.append(repo.Result(newest, "delivered"))
         work.outcomes["delivered" if outcome.sent else "unchanged"] += 1
         return True
+
+    async def _deliver(self, change: Change, deadline: float | None) -> Outcome:
+        """The connector's delivery, over before `deadline` (loop time) when there is one."""
+        if deadline is None:
+            return await self.connector.deliver(change)
+        async with asyncio.timeout_at(deadline):
+            return await self.connector.deliver(change)
 
     async def _keep_crm_status(
         self, conn: AsyncConnection, message: repo.Message, kept: KeptCrmStatus, work: _Pass
@@ -220,7 +326,7 @@ class Dispatcher:
         note = f"not written: OpenCRM shows the protected status '{kept.crm_status}'"
         if result == "person_decided_later":
             note += "; a later change made in ledgerlink follows"
-        work.results.append(repo.Result(message.id, "skipped", note))
+        work.results.append(repo.Result(message, "skipped", note))
         work.outcomes["skipped_protected"] += 1
         log.info(
             "crm.protected_in_crm",
@@ -239,7 +345,7 @@ class Dispatcher:
     ) -> float:
         attempt = message.attempts + 1
         if attempt >= self.policy.max_attempts:
-            work.results.append(repo.Result(message.id, "dead", error))
+            work.results.append(repo.Result(message, "dead", error))
             work.outcomes["dead"] += 1
             log.warning(
                 "crm.delivery.dead",
@@ -250,7 +356,7 @@ class Dispatcher:
             )
             return self.policy.delay(attempt, retry_after)
         delay = self.policy.delay(attempt, retry_after)
-        work.results.append(repo.Result(message.id, "pending", error, delay))
+        work.results.append(repo.Result(message, "pending", error, delay))
         work.outcomes["retry"] += 1
         log.info(
             "crm.delivery.retry",
@@ -262,16 +368,40 @@ class Dispatcher:
         )
         return delay
 
-    async def _finish(self, conn: AsyncConnection, work: _Pass) -> None:
-        """Write the batch's outcomes; the shared rows last, so locks on them are brief."""
+    async def _finish(
+        self, conn: AsyncConnection, work: _Pass, *, lease: repo.Lease | None
+    ) -> None:
+        """Write the batch's outcomes; the shared rows last, so locks on them are brief.
+
+        Under a lease, only for the messages still ours: a dispatcher that outlived its lease
+        (another took the messages over) records nothing of them.
+        """
         now = self._db_now()
+        if lease is not None:
+            ours = await repo.held(
+                conn,
+                [r.id for r in work.results] + work.superseded + [m.id for m, _ in work.kept],
+                lease,
+            )
+            work.results = [r for r in work.results if r.id in ours]
+            work.superseded = [i for i in work.superseded if i in ours]
+            work.kept = [(m, k) for m, k in work.kept if m.id in ours]
+        for message, kept in work.kept:
+            await self._keep_crm_status(conn, message, kept, work)
         await repo.supersede(conn, work.superseded)
         await repo.record(conn, work.results, now=now)
+        if lease is not None:
+            await repo.release(conn, work.untried, lease)
+        work.settled = len(work.results) + len(work.superseded)
         await repo.cache_crm_ids(conn, {**self.connector.take_seen_ids(), **work.crm_ids})
         await repo.remember_crm_views(conn, work.views)
         await repo.observe_statuses(conn, dict(work.seen))
         if not self.tracks_health:
             return
+        if work.paging is None and self.connector.take_paging_confirmed():
+            work.paging = ""
+        if work.paging is not None:
+            await repo.record_paging(conn, work.paging or None)
         if work.halted is not None:
             await repo.record_halt(conn, work.halted)
         elif work.succeeded:
@@ -364,6 +494,8 @@ def build_client(settings: Settings, http: httpx.AsyncClient) -> OpenCrmClient:
         path_template=settings.opencrm_path_template,
         timeout=settings.opencrm_timeout_seconds,
         user_agent=settings.opencrm_user_agent or USER_AGENT,
+        max_answer_bytes=settings.opencrm_max_answer_bytes,
+        max_pages=settings.opencrm_max_pages,
     )
 
 
@@ -382,7 +514,12 @@ def fields_from(settings: Settings) -> CrmFields:
 def build_dispatcher(
     settings: Settings, engine: AsyncEngine, http: httpx.AsyncClient
 ) -> Dispatcher:
-    return Dispatcher(engine, build_connector(settings, http), RetryPolicy.from_settings(settings))
+    return Dispatcher(
+        engine,
+        build_connector(settings, http),
+        RetryPolicy.from_settings(settings),
+        lease_seconds=settings.crm_lease_seconds,
+    )
 
 
 # Dead letters (the admin API) -----------------------------------------------------------------
@@ -436,21 +573,37 @@ async def readiness_problems(
         fatal.append(f"CRM deliveries halted, nothing is lost meanwhile: {halted}")
     elif _failing(state):
         warnings.append(f"OpenCRM calls failing: {state.last_error}")
+    if state.paging_problem:
+        since = state.paging_problem_at.isoformat() if state.paging_problem_at else "recently"
+        warnings.append(
+            f"OpenCRM lists do not page properly (since {since}): lookups of invoices past "
+            f"the first page and read-back scans fail until they do: {state.paging_problem}"
+        )
     if settings.crm_readback_seconds > 0:
         warnings.extend(_readback_warnings(await repo.read_readback_state(conn)))
     return fatal, warnings
 
 
 def _readback_warnings(state: repo.ReadbackState | None) -> list[str]:
-    if state is None or state.last_error_at is None:
+    if state is None:
         return []
+    warnings = []
+    skipped = max(state.skipped, state.scan_skipped)
+    if skipped:
+        warnings.append(
+            f"CRM read-back skipped {skipped} record(s) it cannot store, so neither adopted "
+            f"nor compared (fix them in OpenCRM); the last: {state.last_skipped}"
+        )
+    if state.last_error_at is None:
+        return warnings
     if state.last_completed_at is not None and state.last_completed_at > state.last_error_at:
-        return []
-    return [
+        return warnings
+    warnings.append(
         f"CRM read-back failing ({state.failures} attempt(s) since "
         f"{state.last_error_at.isoformat()}; statuses set in OpenCRM are not seen): "
         f"{state.last_error}"
-    ]
+    )
+    return warnings
 
 
 def _failing(state: repo.DispatcherState) -> bool:

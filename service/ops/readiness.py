@@ -27,8 +27,9 @@ class Probed:
 
 async def readiness(probed: Probed) -> Readiness:
     """Ready when the database answers and migrations are at head; picklist problems, a
-    missing webhook secret and CRM reachability are warnings; CRM authentication failures
-    are problems."""
+    missing webhook secret, CRM reachability, CRM lists that do not page, a failing read-back
+    and records it skipped are warnings; a halted CRM dispatcher (refused credentials) is a
+    problem."""
     settings = probed.settings
     problems: list[str] = []
     warnings: list[str] = []

@@ -869,10 +869,11 @@ _EXPECTED = """
     LEFT JOIN crm_invoices AS c ON c.invoice_number = i.invoice_number
 """
 
-# The CRM shows another status or balance than ours, and no change of ours is on its way to it:
-# someone edited the invoice in OpenCRM (or a delivery ended as a dead letter).
-CRM_DRIFT = """
-    (c.status IS DISTINCT FROM i.status
+# The CRM shows another status (case aside: contracts.status_key) or balance than ours, and no
+# change of ours is on its way to it: someone edited the invoice in OpenCRM (or a delivery
+# ended as a dead letter).
+CRM_DRIFT = f"""
+    ({contracts.status_key_sql("c.status")} IS DISTINCT FROM {contracts.status_key_sql("i.status")}
      OR (c.outstanding IS NOT NULL AND c.outstanding <> i.outstanding))
     AND c.invoice_number IS NOT NULL
     AND NOT EXISTS (SELECT 1 FROM outbox AS o

@@ -179,8 +179,11 @@ def dispatcher(
     *,
     clocks: Clocks | None = None,
     retry: RetryPolicy | None = None,
+    lease_seconds: float | None = None,
 ) -> Dispatcher:
     kwargs: dict[str, Any] = {}
     if clocks is not None:
         kwargs = {"clock": clocks.monotonic, "db_now": clocks.db}
+    if lease_seconds is not None:
+        kwargs["lease_seconds"] = lease_seconds
     return Dispatcher(engine, connector or LocalConnector(), retry or policy(), **kwargs)

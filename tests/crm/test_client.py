@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -13,6 +15,7 @@ from pydantic import SecretStr
 from service.crm.client import (
     CrmAuthError,
     CrmBlocked,
+    CrmError,
     CrmInvoiceNotFound,
     CrmRejected,
     CrmUnavailable,
@@ -259,3 +262,100 @@ def test_answers_of_undocumented_shape_are_read_defensively(body: Any, ids: list
     from service.crm.client import record_id
 
     assert [record_id(r) for r in records_in(body)] == ids
+
+
+# A CRM that misbehaves: paging ignored, an endless answer, a trickle ---------------------------
+
+
+@respx.mock
+async def test_a_crm_answering_the_same_page_again_stops_the_paging_with_an_error(
+    http: httpx.AsyncClient,
+) -> None:
+    """Issue 24, item 3: the same first page whatever `limit_start` says paged for ever."""
+    same = [{"crmid": str(i), "invoice_no": f"INV-{i}"} for i in range(1, 101)]
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if len(route.calls) > 20:
+            raise AssertionError("still paging after 20 identical pages")
+        return httpx.Response(200, json={"results": same})
+
+    route = respx.post(f"{API}/get_invoice_list").mock(side_effect=answer)
+    with pytest.raises(CrmError, match="ignores paging"):
+        async for _ in client(http).pages("invoice_no|=|INV-500", size=100):
+            pass
+    assert len(route.calls) == 2
+
+
+@respx.mock
+async def test_pages_past_the_cap_end_the_walk_with_an_error(http: httpx.AsyncClient) -> None:
+    def answer(request: httpx.Request) -> httpx.Response:
+        start = int(form(request)["limit_start"])
+        return httpx.Response(200, json=[{"crmid": str(start + 1)}, {"crmid": str(start + 2)}])
+
+    route = respx.post(f"{API}/get_invoice_list").mock(side_effect=answer)
+    with pytest.raises(CrmError, match="more than 5 pages"):
+        async for _ in client(http, max_pages=5).pages(None, size=2):
+            pass
+    assert len(route.calls) == 5
+
+
+@respx.mock
+async def test_an_answer_past_the_size_cap_is_refused_without_being_read_whole(
+    http: httpx.AsyncClient,
+) -> None:
+    """Issue 24, item 6: a 300 MB list page took the process to 2.8 GB."""
+    chunk = b" " * 65536
+    sent: list[int] = []
+
+    async def body() -> Any:
+        yield b'{"results": [], "padding": "'
+        for _ in range(20 * 16):  # 20 MiB, never announced in a Content-Length
+            sent.append(len(chunk))
+            yield chunk
+        yield b'"}'
+
+    respx.post(f"{API}/get_invoice_list").mock(
+        return_value=httpx.Response(
+            200, headers={"content-type": "application/json"}, stream=_AsyncStream(body())
+        )
+    )
+    with pytest.raises(CrmError, match="larger than 8388608 bytes"):
+        await client(http).list_page(start=0, size=100)
+    assert sum(sent) <= 8 * 1024 * 1024 + len(chunk)
+
+
+class _AsyncStream(httpx.AsyncByteStream):
+    def __init__(self, chunks: Any) -> None:
+        self._chunks = chunks
+
+    async def __aiter__(self) -> Any:
+        async for chunk in self._chunks:
+            yield chunk
+
+
+async def test_an_answer_trickling_in_fails_at_one_deadline_for_the_whole_call(
+    http: httpx.AsyncClient,
+) -> None:
+    """Issue 24, item 7: at 1 byte/s every read is quick, so only a deadline over the whole
+    call (connect and the whole body) ends it."""
+    body = b'{"crmid": "1", "invoicestatus": "Paid", "padding": "' + b"x" * 40 + b'"}'
+
+    async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(
+                b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                + f"content-length: {len(body)}\r\n\r\n".encode()
+            )
+            for byte in body:  # about 10 s in all, each byte well within the read timeout
+                writer.write(bytes([byte]))
+                await writer.drain()
+                await asyncio.sleep(0.1)
+        writer.close()
+
+    server = await asyncio.start_server(trickle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        slow = client(http, base_url=f"http://127.0.0.1:{port}", timeout=1.0)
+        with pytest.raises(CrmUnavailable, match="no answer within 1s"):
+            await slow.get_invoice("1")

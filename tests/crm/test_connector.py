@@ -11,7 +11,7 @@ import pytest
 import respx
 
 from service.crm.client import CrmAmbiguous, CrmInvoiceNotFound
-from service.crm.connector import Change, KeptCrmStatus, LocalConnector, Pushed
+from service.crm.connector import Change, KeptCrmStatus, LocalConnector, Pushed, parse_amount
 from tests.crm.support import BASE_URL, opencrm_connector
 
 API = f"{BASE_URL}/api/rest"
@@ -259,3 +259,46 @@ async def test_two_crm_invoices_with_one_number_are_ambiguous(http: httpx.AsyncC
 async def test_the_local_connector_only_reports_delivery() -> None:
     outcome = await LocalConnector().deliver(change("Paid", "0.00"))
     assert outcome == Pushed(sent={"status": "Paid", "outstanding": "0.00"})
+
+
+@pytest.mark.parametrize(
+    ("raw", "amount"),
+    [
+        ("40.00", Decimal("40.00")),
+        ("£1,040.5", Decimal("1040.50")),
+        ("-3.2", Decimal("-3.20")),
+        (" 1,234,567.891 ", Decimal("1234567.89")),
+        (12, Decimal("12.00")),
+        (12.5, Decimal("12.50")),
+        ("999999999999.99", Decimal("999999999999.99")),
+        ("1e400", None),
+        ("1E3", None),
+        ({"amount": 5}, None),
+        ([5], None),
+        (True, None),
+        (False, None),
+        (None, None),
+        ("", None),
+        ("NaN", None),
+        ("Infinity", None),
+        ("1000000000000.00", None),
+        (10**15, None),
+        (float("inf"), None),
+        ("12.34.56", None),
+        ("1,2,3", None),
+        ("12 - 3", None),
+        ("n/a", None),
+    ],
+)
+def test_amounts_are_read_strictly_and_an_unreadable_one_is_none(raw: Any, amount: Any) -> None:
+    """Issue 24, item 14: "1e400" was read as 1400.00 and {"amount": 5} as 5.00."""
+    assert parse_amount(raw) == amount
+
+
+@respx.mock
+async def test_an_unreadable_crm_amount_is_rewritten_not_taken_for_ours(
+    http: httpx.AsyncClient,
+) -> None:
+    _, _, edit = crm({"42": {**record(status="Part Paid"), "amount_outstanding": {"amount": 5}}})
+    await opencrm_connector(http).deliver(change("Part Paid", "5.00"))
+    assert sent(edit) == [{"crmid": "42", "amount_outstanding": "5.00"}]

@@ -444,3 +444,29 @@ async def test_a_requeued_dead_letter_cannot_be_claimed_while_its_invoice_is_in_
             await second.execute(sa.text("SET LOCAL lock_timeout = '2s'"))
             # The old message is now the oldest pending one, but its invoice is being delivered.
             assert await repo.claim(second, limit=10, now=None) == []
+
+
+@respx.mock
+async def test_a_protected_status_kept_from_the_crm_queues_the_invoice_for_reconciliation(
+    engine: AsyncEngine, http: httpx.AsyncClient
+) -> None:
+    """Issue 24, item 9: the conflict with Sage must show at once, not at some later sync."""
+    FakeCrm({"42": crm_invoice("INV-1", "42", status="written off", outstanding="0.00")})
+    await add_invoice(engine, "INV-1", status="Paid", outstanding="0.00")
+    await add_message(engine, "INV-1", "Paid", "0.00", source="sync")
+    assert await dispatcher(engine, opencrm_connector(http)).run_once() == 1
+    assert await scalar(engine, "SELECT status FROM invoices") == "Written Off"
+    assert await scalar(engine, "SELECT count(*) FROM dirty_invoices") == 1
+
+
+@respx.mock
+async def test_a_crm_record_holding_what_no_column_can_store_is_still_delivered_to(
+    engine: AsyncEngine, http: httpx.AsyncClient
+) -> None:
+    crm = FakeCrm({"42": crm_invoice("INV-1", "42", status="Unpaid\x00" + "x" * 70)})
+    await add_invoice(engine, "INV-1", crm_id="42")
+    message = await add_message(engine, "INV-1", "Paid", "0.00")
+    assert await dispatcher(engine, opencrm_connector(http)).run_once() == 1
+    assert (await messages(engine))[message].state == "delivered"
+    assert crm.edits == [{"crmid": "42", "invoicestatus": "Paid", "amount_outstanding": "0.00"}]
+    assert await scalar(engine, "SELECT count(*) FROM crm_observed_statuses") == 0

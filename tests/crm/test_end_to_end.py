@@ -118,7 +118,8 @@ async def test_two_workers_share_the_outbox_without_reordering(
 async def test_a_worker_process_killed_with_sigkill_loses_nothing(
     engine: AsyncEngine, database_url: str, fake_crm: FakeOpenCrm, tmp_path: Path
 ) -> None:
-    """`ledgerlink worker` (every task) as a real process, SIGKILLed mid-edit."""
+    """`ledgerlink worker` (every task) as a real process, SIGKILLed mid-edit: its leases run
+    out (10 s here) and the next worker delivers everything."""
     ledger = Ledger(engine)
     await ledger.open(fake_crm, NUMBERS)
     env = {
@@ -131,6 +132,8 @@ async def test_a_worker_process_killed_with_sigkill_loses_nothing(
         "LEDGERLINK_OPENCRM_OUTSTANDING_FIELD": fake_opencrm.OUTSTANDING_FIELD,
         "LEDGERLINK_CRM_RETRY_BASE_SECONDS": "0.01",
         "LEDGERLINK_CRM_RETRY_MAX_SECONDS": "0.1",
+        "LEDGERLINK_OPENCRM_TIMEOUT_SECONDS": "5",
+        "LEDGERLINK_CRM_LEASE_SECONDS": "10",
         "LEDGERLINK_WORKER_SWEEP_SECONDS": "0.1",
         "LEDGERLINK_LOG_LEVEL": "WARNING",
     }

@@ -153,3 +153,30 @@ async def test_a_firewall_403_is_reported_as_such_not_as_refused_credentials(
     assert fatal == ""
     assert "firewall" in warnings
     assert "LEDGERLINK_OPENCRM_KEY" not in warnings
+
+
+async def test_a_crm_ignoring_paging_fails_the_delivery_with_backoff_and_readiness_says_so(
+    engine: AsyncEngine,
+    database_url: str,
+    fake_crm: FakeOpenCrm,
+    http: httpx.AsyncClient,
+    clocks: Clocks,
+) -> None:
+    """Issue 24, item 3: the filter ignored and `limit_start` too, the lookup of an invoice
+    past the first page paged for ever with the message's transaction open."""
+    await company(engine, fake_crm)
+    fake_crm.ignore_paging = True
+    message = await add_message(engine, TARGET, "Paid", "0.00")
+    wrong_query = connector(
+        fake_crm, http, number_query="sage_invoice_no", number_record="invoice_no"
+    )
+    assert await dispatcher(engine, wrong_query, clocks=clocks).run_once() == 1
+    row = (await messages(engine))[message]
+    assert (row.state, row.attempts) == ("pending", 1)
+    assert row.next_attempt_at > clocks.now
+    assert "ignores paging" in row.last_error
+    assert len(list_calls(fake_crm)) == 2
+    assert fake_crm.edits == []
+    fatal, warnings = await readiness(engine, database_url, fake_crm)
+    assert fatal == ""
+    assert "ignores paging" in warnings

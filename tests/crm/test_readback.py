@@ -8,15 +8,18 @@ import socket
 from typing import Any
 
 import httpx
+import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.context import WorkerContext
+from service.crm import repository as repo
 from service.crm import tasks as crm_tasks
 from service.crm.readback import ReadBack, build_readback
+from service.crm.service import readiness_problems
 from tests.conftest import READ_KEY, auth
 from tests.crm.e2e import crm_settings
-from tests.crm.support import add_invoice, add_message, scalar
+from tests.crm.support import add_invoice, add_message, policy, scalar
 from tests.support import fake_opencrm
 from tests.support.fake_opencrm import FakeOpenCrm
 
@@ -299,3 +302,129 @@ async def test_a_reader_killed_mid_page_leaves_the_cursor_for_the_next_one(
     assert (state.page_start, state.failures) == (100, 0)
     assert await reader.run_once() == 100
     assert list_calls(fake_crm)[-1]["limit_start"] == "100"
+
+
+async def open_transactions(engine: AsyncEngine) -> int:
+    """Sessions of this test database sitting in an open transaction, waiting on something."""
+    count: int = await scalar(
+        engine,
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+        "AND state LIKE 'idle in transaction%' AND pid <> pg_backend_pid()",
+    )
+    return count
+
+
+async def test_no_transaction_is_open_while_a_page_is_read_and_the_lease_keeps_others_off(
+    engine: AsyncEngine, database_url: str, fake_crm: FakeOpenCrm, http: httpx.AsyncClient
+) -> None:
+    """Issue 24, items 3 and 7: the cursor row stayed locked, its transaction idle, for as
+    long as the CRM took to answer."""
+    await company(engine, fake_crm, count=3)
+    hold = fake_crm.hold_next_list()
+    reading = asyncio.create_task(readback(engine, database_url, fake_crm, http).run_once())
+    try:
+        assert await asyncio.to_thread(hold.reached.wait, 30), "no list call reached the CRM"
+        assert await open_transactions(engine) == 0
+        # Another worker finds the cursor leased: it reads nothing and does not wait.
+        assert await readback(engine, database_url, fake_crm, http).run_once() == 0
+    finally:
+        hold.release.set()
+    assert await reading == 3
+    assert len(list_calls(fake_crm)) == 1
+    state = await state_row(engine)
+    assert state.lease_token is None
+    assert state.last_completed_at is not None
+
+
+async def test_a_lease_left_by_a_killed_reader_is_taken_over_once_it_runs_out(
+    engine: AsyncEngine, database_url: str, fake_crm: FakeOpenCrm, http: httpx.AsyncClient
+) -> None:
+    await company(engine, fake_crm, count=3)
+    async with engine.begin() as conn:
+        await conn.execute(
+            sa.text(
+                "INSERT INTO crm_readback_state (id, lease_token, next_run_at) "
+                "VALUES (1, gen_random_uuid(), now() + interval '1 minute')"
+            )
+        )
+    reader = readback(engine, database_url, fake_crm, http)
+    assert await reader.run_once() == 0
+    assert list_calls(fake_crm) == []
+    async with engine.begin() as conn:
+        await conn.execute(sa.text("UPDATE crm_readback_state SET next_run_at = now()"))
+    assert await reader.run_once() == 3
+
+
+async def test_a_crm_ignoring_paging_fails_the_scan_with_backoff_instead_of_reading_for_ever(
+    engine: AsyncEngine, database_url: str, fake_crm: FakeOpenCrm, http: httpx.AsyncClient
+) -> None:
+    """Issue 24, item 3: the same first page whatever `limit_start` says: 786 list calls in
+    20 s and the cursor past a million, with /readyz ready and silent."""
+    await company(engine, fake_crm)
+    fake_crm.set_by_person(NUMBERS[7], invoicestatus="Written Off")
+    fake_crm.ignore_paging = True
+    reader = readback(engine, database_url, fake_crm, http)
+    reader.policy = policy(base=30.0)
+    assert await scan(reader) == 1
+    assert len(list_calls(fake_crm)) == 2
+    state = await state_row(engine)
+    assert (state.page_start, state.failures) == (100, 1)
+    assert "ignores paging" in state.last_error
+    wait = await scalar(
+        engine, "SELECT extract(epoch FROM next_run_at - now()) FROM crm_readback_state"
+    )
+    assert 20 < wait <= 30  # the backoff after one failure
+    # What the first page taught is kept.
+    assert (await invoice(engine, NUMBERS[7])).status == "Written Off"
+    settings = crm_settings(database_url, fake_crm, crm_readback_seconds=300)
+    async with engine.connect() as conn:
+        _, warnings = await readiness_problems(conn, settings, None)
+    assert any("CRM read-back failing" in w and "ignores paging" in w for w in warnings)
+
+
+async def test_a_page_that_cannot_be_stored_backs_off_and_is_reported(
+    engine: AsyncEngine,
+    database_url: str,
+    fake_crm: FakeOpenCrm,
+    http: httpx.AsyncClient,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 24, item 5: a database error on a page failed every pass, the CRM polled every
+    2 s without backoff, and readiness said nothing."""
+    await company(engine, fake_crm, count=3)
+
+    async def broken(*args: Any, **kwargs: Any) -> None:
+        raise sa.exc.DataError("INSERT INTO crm_invoices ...", {}, Exception("value too long"))
+
+    monkeypatch.setattr(repo, "remember_crm_views", broken)
+    reader = readback(engine, database_url, fake_crm, http)
+    reader.policy = policy(base=30.0)
+    assert await reader.run_once() == 0
+    state = await state_row(engine)
+    assert (state.page_start, state.failures) == (0, 1)
+    assert "value too long" in state.last_error
+    assert "INSERT" not in state.last_error
+    wait = await scalar(
+        engine, "SELECT extract(epoch FROM next_run_at - now()) FROM crm_readback_state"
+    )
+    assert 20 < wait <= 30  # the backoff after one failure
+    assert await reader.run_once() == 0  # backing off: the CRM is not asked again
+    assert len(list_calls(fake_crm)) == 1
+    settings = crm_settings(database_url, fake_crm, crm_readback_seconds=300)
+    async with engine.connect() as conn:
+        _, warnings = await readiness_problems(conn, settings, None)
+    assert any("CRM read-back failing" in w and "value too long" in w for w in warnings)
+
+
+async def test_a_scan_past_the_page_cap_fails_and_starts_over(
+    engine: AsyncEngine, database_url: str, fake_crm: FakeOpenCrm, http: httpx.AsyncClient
+) -> None:
+    await company(engine, fake_crm)
+    reader = readback(engine, database_url, fake_crm, http, opencrm_max_pages=2)
+    assert await scan(reader) == 2
+    state = await state_row(engine)
+    assert (state.scan_started_at, state.page_start, state.pages) == (None, 0, 0)
+    assert state.failures == 1
+    assert "more than 2 pages" in state.last_error
+    assert state.last_completed_at is None
+    assert len(list_calls(fake_crm)) == 2

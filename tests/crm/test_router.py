@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 import httpx
 import pytest
+import sqlalchemy as sa
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -175,3 +176,29 @@ async def test_metrics_show_the_outbox_and_deliveries(
     after = await client.get("/metrics")
     assert "ledgerlink_outbox_pending 0.0" in after.text
     assert 'ledgerlink_crm_deliveries_total{outcome="delivered"}' in after.text
+
+
+async def test_paging_read_back_failures_and_skipped_records_are_warnings(
+    opencrm_app: FastAPI, engine: AsyncEngine
+) -> None:
+    async with engine.begin() as conn:
+        await repo.record_paging(conn, "OpenCRM get_invoice_list ignores paging: ...")
+        await conn.execute(
+            sa.text(
+                "INSERT INTO crm_readback_state (id, failures, last_error, last_error_at, "
+                "skipped, last_skipped) VALUES (1, 2, 'OpenCRM get_invoice_list: HTTP 502', "
+                "now(), 3, 'invoice INV-9: invoicestatus has 66 characters, more than 64')"
+            )
+        )
+    response = await readyz(opencrm_app)
+    assert response.status_code == 200, response.text
+    warnings = " | ".join(response.json()["warnings"])
+    assert "OpenCRM lists do not page properly" in warnings
+    assert "ignores paging" in warnings
+    assert "CRM read-back failing (2 attempt(s)" in warnings
+    assert "CRM read-back skipped 3 record(s)" in warnings
+    assert "invoice INV-9: invoicestatus has 66 characters" in warnings
+    async with engine.begin() as conn:
+        await repo.record_paging(conn, None)
+    warnings = " | ".join((await readyz(opencrm_app)).json()["warnings"])
+    assert "page properly" not in warnings

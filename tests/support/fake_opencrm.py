@@ -9,13 +9,16 @@ saved blank; `crmid=0` creates), errors as `{"error": ...}` with HTTP 200, and a
 answers 403 with an HTML page to user agents containing "python" or "curl". A field can have a
 query name other than its record key (`query_names`). Every record carries a modification time
 that edits (ours and a person's) move on. It records every request and can be told to fail
-(5xx, 429 with Retry-After, "Unauthorized"), to hold an edit, or to go down entirely.
+(5xx, 429 with Retry-After, "Unauthorized"), to hold a call, to ignore `limit_start` (always
+the first page), or to go down entirely. Answers are JSON with non-ASCII escaped, so a record
+may carry anything JSON can say (a lone surrogate included: `add_record`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import re
 import socket
 import threading
@@ -39,6 +42,9 @@ STATUS_FIELD = "invoicestatus"
 OUTSTANDING_FIELD = "amount_outstanding"
 MODIFIED_FIELD = "modifiedtime"
 MAX_PAGE = 100
+# A fake ignoring paging answers this many list calls, then errors: a client that pages for
+# ever fails its test instead of hanging it.
+RUNAWAY_LIST_CALLS = 200
 BLOCKED_AGENTS = re.compile(r"python|curl", re.IGNORECASE)
 
 
@@ -76,9 +82,18 @@ class _Failure:
     error: str | None = None
 
 
+class _EscapedJSON(JSONResponse):
+    """JSON with every non-ASCII character escaped, so that a lone surrogate goes on the wire
+    as `\\ud800` (valid JSON text) instead of failing to encode."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+
+
 @dataclass
 class Hold:
-    """The next edit waits here: `reached` is set when it arrives, it goes on on `release`.
+    """The next edit (or list call) waits here: `reached` is set when it arrives, it goes on
+    on `release`.
 
     An edit whose caller hung up meanwhile is dropped (counted in `FakeOpenCrm.dropped`), as if
     the crash had lost it: only a sender that delivers at least once gets it through.
@@ -100,7 +115,7 @@ class FakeOpenCrm:
         self.passkey = passkey
         # query_string name -> record key, where they differ (OpenCRM's field reference).
         self.query_names = dict(query_names or {})
-        self.invoices: dict[str, dict[str, str]] = {}
+        self.invoices: dict[str, dict[str, Any]] = {}
         # The CRM's clock for modification times; tests move it to another day.
         self.clock = datetime(2026, 11, 20, 9, 0, 0)
         self.requests: list[Recorded] = []
@@ -108,10 +123,14 @@ class FakeOpenCrm:
         self.created: list[dict[str, str]] = []
         self.dropped = 0
         self.unauthorized = False
+        # Like a CRM that ignores limit_start: every list call answers the first page.
+        self.ignore_paging = False
         # Requests touching these invoice numbers answer this HTTP status, until cleared.
         self.failing_invoices: dict[str, int] = {}
         self._failures: deque[_Failure] = deque()
         self._hold: Hold | None = None
+        self._list_hold: Hold | None = None
+        self._runaway = 0
         self._ids = itertools.count(4001)
         self._lock = threading.Lock()
         self._server: uvicorn.Server | None = None
@@ -141,12 +160,19 @@ class FakeOpenCrm:
             }
         return crm_id
 
+    def add_record(self, record: dict[str, Any]) -> str:
+        """A record exactly as given (any JSON value in any field), with a new crmid."""
+        crm_id = str(next(self._ids))
+        with self._lock:
+            self.invoices[crm_id] = {"crmid": crm_id, **record}
+        return crm_id
+
     def _tick(self) -> str:
         """The next modification time (called with the lock held)."""
         self.clock += timedelta(seconds=1)
         return self.clock.strftime("%Y-%m-%d %H:%M:%S")
 
-    def invoice(self, number: str) -> dict[str, str]:
+    def invoice(self, number: str) -> dict[str, Any]:
         with self._lock:
             for record in self.invoices.values():
                 if record.get(NUMBER_FIELD) == number:
@@ -181,6 +207,12 @@ class FakeOpenCrm:
         hold = Hold()
         with self._lock:
             self._hold = hold
+        return hold
+
+    def hold_next_list(self) -> Hold:
+        hold = Hold()
+        with self._lock:
+            self._list_hold = hold
         return hold
 
     # Server --------------------------------------------------------------------------------
@@ -253,7 +285,7 @@ class FakeOpenCrm:
             failure = _Failure(persistent)
         if failure is not None:
             headers = {"Retry-After": failure.retry_after} if failure.retry_after else None
-            return JSONResponse(
+            return _EscapedJSON(
                 {"error": f"fake failure {failure.status}"},
                 status_code=failure.status,
                 headers=headers,
@@ -261,17 +293,22 @@ class FakeOpenCrm:
         if BLOCKED_AGENTS.search(request.headers.get("user-agent", "")):
             return HTMLResponse(_FIREWALL_PAGE, status_code=403)
         if self.unauthorized or not credentials_ok:
-            return JSONResponse({"error": "Unauthorized"})
+            return _EscapedJSON({"error": "Unauthorized"})
         if method in ("get_invoice_list", "get_invoice_list_full"):
-            return JSONResponse(self._list(params))
+            with self._lock:
+                hold, self._list_hold = self._list_hold, None
+            if hold is not None:
+                hold.reached.set()
+                await asyncio.get_running_loop().run_in_executor(None, hold.release.wait, 30)
+            return _EscapedJSON(self._list(params))
         if method == "get_invoice":
             with self._lock:
                 record = self.invoices.get(params.get("crmid", ""))
                 found = dict(record) if record is not None else None
-            return JSONResponse(found if found is not None else {"error": "Record not found"})
+            return _EscapedJSON(found if found is not None else {"error": "Record not found"})
         if method == "edit_invoice":
-            return JSONResponse(await self._edit(params, request))
-        return JSONResponse({"error": f"Unknown method {method}"})
+            return _EscapedJSON(await self._edit(params, request))
+        return _EscapedJSON({"error": f"Unknown method {method}"})
 
     def _invoice_number_of(self, params: dict[str, str]) -> str | None:
         query = params.get("query_string")
@@ -284,6 +321,12 @@ class FakeOpenCrm:
         field_name, operator, value = ((params.get("query_string") or "") + "||").split("|")[:3]
         start = int(params.get("limit_start") or 0)
         end = min(int(params.get("limit_end") or MAX_PAGE), start + MAX_PAGE)
+        if self.ignore_paging:
+            with self._lock:
+                self._runaway += 1
+                if self._runaway > RUNAWAY_LIST_CALLS:
+                    return {"error": f"fake: more than {RUNAWAY_LIST_CALLS} list calls"}
+            start, end = 0, min(end - start, MAX_PAGE)
         with self._lock:
             records = [dict(r) for r in self.invoices.values()]
         key = self.query_names.get(field_name)
@@ -292,7 +335,7 @@ class FakeOpenCrm:
         # Like the real API, a field it does not know filters nothing.
         if key and any(key in r for r in records):
             if operator == "BEGINS":
-                records = [r for r in records if r.get(key, "").startswith(value)]
+                records = [r for r in records if str(r.get(key, "")).startswith(value)]
             else:
                 records = [r for r in records if r.get(key) == value]
         return {"total": len(records), "results": records[start:end]}
