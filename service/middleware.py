@@ -95,13 +95,13 @@ class RequestContextMiddleware:
         receive_timeout: float = 30.0,
         max_body_bytes: int | None = None,
         body_budget: BodyBudget | None = None,
-        check_before_body: Callable[[Scope], None] | None = None,
+        check_before_input: Callable[[Scope], None] | None = None,
     ) -> None:
         self.app = app
         self.receive_timeout = receive_timeout
         self.max_body_bytes = max_body_bytes
         self.body_budget = body_budget
-        self.check_before_body = check_before_body
+        self.check_before_input = check_before_input
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -195,7 +195,7 @@ class RequestContextMiddleware:
             reserved += size
 
         try:
-            if self.check_before_body is not None and not await self._admitted(
+            if self.check_before_input is not None and not await self._admitted(
                 scope, receive, send_wrapper
             ):
                 return
@@ -206,14 +206,16 @@ class RequestContextMiddleware:
             self._record(scope, status_holder["status"], started, client_gone=client_gone)
 
     async def _admitted(self, scope: Scope, receive: Receive, send: Send) -> bool:
-        """Whether the request may go on to read its body; when not, it has been answered."""
-        assert self.check_before_body is not None
+        """Whether the request may go on to read its input; when not, it has been answered."""
+        assert self.check_before_input is not None
         try:
-            self.check_before_body(scope)
+            self.check_before_input(scope)
         except ServiceError as exc:
-            # send (the wrapper) adds Connection: close only for refused bodies it knows of.
             response = _refusal(exc)
-            response.headers["connection"] = "close"
+            if _declared_length(scope) or _header(scope, b"transfer-encoding") is not None:
+                # The unread body is still on its way: the connection cannot be reused. (send,
+                # the wrapper, adds Connection: close only for refused bodies it knows of.)
+                response.headers["connection"] = "close"
             await response(scope, receive, send)
             return False
         return True
@@ -249,10 +251,15 @@ def method_label(method: str) -> str:
 
 
 def _declared_length(scope: Scope) -> int:
+    value = _header(scope, b"content-length")
+    return int(value) if value is not None and value.isdigit() else 0
+
+
+def _header(scope: Scope, wanted: bytes) -> bytes | None:
     for name, value in scope.get("headers", []):
-        if name == b"content-length" and value.isdigit():
-            return int(value)
-    return 0
+        if name == wanted:
+            return bytes(value)
+    return None
 
 
 def _refusal(error: ServiceError) -> JSONResponse:

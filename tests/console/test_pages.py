@@ -168,6 +168,28 @@ async def test_preview_then_apply(sign_in: SignIn, engine: AsyncEngine) -> None:
 
 
 @pytest.mark.usefixtures("company")
+async def test_a_form_post_with_an_unknown_query_parameter_is_a_422_page(
+    sign_in: SignIn, engine: AsyncEngine
+) -> None:
+    """The forms post to bare addresses; a query string there is tampering or a mistake, and
+    a dry run a person asked for in it (`?dry_run=true`) must never become the real thing."""
+    c = await sign_in(WRITE_KEY)
+    form = await c.get("/console/update?written_off=true&protected=false")
+    before = await table_checksums(engine)
+    answer = await c.post(
+        "/console/update?dry_run=false",
+        data={"csrf_token": csrf_from(form.text), "written_off": "true", "to_status": "Paid"},
+    )
+    assert answer.status_code == 422, answer.text
+    assert answer.headers["content-type"].startswith("text/html")
+    assert "dry_run" in answer.text
+    assert await table_checksums(engine) == before
+    # A page's own query string (its filter) is read by the page itself: still served.
+    page = await c.get("/console/invoices?written_off=true&utm_source=mail")
+    assert page.status_code == 200
+
+
+@pytest.mark.usefixtures("company")
 async def test_apply_needs_a_reason(sign_in: SignIn) -> None:
     c = await sign_in(WRITE_KEY)
     form = await c.get("/console/update?written_off=true")
