@@ -33,7 +33,7 @@ from service.ingest.router import router as ingest_router
 from service.ingest.service import WebhookIngest
 from service.invoices.router import router as invoices_router
 from service.logging import configure_logging, get_logger
-from service.middleware import BodyBudget, RequestContextMiddleware
+from service.middleware import BodyBudget, HeadAsGet, RequestContextMiddleware
 from service.ops.exposition import bind_metrics_socket, worker_metrics_app, worker_metrics_server
 from service.ops.readiness import Probed
 from service.ops.router import router as ops_router
@@ -144,6 +144,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         dependencies=[Depends(refuse_unknown_query_parameters)],
     )
     install_error_handlers(app)
+    # Added first, so it runs inside RequestContextMiddleware (the last added is outermost).
+    app.add_middleware(HeadAsGet)
     app.add_middleware(
         RequestContextMiddleware,
         receive_timeout=settings.request_timeout_seconds,

@@ -233,6 +233,29 @@ async def test_invoice_csv_is_the_page_shown(sign_in: SignIn) -> None:
 
 
 @pytest.mark.usefixtures("company")
+async def test_head_answers_pages_and_downloads_like_get_without_a_body(
+    sign_in: SignIn, client: httpx.AsyncClient
+) -> None:
+    c = await sign_in(READ_KEY)
+    for path in (
+        "/console/",
+        "/console/invoices?written_off=true",
+        "/console/invoices.csv?written_off=true",
+        "/console/bad-debts.csv?as_of=2026-11-29",
+        "/console/static/console.css",
+    ):
+        get, head = await c.get(path), await c.head(path)
+        assert (head.status_code, head.content) == (get.status_code, b""), path
+        assert get.status_code == 200, path
+        assert get.content, path
+        assert head.headers["content-type"] == get.headers["content-type"], path
+        assert int(head.headers["content-length"]) == len(get.content), path
+    # Without a session: sent to sign in, as a GET is.
+    get, head = await client.get("/console/invoices"), await client.head("/console/invoices")
+    assert (head.status_code, head.headers["location"]) == (303, get.headers["location"])
+
+
+@pytest.mark.usefixtures("company")
 async def test_bad_debt_csv(sign_in: SignIn) -> None:
     c = await sign_in(READ_KEY)
     answer = await c.get("/console/bad-debts.csv?as_of=2026-11-29")
