@@ -49,20 +49,27 @@ def authenticate(settings: Settings, scheme: str | None, token: str | None) -> A
     return key
 
 
-def check_before_body(settings: Settings, signed_paths: frozenset[str], scope: AsgiScope) -> None:
-    """A request to the API that brings a body must show a valid key before any of the body
-    is read (the scope is checked later, by the route): a stranger's upload costs nothing.
-    A signed path (the webhook) is signed over its body instead, and has its own limits."""
+def check_before_input(settings: Settings, signed_paths: frozenset[str], scope: AsgiScope) -> None:
+    """A request to the API that brings input (a body or a query string) must show a valid key
+    before any of it is read (the scope is checked later, by the route): a stranger's upload
+    costs nothing, and a stranger learns that a key is needed, not which parameters a route
+    takes (service.query_parameters). A signed path (the webhook) is signed over its body
+    instead, and has its own limits."""
     path: str = scope["path"]
     if not path.startswith("/v1/") or path in signed_paths:
         return
-    headers = dict(scope.get("headers", []))
-    if headers.get(b"content-length", b"0") == b"0" and b"transfer-encoding" not in headers:
+    if not _has_body(scope) and not scope.get("query_string"):
         return
+    headers = dict(scope.get("headers", []))
     scheme, token = get_authorization_scheme_param(
         headers.get(b"authorization", b"").decode("latin-1")
     )
     authenticate(settings, scheme, token)
+
+
+def _has_body(scope: AsgiScope) -> bool:
+    headers = dict(scope.get("headers", []))
+    return headers.get(b"content-length", b"0") != b"0" or b"transfer-encoding" in headers
 
 
 def require(scope: Scope) -> Any:

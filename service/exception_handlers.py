@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from service import db_errors
+from service import db_errors, query_parameters
 from service.errors import ServiceError
 
 PROBLEM_JSON = "application/problem+json"
@@ -166,7 +166,8 @@ _PROBLEM_DESCRIPTIONS = {
     "404": "Not found",
     "408": "The request body did not arrive within LEDGERLINK_REQUEST_TIMEOUT_SECONDS",
     "413": "The body is larger than LEDGERLINK_MAX_BODY_BYTES",
-    "422": "Validation failed: `errors` names each failing field; nothing was stored",
+    "422": "Validation failed: `errors` names each failing field, and each unknown query "
+    "parameter or body key; nothing was stored",
     "503": "The database is unavailable or short of resources, or the service holds as many "
     "request bodies as it may at once: retry after Retry-After seconds (with the same "
     "webhook-id or Idempotency-Key, so that a change stored just as the connection dropped "
@@ -184,7 +185,7 @@ def document_problems(spec: dict[str, Any]) -> dict[str, Any]:
             if method not in _HTTP_METHODS:
                 continue
             responses: dict[str, Any] = operation.setdefault("responses", {})
-            for status in _possible_problems(path, operation):
+            for status in _possible_problems(path, method, operation):
                 response = responses.setdefault(
                     status, {"description": _PROBLEM_DESCRIPTIONS[status]}
                 )
@@ -211,7 +212,7 @@ def document_problems(spec: dict[str, Any]) -> dict[str, Any]:
     return spec
 
 
-def _possible_problems(path: str, operation: dict[str, Any]) -> list[str]:
+def _possible_problems(path: str, method: str, operation: dict[str, Any]) -> list[str]:
     has_body = "requestBody" in operation
     statuses: list[str] = []
     if operation.get("security"):
@@ -220,7 +221,8 @@ def _possible_problems(path: str, operation: dict[str, Any]) -> list[str]:
         statuses.append("404")
     if has_body:
         statuses += ["400", "408", "413"]
-    if has_body or operation.get("parameters"):
+    if has_body or operation.get("parameters") or query_parameters.checked(method.upper(), path):
+        # The last: an unknown query parameter (service/query_parameters.py).
         statuses.append("422")
     if path.startswith("/v1/"):
         statuses.append("503")

@@ -13,11 +13,11 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from functools import partial
 
 import httpx
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi_offline import FastAPIOffline
 
 from service import __version__
-from service.auth import check_before_body
+from service.auth import check_before_input
 from service.baddebts.router import router as baddebts_router
 from service.console.router import install_console
 from service.console.session import SessionKeys
@@ -33,12 +33,13 @@ from service.ingest.router import router as ingest_router
 from service.ingest.service import WebhookIngest
 from service.invoices.router import router as invoices_router
 from service.logging import configure_logging, get_logger
-from service.middleware import BodyBudget, RequestContextMiddleware
+from service.middleware import BodyBudget, HeadAsGet, RequestContextMiddleware
 from service.ops.exposition import bind_metrics_socket, worker_metrics_app, worker_metrics_server
 from service.ops.readiness import Probed
 from service.ops.router import router as ops_router
 from service.ops.startup import startup_checks
 from service.picklist.router import router as picklist_router
+from service.query_parameters import refuse_unknown_query_parameters
 from service.reconcile.router import router as reconcile_router
 from service.settings import Settings, load_settings
 from service.tasks import worker_tasks
@@ -138,14 +139,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Relative: the docs page and generated clients talk to whichever host served them.
         servers=[{"url": "/", "description": "The ledgerlink service that serves this document"}],
         lifespan=lifespan_for(settings, console_keys),
+        # Every route's: an unknown query parameter is a 422 naming it (the rule's scope is in
+        # service/query_parameters.py).
+        dependencies=[Depends(refuse_unknown_query_parameters)],
     )
     install_error_handlers(app)
+    # Added first, so it runs inside RequestContextMiddleware (the last added is outermost).
+    app.add_middleware(HeadAsGet)
     app.add_middleware(
         RequestContextMiddleware,
         receive_timeout=settings.request_timeout_seconds,
         max_body_bytes=settings.max_body_bytes,
         body_budget=BodyBudget(settings.max_inflight_body_bytes),
-        check_before_body=partial(check_before_body, settings, frozenset({WEBHOOK_PATH})),
+        check_before_input=partial(check_before_input, settings, frozenset({WEBHOOK_PATH})),
     )
     _include_routers(app)
     install_openapi_problems(app)

@@ -95,13 +95,13 @@ class RequestContextMiddleware:
         receive_timeout: float = 30.0,
         max_body_bytes: int | None = None,
         body_budget: BodyBudget | None = None,
-        check_before_body: Callable[[Scope], None] | None = None,
+        check_before_input: Callable[[Scope], None] | None = None,
     ) -> None:
         self.app = app
         self.receive_timeout = receive_timeout
         self.max_body_bytes = max_body_bytes
         self.body_budget = body_budget
-        self.check_before_body = check_before_body
+        self.check_before_input = check_before_input
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -195,7 +195,7 @@ class RequestContextMiddleware:
             reserved += size
 
         try:
-            if self.check_before_body is not None and not await self._admitted(
+            if self.check_before_input is not None and not await self._admitted(
                 scope, receive, send_wrapper
             ):
                 return
@@ -206,14 +206,16 @@ class RequestContextMiddleware:
             self._record(scope, status_holder["status"], started, client_gone=client_gone)
 
     async def _admitted(self, scope: Scope, receive: Receive, send: Send) -> bool:
-        """Whether the request may go on to read its body; when not, it has been answered."""
-        assert self.check_before_body is not None
+        """Whether the request may go on to read its input; when not, it has been answered."""
+        assert self.check_before_input is not None
         try:
-            self.check_before_body(scope)
+            self.check_before_input(scope)
         except ServiceError as exc:
-            # send (the wrapper) adds Connection: close only for refused bodies it knows of.
             response = _refusal(exc)
-            response.headers["connection"] = "close"
+            if _declared_length(scope) or _header(scope, b"transfer-encoding") is not None:
+                # The unread body is still on its way: the connection cannot be reused. (send,
+                # the wrapper, adds Connection: close only for refused bodies it knows of.)
+                response.headers["connection"] = "close"
             await response(scope, receive, send)
             return False
         return True
@@ -249,10 +251,15 @@ def method_label(method: str) -> str:
 
 
 def _declared_length(scope: Scope) -> int:
+    value = _header(scope, b"content-length")
+    return int(value) if value is not None and value.isdigit() else 0
+
+
+def _header(scope: Scope, wanted: bytes) -> bytes | None:
     for name, value in scope.get("headers", []):
-        if name == b"content-length" and value.isdigit():
-            return int(value)
-    return 0
+        if name == wanted:
+            return bytes(value)
+    return None
 
 
 def _refusal(error: ServiceError) -> JSONResponse:
@@ -292,3 +299,38 @@ def _route_template(scope: Scope) -> str:
     path = getattr(route, "path", None)
     # Unmatched paths are one label, so a scanner cannot blow up metric cardinality.
     return path if isinstance(path, str) else "<unmatched>"
+
+
+class HeadAsGet:
+    """HEAD answered as GET without the body, on every GET route (RFC 9110 section 9.3.2;
+    load balancers probe with it). FastAPI's routes take only the methods they declare, unlike
+    Starlette's plain routes, so a HEAD was a 405 on every one of them.
+
+    Inside RequestContextMiddleware, which logs and counts the request as the HEAD it was. The
+    route runs as for a GET (the same checks, status and headers, Content-Length of the body a
+    GET gets) and its body is dropped here, whatever server runs the app. No route of this app
+    declares HEAD itself (one that did would never be reached)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+        # A copy: the server reads the method from its own scope to leave out the body.
+        as_get = {**scope, "method": "GET"}
+
+        async def headers_only(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                if message.get("more_body", False):
+                    return
+                message = {"type": "http.response.body", "body": b"", "more_body": False}
+            await send(message)
+
+        try:
+            await self.app(as_get, receive, headers_only)
+        finally:
+            # The route matched, for the access log and the metrics' route label.
+            if "route" in as_get:
+                scope["route"] = as_get["route"]

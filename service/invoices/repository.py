@@ -46,7 +46,9 @@ def filter_sql(
     clauses: list[str] = []
     params: dict[str, Any] = {f"{prefix}protected": ctx.protected_statuses}
     is_protected = f"i.status = ANY(CAST(:{prefix}protected AS text[]))"
-    if f.status:
+    # `is not None`, never truthiness: an empty list (refused by the schema) must select
+    # nothing here rather than drop the criterion and select everything.
+    if f.status is not None:
         clauses.append(f"i.status = ANY(CAST(:{prefix}statuses AS text[]))")
         params[f"{prefix}statuses"] = list(f.status)
     if f.account_ref is not None:
@@ -54,7 +56,7 @@ def filter_sql(
         params[f"{prefix}account"] = f.account_ref
     if f.protected is not None:
         clauses.append(is_protected if f.protected else f"NOT ({is_protected})")
-    if f.derived_state:
+    if f.derived_state is not None:
         clauses.append(f"i.derived_state = ANY(CAST(:{prefix}states AS text[]))")
         params[f"{prefix}states"] = list(f.derived_state)
     _flag(clauses, f.written_off, "i.written_off > 0")

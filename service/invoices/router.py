@@ -14,7 +14,7 @@ from service.invoices import service
 from service.invoices.schemas import (
     BulkStatusRequest,
     InvoiceDetail,
-    InvoiceFilter,
+    InvoiceListQuery,
     InvoicePage,
     JobOut,
     Outcome,
@@ -42,7 +42,7 @@ async def list_invoices(
     conn: ConnDep,
     settings: SettingsDep,
     request: Request,
-    filters: Annotated[InvoiceFilter, Query()],
+    filters: Annotated[InvoiceListQuery, Query()],
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     cursor: Annotated[str | None, Query(max_length=512, description="From next_cursor")] = None,
     format: Annotated[

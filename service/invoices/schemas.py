@@ -169,14 +169,19 @@ class InvoicePage(BaseModel):
 
 class InvoiceFilter(BaseModel):
     """Which invoices: the list's query parameters, and the Global Update's `filter`. Every
-    criterion given must hold (AND); several values of one criterion are alternatives (OR)."""
+    criterion given must hold (AND); several values of one criterion are alternatives (OR).
 
-    status: Annotated[list[Status] | None, Field(max_length=100)] = Field(
+    An empty list and an unknown key are refused, not dropped: a criterion dropped widens the
+    selection, and a Global Update of a wider selection changes invoices nobody meant."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    status: Annotated[list[Status] | None, Field(min_length=1, max_length=100)] = Field(
         default=None, description="Current status, one or more (any of); must be a known status"
     )
     account_ref: AccountRef | None = Field(default=None, description="Sage account")
     protected: bool | None = Field(default=None, description="Only (un)protected invoices")
-    derived_state: Annotated[list[DerivedState] | None, Field(max_length=5)] = Field(
+    derived_state: Annotated[list[DerivedState] | None, Field(min_length=1, max_length=5)] = Field(
         default=None, description="What Sage says, one or more (any of)"
     )
     written_off: bool | None = Field(
@@ -199,6 +204,14 @@ class InvoiceFilter(BaseModel):
 
     def is_empty(self) -> bool:
         return all(value is None for value in self.model_dump().values())
+
+
+class InvoiceListQuery(InvoiceFilter):
+    """The filter as GET /v1/invoices reads it from the query string, which carries the page's
+    own parameters (limit, cursor, format) beside it: those are not the filter's to refuse.
+    A name no parameter of the operation has is refused by service.query_parameters."""
+
+    model_config = ConfigDict(extra="ignore")
 
 
 class StatusEdit(BaseModel):
@@ -250,6 +263,18 @@ class BulkStatusRequest(BaseModel):
             raise ValueError(
                 "give either invoice_numbers or a filter, not both (add account_ref to narrow "
                 "a filter)"
+            )
+        if (
+            self.filter is not None
+            and self.filter.account_ref is not None
+            and self.account_ref is not None
+            and self.filter.account_ref != self.account_ref
+        ):
+            # An invoice has one account: both together would select nothing, and which one
+            # was meant cannot be told.
+            raise ValueError(
+                f"account_ref '{self.account_ref}' and filter.account_ref "
+                f"'{self.filter.account_ref}' differ: give the account once"
             )
         return self
 

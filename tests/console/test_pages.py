@@ -174,6 +174,28 @@ async def test_preview_then_apply(sign_in: SignIn, engine: AsyncEngine) -> None:
 
 
 @pytest.mark.usefixtures("company")
+async def test_a_form_post_with_an_unknown_query_parameter_is_a_422_page(
+    sign_in: SignIn, engine: AsyncEngine
+) -> None:
+    """The forms post to bare addresses; a query string there is tampering or a mistake, and
+    a dry run a person asked for in it (`?dry_run=true`) must never become the real thing."""
+    c = await sign_in(WRITE_KEY)
+    form = await c.get("/console/update?written_off=true&protected=false")
+    before = await table_checksums(engine)
+    answer = await c.post(
+        "/console/update?dry_run=false",
+        data={"csrf_token": csrf_from(form.text), "written_off": "true", "to_status": "Paid"},
+    )
+    assert answer.status_code == 422, answer.text
+    assert answer.headers["content-type"].startswith("text/html")
+    assert "dry_run" in answer.text
+    assert await table_checksums(engine) == before
+    # A page's own query string (its filter) is read by the page itself: still served.
+    page = await c.get("/console/invoices?written_off=true&utm_source=mail")
+    assert page.status_code == 200
+
+
+@pytest.mark.usefixtures("company")
 async def test_apply_needs_a_reason(sign_in: SignIn) -> None:
     c = await sign_in(WRITE_KEY)
     form = await c.get("/console/update?written_off=true")
@@ -214,6 +236,29 @@ async def test_invoice_csv_is_the_page_shown(sign_in: SignIn) -> None:
     answer = await c.get("/console/invoices.csv?written_off=true&limit=25")
     rows = list(csv.DictReader(io.StringIO(answer.text)))
     assert [r["invoice_number"] for r in rows] == shown == ["INV-1001", "INV-2001", "INV-3001"]
+
+
+@pytest.mark.usefixtures("company")
+async def test_head_answers_pages_and_downloads_like_get_without_a_body(
+    sign_in: SignIn, client: httpx.AsyncClient
+) -> None:
+    c = await sign_in(READ_KEY)
+    for path in (
+        "/console/",
+        "/console/invoices?written_off=true",
+        "/console/invoices.csv?written_off=true",
+        "/console/bad-debts.csv?as_of=2026-11-29",
+        "/console/static/console.css",
+    ):
+        get, head = await c.get(path), await c.head(path)
+        assert (head.status_code, head.content) == (get.status_code, b""), path
+        assert get.status_code == 200, path
+        assert get.content, path
+        assert head.headers["content-type"] == get.headers["content-type"], path
+        assert int(head.headers["content-length"]) == len(get.content), path
+    # Without a session: sent to sign in, as a GET is.
+    get, head = await client.get("/console/invoices"), await client.head("/console/invoices")
+    assert (head.status_code, head.headers["location"]) == (303, get.headers["location"])
 
 
 @pytest.mark.usefixtures("company")

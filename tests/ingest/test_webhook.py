@@ -283,6 +283,39 @@ async def test_batch_size_limits(client: httpx.AsyncClient, engine: AsyncEngine)
     assert await count(engine, "postings") == 5000
 
 
+@pytest.mark.parametrize(
+    ("batch", "field"),
+    [
+        ({"postings": [si(1, "INV1")], "sorce": "exporter"}, "sorce"),
+        (
+            {"postings": [sr(2, (1, "5.00"))]},
+            "postings[0].allocations[0].amont",
+        ),
+    ],
+    ids=["batch", "allocation"],
+)
+async def test_unknown_keys_at_every_level_are_422_naming_them(
+    client: httpx.AsyncClient, engine: AsyncEngine, batch: dict[str, Any], field: str
+) -> None:
+    if "allocations" in field:
+        batch["postings"][0]["allocations"][0]["amont"] = "5.00"
+    body, headers = signed_request(batch)
+    response = await client.post(WEBHOOK, content=body, headers=headers)
+    assert response.status_code == 422, response.text
+    assert response.json()["errors"][0]["field"] == field
+    assert await nothing_stored(engine)
+
+
+async def test_a_query_parameter_is_422(client: httpx.AsyncClient, engine: AsyncEngine) -> None:
+    """The exporter sends none: one is a misconfigured sender, refused before anything is
+    stored."""
+    body, headers = signed_request({"postings": [si(1, "INV1")]})
+    response = await client.post(f"{WEBHOOK}?dry_run=true", content=body, headers=headers)
+    assert response.status_code == 422, response.text
+    assert response.json()["errors"][0]["field"] == "query.dry_run"
+    assert await nothing_stored(engine)
+
+
 async def test_one_bad_posting_deep_in_a_batch_stores_nothing(
     client: httpx.AsyncClient, engine: AsyncEngine
 ) -> None:

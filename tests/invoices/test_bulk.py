@@ -255,6 +255,18 @@ async def test_dry_run_takes_no_row_locks(client: httpx.AsyncClient, engine: Asy
             "body.current_status_in",
         ),
         ({"account_ref": "A"}, "body.status"),
+        # An empty list selects nothing, never everything; an unknown key is a typo, not
+        # a criterion to drop (issue 24 item 4).
+        ({"status": "Written Off", "filter": {"derived_state": []}}, "body.filter.derived_state"),
+        ({"status": "Written Off", "filter": {"status": []}}, "body.filter.status"),
+        (
+            {"status": "Written Off", "filter": {"acount_ref": "A", "protected": False}},
+            "body.filter.acount_ref",
+        ),
+        (
+            {"status": "Written Off", "filter": {"account_ref": "A"}, "account_ref": "B"},
+            "body",
+        ),
         (
             {"status": "Written Off", "account_ref": "A", "only_settled": "perhaps"},
             "body.only_settled",
@@ -269,6 +281,47 @@ async def test_invalid_requests_are_422_and_store_nothing(
     response = await _bulk(client, body)
     assert response.status_code == 422, response.text
     assert any(e["field"].startswith(field) for e in response.json()["errors"]), response.json()
+    assert await table_checksums(engine) == before
+
+
+@pytest.mark.usefixtures("book")
+@pytest.mark.parametrize(
+    "selection",
+    [
+        {"filter": {"derived_state": []}},
+        {"filter": {"status": []}},
+        {"filter": {"acount_ref": "BETA02", "protected": False}},
+    ],
+)
+async def test_an_empty_or_mistyped_filter_writes_off_nothing(
+    client: httpx.AsyncClient, engine: AsyncEngine, selection: dict[str, Any]
+) -> None:
+    """Issue 24 item 4: these wrote off every invoice (or every unprotected one) and queued
+    each to the CRM."""
+    before = await table_checksums(engine)
+    body = {"status": "Written Off", "reason": "year-end clean-up", **selection}
+    response = await _bulk(client, body)
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert await table_checksums(engine) == before
+
+
+@pytest.mark.usefixtures("book")
+async def test_dry_run_in_the_query_string_is_422_and_changes_nothing(
+    client: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    """A person who meant a preview must never get the change for real."""
+    before = await table_checksums(engine)
+    response = await client.post(
+        f"{BULK}?dry_run=true",
+        json={"status": "Written Off", "account_ref": "ACME01"},
+        headers=auth(WRITE_KEY),
+    )
+    assert response.status_code == 422, response.text
+    problem = response.json()
+    assert [e["field"] for e in problem["errors"]] == ["query.dry_run"]
+    assert "body" in problem["detail"]
+    assert '"dry_run": true' in problem["detail"]
     assert await table_checksums(engine) == before
 
 
