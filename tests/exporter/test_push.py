@@ -20,7 +20,7 @@ from ledgerlink_exporter.client import BatchRejected, Signer, WebhookClient
 from ledgerlink_exporter.csv_source import read_export
 from ledgerlink_exporter.demo import generate_company, write_export
 from ledgerlink_exporter.options import InputError
-from ledgerlink_exporter.push import content_hash, plan_push
+from ledgerlink_exporter.push import canonical_json, content_hash, plan_push
 from ledgerlink_exporter.sage import Allocation, SageExport
 from ledgerlink_exporter.state import PushState, StateFile
 
@@ -64,7 +64,7 @@ class FakeService(StandIn):
         PostingBatch.model_validate_json(body)
         self.applied.append(trans)
         self.answers[webhook_id] = {
-            "event_id": f"evt_{len(self.answers)}",
+            "event_id": webhook_id,
             "postings_received": len(trans),
             "postings_applied": len(trans) - 1,
             "postings_unchanged": 1,
@@ -198,6 +198,60 @@ def test_stops_on_422_with_the_servers_detail(service: FakeService) -> None:
         "error: batch 2 of 7: the server rejected the batch (HTTP 422): posting 9 is invalid"
     ]
     assert "Rejected: 5 postings; not sent: 23 postings" in result.stdout
+
+
+def test_a_2xx_page_that_is_not_ledgerlink_acknowledges_nothing(
+    service: FakeService, tmp_path: Path
+) -> None:
+    """A proxy or captive portal answering 200 <html>OK</html>: the run fails, nothing enters
+    the state file, and the next push to the real service sends every posting."""
+    state = tmp_path / "push-state.json"
+    portal = Answer(200, raw=b"<html>OK</html>", headers={"content-type": "text/html"})
+    with serving(StandIn([], then=portal)) as server:
+        first = push(server.url, "--state", str(state))
+    assert first.exit_code == 1
+    assert len(server.received) == 1, "not retried"
+    webhook = f"{server.url}/v1/webhooks/sage/postings"
+    assert unstamped(first.stderr) == [
+        f"error: batch 1 of 1: {webhook} answered HTTP 200 but not as ledgerlink does "
+        "(text/html: '<html>OK</html>'); nothing was taken as delivered. "
+        "Check --url or LEDGERLINK_URL, and any proxy in between"
+    ]
+    assert "Sent: 0 postings in 0 batches" in first.stdout
+    assert "Rejected: 0 postings; not sent: 33 postings" in first.stdout
+    assert not state.exists(), "nothing acknowledged, nothing written"
+
+    second = push(service.url, "--state", str(state))
+    assert second.exit_code == 0, second.output
+    assert service.applied == [PUSHED_TRANS]
+    assert sorted(map(int, json.loads(state.read_text())["acknowledged"])) == PUSHED_TRANS
+
+
+async def test_the_services_own_answers_acknowledge(client: httpx.AsyncClient) -> None:
+    """Against the real service: a new batch (202), the same delivery again (200, its stored
+    answer), the same postings under a new id (202, all unchanged) are acknowledgements; a
+    batch naming a transaction twice is refused (422), so no answer counts one twice."""
+    sender = WebhookClient(client, str(client.base_url), Signer.from_secret(TEST_SECRET))
+    plan = plan_push(read_export(*FILES), None, batch_size=10, lookback=dt.timedelta(0))
+    batch = plan.batches[0]
+    first = await sender.deliver(batch.body, batch.webhook_id)
+    assert (first.replayed, first.event_id, first.postings_received) == (
+        False,
+        batch.webhook_id,
+        10,
+    )
+    assert first.postings_applied == 10
+    replay = await sender.deliver(batch.body, batch.webhook_id)
+    assert replay == dataclasses.replace(first, replayed=True)
+    again = await sender.deliver(batch.body, "msg_the_same_postings_again")
+    assert (again.replayed, again.postings_applied, again.postings_unchanged) == (False, 0, 10)
+
+    wire = batch.postings[0].to_wire()
+    twice = canonical_json({"source": "sage50-exporter", "postings": [wire, wire]})
+    with pytest.raises(BatchRejected) as caught:
+        await sender.deliver(twice, "msg_one_posting_twice")
+    assert caught.value.status == 422
+    assert "send each transaction once per batch" in str(caught.value)
 
 
 def test_a_refused_connection_fails_at_once_naming_the_url() -> None:
