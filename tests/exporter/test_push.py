@@ -343,6 +343,38 @@ def test_a_corrupt_state_file_is_exit_2(tmp_path: Path) -> None:
     ]
 
 
+def state_file(high_water: object) -> str:
+    return json.dumps({"version": 1, "high_water": high_water, "acknowledged": {"3": "ab"}})
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (
+            state_file("2025-03-20T16:45:00+00:00"),
+            "high_water 2025-03-20T16:45:00+00:00 has a time zone; the exporter writes Sage's "
+            "local time without one",
+        ),
+        (state_file("2025-03-20T16:45:00Z"), "high_water 2025-03-20T16:45:00Z has a time zone"),
+        (state_file("last tuesday"), 'high_water "last tuesday" is not a date and time'),
+        (state_file(20250320), "high_water 20250320 is not a date and time"),
+        ("[" * 100_000 + "]" * 100_000, "not a ledgerlink exporter state file"),
+        (json.dumps({"version": 1, "high_water": None}), "not a ledgerlink exporter state file"),
+    ],
+)
+def test_an_unusable_state_file_is_one_line_and_exit_2(
+    tmp_path: Path, content: str, problem: str
+) -> None:
+    state = tmp_path / "state.json"
+    state.write_text(content)
+    for args in ([], ["--dry-run"]):
+        result = push("http://h.test", "--state", str(state), *args)
+        assert result.exit_code == 2, result.output
+        [line] = unstamped(result.stderr)
+        assert line.startswith(f"error: {state}: {problem}")
+        assert line.endswith("; move it away to start afresh")
+
+
 def test_version() -> None:
     result = CliRunner().invoke(app, ["--version"])
     assert result.exit_code == 0
