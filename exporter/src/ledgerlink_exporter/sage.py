@@ -73,6 +73,8 @@ from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 
+from ledgerlink_exporter.text import clean
+
 CUSTOMER_TYPES = frozenset({"SI", "SC", "SR", "SA", "SD", "SP"})
 SETTLING_TYPES = frozenset({"SC", "SR", "SA", "SD", "SP"})
 # Supplier, bank, cash, credit-card and journal types: real Sage transactions, not ours.
@@ -120,7 +122,6 @@ _MAX_RATE = Decimal("9999999999")
 _ISO_CODE = re.compile(r"^[A-Z]{3}$")
 # What the service's numeric(14,2) columns hold; a larger figure is a corrupt export.
 MAX_AMOUNT = Decimal("999999999999.99")
-_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 _SLASHED = re.compile(
     r"^(\d{1,2})/(\d{1,2})/(\d{4})"
     r"(?:[ T]+(\d{1,2}):(\d{2})(?::(\d{2})(?:\.\d+)?)?\s*([AaPp][Mm])?)?$"
@@ -271,9 +272,8 @@ class Row:
         return "" if value is None else str(value).strip()
 
     def text(self, column: str, *, max_length: int, required: bool = False) -> str:
-        # The service refuses control characters; in a 60-character Sage field they can only be
-        # a stray line break or tab, so they become spaces instead of blocking the push.
-        value = _CONTROL_CHARACTERS.sub(" ", self.raw(column)).strip()
+        # What the service refuses becomes a space (ledgerlink_exporter.text says why).
+        value = clean(self.raw(column))
         if required and not value:
             raise self.error(column, "empty, a value is required")
         if len(value) > max_length:
