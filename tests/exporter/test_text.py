@@ -3,7 +3,6 @@ exporter cleans, on every code point, and text Sage holds with them reaches the 
 
 from __future__ import annotations
 
-import datetime as dt
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +73,7 @@ async def test_text_the_service_would_refuse_is_cleaned_and_every_posting_arrive
             rows[0]["NOMINAL_CODE"] = "4000\u0085"
 
     export = read_export(*altered(tmp_path, dirty), history=True)
-    plan = plan_push(export, None, batch_size=5, lookback=dt.timedelta(0))
+    plan = plan_push(export, None, batch_size=5)
     sender = WebhookClient(client, str(client.base_url), Signer.from_secret(TEST_SECRET))
     report = await run_push(plan, sender.deliver)
     assert report.error is None

@@ -6,7 +6,7 @@ import datetime as dt
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ledgerlink_exporter.client import Acknowledgement, BatchRejected, DeliveryError
@@ -43,6 +43,8 @@ class PushPlan:
     high_water: dt.datetime | None
     # Postings read from the cleared years' tables (AUDIT_HISTORY_*).
     from_history: int = 0
+    # What the console should say before anything is sent (a modify date in the future).
+    warnings: tuple[str, ...] = ()
 
     @property
     def postings(self) -> int:
@@ -92,37 +94,67 @@ def plan_push(
     state: PushState | None,
     *,
     batch_size: int,
-    lookback: dt.timedelta,
-    whole: bool = False,
+    now: dt.datetime | None = None,
 ) -> PushPlan:
-    """What to send: postings whose content the state file has not acknowledged, among those
-    changed inside the look-back window (or among all of them, when `whole`: a read of the
-    cleared years brings old rows that the window would pass over)."""
+    """What to send: every posting the state file does not hold with this very content.
+
+    Nothing is passed over for its modify date: a date in the future (a PC clock set wrong
+    once) or a state file whose mark is later than a posting would otherwise hide it for good.
+    The look-back only narrows what an ODBC read asks Sage for. The mark to record is the
+    latest modify date, but never later than `now` (local time, as Sage's dates are).
+    """
     if not 1 <= batch_size <= MAX_BATCH:
         raise ValueError(f"batch size must be between 1 and {MAX_BATCH}")
     state = state or PushState()
-    cutoff = state.high_water - lookback if state.high_water and not whole else None
     selected: list[tuple[Posting, str]] = []
     unchanged = 0
     for posting in export.postings:
-        revision = export.revisions.get(posting.tran_number)
         digest = content_hash(posting)
-        recent = cutoff is None or revision is None or revision >= cutoff
-        if recent and state.acknowledged.get(posting.tran_number) != digest:
-            selected.append((posting, digest))
-        else:
+        if state.acknowledged.get(posting.tran_number) == digest:
             unchanged += 1
+        else:
+            selected.append((posting, digest))
     chunks = [selected[i : i + batch_size] for i in range(0, len(selected), batch_size)]
     batches = tuple(
         _batch(number, chunk, export, state) for number, chunk in enumerate(chunks, start=1)
     )
+    now = now or local_now()
+    mark, warnings = state.high_water, tuple[str, ...]()
+    if mark is not None and mark > now:
+        mark, warnings = now, (_future_mark(mark, now),)
+    high_water, ahead = _latest(mark, export.revisions, now)
     return PushPlan(
         batches=batches,
         unchanged=unchanged,
         skipped_types=dict(export.skipped_types),
         unlinked_allocations=export.unlinked_allocations,
-        high_water=_latest(state.high_water, export.revisions.values()),
+        high_water=high_water,
         from_history=export.from_history,
+        warnings=warnings + ahead,
+    )
+
+
+def local_now() -> dt.datetime:
+    """The PC's local time without an offset: what Sage's RECORD_MODIFY_DATE holds."""
+    return dt.datetime.now().replace(microsecond=0)
+
+
+def clamp_high_water(state: PushState, now: dt.datetime) -> str | None:
+    """A state file's mark in the future (written while a clock was wrong, or from a row dated
+    ahead) is set to `now`; the warning says so. Such a mark cannot tell what was sent before
+    it: the caller reads everything again."""
+    if state.high_water is None or state.high_water <= now:
+        return None
+    warning = _future_mark(state.high_water, now)
+    state.high_water = now
+    return warning
+
+
+def _future_mark(mark: dt.datetime, now: dt.datetime) -> str:
+    return (
+        f"the state file's high-water mark {_when(mark)} is in the future (a clock set "
+        f"wrong?): taken as now, {_when(now)}; every posting is read and those the state file "
+        "does not hold as they are now are sent"
     )
 
 
@@ -161,12 +193,34 @@ def _revision_key(postings: Sequence[Posting], export: SageExport, state: PushSt
 
 
 def _latest(
-    current: dt.datetime | None, revisions: Iterable[dt.datetime | None]
-) -> dt.datetime | None:
-    stamps = [revision for revision in revisions if revision is not None]
-    if current is not None:
-        stamps.append(current)
-    return max(stamps, default=None)
+    current: dt.datetime | None, revisions: Mapping[int, dt.datetime | None], now: dt.datetime
+) -> tuple[dt.datetime | None, tuple[str, ...]]:
+    """The mark to record, never later than `now`, and a warning when a posting's modify
+    date lies in the future: as a mark it would hide every posting modified before it from
+    an ODBC read's look-back."""
+    latest = current
+    ahead: list[tuple[dt.datetime, int]] = []
+    for tran_number, revision in revisions.items():
+        if revision is None:
+            continue
+        if revision > now:
+            ahead.append((revision, tran_number))
+        elif latest is None or revision > latest:
+            latest = revision
+    if not ahead:
+        return latest, ()
+    last, tran_number = max(ahead)
+    postings = "a posting" if len(ahead) == 1 else f"{len(ahead)} postings"
+    warning = (
+        f"{postings} modified in the future, the latest transaction {tran_number} on "
+        f"{_when(last)} (a clock set wrong in Sage?): the high-water mark is taken as now, "
+        f"{_when(now)}"
+    )
+    return now, (warning,)
+
+
+def _when(stamp: dt.datetime) -> str:
+    return stamp.isoformat(sep=" ", timespec="seconds")
 
 
 class StateTracker:
