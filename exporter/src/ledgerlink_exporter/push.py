@@ -5,9 +5,11 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+from array import array
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import overload
 
 from ledgerlink_exporter.client import Acknowledgement, BatchRejected, DeliveryError
 from ledgerlink_exporter.sage import Posting, SageExport
@@ -15,6 +17,8 @@ from ledgerlink_exporter.state import PushState, StateFile
 
 SOURCE = "sage50-exporter"
 MAX_BATCH = 5000
+# Bytes of a content hash (32 hex digits).
+_DIGEST = 16
 
 Deliver = Callable[[bytes, str], Awaitable[Acknowledgement]]
 
@@ -34,7 +38,11 @@ class Batch:
 
 @dataclass(frozen=True)
 class PushPlan:
-    batches: tuple[Batch, ...]
+    # Made one at a time as they are iterated (PlannedBatches): a big first load would not
+    # fit in memory as bodies.
+    batches: Sequence[Batch]
+    # Postings to send, in all the batches.
+    postings: int
     # Postings not sent because the state file says the server has this very version.
     unchanged: int
     skipped_types: dict[str, int]
@@ -45,14 +53,11 @@ class PushPlan:
     from_history: int = 0
     # What the console should say before anything is sent (a modify date in the future).
     warnings: tuple[str, ...] = ()
-
-    @property
-    def postings(self) -> int:
-        return sum(len(batch.postings) for batch in self.batches)
+    # Postings to send by type.
+    by_type: Mapping[str, int] = field(default_factory=dict)
 
     def postings_by_type(self) -> dict[str, int]:
-        counts = Counter(p.type for batch in self.batches for p in batch.postings)
-        return dict(sorted(counts.items()))
+        return dict(sorted(self.by_type.items()))
 
 
 @dataclass
@@ -67,11 +72,9 @@ class PushReport:
     postings_not_sent: int = 0
     invoices_affected: int = 0
     error: str | None = None
-    acknowledged_tran_numbers: list[int] = field(default_factory=list)
 
     def record(self, batch: Batch, ack: Acknowledgement) -> None:
         self.batches_acknowledged += 1
-        self.acknowledged_tran_numbers.extend(batch.tran_numbers)
         if ack.replayed:
             self.batches_replayed += 1
             self.postings_replayed += len(batch.postings)
@@ -106,32 +109,96 @@ def plan_push(
     if not 1 <= batch_size <= MAX_BATCH:
         raise ValueError(f"batch size must be between 1 and {MAX_BATCH}")
     state = state or PushState()
-    selected: list[tuple[Posting, str]] = []
+    chosen = array("q")  # positions in export.postings
+    digests = bytearray()  # their content hashes, _DIGEST bytes each
+    by_type: Counter[str] = Counter()
     unchanged = 0
-    for posting in export.postings:
+    for position, posting in enumerate(export.postings):
         digest = content_hash(posting)
         if state.acknowledged.get(posting.tran_number) == digest:
             unchanged += 1
         else:
-            selected.append((posting, digest))
-    chunks = [selected[i : i + batch_size] for i in range(0, len(selected), batch_size)]
-    batches = tuple(
-        _batch(number, chunk, export, state) for number, chunk in enumerate(chunks, start=1)
-    )
+            chosen.append(position)
+            digests += bytes.fromhex(digest)
+            by_type[posting.type] += 1
     now = now or local_now()
     mark, warnings = state.high_water, tuple[str, ...]()
     if mark is not None and mark > now:
         mark, warnings = now, (_future_mark(mark, now),)
     high_water, ahead = _latest(mark, export.revisions, now)
     return PushPlan(
-        batches=batches,
+        batches=PlannedBatches(export, state, chosen, digests, batch_size),
+        postings=len(chosen),
         unchanged=unchanged,
         skipped_types=dict(export.skipped_types),
         unlinked_allocations=export.unlinked_allocations,
         high_water=high_water,
         from_history=export.from_history,
         warnings=warnings + ahead,
+        by_type=by_type,
     )
+
+
+class PlannedBatches(Sequence[Batch]):
+    """The batches of a plan, each made (postings, body, webhook-id) when it is reached:
+    iterating reads the export once, in order; an index makes that one batch."""
+
+    def __init__(
+        self,
+        export: SageExport,
+        state: PushState,
+        chosen: array[int],
+        digests: bytearray,
+        batch_size: int,
+    ) -> None:
+        self._export = export
+        self._state = state
+        self._chosen = chosen
+        self._digests = digests
+        self._size = batch_size
+
+    def __len__(self) -> int:
+        return -(-len(self._chosen) // self._size)
+
+    @overload
+    def __getitem__(self, index: int) -> Batch: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[Batch]: ...
+
+    def __getitem__(self, index: int | slice) -> Batch | Sequence[Batch]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError("batch index out of range")
+        first = index * self._size
+        positions = self._chosen[first : first + self._size]
+        span = self._export.postings[positions[0] : positions[-1] + 1]
+        chunk = [(span[p - positions[0]], self._digest(first + i)) for i, p in enumerate(positions)]
+        return _batch(index + 1, chunk, self._export, self._state)
+
+    def __iter__(self) -> Iterator[Batch]:
+        chosen, size = self._chosen, self._size
+        chunk: list[tuple[Posting, str]] = []
+        taken = number = 0
+        if not chosen:
+            return
+        for position, posting in enumerate(self._export.postings):
+            if chosen[taken] != position:
+                continue
+            chunk.append((posting, self._digest(taken)))
+            taken += 1
+            if len(chunk) == size or taken == len(chosen):
+                number += 1
+                yield _batch(number, chunk, self._export, self._state)
+                chunk = []
+                if taken == len(chosen):
+                    return
+
+    def _digest(self, index: int) -> str:
+        return self._digests[index * _DIGEST : (index + 1) * _DIGEST].hex()
 
 
 def local_now() -> dt.datetime:
@@ -248,18 +315,20 @@ async def run_push(
 ) -> PushReport:
     """Sends the batches in order and stops at the first one the server does not take."""
     report = PushReport(plan)
-    for index, batch in enumerate(plan.batches):
+    done = 0
+    for batch in plan.batches:
         try:
             ack = await deliver(batch.body, batch.webhook_id)
         except DeliveryError as exc:
             report.error = f"batch {batch.number} of {len(plan.batches)}: {exc}"
-            unsent = sum(len(b.postings) for b in plan.batches[index + 1 :])
+            unsent = plan.postings - done - len(batch.postings)
             if isinstance(exc, BatchRejected):
                 report.postings_rejected = len(batch.postings)
             else:
                 unsent += len(batch.postings)
             report.postings_not_sent = unsent
             return report
+        done += len(batch.postings)
         report.record(batch, ack)
         if tracker is not None:
             tracker.acknowledge(batch)
