@@ -72,10 +72,13 @@ class _Writers:
 def write_company(folder: Path, headers: int) -> list[Path]:
     """AUDIT_HEADER.csv, AUDIT_SPLIT.csv and AUDIT_USAGE.csv (and the AUDIT_HISTORY_* files)
     with `headers` header rows in all; returns the three live files."""
+    folder.mkdir(parents=True, exist_ok=True)
     out = _Writers(folder)
     split = usage = 0
+    invoice_line = None  # the second line of the header before, when it is an invoice
     for number in range(1, headers + 1):
-        history = number % HISTORY_SHARE == 1
+        # An invoice and its receipt are cleared together, as Sage's Clear Audit Trail does.
+        history = (number + 1) // 2 % HISTORY_SHARE == 1
         prefix = "AUDIT_HISTORY_" if history else "AUDIT_"
         customer = f"CUST{number % 5000:04d}"
         day = f"{1 + number % 28:02d}/{1 + number % 12:02d}/{2015 + number % 10}"
@@ -137,8 +140,7 @@ def write_company(folder: Path, headers: int) -> list[Path]:
                     modified,
                 )
             )
-        if kind == "SR" and number > 2:
-            invoice_line = tran - 2  # the invoice before: its second line
+        if kind == "SR" and invoice_line is not None:
             rows = [(invoice_line, tran)]
             if number % 10 == 0:
                 rows.append((tran, invoice_line))  # the same allocation from the other side
@@ -160,6 +162,7 @@ def write_company(folder: Path, headers: int) -> list[Path]:
                         modified,
                     )
                 )
+        invoice_line = split if kind == "SI" else None
     out.close()
     return [folder / f"AUDIT_{table}.csv" for table in TABLES]
 
@@ -229,7 +232,7 @@ def run(quick: bool) -> list[BenchResult]:
             unit="MB",
             baseline_name="reading the rows with the csv module",
             baseline_value=baseline.peak_mb,
-            target=f"< {TARGET_MB:.0f} MB",
+            target=f"<= {TARGET_MB:.0f} MB",
             met=dry_run.peak_mb < TARGET_MB,
             notes=context,
         ),
