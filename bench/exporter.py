@@ -9,8 +9,8 @@ sometimes does), one header in twenty a supplier or bank row, a cleared year in 
 AUDIT_HISTORY_* files (a first load reads it). Target (issue 24): under 300 MB, what a 32-bit
 Python on the Sage PC can hold.
 
-Each run is its own process (`python -m ledgerlink_exporter`), measured by the kernel: peak
-RSS (ru_maxrss) and CPU (user + system) from wait4, so nothing of this process counts.
+Each run is its own process (`python -m ledgerlink_exporter`), measured by the kernel: its
+peak RSS (VmHWM) and CPU (user + system, from wait4), so nothing of this process counts.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ FULL_ROWS = 1_000_000
 QUICK_ROWS = 100_000
 HISTORY_SHARE = 20  # one header in twenty is in the cleared year's files
 MB = 2**20
+SAMPLE_SECONDS = 0.02
 
 HEADER = (
     "TRAN_NUMBER,HEADER_NUMBER,ITEM_COUNT,TYPE,DATE,ACCOUNT_REF,INV_REF,DETAILS,DUE_DATE,"
@@ -176,21 +177,40 @@ class Measured:
 
 
 def measure(args: list[str]) -> Measured:
-    """One Python process, its peak RSS and CPU as the kernel counted them."""
+    """One Python process: its peak RSS, the kernel's high-water mark of its own memory
+    (VmHWM, read until it exits: the figure only grows), and its CPU from wait4. Not
+    ru_maxrss, which also counts the memory of the process that started it (Linux carries the
+    parent's high-water mark over the exec)."""
     started = time.perf_counter()
+    peak_kib = 0
     with tempfile.TemporaryFile() as output:
         process = subprocess.Popen(
             [sys.executable, *args], stdout=output, stderr=subprocess.STDOUT, env=os.environ
         )
-        _, status, usage = os.wait4(process.pid, 0)
+        while True:
+            peak_kib = max(peak_kib, _high_water_kib(process.pid))
+            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+            if pid:
+                break
+            time.sleep(SAMPLE_SECONDS)
         process.returncode = os.waitstatus_to_exitcode(status)
         seconds = time.perf_counter() - started
         output.seek(0)
         text = output.read().decode(errors="replace")
     if process.returncode != 0:
         raise RuntimeError(f"{args} exited with {process.returncode}: {text[-2000:]}")
-    # ru_maxrss is in KiB on Linux.
-    return Measured(seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024 / MB, text)
+    return Measured(seconds, usage.ru_utime + usage.ru_stime, peak_kib * 1024 / MB, text)
+
+
+def _high_water_kib(pid: int) -> int:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
 
 
 READ_ONLY = """

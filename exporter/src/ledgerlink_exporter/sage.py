@@ -66,7 +66,6 @@ The data model, and where it comes from:
 from __future__ import annotations
 
 import datetime as dt
-import pickle
 import re
 import sqlite3
 from collections import Counter
@@ -79,7 +78,7 @@ from ledgerlink_exporter.model import Allocation as Allocation
 from ledgerlink_exporter.model import ForeignFigures as ForeignFigures
 from ledgerlink_exporter.model import Posting as Posting
 from ledgerlink_exporter.model import money_text as money_text
-from ledgerlink_exporter.store import RESOLVE, Store, pence, stamp_number
+from ledgerlink_exporter.store import RESOLVE, Store, pack, pence, stamp_number
 from ledgerlink_exporter.text import clean
 
 CUSTOMER_TYPES = frozenset({"SI", "SC", "SR", "SA", "SD", "SP"})
@@ -418,8 +417,7 @@ class _Reading:
                 if kind in SETTLING_TYPES:
                     settle_date = self._settle_date(row, number)
                 if chosen:
-                    made = _posting(row, kind, tran_number, currency)
-                    posting = pickle.dumps(made, pickle.HIGHEST_PROTOCOL)
+                    posting = pack(_posting(row, kind, tran_number, currency))
                     self.from_history += history
             elif chosen:
                 self.skipped[kind] += 1

@@ -6,8 +6,8 @@ A company of a million transactions is millions of rows; held as Python objects 
 gigabytes, more than a 32-bit Python (the bitness of some Sage ODBC drivers) can address.
 Here each row is reduced, as it is read, to the few numbers the postings need (which header
 a line belongs to, what a usage row joins, its amount in pence, the modify dates), and each
-posting's own fields are kept ready-made (pickled: they were checked when read, so nothing
-can fail later). The joins (a usage row's splits to their headers, the first live line's
+posting's own fields are kept as they were checked when read (`pack`), so nothing can fail
+later. The joins (a usage row's splits to their headers, the first live line's
 nominal code, the latest modify date per posting) and the orderings are SQLite's; the
 postings come back a chunk at a time, in TRAN_NUMBER order (`StoredPostings`).
 
@@ -17,15 +17,14 @@ compare as numbers; amounts as whole pence (they were rounded to pennies when re
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
-import pickle
+import marshal
 import sqlite3
 from collections.abc import ItemsView, Iterator, Mapping, Sequence
 from decimal import Decimal
 from typing import Any, overload
 
-from ledgerlink_exporter.model import Allocation, Posting
+from ledgerlink_exporter.model import Allocation, ForeignFigures, Posting
 
 _EPOCH = dt.datetime(1, 1, 1)
 _MICROSECOND = dt.timedelta(microseconds=1)
@@ -197,7 +196,7 @@ GROUP BY p.position
 ORDER BY p.tran_number;
 """
 _POSTINGS_BETWEEN = """
-SELECT h.posting,
+SELECT h.tran_number, h.posting,
        (SELECT s.nominal FROM splits s WHERE s.header_number = p.header_number
         ORDER BY s.deleted, s.split_number LIMIT 1)
 FROM postings p JOIN headers h ON h.header_number = p.header_number
@@ -226,6 +225,78 @@ def pence(amount: Decimal) -> int:
 
 def _pounds(number: int) -> Decimal:
     return Decimal(number).scaleb(-2)
+
+
+def pack(posting: Posting) -> bytes:
+    """A posting's own fields (not its number, nominal code or allocations, which come from
+    elsewhere), amounts as their exact text: marshal reads them back several times faster
+    than pickle reads the dataclasses."""
+    foreign = posting.foreign
+    return marshal.dumps(
+        (
+            posting.type,
+            posting.account_ref,
+            posting.reference,
+            posting.date.toordinal(),
+            posting.details,
+            str(posting.net_amount),
+            str(posting.tax_amount),
+            str(posting.gross_amount),
+            _text(posting.outstanding),
+            posting.deleted,
+            None
+            if foreign is None
+            else (
+                foreign.currency,
+                _text(foreign.exchange_rate),
+                _text(foreign.net_amount),
+                _text(foreign.tax_amount),
+                str(foreign.gross_amount),
+                _text(foreign.outstanding),
+            ),
+        )
+    )
+
+
+def unpack(
+    tran_number: int, blob: bytes, nominal_code: str, allocations: tuple[Allocation, ...]
+) -> Posting:
+    (kind, account, reference, date, details, net, tax, gross, outstanding, deleted, foreign) = (
+        marshal.loads(blob)
+    )
+    return Posting(
+        tran_number=tran_number,
+        type=kind,
+        account_ref=account,
+        reference=reference,
+        date=dt.date.fromordinal(date),
+        details=details,
+        nominal_code=nominal_code,
+        net_amount=Decimal(net),
+        tax_amount=Decimal(tax),
+        gross_amount=Decimal(gross),
+        outstanding=_decimal(outstanding),
+        deleted=deleted,
+        allocations=allocations,
+        foreign=None
+        if foreign is None
+        else ForeignFigures(
+            currency=foreign[0],
+            exchange_rate=_decimal(foreign[1]),
+            net_amount=_decimal(foreign[2]),
+            tax_amount=_decimal(foreign[3]),
+            gross_amount=Decimal(foreign[4]),
+            outstanding=_decimal(foreign[5]),
+        ),
+    )
+
+
+def _text(amount: Decimal | None) -> str | None:
+    return None if amount is None else str(amount)
+
+
+def _decimal(text: str | None) -> Decimal | None:
+    return None if text is None else Decimal(text)
 
 
 class Store:
@@ -303,18 +374,11 @@ class Store:
                     None if foreign is None else _pounds(foreign),
                 )
             )
-        postings = []
         rows = self.db.execute(_POSTINGS_BETWEEN, (start + 1, stop + 1))
-        for position, (blob, nominal) in enumerate(rows, start=start + 1):
-            posting: Posting = pickle.loads(blob)
-            postings.append(
-                dataclasses.replace(
-                    posting,
-                    nominal_code=nominal or "",
-                    allocations=tuple(found.get(position, ())),
-                )
-            )
-        return postings
+        return [
+            unpack(tran_number, blob, nominal or "", tuple(found.get(position, ())))
+            for position, (tran_number, blob, nominal) in enumerate(rows, start=start + 1)
+        ]
 
 
 class StoredPostings(Sequence[Posting]):
