@@ -2,7 +2,10 @@
 
 The one code path from rows to postings: the CSV reader (`csv_source`) and the ODBC reader
 (`odbc_source`) both hand their rows to `build_export`. A cell may be text (CSV) or a typed
-value (ODBC: int, float, Decimal, datetime, date, str, None); `Row` reads either.
+value (ODBC: int, float, Decimal, datetime, date, str, None); `Row` reads either. The rows
+stream by: each is checked and reduced as it is read, and what the postings need from it is
+kept in `ledgerlink_exporter.store`, never the table itself (a big company's tables do not
+fit in a 32-bit Python).
 
 The data model, and where it comes from:
 
