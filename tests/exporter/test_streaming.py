@@ -8,6 +8,8 @@ import json
 import random
 from pathlib import Path
 
+import pytest
+from ledgerlink_exporter import store
 from ledgerlink_exporter.csv_source import read_export
 from ledgerlink_exporter.push import plan_push
 
@@ -43,6 +45,20 @@ def test_rows_in_any_order_give_the_same_postings(tmp_path: Path) -> None:
         ordered.skipped_types,
         ordered.from_history,
     )
+
+
+def test_rows_written_and_read_in_small_pieces_give_the_same_postings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Rows reach SQLite a buffer at a time, some while the usage rows are being resolved,
+    and postings come back a chunk at a time: pieces of 3 and 2 change nothing."""
+    whole = read_export(*FILES, history=True)
+    monkeypatch.setattr(store, "_BUFFER", 3)
+    monkeypatch.setattr(store, "_CHUNK", 2)
+    pieces = read_export(*FILES, history=True)
+    assert list(pieces.postings) == list(whole.postings)
+    assert dict(pieces.revisions) == dict(whole.revisions)
+    assert pieces.unlinked_allocations == whole.unlinked_allocations
 
 
 def test_a_batch_is_the_same_whether_made_in_turn_or_alone(tmp_path: Path) -> None:

@@ -347,6 +347,7 @@ INSERT INTO headers (header_number, tran_number, type, line, history, modified, 
                      settle_date, posting)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
+_LIVE_HEADER = "SELECT 1 FROM headers WHERE header_number = ? OR tran_number = ?"
 _ADD_HISTORY_NUMBER = (
     "INSERT INTO history_numbers (header_number, tran_number, line) VALUES (?, ?, ?)"
 )
@@ -410,8 +411,7 @@ class _Reading:
                 self._claim(row, "history_numbers", _ADD_HISTORY_NUMBER, number, tran_number)
                 # A transaction in the live tables too (an export taken while Sage was
                 # clearing): the live one wins, header, lines and allocations.
-                live = "SELECT 1 FROM headers WHERE header_number = ? OR tran_number = ?"
-                if store.one(live, number, tran_number):
+                if store.one(_LIVE_HEADER, number, tran_number):
                     continue
             chosen = self.only_headers is None or number in self.only_headers
             currency = settle_date = posting = None
@@ -424,8 +424,10 @@ class _Reading:
                     self.from_history += history
             elif chosen:
                 self.skipped[kind] += 1
-            values = (number, tran_number, kind, row.line, history, stamp_number(modified))
-            values += currency, settle_date, posting  # type: ignore[assignment]
+            values = (
+                *(number, tran_number, kind, row.line, history, stamp_number(modified)),
+                *(currency, settle_date, posting),
+            )
             self._claim(row, "headers", _ADD_HEADER, number, tran_number, values)
 
     def _claim(
