@@ -20,7 +20,17 @@ from typing import Any
 
 from bench.common import ROOT, BenchResult
 
-MODULES = ("ingest", "reconcile", "bulk", "outbox", "scaleout", "memory", "orm_baseline", "growth")
+MODULES = (
+    "ingest",
+    "reconcile",
+    "bulk",
+    "outbox",
+    "scaleout",
+    "memory",
+    "orm_baseline",
+    "growth",
+    "exporter",
+)
 FULL_REPORT = ROOT / "docs" / "BENCHMARKS.md"
 QUICK_REPORT = ROOT / "bench" / "results" / "BENCHMARKS-quick.md"
 # Hand-written text (profiles, before/after, closing notes) kept verbatim from the existing

@@ -164,7 +164,8 @@ def _memory_panel(ax: Axes, results: Sequence[BenchResult]) -> None:
         if samples:
             xs = [float(x) for x, _ in samples]
             ax.plot(xs, [mb for _, mb in samples], color=NEUTRAL, label="service RSS")
-        if r.unit == "MB" and (parsed := parse_target(r.target)):
+        # The service's own target (bench/memory.py), not the exporter's.
+        if r.name.startswith("memory:") and (parsed := parse_target(r.target)):
             target = parsed[1]
     if target is not None:
         ax.axhline(target, color=MISSED, linestyle="--", label=f"target {target:.0f} MB")

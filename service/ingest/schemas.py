@@ -190,7 +190,9 @@ ExchangeRate = Annotated[
 
 # Sage's column widths. Control characters (C0, DEL, C1) and the Unicode line and paragraph
 # separators are refused by a pattern, checked in pydantic-core (a Python validator for them
-# cost a third of the validation time of a batch).
+# cost a third of the validation time of a batch); pydantic-core refuses lone surrogates itself.
+# One rule with the exporter, which cleans these characters to spaces before it sends
+# (ledgerlink_exporter.text; tests/exporter/test_text.py checks every code point): change both.
 NO_CONTROL_CHARACTERS = r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029]*$"
 AccountRef = Annotated[
     str, StringConstraints(min_length=1, max_length=32, pattern=NO_CONTROL_CHARACTERS)

@@ -5,6 +5,7 @@ Everything else about delivery is tested against the real service."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
@@ -18,19 +19,26 @@ from standardwebhooks.webhooks import Webhook
 
 from tests.support.webhooks import TEST_SECRET
 
-ACCEPTED = {
-    "event_id": "evt_1",
-    "postings_received": 1,
-    "postings_applied": 1,
-    "postings_unchanged": 0,
-    "invoices_affected": 1,
-}
+# An answer's body: the service's acknowledgement of the request it answers (its webhook-id,
+# every posting received and applied, one invoice affected).
+ACKNOWLEDGE: Any = object()
+
+
+def acknowledgement(payload: Any, headers: dict[str, str]) -> dict[str, Any]:
+    received = len(payload["postings"]) if isinstance(payload, dict) else 0
+    return {
+        "event_id": headers["webhook-id"],
+        "postings_received": received,
+        "postings_applied": received,
+        "postings_unchanged": 0,
+        "invoices_affected": 1,
+    }
 
 
 @dataclass(frozen=True)
 class Answer:
     status: int = 202
-    body: Any = field(default_factory=lambda: dict(ACCEPTED))
+    body: Any = ACKNOWLEDGE
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
     # Close the connection without answering.
@@ -63,7 +71,10 @@ class StandIn:
     def next_answer(self, body: bytes, headers: dict[str, str]) -> Answer:
         payload = Webhook(TEST_SECRET).verify(body, headers)
         self.received.append(Received(body, headers))
-        return self.answer(payload, body, headers)
+        answer = self.answer(payload, body, headers)
+        if answer.body is ACKNOWLEDGE:
+            return dataclasses.replace(answer, body=acknowledgement(payload, headers))
+        return answer
 
     def answer(self, payload: Any, body: bytes, headers: dict[str, str]) -> Answer:
         return self.script.pop(0) if self.script else self.then

@@ -11,6 +11,7 @@ import pytest
 from ledgerlink_exporter.client import (
     BatchRejected,
     DeliveryGaveUp,
+    NotLedgerlink,
     RetryPolicy,
     Signer,
     Unreachable,
@@ -206,6 +207,64 @@ async def test_a_non_problem_error_still_gives_one_line() -> None:
     assert (
         str(caught.value) == "the server rejected the batch (HTTP 404): Not Found <html> not here"
     )
+
+
+def counts(received: int, applied: int, unchanged: int, **extra: object) -> dict[str, object]:
+    return {
+        "event_id": "msg_1",
+        "postings_received": received,
+        "postings_applied": applied,
+        "postings_unchanged": unchanged,
+        "invoices_affected": 1,
+        **extra,
+    }
+
+
+HTML = {"content-type": "text/html"}
+
+
+@pytest.mark.parametrize(
+    ("answer", "what"),
+    [
+        (Answer(200, raw=b"<html>OK</html>", headers=HTML), "(text/html: '<html>OK</html>')"),
+        (Answer(202, raw=b"", headers=HTML), "(text/html, empty body)"),
+        (Answer(200, {"status": "ok"}), "(event_id null where the service names the delivery"),
+        (
+            Answer(202, counts(1, 1, 0, event_id="evt_1")),
+            '(event_id "evt_1" where the service names the delivery msg_1)',
+        ),
+        (Answer(202, counts(2, 2, 0)), "(postings_received 2 for a batch of 1 postings)"),
+        (Answer(200, counts(1, 0, 0)), "(0 applied and 0 unchanged do not add up to the 1"),
+        (Answer(202, counts(1, 1, 0, invoices_affected="1")), '(invoices_affected is "1", not'),
+        (Answer(201, counts(1, 1, 0)), "the webhook answers 202, or 200 for a replay)"),
+        (Answer(204, raw=b""), "(application/json, empty body; the webhook answers 202"),
+    ],
+)
+async def test_only_the_services_answer_to_this_batch_acknowledges_it(
+    answer: Answer, what: str
+) -> None:
+    """A proxy's page, a captive portal or another service's 2xx is not an acknowledgement:
+    the batch may never have reached ledgerlink. Not retried: the same page would come back."""
+    sleeps = Sleeps()
+    with stand_in([answer]) as server:
+        async with httpx.AsyncClient() as http:
+            with pytest.raises(NotLedgerlink) as caught:
+                await client(http, server.url, sleeps).deliver(BODY, "msg_1")
+    assert len(server.received) == 1
+    assert sleeps.calls == []
+    message = str(caught.value)
+    url = f"{server.url}/v1/webhooks/sage/postings"
+    assert message.startswith(f"{url} answered HTTP {answer.status} but not as ledgerlink does")
+    assert what in message
+    assert message.endswith("Check --url or LEDGERLINK_URL, and any proxy in between")
+    assert "\n" not in message
+
+
+async def test_an_answer_counting_unchanged_postings_acknowledges() -> None:
+    with stand_in([Answer(202, counts(1, 0, 1))]) as server:
+        async with httpx.AsyncClient() as http:
+            ack = await client(http, server.url, Sleeps()).deliver(BODY, "msg_1")
+    assert (ack.event_id, ack.postings_received, ack.postings_unchanged) == ("msg_1", 1, 1)
 
 
 def test_retry_after_as_an_http_date() -> None:

@@ -290,15 +290,12 @@ def test_a_rate_that_is_no_rate_is_named(tmp_path: Path, rate: str) -> None:
     assert (caught.value.row, caught.value.column) == (28, "FOREIGN_RATE")
 
 
-def test_history_resends_what_an_older_exporter_sent_in_pounds(export: SageExport) -> None:
+def test_what_an_older_exporter_sent_in_pounds_is_sent_again(export: SageExport) -> None:
     """State left by an exporter that ignored the currency columns: the dollar postings'
-    hashes differ, but they are outside the look-back window. Only a push with --history
-    (whole) sends them again; base-currency postings stay unchanged."""
+    hashes differ, so they are sent again, however long ago they were modified; the
+    base-currency postings stay unchanged."""
     live = read_export(*FILES)
     old = {p.tran_number: content_hash(dataclasses.replace(p, foreign=None)) for p in live.postings}
     state = PushState(high_water=dt.datetime(2025, 6, 1), acknowledged=old)
-    window = dt.timedelta(hours=48)
-    scheduled = plan_push(live, state, batch_size=500, lookback=window)
-    assert scheduled.postings == 0
-    upgrade = plan_push(live, state, batch_size=500, lookback=window, whole=True)
+    upgrade = plan_push(live, state, batch_size=500)
     assert {t for b in upgrade.batches for t in b.tran_numbers} == FOREIGN_TRANS

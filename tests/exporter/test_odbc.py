@@ -17,8 +17,9 @@ from ledgerlink_exporter.cli import app
 from ledgerlink_exporter.client import Signer, WebhookClient
 from ledgerlink_exporter.csv_source import read_export
 from ledgerlink_exporter.odbc_source import connect, connection_string, literal, read_odbc
-from ledgerlink_exporter.push import plan_push, run_push
+from ledgerlink_exporter.push import content_hash, plan_push, run_push
 from ledgerlink_exporter.sage import ExportFileError, SageExport
+from ledgerlink_exporter.state import PushState, StateFile
 
 from tests.exporter.ledger import (
     FIXTURE_BASE,
@@ -63,7 +64,7 @@ def test_odbc_rows_give_the_same_postings_as_the_csv_files(company: Path, histor
 async def test_pushed_over_odbc_the_company_reconciles_to_its_ledger(
     company: Path, client: httpx.AsyncClient
 ) -> None:
-    plan = plan_push(read(company, history=True), None, batch_size=500, lookback=dt.timedelta(0))
+    plan = plan_push(read(company, history=True), None, batch_size=500)
     sender = WebhookClient(client, str(client.base_url), Signer.from_secret(TEST_SECRET))
     report = await run_push(plan, sender.deliver)
     assert report.error is None
@@ -208,3 +209,44 @@ def test_push_dsn_reads_history_on_a_first_load_or_when_asked(
     save_complete_push(state, live)
     assert "would send 0 postings" in dry_run()
     assert "would send 4 postings" in dry_run("--history")
+
+
+def test_push_dsn_after_a_mark_in_the_future_reads_everything_again(
+    company: Path, tmp_path: Path
+) -> None:
+    """A state file marked 2030 (a row once dated ahead) made every later ODBC read ask only
+    for rows modified since 2030: the invoices entered since were never read. The mark is
+    taken as now, and that push reads every posting."""
+    state = tmp_path / "state.json"
+    live = read(company)
+    StateFile(state).save(
+        PushState(
+            high_water=dt.datetime(2030, 6, 1),
+            acknowledged={p.tran_number: content_hash(p) for p in live.postings},
+        )
+    )
+    with sqlite3.connect(company) as db:
+        db.row_factory = sqlite3.Row
+        header = db.execute("SELECT * FROM AUDIT_HEADER WHERE TRAN_NUMBER = 3").fetchone()
+        new_invoice = {
+            **dict(header),
+            **{"HEADER_NUMBER": 100, "TRAN_NUMBER": 100, "INV_REF": "10100"},
+            "RECORD_MODIFY_DATE": "2025-04-02 10:00:00",
+        }
+        columns = ", ".join(new_invoice)
+        marks = ", ".join("?" for _ in new_invoice)
+        db.execute(
+            f"INSERT INTO AUDIT_HEADER ({columns}) VALUES ({marks})", [*new_invoice.values()]
+        )
+    result = CliRunner().invoke(
+        app,
+        [
+            *("push", "--url", "http://ledgerlink.test", "--dsn", sqlite_dsn(company)),
+            *("--dry-run", "--state", str(state)),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "would send 1 posting in 1 batch" in result.stdout
+    assert '"tran_number": 100,' in result.stdout
+    assert "29 postings unchanged since the last push" in result.stdout
+    assert "the state file's high-water mark 2030-06-01 00:00:00 is in the future" in result.stderr

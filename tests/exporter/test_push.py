@@ -8,6 +8,7 @@ import dataclasses
 import datetime as dt
 import json
 import re
+from collections.abc import Sequence
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -20,12 +21,12 @@ from ledgerlink_exporter.client import BatchRejected, Signer, WebhookClient
 from ledgerlink_exporter.csv_source import read_export
 from ledgerlink_exporter.demo import generate_company, write_export
 from ledgerlink_exporter.options import InputError
-from ledgerlink_exporter.push import content_hash, plan_push
+from ledgerlink_exporter.push import canonical_json, content_hash, plan_push
 from ledgerlink_exporter.sage import Allocation, SageExport
 from ledgerlink_exporter.state import PushState, StateFile
 
 from service.ingest.schemas import PostingBatch
-from tests.exporter.sage_files import FILES
+from tests.exporter.sage_files import FILES, Rows, altered
 from tests.exporter.stand_in import Answer, StandIn, serving
 from tests.exporter.test_sage import CUSTOMER_TRANS, PUSHED_TRANS
 from tests.support.processes import free_port
@@ -64,7 +65,7 @@ class FakeService(StandIn):
         PostingBatch.model_validate_json(body)
         self.applied.append(trans)
         self.answers[webhook_id] = {
-            "event_id": f"evt_{len(self.answers)}",
+            "event_id": webhook_id,
             "postings_received": len(trans),
             "postings_applied": len(trans) - 1,
             "postings_unchanged": 1,
@@ -81,9 +82,11 @@ def unstamped(text: str) -> list[str]:
     return [STAMP.sub("", line) for line in lines]
 
 
-def push(url: str, *args: str, secret: str | None = TEST_SECRET) -> Result:
+def push(
+    url: str, *args: str, secret: str | None = TEST_SECRET, files: Sequence[Path | str] = PATHS
+) -> Result:
     env = {"LEDGERLINK_EXPORTER_SECRET": secret} if secret else {}
-    return CliRunner().invoke(app, ["push", "--url", url, *args, *PATHS], env=env)
+    return CliRunner().invoke(app, ["push", "--url", url, *args, *map(str, files)], env=env)
 
 
 @pytest.fixture(autouse=True)
@@ -180,6 +183,71 @@ def test_a_batch_applied_but_unanswered_is_replayed_not_reapplied(
     assert "Replayed: 1 batch (10 postings) the server already had" in second.stdout
 
 
+def dated_2030(table: str, rows: Rows) -> None:
+    """A PC clock set wrong once: invoice 1's header says it was modified in 2030."""
+    if table == "AUDIT_HEADER":
+        rows[0]["RECORD_MODIFY_DATE"] = "01/06/2030 09:00:00"
+
+
+def with_new_invoice(table: str, rows: Rows) -> None:
+    """Dated 2030 as before, and a new invoice (transaction 100) entered since, on a clock
+    set right."""
+    dated_2030(table, rows)
+    if table == "AUDIT_HEADER":
+        rows.append(
+            {
+                **rows[1],
+                "HEADER_NUMBER": "100",
+                "TRAN_NUMBER": "100",
+                "INV_REF": "10100",
+                "RECORD_MODIFY_DATE": "02/04/2025 10:00:00",
+            }
+        )
+    if table == "AUDIT_SPLIT":
+        line = next(row for row in rows if row["TRAN_NUMBER"] == "3")
+        number = {"TRAN_NUMBER": "100", "SPLIT_NUMBER": "100", "HEADER_NUMBER": "100"}
+        rows.append({**line, **number, "RECORD_MODIFY_DATE": "02/04/2025 10:00:00"})
+
+
+def test_a_row_modified_in_2030_hides_no_later_posting(
+    service: FakeService, tmp_path: Path
+) -> None:
+    state = tmp_path / "push-state.json"
+    (tmp_path / "before").mkdir()
+    (tmp_path / "after").mkdir()
+    before = altered(tmp_path / "before", dated_2030)
+    first = push(service.url, "--state", str(state), files=before)
+    assert first.exit_code == 0, first.output
+    [warning] = unstamped(first.stderr)
+    assert warning.startswith(
+        "warning: a posting modified in the future, the latest transaction 1 on "
+        "2030-06-01 09:00:00 (a clock set wrong in Sage?): the high-water mark is taken as now, "
+    )
+    mark = dt.datetime.fromisoformat(json.loads(state.read_text())["high_water"])
+    assert mark <= dt.datetime.now()
+
+    after = altered(tmp_path / "after", with_new_invoice)
+    second = push(service.url, "--state", str(state), files=after)
+    assert second.exit_code == 0, second.output
+    assert service.applied[-1] == [100]
+    assert "30 postings unchanged since the last push" not in second.stdout
+    assert "29 postings unchanged since the last push" in second.stdout
+
+
+def test_a_state_file_marked_2099_is_clamped_and_hides_nothing(
+    service: FakeService, tmp_path: Path
+) -> None:
+    state = tmp_path / "push-state.json"
+    StateFile(state).save(PushState(high_water=dt.datetime(2099, 1, 1)))
+    result = push(service.url, "--state", str(state))
+    assert result.exit_code == 0, result.output
+    [warning] = unstamped(result.stderr)
+    assert warning.startswith("warning: the state file's high-water mark 2099-01-01 00:00:00 is")
+    assert service.applied == [CUSTOMER_TRANS]
+    mark = dt.datetime.fromisoformat(json.loads(state.read_text())["high_water"])
+    assert mark <= dt.datetime.now()
+
+
 def test_retries_are_announced_as_they_happen(tmp_path: Path) -> None:
     script = [Answer(503, {"detail": "database unavailable"}, {"retry-after": "0"})]
     with serving(StandIn(script)) as server:
@@ -198,6 +266,60 @@ def test_stops_on_422_with_the_servers_detail(service: FakeService) -> None:
         "error: batch 2 of 7: the server rejected the batch (HTTP 422): posting 9 is invalid"
     ]
     assert "Rejected: 5 postings; not sent: 23 postings" in result.stdout
+
+
+def test_a_2xx_page_that_is_not_ledgerlink_acknowledges_nothing(
+    service: FakeService, tmp_path: Path
+) -> None:
+    """A proxy or captive portal answering 200 <html>OK</html>: the run fails, nothing enters
+    the state file, and the next push to the real service sends every posting."""
+    state = tmp_path / "push-state.json"
+    portal = Answer(200, raw=b"<html>OK</html>", headers={"content-type": "text/html"})
+    with serving(StandIn([], then=portal)) as server:
+        first = push(server.url, "--state", str(state))
+    assert first.exit_code == 1
+    assert len(server.received) == 1, "not retried"
+    webhook = f"{server.url}/v1/webhooks/sage/postings"
+    assert unstamped(first.stderr) == [
+        f"error: batch 1 of 1: {webhook} answered HTTP 200 but not as ledgerlink does "
+        "(text/html: '<html>OK</html>'); nothing was taken as delivered. "
+        "Check --url or LEDGERLINK_URL, and any proxy in between"
+    ]
+    assert "Sent: 0 postings in 0 batches" in first.stdout
+    assert "Rejected: 0 postings; not sent: 33 postings" in first.stdout
+    assert not state.exists(), "nothing acknowledged, nothing written"
+
+    second = push(service.url, "--state", str(state))
+    assert second.exit_code == 0, second.output
+    assert service.applied == [PUSHED_TRANS]
+    assert sorted(map(int, json.loads(state.read_text())["acknowledged"])) == PUSHED_TRANS
+
+
+async def test_the_services_own_answers_acknowledge(client: httpx.AsyncClient) -> None:
+    """Against the real service: a new batch (202), the same delivery again (200, its stored
+    answer), the same postings under a new id (202, all unchanged) are acknowledgements; a
+    batch naming a transaction twice is refused (422), so no answer counts one twice."""
+    sender = WebhookClient(client, str(client.base_url), Signer.from_secret(TEST_SECRET))
+    plan = plan_push(read_export(*FILES), None, batch_size=10)
+    batch = plan.batches[0]
+    first = await sender.deliver(batch.body, batch.webhook_id)
+    assert (first.replayed, first.event_id, first.postings_received) == (
+        False,
+        batch.webhook_id,
+        10,
+    )
+    assert first.postings_applied == 10
+    replay = await sender.deliver(batch.body, batch.webhook_id)
+    assert replay == dataclasses.replace(first, replayed=True)
+    again = await sender.deliver(batch.body, "msg_the_same_postings_again")
+    assert (again.replayed, again.postings_applied, again.postings_unchanged) == (False, 0, 10)
+
+    wire = batch.postings[0].to_wire()
+    twice = canonical_json({"source": "sage50-exporter", "postings": [wire, wire]})
+    with pytest.raises(BatchRejected) as caught:
+        await sender.deliver(twice, "msg_one_posting_twice")
+    assert caught.value.status == 422
+    assert "send each transaction once per batch" in str(caught.value)
 
 
 def test_a_refused_connection_fails_at_once_naming_the_url() -> None:
@@ -289,6 +411,38 @@ def test_a_corrupt_state_file_is_exit_2(tmp_path: Path) -> None:
     ]
 
 
+def state_file(high_water: object) -> str:
+    return json.dumps({"version": 1, "high_water": high_water, "acknowledged": {"3": "ab"}})
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (
+            state_file("2025-03-20T16:45:00+00:00"),
+            "high_water 2025-03-20T16:45:00+00:00 has a time zone; the exporter writes Sage's "
+            "local time without one",
+        ),
+        (state_file("2025-03-20T16:45:00Z"), "high_water 2025-03-20T16:45:00Z has a time zone"),
+        (state_file("last tuesday"), 'high_water "last tuesday" is not a date and time'),
+        (state_file(20250320), "high_water 20250320 is not a date and time"),
+        ("[" * 100_000 + "]" * 100_000, "not a ledgerlink exporter state file"),
+        (json.dumps({"version": 1, "high_water": None}), "not a ledgerlink exporter state file"),
+    ],
+)
+def test_an_unusable_state_file_is_one_line_and_exit_2(
+    tmp_path: Path, content: str, problem: str
+) -> None:
+    state = tmp_path / "state.json"
+    state.write_text(content)
+    for args in ([], ["--dry-run"]):
+        result = push("http://h.test", "--state", str(state), *args)
+        assert result.exit_code == 2, result.output
+        [line] = unstamped(result.stderr)
+        assert line.startswith(f"error: {state}: {problem}")
+        assert line.endswith("; move it away to start afresh")
+
+
 def test_version() -> None:
     result = CliRunner().invoke(app, ["--version"])
     assert result.exit_code == 0
@@ -362,8 +516,8 @@ def acknowledged_all(export: SageExport) -> PushState:
     )
 
 
-def sent(export: SageExport, state: PushState | None, hours: float = 48) -> list[int]:
-    plan = plan_push(export, state, batch_size=500, lookback=dt.timedelta(hours=hours))
+def sent(export: SageExport, state: PushState | None) -> list[int]:
+    plan = plan_push(export, state, batch_size=500)
     return [t for batch in plan.batches for t in batch.tran_numbers]
 
 
@@ -371,15 +525,50 @@ def test_without_state_everything_is_sent(export: SageExport) -> None:
     assert sent(export, None) == CUSTOMER_TRANS
 
 
-def test_only_changed_rows_inside_the_window_are_sent(export: SageExport) -> None:
+def test_every_changed_posting_is_sent_whatever_its_modify_date(export: SageExport) -> None:
+    """Unchanged means the state file holds this very content, nothing else: a posting
+    modified long before the mark is sent when it differs (the look-back narrows only what an
+    ODBC read asks for)."""
     state = acknowledged_all(export)
     edited = changed(
         export,
-        t13={"gross_amount": Decimal("99.00")},  # modified 20/03 16:45: inside
-        t22={"gross_amount": Decimal("99.00")},  # modified 12/03: outside 48 h
+        t13={"gross_amount": Decimal("99.00")},  # modified 20/03 16:45: inside 48 h
+        t22={"gross_amount": Decimal("99.00")},  # modified 12/03: long before the mark
     )
-    assert sent(edited, state) == [13]
-    assert sent(edited, state, hours=24 * 9) == [13, 22]
+    assert sent(edited, state) == [13, 22]
+
+
+NOW = dt.datetime(2025, 4, 1, 12, 0)
+
+
+def test_a_mark_in_the_future_hides_nothing(export: SageExport) -> None:
+    """A state file whose mark is 2099 and that acknowledges nothing used to report every
+    posting unchanged."""
+    state = PushState(high_water=dt.datetime(2099, 1, 1), acknowledged={})
+    plan = plan_push(export, state, batch_size=500, now=NOW)
+    assert [t for batch in plan.batches for t in batch.tran_numbers] == CUSTOMER_TRANS
+    assert plan.unchanged == 0
+    assert plan.high_water == NOW
+    assert plan.warnings == (
+        "the state file's high-water mark 2099-01-01 00:00:00 is in the future (a clock set "
+        "wrong?): taken as now, 2025-04-01 12:00:00; every posting is read and those the "
+        "state file does not hold as they are now are sent",
+    )
+
+
+def test_a_modify_date_in_the_future_is_clamped_to_now(export: SageExport) -> None:
+    ahead = {**export.revisions, 13: dt.datetime(2030, 6, 1), 22: dt.datetime(2029, 1, 1)}
+    plan = plan_push(dataclasses.replace(export, revisions=ahead), None, batch_size=500, now=NOW)
+    assert plan.high_water == NOW
+    assert plan.warnings == (
+        "2 postings modified in the future, the latest transaction 13 on 2030-06-01 00:00:00 "
+        "(a clock set wrong in Sage?): the high-water mark is taken as now, 2025-04-01 12:00:00",
+    )
+    in_the_past = plan_push(export, None, batch_size=500, now=NOW)
+    assert (in_the_past.high_water, in_the_past.warnings) == (
+        dt.datetime.fromisoformat(LAST_MODIFIED),
+        (),
+    )
 
 
 def test_a_changed_allocation_makes_the_posting_changed(export: SageExport) -> None:
@@ -397,8 +586,8 @@ def test_rows_without_a_modify_date_are_always_checked(export: SageExport) -> No
 
 
 def test_webhook_id_is_stable_for_the_same_content(export: SageExport) -> None:
-    first = plan_push(export, None, batch_size=5, lookback=dt.timedelta(hours=48))
-    again = plan_push(read_export(*FILES), None, batch_size=5, lookback=dt.timedelta(0))
+    first = plan_push(export, None, batch_size=5)
+    again = plan_push(read_export(*FILES), None, batch_size=5)
     assert [b.webhook_id for b in first.batches] == [b.webhook_id for b in again.batches]
     assert [b.body for b in first.batches] == [b.body for b in again.batches]
     assert len({b.webhook_id for b in first.batches}) == 6
@@ -406,17 +595,17 @@ def test_webhook_id_is_stable_for_the_same_content(export: SageExport) -> None:
 
 
 def test_webhook_id_changes_with_the_content(export: SageExport) -> None:
-    before = plan_push(export, None, batch_size=500, lookback=dt.timedelta(0))
+    before = plan_push(export, None, batch_size=500)
     edited = changed(export, t1={"details": "Goods"})
-    after = plan_push(edited, None, batch_size=500, lookback=dt.timedelta(0))
+    after = plan_push(edited, None, batch_size=500)
     assert before.batches[0].webhook_id != after.batches[0].webhook_id
 
 
 def test_an_edit_reverted_in_sage_is_not_mistaken_for_a_replay(export: SageExport) -> None:
-    original = plan_push(export, None, batch_size=500, lookback=dt.timedelta(0))
+    original = plan_push(export, None, batch_size=500)
     later = dt.datetime(2025, 4, 1, 9, 0)
     reverted = dataclasses.replace(export, revisions={**export.revisions, 1: later})
-    again = plan_push(reverted, None, batch_size=500, lookback=dt.timedelta(0))
+    again = plan_push(reverted, None, batch_size=500)
     assert original.batches[0].body == again.batches[0].body
     assert original.batches[0].webhook_id != again.batches[0].webhook_id
 
@@ -425,7 +614,7 @@ def test_body_is_what_the_service_accepts(export: SageExport, tmp_path: Path) ->
     demo = generate_company(customers=20, seed=2)
     exports = [export, read_export(*write_export(demo.exports[-1], tmp_path))]
     for each in exports:
-        for batch in plan_push(each, None, batch_size=50, lookback=dt.timedelta(0)).batches:
+        for batch in plan_push(each, None, batch_size=50).batches:
             accepted = PostingBatch.model_validate_json(batch.body)
             assert [p.tran_number for p in accepted.postings] == list(batch.tran_numbers)
 

@@ -9,7 +9,6 @@ AUDIT_HISTORY_* exports hold."""
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,7 @@ from tests.support.webhooks import TEST_SECRET
 
 
 async def push(client: httpx.AsyncClient, export: SageExport) -> PushReport:
-    plan = plan_push(export, None, batch_size=7, lookback=dt.timedelta(0))
+    plan = plan_push(export, None, batch_size=7)
     sender = WebhookClient(client, str(client.base_url), Signer.from_secret(TEST_SECRET))
     report = await run_push(plan, sender.deliver)
     assert report.error is None

@@ -33,7 +33,15 @@ from ledgerlink_exporter.demo_cli import demo
 from ledgerlink_exporter.odbc_source import connect, read_odbc
 from ledgerlink_exporter.options import InputError, check_url, fail, signer_for
 from ledgerlink_exporter.output import dry_run_lines, log, log_lines, progress, summary_lines
-from ledgerlink_exporter.push import MAX_BATCH, PushPlan, PushReport, StateTracker, plan_push
+from ledgerlink_exporter.push import (
+    MAX_BATCH,
+    PushPlan,
+    PushReport,
+    StateTracker,
+    clamp_high_water,
+    local_now,
+    plan_push,
+)
 from ledgerlink_exporter.push import run_push as send_plan
 from ledgerlink_exporter.sage import ExportFileError, SageExport
 from ledgerlink_exporter.state import PushState, StateFile
@@ -88,7 +96,7 @@ app.add_command(demo)
     type=click.FloatRange(min=0),
     default=48.0,
     show_default=True,
-    help="With --state: also re-check rows modified this long before the last complete push.",
+    help="With --state over ODBC: also read rows modified this long before the last complete push.",
 )
 @click.option(
     "--every",
@@ -190,8 +198,8 @@ def _human(seconds: float) -> str:
 # --- one push -----------------------------------------------------------------------------
 
 
-# (what the server has, the look-back, whether to read the cleared years too)
-Source = Callable[[PushState, dt.timedelta, bool], SageExport]
+# (the earliest modify date to read, None for everything; whether to read the cleared years)
+Source = Callable[[dt.datetime | None, bool], SageExport]
 
 
 def first_load(state: PushState) -> bool:
@@ -215,18 +223,21 @@ class _PushJob:
     def run_once(self) -> int:
         try:
             prior = self.store.load() if self.store is not None else PushState()
+            now = local_now()
+            future = clamp_high_water(prior, now)
+            if future is not None:
+                log(f"warning: {future}", err=True)
             history = self.history or first_load(prior)
-            export = self.source(prior, self.lookback, history)
-            plan = plan_push(
-                export,
-                prior,
-                batch_size=self.batch_size,
-                lookback=self.lookback,
-                whole=self.history,
-            )
+            # A mark in the future cannot say what was sent: read everything once.
+            trusted = prior.high_water if future is None else None
+            since = trusted - self.lookback if trusted is not None else None
+            export = self.source(since, history)
+            plan = plan_push(export, prior, batch_size=self.batch_size, now=now)
         except ExportFileError as exc:
             log(f"error: {exc}", err=True)
             return 2
+        for warning in plan.warnings:
+            log(f"warning: {warning}", err=True)
         if self.signer is None:
             log_lines(dry_run_lines(plan, webhook_url(self.url)))
             return 0
@@ -258,18 +269,18 @@ def _source(files: Sequence[Path], dsn: str | None) -> Source:
     if dsn is not None and files:
         raise InputError("give either --dsn or the three CSV files, not both")
     if dsn is not None:
-        return lambda state, lookback, history: _read_odbc(dsn, state, lookback, history)
+        return lambda since, history: _read_odbc(dsn, since, history)
     if len(files) != 3:
         raise InputError(
             "expected AUDIT_HEADER.csv AUDIT_SPLIT.csv AUDIT_USAGE.csv (or --dsn), "
             f"got {len(files)} files"
         )
     header, split, usage = files
-    return lambda state, lookback, history: read_export(header, split, usage, history=history)
+    # CSV files are read whole: the look-back would save nothing.
+    return lambda since, history: read_export(header, split, usage, history=history)
 
 
-def _read_odbc(dsn: str, state: PushState, lookback: dt.timedelta, history: bool) -> SageExport:
-    since = state.high_water - lookback if state.high_water is not None else None
+def _read_odbc(dsn: str, since: dt.datetime | None, history: bool) -> SageExport:
     connection = connect(dsn)
     try:
         return read_odbc(connection, since, history=history)

@@ -47,6 +47,20 @@ class DeliveryGaveUp(DeliveryError):
     pass
 
 
+class NotLedgerlink(DeliveryError):
+    """A 2xx that is not the service's acknowledgement of this batch: a proxy's or captive
+    portal's page, or a URL that is not a ledgerlink webhook. Nothing may count as delivered on
+    its word, and sending again would get the same page, so the run stops."""
+
+    def __init__(self, url: str, status: int, what: str) -> None:
+        self.url = url
+        self.status = status
+        super().__init__(
+            f"{url} answered HTTP {status} but not as ledgerlink does ({what}); nothing was "
+            f"taken as delivered. Check --url or {URL_ENV}, and any proxy in between"
+        )
+
+
 class Unreachable(DeliveryError):
     def __init__(self, url: str, exc: Exception) -> None:
         self.url = url
@@ -144,8 +158,10 @@ class WebhookClient:
     not retried: nothing is listening at that address, and saying so at once, with the URL,
     helps more than a minute of silent waiting (an unattended `--every` run tries again at its
     next turn). Any other answer below 200 or from 400 up stops at once: sending it again would
-    not change the server's mind. Each attempt is signed afresh, since a long wait could
-    otherwise outlive the server's timestamp tolerance.
+    not change the server's mind. A 2xx acknowledges the batch only when it is ledgerlink's
+    answer to this very delivery (`acknowledgement`); any other 2xx stops the run too. Each
+    attempt is signed afresh, since a long wait could otherwise outlive the server's timestamp
+    tolerance.
     """
 
     def __init__(
@@ -202,7 +218,7 @@ class WebhookClient:
             return _Retry(f"lost the connection to {self._url} ({_why(exc)})", None)
         status = response.status_code
         if response.is_success:
-            return _acknowledgement(response)
+            return acknowledgement(response, self._url, webhook_id, _postings_in(body))
         if status >= 500 or status in _RETRYABLE_STATUSES:
             reason = f"{status} {problem_detail(response)}"
             return _Retry(reason, retry_after_seconds(response, self._clock()))
@@ -222,22 +238,73 @@ def _why(exc: Exception) -> str:
     return str(exc) or type(exc).__name__
 
 
-def _acknowledgement(response: httpx.Response) -> Acknowledgement:
+_COUNTS = ("postings_received", "postings_applied", "postings_unchanged", "invoices_affected")
+
+
+def acknowledgement(
+    response: httpx.Response, url: str, webhook_id: str, postings: int
+) -> Acknowledgement:
+    """The service's answer to this delivery, or NotLedgerlink.
+
+    The webhook answers 202 with its result for a new delivery and 200 with the stored first
+    result when the webhook-id was delivered before (the body is then the same, so are the
+    counts). The result names the delivery (`event_id` is the webhook-id) and counts the batch:
+    every posting received, each one either applied or unchanged (a batch that names a
+    transaction twice is refused with a 422, so none counts twice). A 2xx that says anything
+    else did not come from the service, and the batch may never have reached it.
+    """
+    status = response.status_code
+
+    def refuse(what: str) -> NotLedgerlink:
+        return NotLedgerlink(url, status, what)
+
+    if status not in (200, 202):
+        raise refuse(f"{_sample(response)}; the webhook answers 202, or 200 for a replay")
     payload = _json_object(response)
-
-    def count(name: str) -> int:
-        value = payload.get(name)
-        return value if isinstance(value, int) else 0
-
+    if not payload:
+        raise refuse(_sample(response))
+    if payload.get("event_id") != webhook_id:
+        raise refuse(
+            f"event_id {json.dumps(payload.get('event_id'))[:80]} where the service names "
+            f"the delivery {webhook_id}"
+        )
+    counts = {name: payload.get(name) for name in _COUNTS}
+    bad = [n for n, v in counts.items() if not isinstance(v, int) or isinstance(v, bool) or v < 0]
+    if bad:
+        raise refuse(f"{bad[0]} is {json.dumps(counts[bad[0]])[:40]}, not a count")
+    received, applied, unchanged, invoices = (int(counts[name] or 0) for name in _COUNTS)
+    if received != postings:
+        raise refuse(f"postings_received {received} for a batch of {postings} postings")
+    if applied + unchanged != received:
+        raise refuse(
+            f"{applied} applied and {unchanged} unchanged do not add up to the "
+            f"{received} postings received"
+        )
     return Acknowledgement(
-        # 202 is a new delivery; 200 is the stored answer to one the server already has.
-        replayed=response.status_code == 200,
-        event_id=str(payload.get("event_id", "")),
-        postings_received=count("postings_received"),
-        postings_applied=count("postings_applied"),
-        postings_unchanged=count("postings_unchanged"),
-        invoices_affected=count("invoices_affected"),
+        replayed=status == 200,
+        event_id=webhook_id,
+        postings_received=received,
+        postings_applied=applied,
+        postings_unchanged=unchanged,
+        invoices_affected=invoices,
     )
+
+
+def _postings_in(body: bytes) -> int:
+    """How many postings the body carries: what the service must say it received."""
+    try:
+        payload = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return 0
+    postings = payload.get("postings") if isinstance(payload, dict) else None
+    return len(postings) if isinstance(postings, list) else 0
+
+
+def _sample(response: httpx.Response) -> str:
+    """What came back, on one short line."""
+    kind = response.headers.get("content-type", "no content type").split(";")[0].strip()
+    text = _one_line(response.content[:300].decode("utf-8", errors="replace"))
+    return f"{kind}: '{text[:120]}'" if text else f"{kind}, empty body"
 
 
 def retry_after_seconds(response: httpx.Response, now: dt.datetime) -> float | None:

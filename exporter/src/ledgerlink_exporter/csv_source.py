@@ -8,10 +8,11 @@ AUDIT_HISTORY_*.csv files of the cleared years (all three or none)."""
 
 from __future__ import annotations
 
+import codecs
 import csv
-import io
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TextIO
 
 from ledgerlink_exporter.sage import (
     CURRENCY_COLUMNS,
@@ -78,42 +79,85 @@ def _history(folder: Path) -> Tables | None:
     )
 
 
-def read_table(path: Path, required: Sequence[str]) -> list[Row]:
-    name = str(path)
-    reader = csv.reader(io.StringIO(_decode(path), newline=""))
-    rows: list[Row] = []
-    try:
-        columns = [cell.strip().upper() for cell in next(reader, [])]
+class CsvTable:
+    """One exported table, read a row at a time. Its header row is checked when the table is
+    opened, so a missing column stops the push before any file is read through."""
+
+    def __init__(self, path: Path, required: Sequence[str]) -> None:
+        self.path = path
+        self.name = str(path)
+        self.encoding = _encoding(path)
+        with self._open() as file:
+            self.columns = self._columns(csv.reader(file))
+        check_columns(self.name, self.columns, required)
+
+    def _open(self) -> TextIO:
+        try:
+            return self.path.open(encoding=self.encoding, errors=self._errors(), newline="")
+        except OSError as exc:
+            raise ExportFileError(self.name, f"cannot read the file ({exc.strerror})") from None
+
+    def _errors(self) -> str:
+        # Sage on Windows writes the ANSI code page when it is not told otherwise; a byte it
+        # does not define becomes U+FFFD, as it always has.
+        return "replace" if self.encoding == "cp1252" else "strict"
+
+    def _columns(self, reader: Iterator[list[str]]) -> list[str]:
+        try:
+            columns = [cell.strip().upper() for cell in next(reader, [])]
+        except (csv.Error, UnicodeDecodeError) as exc:
+            raise ExportFileError(self.name, f"not a readable CSV file ({exc})", row=1) from None
         if not any(columns):
-            raise ExportFileError(name, "empty file, expected a header row of column names")
-        check_columns(name, columns, required)
-        for cells in reader:
-            if not any(cell.strip() for cell in cells):
-                continue
-            if len(cells) != len(columns):
+            raise ExportFileError(self.name, "empty file, expected a header row of column names")
+        return columns
+
+    def __iter__(self) -> Iterator[Row]:
+        name, columns = self.name, self.columns
+        with self._open() as file:
+            reader = csv.reader(file)
+            try:
+                next(reader, None)
+                for cells in reader:
+                    if not any(cell.strip() for cell in cells):
+                        continue
+                    if len(cells) != len(columns):
+                        raise ExportFileError(
+                            name,
+                            f"{len(cells)} values but the header row has {len(columns)} columns",
+                            row=reader.line_num,
+                        )
+                    yield Row(name, reader.line_num, dict(zip(columns, cells, strict=True)))
+            except (csv.Error, UnicodeDecodeError) as exc:
                 raise ExportFileError(
-                    name,
-                    f"{len(cells)} values but the header row has {len(columns)} columns",
-                    row=reader.line_num,
-                )
-            rows.append(Row(name, reader.line_num, dict(zip(columns, cells, strict=True))))
-    except csv.Error as exc:
-        raise ExportFileError(
-            name, f"not a readable CSV file ({exc})", row=reader.line_num
-        ) from None
-    return rows
+                    name, f"not a readable CSV file ({exc})", row=reader.line_num
+                ) from None
 
 
-def _decode(path: Path) -> str:
+def read_table(path: Path, required: Sequence[str]) -> CsvTable:
+    return CsvTable(path, required)
+
+
+_SCAN_BYTES = 1 << 20
+
+
+def _encoding(path: Path) -> str:
+    """How the file is written: UTF-16 with its byte-order mark (Windows PowerShell 5's
+    Export-Csv -Encoding Unicode), UTF-8 with or without one, or else Windows-1252. Decided
+    on the whole file, read a megabyte at a time, before a row is read."""
     try:
-        data = path.read_bytes()
+        with path.open("rb") as file:
+            start = file.read(2)
+            if start in (b"\xff\xfe", b"\xfe\xff"):
+                return "utf-16"
+            decoder = codecs.getincrementaldecoder("utf-8")()
+            chunk = start
+            try:
+                while chunk:
+                    decoder.decode(chunk)
+                    chunk = file.read(_SCAN_BYTES)
+                decoder.decode(b"", final=True)
+            except UnicodeDecodeError:
+                return "cp1252"
     except OSError as exc:
         raise ExportFileError(str(path), f"cannot read the file ({exc.strerror})") from None
-    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        # Windows PowerShell 5's Export-Csv -Encoding Unicode.
-        return data.decode("utf-16")
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        # Sage on Windows writes the ANSI code page when it is not told otherwise.
-        return data.decode("cp1252", errors="replace")
+    return "utf-8-sig"

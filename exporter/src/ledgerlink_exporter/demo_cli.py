@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import os
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -178,7 +177,7 @@ async def _run_demo(
     async with httpx.AsyncClient(timeout=120.0) as http:
         client = WebhookClient(http, url, signer, on_retry=lambda line: log(line, err=True))
         for index, export in enumerate(exports, start=1):
-            plan = plan_push(export, None, batch_size=500, lookback=dt.timedelta(0))
+            plan = plan_push(export, None, batch_size=500)
             with progress(console, plan.postings) as advance:
                 report = await run_push(plan, client.deliver, on_batch=advance)
             log(f"Export {index} of {len(exports)}:")

@@ -27,8 +27,8 @@ years; a company without them is read without history.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, Protocol
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, Protocol, TypeVar
 
 from ledgerlink_exporter.sage import (
     CURRENCY_COLUMNS,
@@ -57,6 +57,10 @@ HISTORY_USAGE_TABLE = "AUDIT_HISTORY_USAGE"
 CURRENCY_TABLE = "CURRENCY"
 # Numbers per IN (...) list: well under any driver's statement length limit.
 CHUNK = 400
+# Rows per fetch of a whole table.
+FETCH = 2000
+
+T = TypeVar("T")
 
 
 class Cursor(Protocol):
@@ -65,6 +69,10 @@ class Cursor(Protocol):
     def execute(self, sql: str) -> Any: ...
 
     def fetchall(self) -> Sequence[Sequence[Any]]: ...
+
+    def fetchmany(self, size: int) -> Sequence[Sequence[Any]]: ...
+
+    def close(self) -> None: ...
 
     def columns(self, *, table: str) -> Iterable[Sequence[Any]]: ...
 
@@ -114,10 +122,11 @@ def read_odbc(
     reader = _Reader(connection)
     currencies = reader.select(CURRENCY_TABLE) if reader.has_table(CURRENCY_TABLE) else None
     if since is None or history:
+        # Whole tables stream by, a fetch at a time: a big company is never held in memory.
         return build_export(
-            reader.select(HEADER_TABLE),
-            reader.select(SPLIT_TABLE),
-            reader.select(USAGE_TABLE),
+            reader.whole(HEADER_TABLE),
+            reader.whole(SPLIT_TABLE),
+            reader.whole(USAGE_TABLE),
             history=_history(reader) if history else None,
             currency_rows=currencies,
         )
@@ -128,9 +137,9 @@ def _history(reader: _Reader) -> Tables | None:
     if not reader.has_table(HISTORY_HEADER_TABLE):
         return None
     return Tables(
-        reader.select(HISTORY_HEADER_TABLE),
-        reader.select(HISTORY_SPLIT_TABLE),
-        reader.select(HISTORY_USAGE_TABLE),
+        reader.whole(HISTORY_HEADER_TABLE),
+        reader.whole(HISTORY_SPLIT_TABLE),
+        reader.whole(HISTORY_USAGE_TABLE),
     )
 
 
@@ -182,19 +191,14 @@ class _Reader:
         self._columns: dict[str, tuple[str, ...]] = {}
 
     def select(self, table: str, where: str = "") -> list[Row]:
+        return list(self.whole(table, where))
+
+    def whole(self, table: str, where: str = "") -> _Table:
+        """The table's rows (those matching `where`), read when iterated; its columns are
+        checked now."""
         columns = ", ".join(self._columns_of(table))
         sql = f"SELECT {columns} FROM {table}" + (f" WHERE {where}" if where else "")
-        cursor = self._connection.cursor()
-        try:
-            cursor.execute(sql)
-            names = [str(item[0]).upper() for item in cursor.description or ()]
-            records = cursor.fetchall()
-        except Exception as exc:  # each driver raises its own pyodbc.Error subclasses
-            raise ExportFileError(table, f"the query failed: {_one_line(exc)}") from None
-        return [
-            Row(table, index, dict(zip(names, record, strict=True)))
-            for index, record in enumerate(records, start=1)
-        ]
+        return _Table(self._connection, table, sql)
 
     def select_in(self, table: str, column: str, numbers: Iterable[int]) -> list[Row]:
         rows: list[Row] = []
@@ -223,6 +227,37 @@ class _Reader:
             check_columns(table, present, required)
             self._columns[table] = (*required, *(c for c in optional if c in present))
         return self._columns[table]
+
+
+class _Table:
+    """One query's rows, fetched a batch at a time as they are iterated."""
+
+    def __init__(self, connection: Connection, table: str, sql: str) -> None:
+        self._connection = connection
+        self._table = table
+        self._sql = sql
+
+    def __iter__(self) -> Iterator[Row]:
+        cursor = self._connection.cursor()
+        try:
+            names = self._run(lambda: self._execute(cursor))
+            index = 0
+            while records := self._run(lambda: cursor.fetchmany(FETCH)):
+                for record in records:
+                    index += 1
+                    yield Row(self._table, index, dict(zip(names, record, strict=True)))
+        finally:
+            cursor.close()
+
+    def _execute(self, cursor: Cursor) -> list[str]:
+        cursor.execute(self._sql)
+        return [str(item[0]).upper() for item in cursor.description or ()]
+
+    def _run(self, call: Callable[[], T]) -> T:
+        try:
+            return call()
+        except Exception as exc:  # each driver raises its own pyodbc.Error subclasses
+            raise ExportFileError(self._table, f"the query failed: {_one_line(exc)}") from None
 
 
 def _split_rows(reader: _Reader, column: str, numbers: Iterable[int]) -> dict[int, Row]:

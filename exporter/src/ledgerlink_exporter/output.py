@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import itertools
 import json
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -59,7 +60,9 @@ def dry_run_lines(plan: PushPlan, target: str) -> list[str]:
         *history_lines(plan),
         skipped_line(plan),
     ]
-    preview = [p.to_wire() for batch in plan.batches for p in batch.postings][:_PREVIEW_POSTINGS]
+    # Only the first batches are made: the plan's batches are made as they are reached.
+    postings = (p for batch in plan.batches for p in batch.postings)
+    preview = [p.to_wire() for p in itertools.islice(postings, _PREVIEW_POSTINGS)]
     if preview:
         lines.append(f"First {plural(len(preview), 'posting')}:")
         lines.extend(json.dumps(preview, indent=2, ensure_ascii=False).splitlines())

@@ -2,7 +2,10 @@
 
 The one code path from rows to postings: the CSV reader (`csv_source`) and the ODBC reader
 (`odbc_source`) both hand their rows to `build_export`. A cell may be text (CSV) or a typed
-value (ODBC: int, float, Decimal, datetime, date, str, None); `Row` reads either.
+value (ODBC: int, float, Decimal, datetime, date, str, None); `Row` reads either. The rows
+stream by: each is checked and reduced as it is read, and what the postings need from it is
+kept in `ledgerlink_exporter.store`, never the table itself (a big company's tables do not
+fit in a 32-bit Python).
 
 The data model, and where it comes from:
 
@@ -67,11 +70,19 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections import Counter, defaultdict
+import sqlite3
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
+
+from ledgerlink_exporter.model import Allocation as Allocation
+from ledgerlink_exporter.model import ForeignFigures as ForeignFigures
+from ledgerlink_exporter.model import Posting as Posting
+from ledgerlink_exporter.model import money_text as money_text
+from ledgerlink_exporter.store import RESOLVE, Store, pack, pence, stamp_number
+from ledgerlink_exporter.text import clean
 
 CUSTOMER_TYPES = frozenset({"SI", "SC", "SR", "SA", "SD", "SP"})
 SETTLING_TYPES = frozenset({"SC", "SR", "SA", "SD", "SP"})
@@ -120,7 +131,6 @@ _MAX_RATE = Decimal("9999999999")
 _ISO_CODE = re.compile(r"^[A-Z]{3}$")
 # What the service's numeric(14,2) columns hold; a larger figure is a corrupt export.
 MAX_AMOUNT = Decimal("999999999999.99")
-_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 _SLASHED = re.compile(
     r"^(\d{1,2})/(\d{1,2})/(\d{4})"
     r"(?:[ T]+(\d{1,2}):(\d{2})(?::(\d{2})(?:\.\d+)?)?\s*([AaPp][Mm])?)?$"
@@ -153,91 +163,12 @@ class ExportFileError(Exception):
 
 
 @dataclass(frozen=True)
-class Allocation:
-    invoice_tran_number: int
-    amount: Decimal
-    date: dt.date
-    # In the settling posting's currency; None when that posting is in the base currency.
-    foreign_amount: Decimal | None = None
-
-    def to_wire(self) -> dict[str, Any]:
-        wire: dict[str, Any] = {
-            "invoice_tran_number": self.invoice_tran_number,
-            "amount": money_text(self.amount),
-            "date": self.date.isoformat(),
-        }
-        if self.foreign_amount is not None:
-            wire["foreign_amount"] = money_text(self.foreign_amount)
-        return wire
-
-
-@dataclass(frozen=True)
-class ForeignFigures:
-    """A posting's currency and its amounts in it, beside the base amounts."""
-
-    currency: str
-    exchange_rate: Decimal | None
-    net_amount: Decimal | None
-    tax_amount: Decimal | None
-    gross_amount: Decimal
-    outstanding: Decimal | None
-
-    def to_wire(self) -> dict[str, Any]:
-        wire: dict[str, Any] = {"currency": self.currency}
-        if self.exchange_rate is not None:
-            wire["exchange_rate"] = f"{self.exchange_rate.normalize():f}"
-        for name in ("net_amount", "tax_amount", "gross_amount", "outstanding"):
-            value = getattr(self, name)
-            if value is not None:
-                wire[f"foreign_{name}"] = money_text(value)
-        return wire
-
-
-@dataclass(frozen=True)
-class Posting:
-    tran_number: int
-    type: str
-    account_ref: str
-    reference: str
-    date: dt.date
-    details: str
-    nominal_code: str
-    net_amount: Decimal
-    tax_amount: Decimal
-    gross_amount: Decimal
-    outstanding: Decimal | None
-    deleted: bool
-    allocations: tuple[Allocation, ...] = ()
-    # None: the base currency, and nothing about currencies goes on the wire.
-    foreign: ForeignFigures | None = None
-
-    def to_wire(self) -> dict[str, Any]:
-        wire: dict[str, Any] = {
-            "tran_number": self.tran_number,
-            "type": self.type,
-            "account_ref": self.account_ref,
-            "reference": self.reference,
-            "date": self.date.isoformat(),
-            "details": self.details,
-            "nominal_code": self.nominal_code,
-            "net_amount": money_text(self.net_amount),
-            "tax_amount": money_text(self.tax_amount),
-            "gross_amount": money_text(self.gross_amount),
-            "deleted": self.deleted,
-            "allocations": [allocation.to_wire() for allocation in self.allocations],
-        }
-        if self.outstanding is not None:
-            wire["outstanding"] = money_text(self.outstanding)
-        if self.foreign is not None:
-            wire.update(self.foreign.to_wire())
-        return wire
-
-
-@dataclass(frozen=True)
 class SageExport:
     """Everything one read of the three tables says, ready to be sent."""
 
-    postings: tuple[Posting, ...]
+    # In TRAN_NUMBER order; as read, made a chunk at a time from where the read is kept
+    # (ledgerlink_exporter.store), so iterate it rather than hold it.
+    postings: Sequence[Posting]
     # Latest RECORD_MODIFY_DATE among the rows that shape each posting (its header, its
     # lines, and usage rows on either side); None when the rows have no such column.
     revisions: Mapping[int, dt.datetime | None]
@@ -245,11 +176,6 @@ class SageExport:
     unlinked_allocations: int
     # Postings read only from the AUDIT_HISTORY_* tables (a cleared year).
     from_history: int = 0
-
-
-def money_text(value: Decimal) -> str:
-    rounded = value.quantize(_CENT, rounding=ROUND_HALF_UP)
-    return f"{abs(rounded) if rounded.is_zero() else rounded:f}"
 
 
 # --- one row and its typed cells ----------------------------------------------------------
@@ -271,9 +197,8 @@ class Row:
         return "" if value is None else str(value).strip()
 
     def text(self, column: str, *, max_length: int, required: bool = False) -> str:
-        # The service refuses control characters; in a 60-character Sage field they can only be
-        # a stray line break or tab, so they become spaces instead of blocking the push.
-        value = _CONTROL_CHARACTERS.sub(" ", self.raw(column)).strip()
+        # What the service refuses becomes a space (ledgerlink_exporter.text says why).
+        value = clean(self.raw(column))
         if required and not value:
             raise self.error(column, "empty, a value is required")
         if len(value) > max_length:
@@ -415,87 +340,279 @@ def check_columns(source: str, columns: Iterable[str], required: Sequence[str]) 
             raise ExportFileError(source, "missing column", row=1, column=column)
 
 
-# --- the three tables ---------------------------------------------------------------------
+# --- the three tables, read as they stream by ----------------------------------------------
+
+_ADD_HEADER = """
+INSERT INTO headers (header_number, tran_number, type, line, history, modified, currency,
+                     settle_date, posting)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+_LIVE_HEADER = "SELECT 1 FROM headers WHERE header_number = ? OR tran_number = ?"
+_ADD_HISTORY_NUMBER = (
+    "INSERT INTO history_numbers (header_number, tran_number, line) VALUES (?, ?, ?)"
+)
+_ADD_SPLIT = """
+INSERT OR REPLACE INTO splits (split_number, header_number, nominal, deleted, modified, live)
+VALUES (?, ?, ?, ?, ?, 1)
+"""
+_ADD_HISTORY_SPLIT = """
+INSERT OR REPLACE INTO history_splits (split_number, header_number, nominal, deleted, modified)
+VALUES (?, ?, ?, ?, ?)
+"""
+_USAGE_VALUES = """
+(split_number, crossref, amount, foreign_amount, date, deleted, modified, history, line)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+_ADD_PAIR = "INSERT INTO pairs (invoice_split, settling_split) VALUES (?, ?)"
+_ADD_TOUCH = "INSERT INTO touches (header_number, modified) VALUES (?, ?)"
+_ADD_ALLOCATION = """
+INSERT INTO allocs (seq, settling_header, invoice_split, settling_split, invoice_first,
+                    invoice_tran, amount, foreign_amount, date, history, line)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
 
 
 @dataclass(frozen=True)
-class _Header:
-    row: Row
-    header_number: int
-    tran_number: int
-    type: str
-    modified: dt.datetime | None
+class Tables:
+    """Rows of the three audit-trail tables (live, or their AUDIT_HISTORY_* copies)."""
+
+    header: Iterable[Row]
+    split: Iterable[Row]
+    usage: Iterable[Row]
 
 
-@dataclass(frozen=True)
-class _Split:
-    split_number: int
-    header_number: int
-    nominal_code: str
-    deleted: bool
-    modified: dt.datetime | None
+class _Reading:
+    """One read of the tables on its way into the store: each row checked and reduced as it
+    streams by, so no table is ever held whole (ledgerlink_exporter.store says how)."""
 
+    def __init__(
+        self, only_headers: frozenset[int] | None, currencies: Mapping[int, Currency] | None
+    ) -> None:
+        self.store = Store()
+        self.only_headers = only_headers
+        self.currencies = currencies
+        self.skipped: Counter[str] = Counter()
+        self.from_history = 0
+        # A settling header's DATE is the date of an allocation without one; when that DATE
+        # cannot be read, the error waits here until such an allocation needs it.
+        self.date_errors: dict[int, ExportFileError] = {}
+        self.usage_sources = ["", ""]
 
-@dataclass(frozen=True)
-class _Usage:
-    row: Row
-    split_number: int
-    crossref: int
-    amount: Decimal
-    foreign_amount: Decimal | None
-    date: dt.date | None
-    deleted: bool
-    modified: dt.datetime | None
+    def headers(self, rows: Iterable[Row], *, history: bool) -> None:
+        store = self.store
+        for row in rows:
+            number = row.integer("HEADER_NUMBER")
+            tran_number = row.integer("TRAN_NUMBER")
+            kind = row.raw("TYPE").upper()
+            if kind not in CUSTOMER_TYPES | OTHER_TYPES:
+                raise row.error("TYPE", f"unknown transaction type '{kind}'")
+            modified = row.stamp(MODIFIED_COLUMN)
+            if history:
+                self._claim(row, "history_numbers", _ADD_HISTORY_NUMBER, number, tran_number)
+                # A transaction in the live tables too (an export taken while Sage was
+                # clearing): the live one wins, header, lines and allocations.
+                if store.one(_LIVE_HEADER, number, tran_number):
+                    continue
+            chosen = self.only_headers is None or number in self.only_headers
+            currency = settle_date = posting = None
+            if kind in CUSTOMER_TYPES:
+                currency = _currency_code(row, self.currencies)
+                if kind in SETTLING_TYPES:
+                    settle_date = self._settle_date(row, number)
+                if chosen:
+                    posting = pack(_posting(row, kind, tran_number, currency))
+                    self.from_history += history
+            elif chosen:
+                self.skipped[kind] += 1
+            values = (
+                *(number, tran_number, kind, row.line, history, stamp_number(modified)),
+                *(currency, settle_date, posting),
+            )
+            self._claim(row, "headers", _ADD_HEADER, number, tran_number, values)
 
-
-def _read_headers(rows: Iterable[Row]) -> dict[int, _Header]:
-    headers: dict[int, _Header] = {}
-    tran_numbers: dict[int, int] = {}
-    for row in rows:
-        number = row.integer("HEADER_NUMBER")
-        if number in headers:
-            first = headers[number].row.line
-            raise row.error("HEADER_NUMBER", f"header {number} already on row {first}")
-        tran_number = row.integer("TRAN_NUMBER")
-        if tran_number in tran_numbers:
-            first = headers[tran_numbers[tran_number]].row.line
-            raise row.error("TRAN_NUMBER", f"transaction {tran_number} already on row {first}")
-        kind = row.raw("TYPE").upper()
-        if kind not in CUSTOMER_TYPES | OTHER_TYPES:
-            raise row.error("TYPE", f"unknown transaction type '{kind}'")
-        headers[number] = _Header(row, number, tran_number, kind, row.stamp(MODIFIED_COLUMN))
-        tran_numbers[tran_number] = number
-    return headers
-
-
-def _read_splits(rows: Iterable[Row]) -> dict[int, _Split]:
-    splits: dict[int, _Split] = {}
-    for row in rows:
-        split = _Split(
-            split_number=row.integer("TRAN_NUMBER"),
-            header_number=row.integer("HEADER_NUMBER"),
-            nominal_code=row.text("NOMINAL_CODE", max_length=8),
-            deleted=row.deleted(),
-            modified=row.stamp(MODIFIED_COLUMN),
+    def _claim(
+        self,
+        row: Row,
+        table: str,
+        statement: str,
+        number: int,
+        tran_number: int,
+        values: tuple[Any, ...] | None = None,
+    ) -> None:
+        """Adds a header to `table`, refusing a header or transaction number that table
+        already holds from an earlier row."""
+        try:
+            self.store.db.execute(statement, values or (number, tran_number, row.line))
+        except sqlite3.IntegrityError:
+            pass
+        else:
+            return
+        first = self.store.one(f"SELECT line FROM {table} WHERE header_number = ?", number)
+        if first is not None:
+            raise row.error("HEADER_NUMBER", f"header {number} already on row {first[0]}")
+        first = self.store.one(f"SELECT line FROM {table} WHERE tran_number = ?", tran_number)
+        raise row.error(
+            "TRAN_NUMBER", f"transaction {tran_number} already on row {first[0] if first else '?'}"
         )
-        splits[split.split_number] = split
-    return splits
 
+    def _settle_date(self, row: Row, number: int) -> int | None:
+        try:
+            return row.date("DATE").toordinal()
+        except ExportFileError as exc:
+            self.date_errors[number] = exc
+            return None
 
-def _read_usages(rows: Iterable[Row]) -> list[_Usage]:
-    return [
-        _Usage(
-            row=row,
-            split_number=row.integer("SPLIT_NUMBER"),
-            crossref=row.integer("SPLIT_CROSSREF"),
-            amount=abs(row.money("AMOUNT")),
-            foreign_amount=_unsigned(row.optional_money("FOREIGN_AMOUNT")),
-            date=row.lenient_date("DATE"),
-            deleted=row.deleted(),
-            modified=row.stamp(MODIFIED_COLUMN),
+    def splits(self, rows: Iterable[Row], *, history: bool) -> None:
+        statement = _ADD_HISTORY_SPLIT if history else _ADD_SPLIT
+        for row in rows:
+            self.store.add(
+                statement,
+                (
+                    row.integer("TRAN_NUMBER"),
+                    row.integer("HEADER_NUMBER"),
+                    row.text("NOMINAL_CODE", max_length=8),
+                    row.deleted(),
+                    stamp_number(row.stamp(MODIFIED_COLUMN)),
+                ),
+            )
+
+    def usages(self, rows: Iterable[Row], *, history: bool) -> None:
+        statement = ("INSERT INTO history_usages " if history else "INSERT INTO usages ") + (
+            _USAGE_VALUES
         )
-        for row in rows
-    ]
+        for row in rows:
+            self.usage_sources[history] = row.source
+            foreign = _unsigned(row.optional_money("FOREIGN_AMOUNT"))
+            on = row.lenient_date("DATE")
+            self.store.add(
+                statement,
+                (
+                    row.integer("SPLIT_NUMBER"),
+                    row.integer("SPLIT_CROSSREF"),
+                    pence(abs(row.money("AMOUNT"))),
+                    None if foreign is None else pence(foreign),
+                    None if on is None else on.toordinal(),
+                    row.deleted(),
+                    stamp_number(row.stamp(MODIFIED_COLUMN)),
+                    history,
+                    row.line,
+                ),
+            )
+
+    def allocations(self) -> int:
+        """Resolves every usage row to the headers at its ends and keeps the allocations
+        that count; returns how many customer rows joined no invoice."""
+        store = self.store
+        unlinked = 0
+        for (
+            split_number,
+            crossref,
+            amount,
+            foreign,
+            on,
+            deleted,
+            modified,
+            history,
+            line,
+            first,
+            first_type,
+            first_tran,
+            first_posting,
+            second,
+            second_type,
+            second_tran,
+            second_posting,
+            seq,
+        ) in store.rows(RESOLVE):
+            if modified is not None:
+                for number, posting in ((first, first_posting), (second, second_posting)):
+                    if posting:
+                        store.add(_ADD_TOUCH, (number, modified))
+            # Whether a side is, or may be, a customer transaction: only those are worth
+            # reporting when they cannot be attached to an invoice.
+            customer = not (first_type in OTHER_TYPES and second_type in OTHER_TYPES)
+            link = None
+            if first is not None and second is not None:
+                if first_type == "SI" and second_type in SETTLING_TYPES:
+                    link = (split_number, crossref, first_tran, second, True)
+                    store.add(_ADD_PAIR, (split_number, crossref))
+                elif second_type == "SI" and first_type in SETTLING_TYPES:
+                    link = (crossref, split_number, second_tran, first, False)
+            if deleted or amount == 0:
+                continue
+            if link is None:
+                unlinked += customer
+                continue
+            invoice_split, settling_split, invoice_tran, settling, invoice_first = link
+            store.add(
+                _ADD_ALLOCATION,
+                (
+                    seq,
+                    settling,
+                    invoice_split,
+                    settling_split,
+                    invoice_first,
+                    invoice_tran,
+                    amount,
+                    foreign,
+                    on,
+                    history,
+                    line,
+                ),
+            )
+        # Sage may store an allocation from both sides: when the pair has a row with the
+        # invoice in SPLIT_NUMBER, the mirror row counts for nothing.
+        store.drop_mirrors()
+        unsendable = store.unsendable()
+        if unsendable is not None:
+            settling, no_date, currency, history, line = unsendable
+            if no_date:
+                raise self.date_errors[settling]
+            raise ExportFileError(
+                self.usage_sources[history],
+                f"empty or missing, needed for an allocation in {currency}",
+                row=line,
+                column="FOREIGN_AMOUNT",
+            )
+        return unlinked
+
+
+def build_export(
+    header_rows: Iterable[Row],
+    split_rows: Iterable[Row],
+    usage_rows: Iterable[Row],
+    *,
+    only_headers: frozenset[int] | None = None,
+    history: Tables | None = None,
+    currency_rows: Iterable[Row] | None = None,
+) -> SageExport:
+    """Postings for every customer header (or only those in `only_headers`: a partial read
+    passes the headers whose lines and usage rows it read completely; the other headers it
+    holds only resolve the far side of an allocation). `history` adds the cleared
+    transactions; `currency_rows` is the CURRENCY table, when there is one.
+
+    Each table is read once, as a stream, in this order: CURRENCY, the live tables, then the
+    cleared years' (whose transactions count only where the live tables do not have them).
+    Nothing fails once this returns: every row was checked on the way in."""
+    currencies = read_currencies(currency_rows) if currency_rows is not None else None
+    reading = _Reading(only_headers, currencies)
+    reading.headers(header_rows, history=False)
+    reading.splits(split_rows, history=False)
+    reading.usages(usage_rows, history=False)
+    if history is not None:
+        reading.headers(history.header, history=True)
+        reading.splits(history.split, history=True)
+        reading.usages(history.usage, history=True)
+        reading.store.add_history()
+    unlinked = reading.allocations()
+    postings, revisions = reading.store.finish()
+    return SageExport(
+        postings=postings,
+        revisions=revisions,
+        skipped_types=dict(sorted(reading.skipped.items())),
+        unlinked_allocations=unlinked,
+        from_history=reading.from_history,
+    )
 
 
 @dataclass(frozen=True)
@@ -539,223 +656,23 @@ def _unsigned(amount: Decimal | None) -> Decimal | None:
     return None if amount is None else abs(amount)
 
 
-# --- allocations --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Link:
-    """A usage row seen from the invoice: which invoice split it settles, and with what."""
-
-    invoice_split: int
-    settling_split: int
-    invoice: _Header
-    settling: _Header
-    invoice_first: bool
-
-
-@dataclass(frozen=True)
-class _Resolved:
-    usage: _Usage
-    link: _Link | None
-    # Whether a side is, or may be, a customer transaction: only those are worth reporting
-    # when they cannot be attached to an invoice; supplier-only allocations are not ours.
-    customer: bool
-    # The headers each side resolved to, for the revisions of both.
-    headers: tuple[int, ...]
-
-
-def _resolve(
-    usage: _Usage, splits: Mapping[int, _Split], headers: Mapping[int, _Header]
-) -> _Resolved:
-    def header(split_number: int) -> _Header | None:
-        split = splits.get(split_number)
-        return headers.get(split.header_number) if split is not None else None
-
-    first, second = header(usage.split_number), header(usage.crossref)
-    first_type = first.type if first is not None else None
-    second_type = second.type if second is not None else None
-    customer = not all(kind in OTHER_TYPES for kind in (first_type, second_type))
-    link = None
-    if first is not None and second is not None:
-        if first_type == "SI" and second_type in SETTLING_TYPES:
-            link = _Link(usage.split_number, usage.crossref, first, second, invoice_first=True)
-        elif second_type == "SI" and first_type in SETTLING_TYPES:
-            link = _Link(usage.crossref, usage.split_number, second, first, invoice_first=False)
-    touched = tuple(h.header_number for h in (first, second) if h is not None)
-    return _Resolved(usage, link, customer, touched)
-
-
-def _allocations(
-    resolved: Sequence[_Resolved], currencies: Mapping[int, str | None]
-) -> tuple[dict[int, tuple[Allocation, ...]], int]:
-    """Allocations by settling header number, and how many rows joined no invoice.
-    `currencies` is each customer header's currency code (None: the base currency)."""
-    invoice_first = {
-        (r.link.invoice_split, r.link.settling_split)
-        for r in resolved
-        if r.link is not None and r.link.invoice_first
-    }
-    found: defaultdict[int, list[Allocation]] = defaultdict(list)
-    unlinked = 0
-    for usage, link, customer in ((r.usage, r.link, r.customer) for r in resolved):
-        if usage.deleted or usage.amount.is_zero():
-            continue
-        if link is None:
-            unlinked += customer
-            continue
-        if not link.invoice_first and (link.invoice_split, link.settling_split) in invoice_first:
-            continue
-        on = usage.date or link.settling.row.date("DATE")
-        foreign = _foreign_amount(usage, currencies.get(link.settling.header_number))
-        found[link.settling.header_number].append(
-            Allocation(link.invoice.tran_number, usage.amount, on, foreign)
-        )
-    ordered = {
-        settling: tuple(sorted(items, key=lambda a: (a.invoice_tran_number, a.date, a.amount)))
-        for settling, items in found.items()
-    }
-    return ordered, unlinked
-
-
-def _foreign_amount(usage: _Usage, currency: str | None) -> Decimal | None:
-    if currency is None:
-        return None
-    if usage.foreign_amount is None:
-        raise usage.row.error(
-            "FOREIGN_AMOUNT", f"empty or missing, needed for an allocation in {currency}"
-        )
-    return usage.foreign_amount
-
-
-# --- postings -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Tables:
-    """Rows of the three audit-trail tables (live, or their AUDIT_HISTORY_* copies)."""
-
-    header: Iterable[Row]
-    split: Iterable[Row]
-    usage: Iterable[Row]
-
-
-def build_export(
-    header_rows: Iterable[Row],
-    split_rows: Iterable[Row],
-    usage_rows: Iterable[Row],
-    *,
-    only_headers: frozenset[int] | None = None,
-    history: Tables | None = None,
-    currency_rows: Iterable[Row] | None = None,
-) -> SageExport:
-    """Postings for every customer header (or only those in `only_headers`: a partial read
-    passes the headers whose lines and usage rows it read completely; the other headers it
-    holds only resolve the far side of an allocation). `history` adds the cleared
-    transactions; `currency_rows` is the CURRENCY table, when there is one."""
-    headers = _read_headers(header_rows)
-    splits = _read_splits(split_rows)
-    usages = _read_usages(usage_rows)
-    cleared: frozenset[int] = frozenset()
-    if history is not None:
-        cleared = _add_history(history, headers, splits, usages)
-    resolved = [_resolve(usage, splits, headers) for usage in usages]
-    currencies = read_currencies(currency_rows) if currency_rows is not None else None
-    codes = {
-        number: _currency_code(header.row, currencies)
-        for number, header in headers.items()
-        if header.type in CUSTOMER_TYPES
-    }
-    allocations, unlinked = _allocations(resolved, codes)
-    nominals = _first_nominals(splits.values())
-    chosen = [
-        header
-        for number, header in sorted(headers.items(), key=lambda item: item[1].tran_number)
-        if only_headers is None or number in only_headers
-    ]
-    postings = tuple(
-        _posting(header, nominals.get(header.header_number, ""), allocations, codes)
-        for header in chosen
-        if header.type in CUSTOMER_TYPES
-    )
-    skipped = Counter(h.type for h in chosen if h.type not in CUSTOMER_TYPES)
-    return SageExport(
-        postings=postings,
-        revisions=_revisions(chosen, headers, splits.values(), resolved),
-        skipped_types=dict(sorted(skipped.items())),
-        unlinked_allocations=unlinked,
-        from_history=sum(
-            1 for h in chosen if h.type in CUSTOMER_TYPES and h.header_number in cleared
-        ),
-    )
-
-
-def _add_history(
-    history: Tables,
-    headers: dict[int, _Header],
-    splits: dict[int, _Split],
-    usages: list[_Usage],
-) -> frozenset[int]:
-    """Adds the cleared transactions the live tables do not hold; returns their header
-    numbers. A live transaction wins whole: its history header, lines and usage rows are
-    ignored (a header is the same transaction when its HEADER_NUMBER or TRAN_NUMBER is)."""
-    live_trans = {header.tran_number for header in headers.values()}
-    added = {
-        number: header
-        for number, header in _read_headers(history.header).items()
-        if number not in headers and header.tran_number not in live_trans
-    }
-    headers.update(added)
-    old_splits = {
-        number: split
-        for number, split in _read_splits(history.split).items()
-        if number not in splits and split.header_number in added
-    }
-    splits.update(old_splits)
-    usages.extend(
-        usage
-        for usage in _read_usages(history.usage)
-        if usage.split_number in old_splits or usage.crossref in old_splits
-        if not _touches_live(usage, splits, old_splits)
-    )
-    return frozenset(added)
-
-
-def _touches_live(usage: _Usage, splits: Mapping[int, _Split], old: Mapping[int, _Split]) -> bool:
-    return any(
-        number in splits and number not in old for number in (usage.split_number, usage.crossref)
-    )
-
-
-def _first_nominals(splits: Iterable[_Split]) -> dict[int, str]:
-    first: dict[int, _Split] = {}
-    for split in sorted(splits, key=lambda s: (s.deleted, s.split_number)):
-        first.setdefault(split.header_number, split)
-    return {number: split.nominal_code for number, split in first.items()}
-
-
-def _posting(
-    header: _Header,
-    nominal_code: str,
-    allocations: Mapping[int, tuple[Allocation, ...]],
-    currencies: Mapping[int, str | None],
-) -> Posting:
-    row = header.row
-    outstanding = row.optional_money("OUTSTANDING") if header.type == "SI" else None
-    currency = currencies.get(header.header_number)
+def _posting(row: Row, kind: str, tran_number: int, currency: str | None) -> Posting:
+    """The header's posting, without its nominal code and allocations (the lines and usage
+    rows come later; `ledgerlink_exporter.store` adds them)."""
+    outstanding = row.optional_money("OUTSTANDING") if kind == "SI" else None
     return Posting(
-        tran_number=header.tran_number,
-        type=header.type,
+        tran_number=tran_number,
+        type=kind,
         account_ref=row.text("ACCOUNT_REF", max_length=32, required=True),
         reference=row.text("INV_REF", max_length=30),
         date=row.date("DATE"),
         details=row.text("DETAILS", max_length=60),
-        nominal_code=nominal_code,
+        nominal_code="",
         net_amount=abs(row.money("NET_AMOUNT")),
         tax_amount=abs(row.money("TAX_AMOUNT")),
         gross_amount=abs(row.money("GROSS_AMOUNT")),
         outstanding=outstanding,
         deleted=row.deleted(),
-        allocations=allocations.get(header.header_number, ()),
         foreign=_foreign(row, currency, with_outstanding=outstanding is not None)
         if currency is not None
         else None,
@@ -774,26 +691,3 @@ def _foreign(row: Row, currency: str, *, with_outstanding: bool) -> ForeignFigur
         gross_amount=abs(row.required_money("FOREIGN_GROSS_AMOUNT", why)),
         outstanding=row.required_money("FOREIGN_OUTSTANDING", why) if with_outstanding else None,
     )
-
-
-def _revisions(
-    chosen: Sequence[_Header],
-    headers: Mapping[int, _Header],
-    splits: Iterable[_Split],
-    resolved: Sequence[_Resolved],
-) -> dict[int, dt.datetime | None]:
-    latest: dict[int, dt.datetime | None] = {
-        h.header_number: h.modified for h in chosen if h.type in CUSTOMER_TYPES
-    }
-
-    def touch(number: int, stamp: dt.datetime | None) -> None:
-        if number in latest and stamp is not None:
-            current = latest[number]
-            latest[number] = stamp if current is None else max(current, stamp)
-
-    for split in splits:
-        touch(split.header_number, split.modified)
-    for item in resolved:
-        for number in item.headers:
-            touch(number, item.usage.modified)
-    return {headers[number].tran_number: stamp for number, stamp in latest.items()}

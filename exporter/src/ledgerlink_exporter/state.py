@@ -42,7 +42,9 @@ class StateFile:
             raise self._error(f"cannot read the state file ({exc.strerror})") from None
         try:
             return _parse(json.loads(raw))
-        except (ValueError, TypeError, KeyError):
+        except _Unusable as exc:
+            raise self._error(f"{exc}; move it away to start afresh") from None
+        except (ValueError, TypeError, KeyError, RecursionError):
             raise self._error(
                 "not a ledgerlink exporter state file; move it away to start afresh"
             ) from None
@@ -75,14 +77,35 @@ class StateFile:
         return ExportFileError(str(self.path), message)
 
 
+class _Unusable(ValueError):
+    """A state file of ours whose content cannot be used; `str()` says which part."""
+
+
 def _parse(data: Any) -> PushState:
     if not isinstance(data, dict) or data.get("version") != _VERSION:
         raise ValueError("unknown state file version")
-    high_water = data["high_water"]
     acknowledged = data["acknowledged"]
     if not isinstance(acknowledged, dict):
         raise ValueError("acknowledged must be an object")
     return PushState(
-        high_water=dt.datetime.fromisoformat(high_water) if high_water else None,
+        high_water=_high_water(data["high_water"]),
         acknowledged={int(k): str(v) for k, v in acknowledged.items()},
     )
+
+
+def _high_water(value: Any) -> dt.datetime | None:
+    """Sage's RECORD_MODIFY_DATE as the exporter wrote it: local time, without an offset,
+    as Sage keeps it (an offset could not be compared with Sage's dates)."""
+    if value is None or value == "":
+        return None
+    try:
+        stamp = dt.datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        stamp = None
+    if stamp is None:
+        raise _Unusable(f"high_water {json.dumps(value)[:60]} is not a date and time")
+    if stamp.tzinfo is not None:
+        raise _Unusable(
+            f"high_water {value} has a time zone; the exporter writes Sage's local time without one"
+        )
+    return stamp
