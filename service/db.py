@@ -145,17 +145,21 @@ class EmbeddedPostgres:
         if self._server is None:
             return
         server, self._server = self._server, None
+        # Stopped here in either clean-up mode: the wheel would only stop the postmaster it
+        # started, which start() replaced (the restart that sizes it), so with "delete" it
+        # removed the data directory of a server still running.
+        postmaster = self._postmaster()
+        if postmaster is not None:
+            with contextlib.suppress(Exception):
+                self.pg_ctl("-w", "-m", "fast", "stop", user=server.system_user)
+            # A Ctrl-C reaches the server too, which may still be shutting down when its
+            # PID file is gone: wait for the process itself.
+            _wait_gone(postmaster)
         if self._cleanup == "stop":
-            postmaster = self._postmaster()
-            if postmaster is not None:
-                with contextlib.suppress(Exception):
-                    self.pg_ctl("-w", "-m", "fast", "stop", user=server.system_user)
-                # A Ctrl-C reaches the server too, which may still be shutting down when its
-                # PID file is gone: wait for the process itself.
-                _wait_gone(postmaster)
             # Stopped: the wheel's own clean-up would stop it again, find no PID file and
             # print an error block about killing it instead. Only its bookkeeping is left.
             server.cleanup_mode = None
+        # With "delete", what is left of it: the data directory.
         with contextlib.suppress(Exception):
             server.cleanup()
 

@@ -10,10 +10,12 @@ import contextlib
 import signal
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from functools import partial
+from functools import cache, partial
 
 import httpx
-from fastapi import Depends, FastAPI
+from fastapi import APIRouter, Depends, FastAPI
+from fastapi.openapi.utils import get_openapi
+from fastapi.routing import APIRoute
 from fastapi_offline import FastAPIOffline
 
 from service import __version__
@@ -27,18 +29,24 @@ from service.crm.router import router as crm_router
 from service.crm.service import Dispatcher
 from service.db import create_engine, database
 from service.deps import Runtime, install_runtime
-from service.exception_handlers import install_error_handlers, install_openapi_problems
+from service.exception_handlers import (
+    document_problems,
+    install_error_handlers,
+    install_openapi_problems,
+)
 from service.ingest.router import WEBHOOK_PATH
 from service.ingest.router import router as ingest_router
-from service.ingest.service import WebhookIngest
+from service.ingest.service import REJECT_REASONS, WebhookIngest
 from service.invoices.router import router as invoices_router
 from service.logging import configure_logging, get_logger
+from service.metrics import KnownValues, initialise_label_sets
 from service.middleware import BodyBudget, HeadAsGet, RequestContextMiddleware
 from service.ops.exposition import bind_metrics_socket, worker_metrics_app, worker_metrics_server
 from service.ops.readiness import Probed
 from service.ops.router import router as ops_router
 from service.ops.startup import startup_checks
 from service.picklist.router import router as picklist_router
+from service.picklist.service import required_values
 from service.query_parameters import refuse_unknown_query_parameters
 from service.reconcile.router import router as reconcile_router
 from service.settings import Settings, load_settings
@@ -46,6 +54,16 @@ from service.tasks import worker_tasks
 from service.worker import Worker
 
 log = get_logger(__name__)
+
+API_ROUTERS: tuple[APIRouter, ...] = (
+    ops_router,
+    ingest_router,
+    reconcile_router,
+    invoices_router,
+    picklist_router,
+    crm_router,
+    baddebts_router,
+)
 
 
 def build_worker(ctx: WorkerContext, database_url: str) -> tuple[Worker, Dispatcher]:
@@ -90,6 +108,7 @@ async def lifespan(
                 detail="LEDGERLINK_API_KEYS is empty: every protected endpoint answers 401",
             )
         await startup_checks(engine, settings)
+        initialise_label_sets(known_values(settings, api=True))
         if settings.run_worker:
             ctx = WorkerContext(settings=settings, engine=engine, http=http)
             worker, dispatcher = build_worker(ctx, database_url)
@@ -159,22 +178,45 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 def _include_routers(app: FastAPI) -> None:
-    for router in (
-        ops_router,
-        ingest_router,
-        reconcile_router,
-        invoices_router,
-        picklist_router,
-        crm_router,
-        baddebts_router,
-    ):
+    for router in API_ROUTERS:
         app.include_router(router)
     install_console(app)
+
+
+def known_values(settings: Settings, *, api: bool) -> KnownValues:
+    """The label values a process knows before anything happens (service/metrics.py)."""
+    return KnownValues(
+        settings=settings,
+        reject_reasons=REJECT_REASONS,
+        statuses=required_values(settings),
+        http_operations=http_operations() if api else (),
+    )
+
+
+@cache
+def http_operations() -> tuple[tuple[str, str, str], ...]:
+    """(route template, method, status) for every answer the API documents: each operation of
+    its OpenAPI document with each of its responses. The code alone decides them, so they are
+    worked out once per process (the document takes a tenth of a second to build)."""
+    routes = [route for router in API_ROUTERS for route in router.routes]
+    document = document_problems(
+        get_openapi(title="ledgerlink", version=__version__, routes=routes)
+    )
+    # The document writes `{number}` where the route (and so the metric label) has
+    # `{number:path}`.
+    templates = {route.path_format: route.path for route in routes if isinstance(route, APIRoute)}
+    return tuple(
+        (templates[path], method.upper(), status)
+        for path, item in document["paths"].items()
+        for method, operation in item.items()
+        for status in operation["responses"]
+    )
 
 
 async def run_worker(settings: Settings, database_url: str) -> None:
     """`ledgerlink worker`: the worker, and its metrics and liveness on its own port."""
     sock = bind_metrics_socket(settings.host, settings.worker_metrics_port)
+    initialise_label_sets(known_values(settings, api=False))
     engine = create_engine(database_url, pool_size=settings.db_pool_size)
     async with httpx.AsyncClient(timeout=settings.opencrm_timeout_seconds) as http:
         ctx = WorkerContext(settings=settings, engine=engine, http=http)

@@ -4,19 +4,65 @@ Conventions: every name starts with `ledgerlink_`, counters end in `_total`, dur
 seconds and say so, and label values come from short fixed sets (route templates, outcomes,
 picklist labels), never from client input. docs/OPERATIONS.md lists them all; a test keeps that
 list equal to what the API and the worker export.
+
+A labelled series is born at its first event, and `increase()` and `rate()` need a sample from
+before it: the first twelve bad signatures after a start would read as 0 and never alert. So
+each process creates, at 0, every label set it can know in advance when it starts
+(`initialise_label_sets`, called by service/main.py for the API and the worker). Beside each
+labelled metric, `KNOWN_LABELS` says which: fixed values written there (tests/ops checks them
+against every `.labels(...)` call in service/), or values only the features and the settings
+know, handed over in `KnownValues`.
 """
 
 from __future__ import annotations
 
 import platform
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 
 from prometheus_client import Counter, Gauge, Histogram, Info, disable_created_metrics
+from prometheus_client.metrics import MetricWrapperBase
 
 from service import __version__
+from service.settings import CrmMode, Settings
 
 # A `_created` timestamp series beside every counter and histogram doubles what Prometheus
 # stores and nothing here reads it.
 disable_created_metrics()  # type: ignore[no-untyped-call]
+
+LabelSet = tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class KnownValues:
+    """The label values that only the features and the settings know, gathered by
+    service/main.py at start-up."""
+
+    settings: Settings
+    # Why a webhook delivery can be refused (service/ingest/service.py REJECT_REASONS).
+    reject_reasons: Sequence[str] = ()
+    # Every status a change can set: the picklist values the settings require.
+    statuses: Sequence[str] = ()
+    # (route template, method, status) of each documented answer of the API; none in the worker.
+    http_operations: Sequence[tuple[str, str, str]] = ()
+
+
+KnownLabels = Callable[[KnownValues], Iterable[LabelSet]]
+# Labelled metric -> the label sets it has from start-up, in label order.
+KNOWN_LABELS: dict[MetricWrapperBase, KnownLabels] = {}
+
+
+def fixed(*label_sets: LabelSet) -> KnownLabels:
+    """Label sets written out here, the same in every process."""
+    return lambda _known: label_sets
+
+
+def initialise_label_sets(known: KnownValues) -> None:
+    """Create every known label set at 0 (a series that exists is left as it is)."""
+    for metric, label_sets in KNOWN_LABELS.items():
+        for labels in label_sets(known):
+            metric.labels(*labels)
+
 
 BUILD = Info("ledgerlink_build", "The ledgerlink version and Python this process runs")
 BUILD.info({"version": __version__, "python": platform.python_version()})
@@ -26,22 +72,32 @@ HTTP_REQUESTS = Counter(
     "HTTP requests by route template, method and status",
     ["route", "method", "status"],
 )
+KNOWN_LABELS[HTTP_REQUESTS] = lambda known: known.http_operations
 HTTP_LATENCY = Histogram(
     "ledgerlink_http_request_duration_seconds",
     "HTTP request latency by route template",
     ["route", "method"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+KNOWN_LABELS[HTTP_LATENCY] = lambda known: dict.fromkeys(
+    (route, method) for route, method, _ in known.http_operations
+)
 
 # Ingest
 POSTINGS = Counter(
     "ledgerlink_postings_total", "Postings by outcome (received, applied, unchanged)", ["outcome"]
 )
+KNOWN_LABELS[POSTINGS] = fixed(("received",), ("applied",), ("unchanged",))
 WEBHOOK_DELIVERIES = Counter(
     "ledgerlink_webhook_deliveries_total",
     "Webhook deliveries by outcome (accepted, replayed, rejected) and reason",
     ["outcome", "reason"],
 )
+KNOWN_LABELS[WEBHOOK_DELIVERIES] = lambda known: [
+    ("accepted", ""),
+    ("replayed", ""),
+    *(("rejected", reason) for reason in known.reject_reasons),
+]
 BATCH_SIZE = Histogram(
     "ledgerlink_webhook_batch_postings",
     "Postings per webhook batch",
@@ -57,6 +113,9 @@ INGEST_LATENCY = Histogram(
 RECONCILE_RUNS = Counter(
     "ledgerlink_reconcile_runs_total", "Reconcile runs by trigger and status", ["trigger", "status"]
 )
+KNOWN_LABELS[RECONCILE_RUNS] = fixed(
+    ("worker", "succeeded"), ("api", "succeeded"), ("api", "failed")
+)
 RECONCILE_DURATION = Histogram(
     "ledgerlink_reconcile_run_duration_seconds",
     "Duration of one reconcile pass",
@@ -67,10 +126,16 @@ STATUS_CHANGES = Counter(
     "Invoice status changes by source and new status",
     ["source", "status"],
 )
+KNOWN_LABELS[STATUS_CHANGES] = lambda known: [
+    (source, status) for source in ("sync", "manual", "bulk") for status in known.statuses
+]
 BULK_JOBS = Counter(
     "ledgerlink_bulk_jobs_total",
     "Global Update jobs by where they ran (inline, queued, worker) and outcome",
     ["mode", "status"],
+)
+KNOWN_LABELS[BULK_JOBS] = fixed(
+    ("inline", "succeeded"), ("queued", "queued"), ("worker", "succeeded"), ("worker", "failed")
 )
 CONFLICTS = Counter("ledgerlink_conflicts_total", "Protected invoices found disagreeing with Sage")
 POSTING_TO_STATUS = Histogram(
@@ -89,17 +154,31 @@ OUTBOX_AGE = Gauge(
 CRM_DELIVERIES = Counter(
     "ledgerlink_crm_deliveries_total", "Outbox deliveries by outcome", ["outcome"]
 )
+# The outcomes service/crm/service.py counts (tests/ops checks the two agree).
+KNOWN_LABELS[CRM_DELIVERIES] = fixed(
+    *((outcome,) for outcome in ("delivered", "unchanged", "superseded", "skipped_protected")),
+    *((outcome,) for outcome in ("retry", "dead", "auth_failed", "misconfigured", "empty")),
+)
 CRM_READBACK = Counter(
     "ledgerlink_crm_readback_total",
     "CRM read-back: invoice records read, protected statuses adopted, failed page reads, "
     "records skipped, amounts unreadable",
     ["outcome"],
 )
+# Only OpenCRM is read back, and called.
+KNOWN_LABELS[CRM_READBACK] = lambda known: (
+    [("read",), ("adopted",), ("failed",)] if known.settings.crm_mode is CrmMode.opencrm else []
+)
 CRM_LATENCY = Histogram(
     "ledgerlink_crm_request_duration_seconds",
     "OpenCRM API call latency by method",
     ["method"],
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+KNOWN_LABELS[CRM_LATENCY] = lambda known: (
+    [("get_invoice",), ("edit_invoice",), (known.settings.opencrm_list_method,)]
+    if known.settings.crm_mode is CrmMode.opencrm
+    else []
 )
 DEAD_LETTERS = Gauge("ledgerlink_outbox_dead", "Outbox messages in the dead-letter state")
 CRM_HALTED = Gauge(
@@ -113,6 +192,7 @@ DB_POOL = Gauge(
     "This process's database connections by state (in_use, idle)",
     ["state"],
 )
+KNOWN_LABELS[DB_POOL] = fixed(("in_use",), ("idle",))
 DB_POOL_MAX = Gauge(
     "ledgerlink_db_pool_max_connections",
     "Connections this process may open (LEDGERLINK_DB_POOL_SIZE plus as many overflow)",

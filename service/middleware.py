@@ -9,6 +9,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable
+from typing import Literal
 
 import structlog
 from starlette.responses import JSONResponse
@@ -38,6 +39,9 @@ _QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 # HTTP method) must not be able to add series, each of which costs memory and scrape time.
 _METHOD_LABELS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 OTHER_METHOD = "OTHER"
+# The `reason` of a request body refused here (in the problem body, and the webhook's metric
+# label when it is the webhook's body).
+BodyRefusal = Literal["too_large", "busy", "timeout"]
 
 
 # The status recorded for a request whose client went away before it was answered (nginx's
@@ -168,9 +172,7 @@ class RequestContextMiddleware:
                     receive(), max(body_deadline - time.monotonic(), 0.0)
                 )
             except TimeoutError:
-                refused = RequestTimeout(
-                    f"the request body did not arrive within {self.receive_timeout:g} s"
-                )
+                refused = _timed_out(self.receive_timeout)
                 raise refused from None
             if message["type"] != "http.request" or not message.get("more_body", False):
                 body_done = True
@@ -268,21 +270,28 @@ def _refusal(error: ServiceError) -> JSONResponse:
     )
 
 
-def _busy() -> ServiceUnavailable:
+def _refused_body(error: ServiceError, reason: BodyRefusal) -> ServiceError:
+    error.extra["reason"] = reason
+    return error
+
+
+def _busy() -> ServiceError:
     refused = ServiceUnavailable(
         "the service is receiving as many request bodies as it holds at once "
         "(LEDGERLINK_MAX_INFLIGHT_BODY_BYTES); nothing of this one was stored, retry shortly",
         retry_after=2,
     )
-    refused.extra["reason"] = "busy"
-    return refused
+    return _refused_body(refused, "busy")
 
 
-def _too_large(limit: int) -> PayloadTooLarge:
-    return PayloadTooLarge(
-        f"the body is larger than {limit} bytes (LEDGERLINK_MAX_BODY_BYTES)",
-        extra={"reason": "too_large"},
-    )
+def _too_large(limit: int) -> ServiceError:
+    refused = PayloadTooLarge(f"the body is larger than {limit} bytes (LEDGERLINK_MAX_BODY_BYTES)")
+    return _refused_body(refused, "too_large")
+
+
+def _timed_out(seconds: float) -> ServiceError:
+    refused = RequestTimeout(f"the request body did not arrive within {seconds:g} s")
+    return _refused_body(refused, "timeout")
 
 
 def _incoming_request_id(scope: Scope) -> str | None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from pathlib import Path
 
 import asyncpg
@@ -67,3 +69,55 @@ async def test_embedded_server_runs_sized_and_reports_its_postmaster(tmp_path: P
         assert postmaster == embedded.postmaster_pid()
     finally:
         await asyncio.to_thread(embedded.stop)
+
+
+# Run as its own process, which adopts the orphaned postmasters (a child subreaper) and reaps
+# the one start() replaced (the restart that sizes it) as soon as it exits, as init does on an
+# ordinary machine. Prints the running postmaster's PID, then whether it still ran when a
+# directory of the throwaway server was deleted.
+_DELETED_UNDER_A_RUNNING_SERVER = """
+import ctypes, os, shutil, psutil
+from service.db import throwaway_postgres
+
+PR_SET_CHILD_SUBREAPER = 36
+assert ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+
+def running(pid):
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+still_running = []
+remove = shutil.rmtree
+
+def rmtree(path, *args, **kwargs):
+    still_running.append(running(pid))
+    remove(path, *args, **kwargs)
+
+shutil.rmtree = rmtree
+with throwaway_postgres("ledgerlink-test-") as server:
+    pid = server.postmaster_pid()
+    for child in psutil.Process().children():
+        if child.pid != pid:
+            os.waitpid(child.pid, 0)
+print(pid, any(still_running))
+if running(pid):
+    psutil.Process(pid).kill()
+"""
+
+
+def test_a_throwaway_server_is_stopped_before_its_directory_goes() -> None:
+    """A full test run left the session database's server running after pytest exited, its
+    temporary directory deleted: the wheel's clean-up stops only the postmaster it started
+    itself, which start() had replaced."""
+    result = subprocess.run(
+        [sys.executable, "-c", _DELETED_UNDER_A_RUNNING_SERVER],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    pid, running = result.stdout.split()
+    assert running == "False", f"the directory of postgres {pid} was deleted while it ran"

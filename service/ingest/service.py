@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, Literal, get_args
 
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -35,9 +35,10 @@ from service.ingest.schemas import (
     loc_text,
     without_plain_path,
 )
-from service.ingest.signature import SignatureRejected, SignedHeaders, Verifier
+from service.ingest.signature import SignatureReason, SignatureRejected, SignedHeaders, Verifier
 from service.logging import get_logger
 from service.metrics import BATCH_SIZE, INGEST_LATENCY, POSTINGS, WEBHOOK_DELIVERIES
+from service.middleware import BodyRefusal
 from service.settings import Settings
 from service.transaction import run_in_transaction
 
@@ -50,6 +51,20 @@ MAX_ERRORS = 50
 RETRIES = 2
 
 
+# Why a delivery is refused: the `reason` of the problem body and of the metric label
+# (`ledgerlink_webhook_deliveries_total{outcome="rejected"}`), which starts at 0 for each.
+RejectReason = Literal[
+    SignatureReason,  # service/ingest/signature.py
+    BodyRefusal,  # the body, refused by service/middleware.py while the webhook reads it
+    "not_configured",
+    "in_flight",
+    "id_reused",
+    "invalid_json",
+    "invalid_batch",
+]
+REJECT_REASONS: tuple[RejectReason, ...] = get_args(RejectReason)
+
+
 class InvalidBody(ServiceError):
     status_code = 400
     title = "Invalid body"
@@ -57,7 +72,7 @@ class InvalidBody(ServiceError):
 
 def rejected(
     error: type[ServiceError],
-    reason: str,
+    reason: RejectReason,
     detail: str,
     *,
     errors: list[dict[str, Any]] | None = None,
@@ -99,7 +114,8 @@ class WebhookIngest:
                 f"{why}, so no delivery can be authenticated; nothing was stored",
                 retry_after=60,
             )
-            refused.extra["reason"] = "not_configured"
+            reason: RejectReason = "not_configured"
+            refused.extra["reason"] = reason
             raise refused
         try:
             return self.verifier.check_headers(webhook_id, timestamp, signature, now=time.time())

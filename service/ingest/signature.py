@@ -15,17 +15,22 @@ import binascii
 import hashlib
 import hmac
 from dataclasses import dataclass
+from typing import Literal
 
 from pydantic import SecretStr
 
 SECRET_PREFIX = "whsec_"
 MAX_WEBHOOK_ID = 255
 
+SignatureReason = Literal[
+    "missing_headers", "malformed_headers", "stale_timestamp", "future_timestamp", "bad_signature"
+]
+
 
 class SignatureRejected(Exception):
     """Why a delivery is not authentic; `reason` is a metric label, `str()` is for people."""
 
-    def __init__(self, reason: str, detail: str) -> None:
+    def __init__(self, reason: SignatureReason, detail: str) -> None:
         super().__init__(detail)
         self.reason = reason
         self.detail = detail

@@ -538,7 +538,15 @@ def test_secrets_and_config_are_split() -> None:
 def test_compose_services_and_start_order() -> None:
     compose = yaml.safe_load(COMPOSE.read_text())
     services: dict[str, Manifest] = compose["services"]
-    assert set(services) == {"postgres", "migrate", "api", "worker", "prometheus", "grafana"}
+    assert set(services) == {
+        "postgres",
+        "migrate",
+        "api",
+        "worker",
+        "prometheus",
+        "alertmanager",
+        "grafana",
+    }
 
     postgres = services["postgres"]
     assert postgres["image"].startswith("postgres:16")

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import asyncpg
+import psutil
 from sqlalchemy.engine import make_url
 
 from service.db import asyncpg_url, libpq_url, throwaway_postgres
@@ -36,7 +37,20 @@ async def scratch_database() -> AsyncIterator[str]:
             yield url
         return
     with throwaway_postgres("ledgerlink-test-") as server:
+        postmaster = server.postmaster_pid()
         yield server.database_url
+    # A server still running here outlives pytest (a full run once left this one behind).
+    assert postmaster is None or not running(postmaster), (
+        f"the scratch database's postgres {postmaster} still runs"
+    )
+
+
+def running(pid: int) -> bool:
+    """Whether the process runs (one that exited and waits to be reaped does not)."""
+    try:
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False
 
 
 @asynccontextmanager
