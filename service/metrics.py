@@ -167,7 +167,9 @@ CRM_READBACK = Counter(
 )
 # Only OpenCRM is read back, and called.
 KNOWN_LABELS[CRM_READBACK] = lambda known: (
-    [("read",), ("adopted",), ("failed",)] if known.settings.crm_mode is CrmMode.opencrm else []
+    [("read",), ("adopted",), ("failed",), ("skipped",), ("amount_unreadable",)]
+    if known.settings.crm_mode is CrmMode.opencrm
+    else []
 )
 CRM_LATENCY = Histogram(
     "ledgerlink_crm_request_duration_seconds",
