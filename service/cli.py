@@ -164,6 +164,7 @@ def serve(
                 application,
                 host=settings.host,
                 port=settings.port,
+                forwarded_allow_ips=settings.forwarded_allow_ips,
                 log_config=None,
                 timeout_graceful_shutdown=int(settings.request_timeout_seconds),
                 timeout_keep_alive=5,

@@ -167,6 +167,9 @@ class Settings(BaseSettings):
     bulk_sync_limit: int = Field(default=1000, ge=1)
     db_pool_size: int = Field(default=10, ge=1, le=200)
     request_timeout_seconds: float = Field(default=30.0, gt=0)
+    # The proxies whose X-Forwarded-For gives the client's address (comma-separated addresses
+    # or networks, `*` for every peer); unset: uvicorn's FORWARDED_ALLOW_IPS, else 127.0.0.1.
+    forwarded_allow_ips: str | None = None
 
     @field_validator(
         "webhook_secrets",
