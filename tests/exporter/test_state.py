@@ -21,10 +21,10 @@ from ledgerlink_exporter import state as state_module
 from ledgerlink_exporter.client import Acknowledgement
 from ledgerlink_exporter.csv_source import read_export
 from ledgerlink_exporter.push import PushPlan, StateTracker, content_hash, plan_push, run_push
-from ledgerlink_exporter.sage import SageExport
+from ledgerlink_exporter.sage import ExportFileError, SageExport
 from ledgerlink_exporter.state import PushState, StateFile
 
-from bench.exporter import measure, write_company
+from bench.exporter import CONVERT, earlier_save, measure, write_company
 from tests.exporter.sage_files import FILES, saved_state
 from tests.exporter.stand_in import serving
 from tests.exporter.test_push import LAST_MODIFIED, FakeService, changed, push, unstamped
@@ -135,6 +135,75 @@ def test_a_conversion_that_fails_leaves_the_json_file_whole(
     ]
     assert state.read_bytes() == COMPLETE_V1.read_bytes()
     only_the_state_file(state)
+
+
+def as_the_earlier_exporter_read(raw: bytes) -> PushState | None:
+    """What the earlier exporter made of a file (its StateFile.load), None for a refusal."""
+    try:
+        data = json.loads(raw)
+        assert isinstance(data, dict)
+        assert data.get("version") == 1
+        acknowledged = data["acknowledged"]
+        assert isinstance(acknowledged, dict)
+        mark = data["high_water"]
+        return PushState(
+            dt.datetime.fromisoformat(mark) if mark else None,
+            {int(k): str(v) for k, v in acknowledged.items()},
+        )
+    except (AssertionError, ValueError, TypeError, KeyError, RecursionError):
+        return None
+
+
+V1 = '"version": 1'
+NO_MARK = b'{"version":1,"high_water":null,"acknowledged":'
+EARLIER_FILES = {
+    "as written": COMPLETE_V1.read_bytes(),
+    "interrupted": INTERRUPTED_V1.read_bytes(),
+    "pretty, reordered": json.dumps(
+        {"acknowledged": {"7": "ab", "3": "cd"}, "version": 1, "high_water": "2025-03-20T16:45:00"},
+        indent=2,
+    ).encode()
+    + b"\n",
+    "escaped keys and values": b'{"version":1,"high_water":null,"acknowledged":'
+    b'{"\\u0033":"\\u00e9t\\u00e9","1_0":"x"}}',
+    "a key given twice": b'{"version":1,"high_water":null,"acknowledged":{"1":"a","2":"b"},'
+    b'"acknowledged":{"2":"c","2":"d"}}',
+    "values not text": NO_MARK + b'{"5":5,"6":[1,{}],"7":null}}',
+    "empty": b'{"version":1,"high_water":null,"acknowledged":{}}',
+    "UTF-16": json.dumps({"version": 1, "high_water": None, "acknowledged": {"9": "x"}}).encode(
+        "utf-16"
+    ),
+    "truncated": COMPLETE_V1.read_bytes()[:-7],
+    "trailing text": COMPLETE_V1.read_bytes() + b" x",
+    "a key not a number": b'{"version":1,"high_water":null,"acknowledged":{"three":"a"}}',
+    "acknowledged a list": b'{"version":1,"high_water":null,"acknowledged":[["3","a"]]}',
+    "acknowledged replaced by a list": b'{"version":1,"high_water":null,'
+    b'"acknowledged":{"3":"a"},"acknowledged":[]}',
+    "no mark": b'{"version":1,"acknowledged":{"3":"a"}}',
+    "version 2": b'{"version":2,"high_water":null,"acknowledged":{"3":"a"}}',
+    "a number too big": NO_MARK + b'{"99999999999999999999":"a"}}',
+    "a list": b"[" + V1.encode() + b"]",
+    "nested deep": b'{"version":1,"high_water":' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+    "not closed": b'{"version":1,"high_water":null,"acknowledged":{"3":"a"',
+}
+
+
+@pytest.mark.parametrize("name", EARLIER_FILES)
+def test_an_earlier_file_is_read_as_the_earlier_exporter_read_it(tmp_path: Path, name: str) -> None:
+    raw = EARLIER_FILES[name]
+    state = tmp_path / "push-state.json"
+    state.write_bytes(raw)
+    expected = as_the_earlier_exporter_read(raw)
+    if name == "a number too big":
+        # The earlier exporter held any integer; SQLite holds 64 bits, as Sage's numbers do.
+        assert expected is not None
+        expected = None
+    if expected is None:
+        with pytest.raises(ExportFileError, match="not a ledgerlink exporter state file"):
+            saved_state(state)
+    else:
+        assert saved_state(state) == expected
+    assert state.read_bytes() == raw, "a dry run's reading leaves the file as it is"
 
 
 # --- the same plan as from the map in memory ----------------------------------------------
@@ -299,6 +368,36 @@ def test_a_process_killed_during_batch_4_leaves_batches_1_to_3_recorded(
     assert not journal.exists(), "rolled back when next opened"
 
 
+def test_a_journal_left_beside_a_state_file_moved_away_is_not_played_into_the_next(
+    company: SageExport, service: FakeService, tmp_path: Path
+) -> None:
+    """A push killed while recording; the state file is moved away and an earlier one put
+    back (the earlier exporter's, from a backup): the journal left beside the killed file
+    belongs to it, and played into the file made from the backup it damaged that file."""
+    files = write_company(tmp_path / "company", 3_000)
+    state = tmp_path / "state" / "push-state.db"
+    state.parent.mkdir()
+    subprocess.run(
+        [sys.executable, "-c", CRASH, *map(str, files), str(state), "3", "recording"],
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    journal = state.with_name(state.name + "-journal")
+    assert journal.stat().st_size > 0
+    state.rename(tmp_path / "moved-away.db")
+    backup = {p.tran_number: content_hash(p) for p in company.postings}
+    earlier_save(state, None, backup)
+
+    result = push(service.url, "--state", str(state), "--batch-size", "200", files=files)
+    assert result.exit_code == 0, result.output
+    assert service.applied == [], "the backup holds every posting as it is"
+    assert saved_state(state).acknowledged == backup
+    with sqlite3.connect(state) as db:
+        assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    only_the_state_file(state)
+
+
 # --- memory -------------------------------------------------------------------------------
 
 
@@ -319,6 +418,18 @@ def test_a_dry_run_with_a_full_state_holds_none_of_it_in_memory(tmp_path: Path) 
     assert "would send 0 postings in 0 batches" in dry_run.output
     assert "45000 postings unchanged since the last push" in dry_run.output
     assert dry_run.peak_mb < 100
+
+
+def test_converting_an_earlier_file_of_500000_entries_holds_none_of_them_at_once(
+    tmp_path: Path,
+) -> None:
+    """Loaded whole by json, as the earlier exporter loaded it, such a file takes 160 MB."""
+    state = tmp_path / "push-state.json"
+    earlier_save(state, "2025-03-20T16:45:00", {n: f"{n:032x}" for n in range(1, 500_001)})
+    converting = measure(["-c", CONVERT, str(state)])
+    assert converting.last_line() == "500000"
+    assert state.read_bytes().startswith(SQLITE_MAGIC)
+    assert converting.peak_mb < 100
 
 
 # --- unusable files -----------------------------------------------------------------------

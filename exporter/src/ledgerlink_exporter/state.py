@@ -26,9 +26,10 @@ import contextlib
 import datetime as dt
 import json
 import os
+import re
 import sqlite3
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -54,6 +55,9 @@ INSERT INTO mark (one, high_water) VALUES (1, NULL);
 """
 _RECORD = "INSERT OR REPLACE INTO acknowledged (tran_number, hash) VALUES (?, ?)"
 _SET_MARK = "UPDATE mark SET high_water = ?"
+
+# Writes a state's entries into a new database and returns its high-water mark.
+Content = Callable[[sqlite3.Connection], dt.datetime | None]
 
 # SQLite's answers that mean the file itself is not sound, rather than out of reach.
 _DAMAGED = {"SQLITE_CORRUPT", "SQLITE_NOTADB"}
@@ -89,13 +93,13 @@ class StateFile:
         if kind is None:
             return OpenState(self, None, None, dry_run=dry_run)
         if kind == "json":
-            high_water, entries = self._read_json()
+            content = self._earlier_content()
             if dry_run:
-                db = self._private(high_water, entries)
+                db = self._private(content)
             else:
-                self._replace_with(high_water, entries)
+                self._replace_with(content)
                 db = self._connect()
-            del entries
+            del content
         else:
             db = self._connect()
         try:
@@ -108,7 +112,12 @@ class StateFile:
     def save(self, state: PushState) -> None:
         """Replaces the file with `state` in one step, so a crash leaves the old file or the
         new one."""
-        self._replace_with(state.high_water, sorted(state.acknowledged.items()))
+
+        def content(db: sqlite3.Connection) -> dt.datetime | None:
+            db.executemany(_RECORD, sorted(state.acknowledged.items()))
+            return state.high_water
+
+        self._replace_with(content)
 
     # --- reading --------------------------------------------------------------------------
 
@@ -122,28 +131,19 @@ class StateFile:
             raise self._error(f"cannot read the state file ({exc.strerror})") from None
         return "sqlite" if head == _SQLITE_MAGIC else "json"
 
-    def _read_json(self) -> tuple[dt.datetime | None, Iterable[tuple[int, str]]]:
-        """The mark and the entries of an earlier exporter's file, checked as that exporter
-        checked them; the entries are converted as they are written, so the map is held once
-        (as the JSON parser leaves it), not twice."""
+    def _earlier_content(self) -> Content:
+        """What an earlier exporter's JSON file holds, to be written into a database."""
         try:
             raw = self.path.read_bytes()
         except OSError as exc:
             raise self._error(f"cannot read the state file ({exc.strerror})") from None
         try:
-            data = json.loads(raw)
-            del raw
-            if not isinstance(data, dict) or data.get("version") != _JSON_VERSION:
-                raise ValueError("unknown state file version")
-            acknowledged = data["acknowledged"]
-            if not isinstance(acknowledged, dict):
-                raise ValueError("acknowledged must be an object")
-            high_water = _high_water(data["high_water"])
-        except _Unusable as exc:
-            raise self._error(f"{exc}; move it away to start afresh") from None
-        except (ValueError, TypeError, KeyError, RecursionError):
+            # As json.loads reads bytes: UTF-8, -16 or -32, with or without a BOM.
+            text = raw.decode(json.detect_encoding(raw), "surrogatepass")
+        except ValueError:
             raise self._not_ours() from None
-        return high_water, ((int(k), str(v)) for k, v in acknowledged.items())
+        del raw
+        return lambda db: _read_earlier(text, db)
 
     def _connect(self) -> sqlite3.Connection:
         # A plain path, not a URI: SQLite refuses a URI naming a host, as a path on a
@@ -181,9 +181,7 @@ class StateFile:
 
     # --- writing --------------------------------------------------------------------------
 
-    def _replace_with(
-        self, high_water: dt.datetime | None, entries: Iterable[tuple[int, str]]
-    ) -> None:
+    def _replace_with(self, content: Content) -> None:
         """A complete database written beside the file, synced, then moved over it."""
         directory = self.path.parent
         try:
@@ -198,39 +196,34 @@ class StateFile:
             try:
                 # Nothing to roll back to: a failure throws the whole file away.
                 db.execute("PRAGMA journal_mode = OFF")
-                _fill(db, high_water, entries)
+                _fill(db, content)
             finally:
                 db.close()
             with temporary.open("rb+") as file:
                 os.fsync(file.fileno())
+            # A journal left by a push killed while writing the file this one replaces (moved
+            # away to start afresh, say) belongs to that file: SQLite would play it back into
+            # this one.
+            for companion in _companions(self.path):
+                companion.unlink(missing_ok=True)
             os.replace(temporary, self.path)
             _sync_directory(directory)
         except BaseException as exc:
             with contextlib.suppress(OSError):
                 temporary.unlink()
-            if isinstance(exc, ValueError | TypeError | OverflowError):
-                raise self._not_ours() from None
-            if isinstance(exc, sqlite3.Error):
-                raise self._sqlite_error(exc, "cannot write the state file") from None
             if isinstance(exc, OSError):
                 raise self._error(f"cannot write the state file ({exc.strerror})") from None
-            raise
+            raise self._content_error(exc, "cannot write the state file") from None
 
-    def _private(
-        self, high_water: dt.datetime | None, entries: Iterable[tuple[int, str]]
-    ) -> sqlite3.Connection:
+    def _private(self, content: Content) -> sqlite3.Connection:
         """A temporary database of the process's own (SQLite's, on an empty name: a bounded
-        cache, the rest in a file removed when it closes) holding these entries."""
+        cache, the rest in a file removed when it closes) holding `content`."""
         db = sqlite3.connect("", isolation_level=None)
         try:
-            _fill(db, high_water, entries)
+            _fill(db, content)
         except BaseException as exc:
             db.close()
-            if isinstance(exc, ValueError | TypeError | OverflowError):
-                raise self._not_ours() from None
-            if isinstance(exc, sqlite3.Error):
-                raise self._sqlite_error(exc, "cannot read the state file") from None
-            raise
+            raise self._content_error(exc, "cannot read the state file") from None
         return db
 
     # --- errors ---------------------------------------------------------------------------
@@ -240,6 +233,19 @@ class StateFile:
 
     def _not_ours(self) -> ExportFileError:
         return self._error("not a ledgerlink exporter state file; move it away to start afresh")
+
+    def _content_error(self, exc: BaseException, doing: str) -> BaseException:
+        """What to raise for a failure while a database is filled: the content's fault (an
+        earlier file that cannot be used), SQLite's, or anything else as it is."""
+        if isinstance(exc, _Unusable):
+            return self._error(f"{exc}; move it away to start afresh")
+        if isinstance(exc, ValueError | TypeError | KeyError | IndexError | OverflowError):
+            return self._not_ours()
+        if isinstance(exc, RecursionError):
+            return self._not_ours()
+        if isinstance(exc, sqlite3.Error):
+            return self._sqlite_error(exc, doing)
+        return exc
 
     def _sqlite_error(self, exc: sqlite3.Error, doing: str) -> ExportFileError:
         if getattr(exc, "sqlite_errorname", None) in _DAMAGED:
@@ -308,7 +314,7 @@ class OpenState:
             raise RuntimeError("a dry run writes no state" if self.dry_run else "closed")
         try:
             if self.db is None:
-                self.file._replace_with(None, ())
+                self.file._replace_with(lambda db: None)
                 self.db = self.file._connect()
             db = self.db
             db.execute("BEGIN IMMEDIATE")
@@ -351,13 +357,94 @@ class StoredHashes(Mapping[int, str]):
         return int(rows[0][0]) if rows else 0
 
 
-def _fill(
-    db: sqlite3.Connection, high_water: dt.datetime | None, entries: Iterable[tuple[int, str]]
-) -> None:
+def _fill(db: sqlite3.Connection, content: Content) -> None:
     db.executescript("BEGIN;" + _SCHEMA)
-    db.executemany(_RECORD, entries)
+    high_water = content(db)
     db.execute(_SET_MARK, (_iso(high_water),))
     db.execute("COMMIT")
+
+
+# --- the earlier exporter's JSON file -----------------------------------------------------
+
+_DECODER = json.JSONDecoder()
+_WHITESPACE = re.compile(r"[ \t\n\r]*")
+# Entries written per executemany while an earlier file is read.
+_CONVERT = 5000
+
+
+def _read_earlier(text: str, db: sqlite3.Connection) -> dt.datetime | None:
+    """Writes the entries of an earlier exporter's state file into `db` and returns its mark,
+    checked as that exporter checked them (json.loads of the whole file, then
+    `{int(k): str(v)}` of its `acknowledged` object).
+
+    The file is read a member at a time, with the json module's own readers for every key
+    and value: loaded whole, a million entries held 300 MB of Python objects at once. The
+    members of `acknowledged` go to the database as they are read; a key given twice counts
+    once, the last time, as for json.loads.
+    """
+    members: dict[str, Any] = {}
+
+    def entry(key: str, at: int, pending: list[tuple[int, str]]) -> int:
+        value, end = _DECODER.raw_decode(text, at)
+        pending.append((int(key), str(value)))
+        if len(pending) >= _CONVERT:
+            db.executemany(_RECORD, pending)
+            pending.clear()
+        return end
+
+    def member(key: str, at: int) -> int:
+        if key != "acknowledged" or text[at] != "{":
+            members[key], end = _DECODER.raw_decode(text, at)
+            return end
+        db.execute("DELETE FROM acknowledged")
+        pending: list[tuple[int, str]] = []
+        end = _object(text, at, lambda k, i: entry(k, i, pending))
+        db.executemany(_RECORD, pending)
+        members[key] = {}
+        return end
+
+    end = _object(text, _skip(text, 0), member)
+    if _skip(text, end) != len(text):
+        raise ValueError("extra data after the object")
+    if members.get("version") != _JSON_VERSION:
+        raise ValueError("unknown state file version")
+    if not isinstance(members["acknowledged"], dict):
+        raise ValueError("acknowledged must be an object")
+    return _high_water(members["high_water"])
+
+
+def _object(text: str, at: int, member: Callable[[str, int], int]) -> int:
+    """Reads the JSON object at `text[at]` (as json.decoder.JSONObject does), handing each
+    member's key and the index of its value to `member`, which returns where the value ends;
+    returns where the object ends."""
+    if text[at] != "{":
+        raise ValueError("not an object")
+    at = _skip(text, at + 1)
+    if text[at] == "}":
+        return at + 1
+    while True:
+        if text[at] != '"':
+            raise ValueError("expected a key")
+        key, at = _DECODER.raw_decode(text, at)
+        at = _skip(text, at)
+        if text[at] != ":":
+            raise ValueError("expected ':'")
+        at = _skip(text, member(key, _skip(text, at + 1)))
+        if text[at] == "}":
+            return at + 1
+        if text[at] != ",":
+            raise ValueError("expected ',' or '}'")
+        at = _skip(text, at + 1)
+
+
+def _skip(text: str, at: int) -> int:
+    match = _WHITESPACE.match(text, at)
+    return match.end() if match else at
+
+
+def _companions(path: Path) -> list[Path]:
+    """The files SQLite may keep beside a database (a rollback journal; WAL's two)."""
+    return [path.with_name(path.name + suffix) for suffix in ("-journal", "-wal", "-shm")]
 
 
 def _pragma(db: sqlite3.Connection, name: str) -> int:
