@@ -239,9 +239,9 @@ class StateFile:
         earlier file that cannot be used), SQLite's, or anything else as it is."""
         if isinstance(exc, _Unusable):
             return self._error(f"{exc}; move it away to start afresh")
-        if isinstance(exc, ValueError | TypeError | KeyError | IndexError | OverflowError):
-            return self._not_ours()
-        if isinstance(exc, RecursionError):
+        if isinstance(
+            exc, ValueError | TypeError | KeyError | IndexError | OverflowError | RecursionError
+        ):
             return self._not_ours()
         if isinstance(exc, sqlite3.Error):
             return self._sqlite_error(exc, doing)
