@@ -14,7 +14,7 @@ with a million. Planning asks for the hashes a few hundred tran_numbers at a tim
 holds the whole map in memory.
 
 Exporters before this one kept the same content in one JSON file, written again whole after
-every batch (a first load of a million postings spent a quarter of an hour doing that) and
+every batch (a first load of a million postings spent some twenty minutes doing that) and
 read whole into memory. Such a file is read once, on the first push that may write, and
 replaced in one step by the database holding the same entries and mark, under the same name.
 A dry run leaves it as it is and reads it into a private temporary database instead.
