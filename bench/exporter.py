@@ -1,6 +1,10 @@
 """The Sage-side exporter on a big company: peak memory and time of `ledgerlink-exporter push
 --dry-run` over CSV exports of 1,000,000 AUDIT_HEADER rows (100,000 in quick mode), beside
-the cost of merely reading the same files' rows with the csv module.
+the cost of merely reading the same files' rows with the csv module; and its state file at
+that size: recording every acknowledged batch of a first load (950,000 postings in batches of
+500, delivered to a stand-in that acknowledges at once), beside the earlier exporter's JSON
+file written again whole; a dry run over the same rows with that state; and converting the
+earlier exporter's JSON file of that state.
 
 The company is generated as Sage exports it (the columns of tests/fixtures/sage, BOM, every
 field quoted, CRLF): invoices of two lines and receipts of one, each receipt allocated to
@@ -16,7 +20,9 @@ peak RSS (VmHWM) and CPU (user + system, from wait4), so nothing of this process
 from __future__ import annotations
 
 import csv
+import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -174,6 +180,11 @@ class Measured:
     cpu_seconds: float
     peak_mb: float
     output: str
+    # Share of the machine's CPU that other processes took meanwhile.
+    others: float = 0.0
+
+    def last_line(self) -> str:
+        return self.output.strip().splitlines()[-1]
 
 
 def measure(args: list[str]) -> Measured:
@@ -182,6 +193,7 @@ def measure(args: list[str]) -> Measured:
     ru_maxrss, which also counts the memory of the process that started it (Linux carries the
     parent's high-water mark over the exec)."""
     started = time.perf_counter()
+    busy = _machine_busy()
     peak_kib = 0
     with tempfile.TemporaryFile() as output:
         process = subprocess.Popen(
@@ -199,7 +211,17 @@ def measure(args: list[str]) -> Measured:
         text = output.read().decode(errors="replace")
     if process.returncode != 0:
         raise RuntimeError(f"{args} exited with {process.returncode}: {text[-2000:]}")
-    return Measured(seconds, usage.ru_utime + usage.ru_stime, peak_kib * 1024 / MB, text)
+    cpu = usage.ru_utime + usage.ru_stime
+    others = max(0.0, _machine_busy() - busy - cpu) / (seconds * (os.cpu_count() or 1))
+    return Measured(seconds, cpu, peak_kib * 1024 / MB, text, others)
+
+
+def _machine_busy() -> float:
+    """CPU seconds the whole machine has spent busy (psutil, as bench.common.CpuMeter)."""
+    import psutil
+
+    times = psutil.cpu_times()
+    return float(sum(times) - times.idle - getattr(times, "iowait", 0.0))
 
 
 def _high_water_kib(pid: int) -> int:
@@ -224,6 +246,231 @@ print(rows)
 """
 
 
+# A first load through the exporter's own planning and state recording, to a stand-in that
+# acknowledges every batch at once: the wall and CPU time of recording each batch.
+FIRST_LOAD = """
+import asyncio, json, sys, time
+from pathlib import Path
+from ledgerlink_exporter.client import Acknowledgement
+from ledgerlink_exporter.csv_source import read_export
+from ledgerlink_exporter.push import StateTracker, plan_push, run_push
+from ledgerlink_exporter.state import StateFile
+
+header, split, usage, state, size = sys.argv[1:]
+export = read_export(Path(header), Path(split), Path(usage), history=True)
+plan = plan_push(export, None, batch_size=int(size))
+saves = []
+
+def written():
+    # Bytes this process has handed to write(): the journal and the pages of a transaction.
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("wchar:"):
+            return int(line.split()[1])
+
+class Timed(StateTracker):
+    def acknowledge(self, batch):
+        wall, cpu, bytes = time.perf_counter(), time.process_time(), written()
+        super().acknowledge(batch)
+        saves.append(
+            (time.perf_counter() - wall, time.process_time() - cpu, written() - bytes)
+        )
+
+async def deliver(body, webhook_id):
+    return Acknowledgement(False, webhook_id, 0, 0, 0, 0)
+
+with StateFile(Path(state)).open() as opened:
+    asyncio.run(run_push(plan, deliver, tracker=Timed(opened)))
+print(json.dumps({"saves": saves, "postings": plan.postings}))
+"""
+# Every acknowledged hash of a state file looked up, a plan's chunk at a time.
+LOOKUPS = """
+import sys, time
+from pathlib import Path
+from ledgerlink_exporter.state import StateFile, known_hashes
+
+with StateFile(Path(sys.argv[1])).open(dry_run=True) as opened:
+    numbers = list(opened.state.acknowledged)
+    started = time.process_time()
+    found = 0
+    for start in range(0, len(numbers), 1000):
+        found += len(known_hashes(opened.state.acknowledged, numbers[start : start + 1000]))
+    print(found, time.process_time() - started)
+"""
+CONVERT = """
+import sys
+from pathlib import Path
+from ledgerlink_exporter.state import StateFile
+
+with StateFile(Path(sys.argv[1])).open() as opened:
+    print(len(opened.state.acknowledged))
+"""
+BATCH = 500
+# Saves compared at the start and at the end of a first load.
+EDGE = 50
+JSON_REPEATS = 3
+
+
+def earlier_save(path: Path, high_water: str | None, acknowledged: dict[int, str]) -> None:
+    """The earlier exporter's StateFile.save (before the state became a database): the whole
+    map as JSON in a temporary file, synced, moved over the old one."""
+    payload = {
+        "version": 1,
+        "high_water": high_water,
+        "acknowledged": {str(k): v for k, v in sorted(acknowledged.items())},
+    }
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(handle, "wb") as file:
+        file.write(json.dumps(payload).encode())
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(temporary, path)
+
+
+def _earlier_saves(
+    path: Path, high_water: str | None, acknowledged: dict[int, str], size: int
+) -> float:
+    """Median seconds of the earlier exporter's save of the first `size` entries."""
+    part = dict(sorted(acknowledged.items())[:size])
+    times = []
+    for _ in range(JSON_REPEATS):
+        started = time.perf_counter()
+        earlier_save(path, high_water, part)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def _state_entries(path: Path) -> tuple[str | None, dict[int, str]]:
+    import sqlite3
+
+    with sqlite3.connect(path) as db:
+        (high_water,) = db.execute("SELECT high_water FROM mark").fetchone()
+        acknowledged = dict(db.execute("SELECT tran_number, hash FROM acknowledged"))
+    db.close()
+    return high_water, acknowledged
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.1f} ms"
+
+
+def state_results(
+    folder: Path, files: list[Path], headers: int, without: Measured
+) -> list[BenchResult]:
+    state = folder / "push-state.db"
+    first_load = measure(["-c", FIRST_LOAD, *map(str, files), str(state), str(BATCH)])
+    recorded = json.loads(first_load.last_line())
+    saves: list[list[float]] = recorded["saves"]
+    postings: int = recorded["postings"]
+    walls, cpus, written = ([save[i] for save in saves] for i in range(3))
+    first, last = statistics.median(walls[:EDGE]), statistics.median(walls[-EDGE:])
+    cpu_first, cpu_last = statistics.median(cpus[:EDGE]), statistics.median(cpus[-EDGE:])
+    kib_first = statistics.median(written[:EDGE]) / 1024
+    kib_last = statistics.median(written[-EDGE:]) / 1024
+    recording = sum(walls)
+    recording_cpu = sum(cpus)
+    state_mb = state.stat().st_size / MB
+    lookups = measure(["-c", LOOKUPS, str(state)])
+    found, lookup_cpu = lookups.last_line().split()
+
+    high_water, acknowledged = _state_entries(state)
+    earlier = folder / "push-state.json"
+    json_first = _earlier_saves(earlier, high_water, acknowledged, EDGE * BATCH)
+    json_last = _earlier_saves(earlier, high_water, acknowledged, len(acknowledged))
+    json_mb = earlier.stat().st_size / MB
+    # The earlier file grew by a batch each save: its time grows linearly between the two.
+    json_estimate = len(saves) * (json_first + json_last) / 2
+    del acknowledged
+
+    # --history: the same rows as the dry run without a state file reads (a first load), each
+    # posting's hash looked up.
+    push = ["push", "--url", "http://ledgerlink.invalid", "--dry-run", "--history"]
+    push += ["--state", str(state)]
+    with_state = measure(["-m", "ledgerlink_exporter", *push, *map(str, files)])
+    summary = next(
+        (line.split(" ", 1)[1] for line in with_state.output.splitlines() if "Dry run" in line),
+        "",
+    )
+    unchanged = next(
+        (line.split(", ")[1] for line in with_state.output.splitlines() if "Skipped:" in line),
+        "",
+    )
+    converting = measure(["-c", CONVERT, str(earlier)])
+    converted_mb = earlier.stat().st_size / MB
+
+    entries = f"{postings:,}"
+    flat = cpu_last <= 1.5 * cpu_first and kib_last <= 1.5 * kib_first
+    return [
+        BenchResult(
+            name=f"exporter: dry run of {headers:,} header rows with {entries} transactions "
+            "acknowledged in the state file, peak RSS",
+            value=with_state.peak_mb,
+            unit="MB",
+            baseline_name="the same dry run without a state file",
+            baseline_value=without.peak_mb,
+            target=f"<= {TARGET_MB:.0f} MB",
+            met=with_state.peak_mb < TARGET_MB,
+            notes=f"{summary.strip()}; {unchanged}; state file {state_mb:.0f} MB (SQLite); "
+            f"other processes took {with_state.others:.0%} of the machine",
+        ),
+        BenchResult(
+            name=f"exporter: dry run of {headers:,} header rows with {entries} acknowledged, time",
+            value=with_state.seconds,
+            unit="s",
+            baseline_name="the same dry run without a state file",
+            baseline_value=without.seconds,
+            notes=f"CPU per header row: {with_state.cpu_seconds / headers * 1e6:.1f} us "
+            f"(without a state file {without.cpu_seconds / headers * 1e6:.1f} us); looking up "
+            f"all {int(found):,} acknowledged hashes alone, a plan's chunk of 1,000 at a time: "
+            f"{float(lookup_cpu):.2f} s of CPU, {float(lookup_cpu) / int(found) * 1e6:.2f} us "
+            f"per posting; other processes took {with_state.others:.0%} of the machine",
+        ),
+        BenchResult(
+            name=f"exporter: recording one acknowledged batch of {BATCH} with {entries} already "
+            f"in the state file (median of the last {EDGE} of a first load's {len(saves):,})",
+            value=last * 1e3,
+            unit="ms",
+            baseline_name=f"the earlier JSON state file written whole with {entries} entries",
+            baseline_value=json_last * 1e3,
+            target=f"flat: CPU and bytes written per batch <= 1.5x the first {EDGE} batches'",
+            met=flat,
+            notes=f"median per batch, first {EDGE} (up to {EDGE * BATCH:,} acknowledged) -> "
+            f"last {EDGE}: wall {_ms(first)} -> {_ms(last)}, CPU {_ms(cpu_first)} -> "
+            f"{_ms(cpu_last)}, written {kib_first:.0f} -> {kib_last:.0f} KiB (journal and "
+            f"pages: one transaction, synchronous FULL; the wall time beyond the CPU is the "
+            f"disk's); every batch: p99 {_ms(statistics.quantiles(walls, n=100)[98])}, max "
+            f"{_ms(max(walls))}; {recording_cpu / postings * 1e6:.1f} us of CPU per recorded "
+            f"posting; the JSON file: {_ms(json_first)} at {EDGE * BATCH:,} entries, "
+            f"{_ms(json_last)} at {entries} ({json_mb:.0f} MB), median of {JSON_REPEATS} saves "
+            f"each; other processes took {first_load.others:.0%} of the machine",
+        ),
+        BenchResult(
+            name=f"exporter: recording every batch of a first load of {entries} postings "
+            f"({len(saves):,} batches of {BATCH}), total",
+            value=recording,
+            unit="s",
+            baseline_name="the earlier JSON state file, estimated",
+            baseline_value=json_estimate,
+            notes=f"CPU {recording_cpu:.1f} s in all; the first load's process (reading, "
+            f"planning, making the batches, recording) {first_load.seconds:.0f} s, peak RSS "
+            f"{first_load.peak_mb:.0f} MB; baseline estimated from the JSON file's save at "
+            f"{EDGE * BATCH:,} and at {entries} entries measured in this run, growing linearly "
+            f"between them",
+        ),
+        BenchResult(
+            name=f"exporter: converting the earlier exporter's JSON state file of {entries} "
+            "entries (once, on the first push after the upgrade), peak RSS",
+            value=converting.peak_mb,
+            unit="MB",
+            baseline_name="the dry run with the converted state",
+            baseline_value=with_state.peak_mb,
+            target=f"<= {TARGET_MB:.0f} MB",
+            met=converting.peak_mb < TARGET_MB,
+            notes=f"{converting.seconds:.1f} s ({converting.cpu_seconds:.1f} s CPU); "
+            f"{json_mb:.0f} MB of JSON became {converted_mb:.0f} MB of SQLite",
+        ),
+    ]
+
+
 def run(quick: bool) -> list[BenchResult]:
     headers = QUICK_ROWS if quick else FULL_ROWS
     with tempfile.TemporaryDirectory(prefix="ledgerlink-bench-exporter-") as tmp:
@@ -236,6 +483,7 @@ def run(quick: bool) -> list[BenchResult]:
         baseline = measure(["-c", READ_ONLY, *every_file])
         push = ["push", "--url", "http://ledgerlink.invalid", "--dry-run"]
         dry_run = measure(["-m", "ledgerlink_exporter", *push, *map(str, files)])
+        with_state = state_results(folder, files, headers, dry_run)
     summary = next(
         (line.split(" ", 1)[1] for line in dry_run.output.splitlines() if "Dry run" in line), ""
     )
@@ -263,6 +511,8 @@ def run(quick: bool) -> list[BenchResult]:
             baseline_name="reading the rows with the csv module",
             baseline_value=baseline.seconds,
             notes=f"CPU per header row: {cpu_per_row:.1f} us (reading the rows alone "
-            f"{base_cpu_per_row:.1f} us); {dry_run.cpu_seconds:.0f} CPU seconds in all",
+            f"{base_cpu_per_row:.1f} us); {dry_run.cpu_seconds:.0f} CPU seconds in all; other "
+            f"processes took {dry_run.others:.0%} of the machine",
         ),
+        *with_state,
     ]

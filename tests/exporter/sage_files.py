@@ -62,6 +62,12 @@ def altered(
     return header, split, usage
 
 
+def saved_state(path: Path) -> PushState:
+    """Everything a state file holds, read as a push reads it."""
+    with StateFile(path).open(dry_run=True) as opened:
+        return PushState(opened.state.high_water, dict(opened.state.acknowledged))
+
+
 def save_complete_push(path: Path, export: SageExport) -> None:
     """A state file as a push of `export` leaves it once complete: every posting acknowledged,
     the high-water mark at its latest modify date."""

@@ -26,7 +26,7 @@ from ledgerlink_exporter.sage import Allocation, SageExport
 from ledgerlink_exporter.state import PushState, StateFile
 
 from service.ingest.schemas import PostingBatch
-from tests.exporter.sage_files import FILES, Rows, altered
+from tests.exporter.sage_files import FILES, Rows, altered, saved_state
 from tests.exporter.stand_in import Answer, StandIn, serving
 from tests.exporter.test_sage import CUSTOMER_TRANS, PUSHED_TRANS
 from tests.support.processes import free_port
@@ -125,9 +125,9 @@ def test_resume_after_an_interrupted_push(service: FakeService, tmp_path: Path) 
     assert service.applied == [PUSHED_TRANS[:5], PUSHED_TRANS[5:10]]
     [line] = unstamped(first.stderr)
     assert line.startswith("error: batch 3 of 7: gave up after 1 attempts: lost the connection")
-    saved = json.loads(state.read_text())
-    assert sorted(map(int, saved["acknowledged"])) == PUSHED_TRANS[:10]
-    assert saved["high_water"] is None, "an unfinished run must not move the window"
+    saved = saved_state(state)
+    assert sorted(saved.acknowledged) == PUSHED_TRANS[:10]
+    assert saved.high_water is None, "an unfinished run must not move the window"
     interrupted_id = service.ids[2]
 
     service.fail_call = None
@@ -143,7 +143,7 @@ def test_resume_after_an_interrupted_push(service: FakeService, tmp_path: Path) 
     everything = [t for batch in service.applied for t in batch]
     assert sorted(everything) == PUSHED_TRANS
     assert service.ids[3] == interrupted_id, "the resent batch keeps its webhook-id"
-    assert json.loads(state.read_text())["high_water"] == LAST_MODIFIED
+    assert saved_state(state).high_water == dt.datetime.fromisoformat(LAST_MODIFIED)
 
     calls = len(service.received)
     third = push(service.url, "--batch-size", "5", "--state", str(state))
@@ -223,7 +223,8 @@ def test_a_row_modified_in_2030_hides_no_later_posting(
         "warning: a posting modified in the future, the latest transaction 1 on "
         "2030-06-01 09:00:00 (a clock set wrong in Sage?): the high-water mark is taken as now, "
     )
-    mark = dt.datetime.fromisoformat(json.loads(state.read_text())["high_water"])
+    mark = saved_state(state).high_water
+    assert mark is not None
     assert mark <= dt.datetime.now()
 
     after = altered(tmp_path / "after", with_new_invoice)
@@ -244,7 +245,8 @@ def test_a_state_file_marked_2099_is_clamped_and_hides_nothing(
     [warning] = unstamped(result.stderr)
     assert warning.startswith("warning: the state file's high-water mark 2099-01-01 00:00:00 is")
     assert service.applied == [CUSTOMER_TRANS]
-    mark = dt.datetime.fromisoformat(json.loads(state.read_text())["high_water"])
+    mark = saved_state(state).high_water
+    assert mark is not None
     assert mark <= dt.datetime.now()
 
 
@@ -292,7 +294,7 @@ def test_a_2xx_page_that_is_not_ledgerlink_acknowledges_nothing(
     second = push(service.url, "--state", str(state))
     assert second.exit_code == 0, second.output
     assert service.applied == [PUSHED_TRANS]
-    assert sorted(map(int, json.loads(state.read_text())["acknowledged"])) == PUSHED_TRANS
+    assert sorted(saved_state(state).acknowledged) == PUSHED_TRANS
 
 
 async def test_the_services_own_answers_acknowledge(client: httpx.AsyncClient) -> None:
@@ -489,7 +491,7 @@ def test_every_keeps_pushing_and_outlives_a_failure(
         "push done; next push in 0 s",
     ]
     assert service.applied == [PUSHED_TRANS], "the third run found nothing new to send"
-    assert state.load().high_water == dt.datetime.fromisoformat(LAST_MODIFIED)
+    assert saved_state(state.path).high_water == dt.datetime.fromisoformat(LAST_MODIFIED)
 
 
 # --- planning: what the state file lets through -------------------------------------------
@@ -621,8 +623,9 @@ def test_body_is_what_the_service_accepts(export: SageExport, tmp_path: Path) ->
 
 def test_state_file_round_trip_and_atomic_replace(tmp_path: Path) -> None:
     store = StateFile(tmp_path / "nested" / "state.json")
-    assert store.load() == PushState()
+    with store.open(dry_run=True) as opened:
+        assert opened.state == PushState()
     state = PushState(dt.datetime(2025, 3, 20, 16, 45), {7: "abc", 3: "def"})
     store.save(state)
-    assert store.load() == state
+    assert saved_state(store.path) == state
     assert [p.name for p in store.path.parent.iterdir()] == ["state.json"], "no temp file left"

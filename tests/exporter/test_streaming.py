@@ -4,7 +4,6 @@ the rows come."""
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from ledgerlink_exporter.csv_source import read_export
 from ledgerlink_exporter.push import plan_push
 
 from bench.exporter import measure, write_company
-from tests.exporter.sage_files import FILES, Rows, altered
+from tests.exporter.sage_files import FILES, Rows, altered, saved_state
 from tests.exporter.stand_in import serving
 from tests.exporter.test_push import FakeService, push, unstamped
 
@@ -86,7 +85,7 @@ def test_a_big_company_reaches_the_service_whole_and_once(tmp_path: Path) -> Non
         assert len(sent) == 2_850
         assert sent == sorted(set(sent)), "each transaction once, in TRAN_NUMBER order"
         assert [len(batch) for batch in service.applied] == [200] * 14 + [50]
-        assert sorted(map(int, json.loads(state.read_text())["acknowledged"])) == sent
+        assert sorted(saved_state(state).acknowledged) == sent
 
         again = push(service.url, "--state", str(state), "--batch-size", "200", files=files)
         assert again.exit_code == 0, again.output

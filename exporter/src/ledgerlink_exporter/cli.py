@@ -8,6 +8,7 @@ timestamped line on stderr, never a traceback.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import re
 import time
@@ -44,7 +45,7 @@ from ledgerlink_exporter.push import (
 )
 from ledgerlink_exporter.push import run_push as send_plan
 from ledgerlink_exporter.sage import ExportFileError, SageExport
-from ledgerlink_exporter.state import PushState, StateFile
+from ledgerlink_exporter.state import OpenState, PushState, StateFile
 
 INTERRUPTED = 130
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$", re.IGNORECASE)
@@ -89,7 +90,8 @@ app.add_command(demo)
     "--state",
     type=click.Path(path_type=Path),
     default=None,
-    help="JSON file of what the server acknowledged; send only changes.",
+    help="State file (SQLite; a JSON one from an older exporter is converted) of what the "
+    "server acknowledged; send only changes.",
 )
 @click.option(
     "--lookback-hours",
@@ -222,26 +224,35 @@ class _PushJob:
 
     def run_once(self) -> int:
         try:
-            prior = self.store.load() if self.store is not None else PushState()
-            now = local_now()
-            future = clamp_high_water(prior, now)
-            if future is not None:
-                log(f"warning: {future}", err=True)
-            history = self.history or first_load(prior)
-            # A mark in the future cannot say what was sent: read everything once.
-            trusted = prior.high_water if future is None else None
-            since = trusted - self.lookback if trusted is not None else None
-            export = self.source(since, history)
-            plan = plan_push(export, prior, batch_size=self.batch_size, now=now)
+            with self._open_state() as opened:
+                return self._push(opened)
         except ExportFileError as exc:
             log(f"error: {exc}", err=True)
             return 2
+
+    def _open_state(self) -> contextlib.AbstractContextManager[OpenState | None]:
+        if self.store is None:
+            return contextlib.nullcontext()
+        return self.store.open(dry_run=self.signer is None)
+
+    def _push(self, opened: OpenState | None) -> int:
+        prior = opened.state if opened is not None else PushState()
+        now = local_now()
+        future = clamp_high_water(prior, now)
+        if future is not None:
+            log(f"warning: {future}", err=True)
+        history = self.history or first_load(prior)
+        # A mark in the future cannot say what was sent: read everything once.
+        trusted = prior.high_water if future is None else None
+        since = trusted - self.lookback if trusted is not None else None
+        export = self.source(since, history)
+        plan = plan_push(export, prior, batch_size=self.batch_size, now=now)
         for warning in plan.warnings:
             log(f"warning: {warning}", err=True)
         if self.signer is None:
             log_lines(dry_run_lines(plan, webhook_url(self.url)))
             return 0
-        tracker = StateTracker(self.store, prior) if self.store is not None else None
+        tracker = StateTracker(opened) if opened is not None else None
         report = asyncio.run(self._deliver(plan, self.signer, tracker))
         log_lines(summary_lines(report))
         if report.error:

@@ -7,18 +7,20 @@ import hashlib
 import json
 from array import array
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import overload
 
 from ledgerlink_exporter.client import Acknowledgement, BatchRejected, DeliveryError
 from ledgerlink_exporter.sage import Posting, SageExport
-from ledgerlink_exporter.state import PushState, StateFile
+from ledgerlink_exporter.state import OpenState, PushState, known_hashes
 
 SOURCE = "sage50-exporter"
 MAX_BATCH = 5000
 # Bytes of a content hash (32 hex digits).
 _DIGEST = 16
+# Postings whose acknowledged hashes are looked up together while planning.
+_LOOKUP = 1000
 
 Deliver = Callable[[bytes, str], Awaitable[Acknowledgement]]
 
@@ -112,15 +114,18 @@ def plan_push(
     chosen = array("q")  # positions in export.postings
     digests = bytearray()  # their content hashes, _DIGEST bytes each
     by_type: Counter[str] = Counter()
-    unchanged = 0
-    for position, posting in enumerate(export.postings):
-        digest = content_hash(posting)
-        if state.acknowledged.get(posting.tran_number) == digest:
-            unchanged += 1
-        else:
-            chosen.append(position)
-            digests += bytes.fromhex(digest)
-            by_type[posting.type] += 1
+    unchanged = position = 0
+    for chunk in _chunks(export.postings, _LOOKUP):
+        known = known_hashes(state.acknowledged, [posting.tran_number for posting in chunk])
+        for posting in chunk:
+            digest = content_hash(posting)
+            if known.get(posting.tran_number) == digest:
+                unchanged += 1
+            else:
+                chosen.append(position)
+                digests += bytes.fromhex(digest)
+                by_type[posting.type] += 1
+            position += 1
     now = now or local_now()
     mark, warnings = state.high_water, tuple[str, ...]()
     if mark is not None and mark > now:
@@ -137,6 +142,17 @@ def plan_push(
         warnings=warnings + ahead,
         by_type=by_type,
     )
+
+
+def _chunks(postings: Iterable[Posting], size: int) -> Iterator[list[Posting]]:
+    chunk: list[Posting] = []
+    for posting in postings:
+        chunk.append(posting)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 class PlannedBatches(Sequence[Batch]):
@@ -252,9 +268,10 @@ def webhook_id(body: bytes, revision_key: bytes) -> str:
 
 def _revision_key(postings: Sequence[Posting], export: SageExport, state: PushState) -> bytes:
     key = []
+    known = known_hashes(state.acknowledged, [posting.tran_number for posting in postings])
     for posting in postings:
         revision = export.revisions.get(posting.tran_number)
-        previous = state.acknowledged.get(posting.tran_number, "")
+        previous = known.get(posting.tran_number, "")
         key.append([revision.isoformat() if revision else "", previous])
     return canonical_json(key)
 
@@ -291,19 +308,17 @@ def _when(stamp: dt.datetime) -> str:
 
 
 class StateTracker:
-    """Writes each acknowledged batch to the state file as soon as the server has it."""
+    """Records each acknowledged batch in the state file as soon as the server has it (one
+    transaction a batch), and the mark once every batch is."""
 
-    def __init__(self, store: StateFile, state: PushState) -> None:
-        self._store = store
-        self._state = state
+    def __init__(self, opened: OpenState) -> None:
+        self._opened = opened
 
     def acknowledge(self, batch: Batch) -> None:
-        self._state.acknowledged.update(zip(batch.tran_numbers, batch.hashes, strict=True))
-        self._store.save(self._state)
+        self._opened.acknowledge(list(zip(batch.tran_numbers, batch.hashes, strict=True)))
 
     def finish(self, high_water: dt.datetime | None) -> None:
-        self._state.high_water = high_water
-        self._store.save(self._state)
+        self._opened.complete(high_water)
 
 
 async def run_push(
