@@ -19,30 +19,12 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from service.ledger.vocabulary import DEFAULT_STATUS_LABELS
+
+# Re-exported for service/console/router.py until it imports it from service.ledger.vocabulary.
+from service.ledger.vocabulary import DERIVED_STATES as DERIVED_STATES
+
 Scope = Literal["read", "write", "admin"]
-DerivedState = Literal["unpaid", "part_paid", "paid", "written_off", "paid_written_off"]
-DERIVED_STATES: tuple[DerivedState, ...] = (
-    "unpaid",
-    "part_paid",
-    "paid",
-    "written_off",
-    "paid_written_off",
-)
-DEFAULT_STATUS_LABELS: dict[str, str] = {
-    "unpaid": "Unpaid",
-    "part_paid": "Part Paid",
-    "paid": "Paid",
-    "written_off": "Written Off",
-    "paid_written_off": "Paid/Written Off",
-}
-# What SageLink itself would write: it knows nothing of write-offs.
-SAGELINK_FALLBACK: dict[str, str] = {
-    "unpaid": "unpaid",
-    "part_paid": "part_paid",
-    "paid": "paid",
-    "written_off": "paid",
-    "paid_written_off": "paid",
-}
 
 
 class CrmMode(StrEnum):

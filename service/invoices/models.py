@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
 
 from service.columns import defaults_to_false, defaults_to_now, identity_key, money
+from service.ledger.vocabulary import HISTORY_SOURCES, sql_in
 
 # The figures reconciliation derives start at zero, before the first pass.
 ZERO = sa.text("0")
@@ -97,9 +98,7 @@ class DirtyInvoice(SQLModel, table=True):
 class StatusHistory(SQLModel, table=True):
     __tablename__ = "status_history"
     __table_args__ = (
-        sa.CheckConstraint(
-            "source IN ('sync','manual','bulk','crm')", name="ck_status_history_source"
-        ),
+        sa.CheckConstraint(sql_in("source", HISTORY_SOURCES), name="ck_status_history_source"),
         sa.Index("ix_status_history_invoice", "invoice_number", "id"),
     )
 

@@ -16,8 +16,8 @@ from pydantic import (
     model_validator,
 )
 
+from service.ledger.vocabulary import DerivedState, HistorySource
 from service.schemas import Money, RowModel
-from service.settings import DerivedState
 
 MAX_BULK_NUMBERS = 100_000
 
@@ -114,7 +114,7 @@ class HistoryEntry(RowModel):
     to_status: str
     from_outstanding: Money | None
     to_outstanding: Money | None
-    source: Literal["sync", "manual", "bulk", "crm"]
+    source: HistorySource
     actor: str | None
     reason: str | None
     run_id: uuid.UUID | None

@@ -45,9 +45,10 @@ from service.invoices.schemas import (
     JobOut,
     StatusEdit,
 )
+from service.ledger.vocabulary import DERIVED_STATES
 from service.metrics import BULK_JOBS, STATUS_CHANGES
 from service.picklist.service import ensure_allowed, ensure_known_statuses
-from service.settings import DERIVED_STATES, Settings
+from service.settings import Settings
 
 IDEMPOTENCY_TTL_HOURS = 24
 BULK_CHUNK = 10_000

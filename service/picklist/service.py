@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.errors import Conflict, Unprocessable
+from service.ledger.vocabulary import DERIVED_STATES, SAGELINK_FALLBACK
 from service.picklist import repository
-from service.settings import DERIVED_STATES, SAGELINK_FALLBACK, Settings
+from service.settings import Settings
 
 REPAIR_HINT = "POST /v1/picklists/invoice-status/repair adds them"
 

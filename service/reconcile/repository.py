@@ -24,8 +24,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service import contracts
 from service.db import driver_connection
+from service.ledger.vocabulary import DERIVED_STATES, SAGELINK_FALLBACK
 from service.rules import revaluation_sql, write_off_sql
-from service.settings import DERIVED_STATES, SAGELINK_FALLBACK, Settings, WriteOffMode
+from service.settings import Settings, WriteOffMode
 
 _BIG_BATCH = 1000
 _HUGE_BATCH = 10_000
