@@ -188,7 +188,7 @@ def known_values(settings: Settings, *, api: bool) -> KnownValues:
     return KnownValues(
         settings=settings,
         reject_reasons=REJECT_REASONS,
-        statuses=required_values(settings),
+        statuses=required_values(settings.ledger),
         http_operations=http_operations() if api else (),
     )
 

@@ -17,7 +17,7 @@ the other signals. See docs/CURRENCY.md.
 
 from __future__ import annotations
 
-from service.settings import Settings
+from service.ledger.settings import LedgerSettings
 
 REVALUATION_REFERENCE = "REVAL"
 # Sage's own wording; matched at the start of the details only, case-insensitively.
@@ -41,23 +41,23 @@ def _nominal_sql(
     )
 
 
-def write_off_sql(alias: str, settings: Settings) -> tuple[str, dict[str, object]]:
+def write_off_sql(alias: str, ledger: LedgerSettings) -> tuple[str, dict[str, object]]:
     """A SQL boolean expression over `alias`.nominal_code/details/reference, with its params:
     a nominal code in the write-off ranges, or the pattern in the details or reference."""
-    params: dict[str, object] = {"wo_pattern": settings.write_off_pattern}
-    nominal = _nominal_sql(alias, settings.nominal_ranges, "wo", params)
+    params: dict[str, object] = {"wo_pattern": ledger.write_off_pattern}
+    nominal = _nominal_sql(alias, ledger.nominal_ranges, "wo", params)
     text = f"({alias}.details ~* :wo_pattern OR {alias}.reference ~* :wo_pattern)"
     return f"({nominal} OR {text})", params
 
 
-def revaluation_sql(alias: str, settings: Settings) -> tuple[str, dict[str, object]]:
+def revaluation_sql(alias: str, ledger: LedgerSettings) -> tuple[str, dict[str, object]]:
     """A SQL boolean expression over `alias`, with its params: the variance nominal, REVAL, or
     Sage's details."""
     params: dict[str, object] = {
         "reval_reference": REVALUATION_REFERENCE,
         "reval_details": REVALUATION_DETAILS,
     }
-    nominal = _nominal_sql(alias, settings.exchange_variance_ranges, "fx", params)
+    nominal = _nominal_sql(alias, ledger.exchange_variance_ranges, "fx", params)
     return (
         f"({nominal} OR upper(btrim({alias}.reference, ' ')) = :reval_reference "
         f"OR {alias}.details ~* :reval_details)",

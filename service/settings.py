@@ -19,7 +19,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from service.ledger.vocabulary import DEFAULT_STATUS_LABELS
+from service.ledger.settings import LedgerSettings, comma_separated
 
 # Re-exported for service/console/router.py until it imports it from service.ledger.vocabulary.
 from service.ledger.vocabulary import DERIVED_STATES as DERIVED_STATES
@@ -30,11 +30,6 @@ Scope = Literal["read", "write", "admin"]
 class CrmMode(StrEnum):
     local = "local"
     opencrm = "opencrm"
-
-
-class WriteOffMode(StrEnum):
-    classify = "classify"
-    sagelink = "sagelink"
 
 
 class ApiKey:
@@ -54,13 +49,10 @@ class Principal:
     scopes: frozenset[str]
 
 
-def _split_csv(value: Any) -> Any:
-    if isinstance(value, str):
-        return [part.strip() for part in value.split(",") if part.strip()]
-    return value
+class Settings(BaseSettings, LedgerSettings):
+    """The process's settings; the ledger's (service.ledger.settings) are declared there and
+    handed on together as `ledger`."""
 
-
-class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="LEDGERLINK_",
         extra="ignore",
@@ -119,21 +111,6 @@ class Settings(BaseSettings):
     # CRM for them, with no transaction open meanwhile; a killed worker's claim runs out then.
     crm_lease_seconds: float = Field(default=60.0, gt=0)
 
-    write_off_mode: WriteOffMode = WriteOffMode.classify
-    write_off_nominals: Annotated[list[str], NoDecode] = Field(default=["8100-8199"])
-    write_off_pattern: str = r"bad\s*debt|write[\s-]*off|baddbt"
-    # Foreign Trader: the company's base currency, and the nominal codes Sage posts its
-    # automatic exchange revaluations to ("Revaluation N/C", 7906 by default).
-    base_currency: str = "GBP"
-    exchange_variance_nominals: Annotated[list[str], NoDecode] = Field(default=["7906"])
-    protected_statuses: Annotated[list[str], NoDecode] = Field(
-        default=["Written Off", "Paid/Written Off"]
-    )
-    status_labels: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_STATUS_LABELS))
-
-    # Sage's postings carry no due date: bad debt relief counts six months from the invoice
-    # date plus this term.
-    bad_debt_payment_term_days: int = Field(default=30, ge=0, le=366)
     console_session_secret: SecretStr | None = None
     console_session_minutes: int = Field(default=480, ge=1, le=7 * 24 * 60)
 
@@ -153,16 +130,10 @@ class Settings(BaseSettings):
     # or networks, `*` for every peer); unset: uvicorn's FORWARDED_ALLOW_IPS, else 127.0.0.1.
     forwarded_allow_ips: str | None = None
 
-    @field_validator(
-        "webhook_secrets",
-        "write_off_nominals",
-        "exchange_variance_nominals",
-        "protected_statuses",
-        mode="before",
-    )
+    @field_validator("webhook_secrets", mode="before")
     @classmethod
-    def _comma_separated(cls, value: Any) -> Any:
-        return _split_csv(value)
+    def _comma_separated_secrets(cls, value: Any) -> Any:
+        return comma_separated(value)
 
     @field_validator("webhook_secrets")
     @classmethod
@@ -170,33 +141,6 @@ class Settings(BaseSettings):
         for secret in value:
             if not secret.get_secret_value().startswith("whsec_"):
                 raise ValueError("each secret must start with 'whsec_'")
-        return value
-
-    @field_validator("write_off_nominals", "exchange_variance_nominals")
-    @classmethod
-    def _nominal_ranges(cls, value: list[str]) -> list[str]:
-        for item in value:
-            if not re.fullmatch(r"\d{1,8}(-\d{1,8})?", item):
-                raise ValueError(f"'{item}' is not a nominal code or range like 8100-8199")
-            low, _, high = item.partition("-")
-            if high and int(high) < int(low):
-                raise ValueError(f"range '{item}' ends before it starts")
-        return value
-
-    @field_validator("base_currency")
-    @classmethod
-    def _currency_code(cls, value: str) -> str:
-        if not re.fullmatch(r"[A-Z]{3}", value):
-            raise ValueError(f"'{value}' is not an ISO 4217 code of 3 capital letters, like GBP")
-        return value
-
-    @field_validator("write_off_pattern")
-    @classmethod
-    def _pattern_compiles(cls, value: str) -> str:
-        try:
-            re.compile(value)
-        except re.error as exc:
-            raise ValueError(f"not a valid regular expression: {exc}") from None
         return value
 
     @field_validator("opencrm_path_template")
@@ -217,22 +161,6 @@ class Settings(BaseSettings):
     @classmethod
     def _blank_is_unset(cls, value: str | None) -> str | None:
         return value.strip() or None if value is not None else None
-
-    @field_validator("status_labels", mode="before")
-    @classmethod
-    def _labels_json(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            value = json.loads(value)
-        if not isinstance(value, dict):
-            raise ValueError("must be a JSON object of derived state to label")
-        unknown = set(value) - set(DERIVED_STATES)
-        if unknown:
-            raise ValueError(
-                f"unknown derived states {sorted(unknown)}; use {list(DERIVED_STATES)}"
-            )
-        merged = dict(DEFAULT_STATUS_LABELS)
-        merged.update({k: str(v) for k, v in value.items()})
-        return merged
 
     @field_validator("console_session_secret")
     @classmethod
@@ -298,34 +226,15 @@ class Settings(BaseSettings):
         return _parse_api_keys(self.api_keys.get_secret_value())
 
     @cached_property
-    def nominal_ranges(self) -> list[tuple[str, str]]:
-        """The write-off nominals as inclusive (low, high) pairs."""
-        return _ranges(self.write_off_nominals)
-
-    @cached_property
-    def exchange_variance_ranges(self) -> list[tuple[str, str]]:
-        """The exchange-variance nominals as inclusive (low, high) pairs."""
-        return _ranges(self.exchange_variance_nominals)
+    def ledger(self) -> LedgerSettings:
+        """The ledger's settings alone, for code that needs nothing else."""
+        return LedgerSettings.model_construct(
+            **{name: getattr(self, name) for name in LedgerSettings.model_fields}
+        )
 
     @property
     def number_record_field(self) -> str:
         return self.opencrm_number_record_field or self.opencrm_number_field
-
-    def label_for(self, state: str) -> str:
-        return self.status_labels[state]
-
-    def writable_labels(self) -> list[str]:
-        """Every label a sync may write, in either write-off mode."""
-        labels = [self.status_labels[s] for s in DERIVED_STATES]
-        return list(dict.fromkeys(labels))
-
-
-def _ranges(items: list[str]) -> list[tuple[str, str]]:
-    pairs = []
-    for item in items:
-        low, _, high = item.partition("-")
-        pairs.append((low, high or low))
-    return pairs
 
 
 def _parse_api_keys(raw: str) -> dict[str, ApiKey]:

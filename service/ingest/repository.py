@@ -21,8 +21,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from service import contracts
 from service.db import driver_connection
 from service.ingest.schemas import IngestResult, PostingIn
+from service.ledger.settings import LedgerSettings
 from service.rules import revaluation_sql, write_off_sql
-from service.settings import Settings
 
 _POSTINGS_JSON = TypeAdapter(list[PostingIn])
 
@@ -331,7 +331,7 @@ async def store(
     postings: list[PostingIn],
     *,
     event_id: str,
-    settings: Settings,
+    settings: LedgerSettings,
     notify: bool = True,
     received: str | None = None,
 ) -> StoreOutcome:
@@ -373,12 +373,12 @@ async def store(
 
 
 async def _mirror_invoices(
-    conn: AsyncConnection, refs: list[str], settings: Settings
+    conn: AsyncConnection, refs: list[str], ledger: LedgerSettings
 ) -> tuple[set[str], bool]:
     """Detach and re-mirror the invoice numbers `refs`: the invoices affected, and whether any
     of them was newly marked dirty."""
-    write_off, params = write_off_sql("p", settings)
-    revaluation, reval_params = revaluation_sql("p", settings)
+    write_off, params = write_off_sql("p", ledger)
+    revaluation, reval_params = revaluation_sql("p", ledger)
     params.update(reval_params)
     # Two batches mirroring one invoice number take turns; the second then reads (new
     # statement, new snapshot) the SIs the first committed, so the later SI wins either way.
@@ -394,7 +394,7 @@ async def _mirror_invoices(
                 **params,
                 "refs": refs,
                 "detached": list(detached.scalars()),
-                "unpaid": settings.status_labels["unpaid"],
+                "unpaid": ledger.label_for("unpaid"),
             },
         )
     ).one()

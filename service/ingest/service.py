@@ -159,7 +159,7 @@ class WebhookIngest:
                 conn,
                 batch.postings,
                 event_id=webhook_id,
-                settings=self.settings,
+                settings=self.settings.ledger,
                 notify=False,
                 received=received_postings(body, batch),
             )

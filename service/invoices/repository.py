@@ -14,8 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from service import contracts
 from service.invoices.models import Invoice
 from service.invoices.schemas import InvoiceFilter
+from service.ledger.settings import LedgerSettings
 from service.rules import write_off_sql
-from service.settings import Settings
 
 INVOICES: sa.Table = Invoice.metadata.tables["invoices"]
 BULK_KIND = "bulk_status"
@@ -176,11 +176,11 @@ async def si_posting(conn: AsyncConnection, tran_number: int) -> Row[Any] | None
 
 
 async def allocations(
-    conn: AsyncConnection, tran_number: int, settings: Settings
+    conn: AsyncConnection, tran_number: int, ledger: LedgerSettings
 ) -> list[Row[Any]]:
     """Every allocation against the SI with its settling posting, classified like the
     reconciliation classifies it (service/rules.py)."""
-    write_off, params = write_off_sql("p", settings)
+    write_off, params = write_off_sql("p", ledger)
     rows = await conn.execute(
         sa.text(
             f"""

@@ -53,7 +53,9 @@ async def list_invoices(
 ) -> Any:
     """Invoices in invoice-number order, keyset-paged (stable while others write). JSON, or
     CSV with `?format=csv` or `Accept: text/csv` (the next page's URL is then in `Link`)."""
-    page = await service.list_invoices(conn, settings, filters, limit=limit, cursor_token=cursor)
+    page = await service.list_invoices(
+        conn, settings.ledger, filters, limit=limit, cursor_token=cursor
+    )
     if not csvout.wants_csv(accept, format):
         return page
     return csvout.page_response(
@@ -123,7 +125,7 @@ async def get_invoice(
     _: ReadKey, invoice_number: InvoiceNumberPath, conn: ConnDep, settings: SettingsDep
 ) -> InvoiceDetail:
     """One invoice with its amounts and its whole status history."""
-    return await service.invoice_detail(conn, settings, invoice_number)
+    return await service.invoice_detail(conn, settings.ledger, invoice_number)
 
 
 @router.patch(
@@ -149,7 +151,7 @@ async def edit_invoice_status(
     """
     async with service.retryable_conflicts():
         return await service.edit_status(
-            conn, settings, actor=principal.name, invoice_number=invoice_number, edit=body
+            conn, settings.ledger, actor=principal.name, invoice_number=invoice_number, edit=body
         )
 
 

@@ -45,6 +45,7 @@ from service.invoices.schemas import (
     JobOut,
     StatusEdit,
 )
+from service.ledger.settings import LedgerSettings
 from service.ledger.vocabulary import DERIVED_STATES
 from service.metrics import BULK_JOBS, STATUS_CHANGES
 from service.picklist.service import ensure_allowed, ensure_known_statuses
@@ -75,27 +76,27 @@ async def retryable_conflicts() -> AsyncIterator[None]:
 # --- reads -----------------------------------------------------------------------------------
 
 
-def invoice_out(row: Row[Any], settings: Settings) -> InvoiceOut:
-    return InvoiceOut.model_validate(_invoice_fields(row, settings))
+def invoice_out(row: Row[Any], ledger: LedgerSettings) -> InvoiceOut:
+    return InvoiceOut.model_validate(_invoice_fields(row, ledger))
 
 
-def _invoice_fields(row: Row[Any], settings: Settings) -> dict[str, Any]:
+def _invoice_fields(row: Row[Any], ledger: LedgerSettings) -> dict[str, Any]:
     """The invoice row's columns, grouped as the response nests them, and what the settings
     decide: the currency of a base-currency invoice (NULL in the row), whether it is protected."""
     columns = row._mapping
     return {
         **columns,
-        "currency": row.currency or settings.base_currency,
-        "protected": row.status in settings.protected_statuses,
+        "currency": row.currency or ledger.base_currency,
+        "protected": row.status in ledger.protected_statuses,
         "amounts": columns,
-        "base": {**columns, "currency": settings.base_currency},
+        "base": {**columns, "currency": ledger.base_currency},
     }
 
 
-def filter_context(settings: Settings) -> FilterContext:
+def filter_context(ledger: LedgerSettings) -> FilterContext:
     return FilterContext(
-        protected_statuses=list(settings.protected_statuses),
-        labels={state: settings.label_for(state) for state in DERIVED_STATES},
+        protected_statuses=list(ledger.protected_statuses),
+        labels={state: ledger.label_for(state) for state in DERIVED_STATES},
     )
 
 
@@ -144,7 +145,7 @@ def _filters_fingerprint(f: InvoiceFilter) -> str:
 
 async def list_invoices(
     conn: AsyncConnection,
-    settings: Settings,
+    ledger: LedgerSettings,
     filters: InvoiceFilter,
     *,
     limit: int,
@@ -159,9 +160,9 @@ async def list_invoices(
             raise cursor.mismatch("cursor")
         after = values["after"]
     rows = await repo.list_invoices(
-        conn, filters, filter_context(settings), after=after, limit=limit + 1
+        conn, filters, filter_context(ledger), after=after, limit=limit + 1
     )
-    items = [invoice_out(row, settings) for row in rows[:limit]]
+    items = [invoice_out(row, ledger) for row in rows[:limit]]
     next_cursor = None
     if len(rows) > limit:
         next_cursor = cursor.encode({"after": items[-1].invoice_number, "q": fingerprint})
@@ -169,11 +170,11 @@ async def list_invoices(
 
 
 async def count_invoices(
-    conn: AsyncConnection, settings: Settings, filters: list[InvoiceFilter]
+    conn: AsyncConnection, ledger: LedgerSettings, filters: list[InvoiceFilter]
 ) -> list[int]:
     """How many invoices each filter selects (what the list would show, over all pages)."""
     checked = [await checked_filter(conn, f, loc="query") for f in filters]
-    return await repo.count_each(conn, checked, filter_context(settings))
+    return await repo.count_each(conn, checked, filter_context(ledger))
 
 
 async def status_counts(conn: AsyncConnection) -> list[tuple[str, int]]:
@@ -182,16 +183,16 @@ async def status_counts(conn: AsyncConnection) -> list[tuple[str, int]]:
 
 
 async def invoice_detail(
-    conn: AsyncConnection, settings: Settings, invoice_number: str
+    conn: AsyncConnection, ledger: LedgerSettings, invoice_number: str
 ) -> InvoiceDetail:
     row = await repo.get_invoice(conn, invoice_number)
     if row is None:
         raise NotFound(f"no invoice '{invoice_number}'")
     return InvoiceDetail.model_validate(
         {
-            **_invoice_fields(row, settings),
+            **_invoice_fields(row, ledger),
             "posting": await repo.si_posting(conn, row.sage_tran_number),
-            "allocations": await repo.allocations(conn, row.sage_tran_number, settings),
+            "allocations": await repo.allocations(conn, row.sage_tran_number, ledger),
             "history": await repo.history(conn, invoice_number),
         }
     )
@@ -201,7 +202,12 @@ async def invoice_detail(
 
 
 async def edit_status(
-    conn: AsyncConnection, settings: Settings, *, actor: str, invoice_number: str, edit: StatusEdit
+    conn: AsyncConnection,
+    ledger: LedgerSettings,
+    *,
+    actor: str,
+    invoice_number: str,
+    edit: StatusEdit,
 ) -> InvoiceDetail:
     """Set one invoice's status by hand. Setting the current status again records nothing."""
     # The value first: from here a PUT that would remove it waits for this transaction.
@@ -210,7 +216,7 @@ async def edit_status(
     if current is None:
         raise NotFound(f"no invoice '{invoice_number}'")
     if current.status != edit.status:
-        protected = settings.protected_statuses
+        protected = ledger.protected_statuses
         release = current.status in protected and edit.status not in protected
         await repo.write_manual_change(
             conn,
@@ -222,7 +228,7 @@ async def edit_status(
             release=release,
         )
         STATUS_CHANGES.labels("manual", edit.status).inc()
-    return await invoice_detail(conn, settings, invoice_number)
+    return await invoice_detail(conn, ledger, invoice_number)
 
 
 # --- the Global Update -----------------------------------------------------------------------
@@ -297,7 +303,7 @@ async def submit_bulk(
     if numbers is not None:
         size = len(numbers)
     else:
-        size = await repo.count_matching(conn, _selection(body), filter_context(settings))
+        size = await repo.count_matching(conn, _selection(body), filter_context(settings.ledger))
     job_id = uuid.uuid4()
     queued = size > settings.bulk_sync_limit
     await repo.insert_job(
@@ -316,7 +322,9 @@ async def submit_bulk(
         await repo.notify_jobs(conn)
         BULK_JOBS.labels("queued", "queued").inc()
     else:
-        counts = await execute(conn, settings, job_id=job_id, actor=actor, body=body, chunk=None)
+        counts = await execute(
+            conn, settings.ledger, job_id=job_id, actor=actor, body=body, chunk=None
+        )
         await repo.finish_job(conn, job_id, counts)
         BULK_JOBS.labels("inline", "succeeded").inc()
         if not body.dry_run and counts.updated:
@@ -353,7 +361,7 @@ def _unique(numbers: list[str] | None) -> list[str] | None:
 
 async def execute(
     conn: AsyncConnection,
-    settings: Settings,
+    ledger: LedgerSettings,
     *,
     job_id: uuid.UUID,
     actor: str | None,
@@ -363,10 +371,10 @@ async def execute(
 ) -> ChunkCounts:
     """Run the whole selection in the caller's transaction: one statement per chunk (one in
     all when `chunk` is None), then NOTIFY the CRM dispatcher and reconciliation."""
-    protected = list(settings.protected_statuses)
+    protected = list(ledger.protected_statuses)
     where, params = "", dict[str, Any]()
     if body.filter is not None:
-        where, params = repo.filter_sql(body.filter, filter_context(settings))
+        where, params = repo.filter_sql(body.filter, filter_context(ledger))
     plan = BulkPlan(
         job_id=job_id,
         to_status=body.status,
@@ -462,7 +470,7 @@ async def job_request(conn: AsyncConnection, job_id: uuid.UUID) -> BulkStatusReq
 
 
 async def run_queued_job(
-    conn: AsyncConnection, settings: Settings, job: Row[Any], progress: Progress
+    conn: AsyncConnection, ledger: LedgerSettings, job: Row[Any], progress: Progress
 ) -> ChunkCounts:
     """The worker's half: the whole job in the caller's (one) transaction, chunk by chunk."""
     body = BulkStatusRequest.model_validate(job.request)
@@ -471,7 +479,7 @@ async def run_queued_job(
     body = await _checked_body(conn, body)
     counts = await execute(
         conn,
-        settings,
+        ledger,
         job_id=job.id,
         actor=job.actor,
         body=body,

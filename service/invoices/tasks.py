@@ -47,7 +47,7 @@ async def run_once(ctx: WorkerContext) -> int:
             async def progress(processed: int) -> None:
                 await repo.report_progress(autocommit, claimed.id, processed)
 
-            return await service.run_queued_job(conn, ctx.settings, claimed, progress)
+            return await service.run_queued_job(conn, ctx.settings.ledger, claimed, progress)
 
         try:
             counts = await run_in_transaction(ctx.engine, run_job)

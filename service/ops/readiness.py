@@ -48,7 +48,7 @@ async def readiness(probed: Probed) -> Readiness:
                     f"migrations not at head (database {sorted(current)}, "
                     f"code {sorted(head_revisions())})"
                 )
-            warnings.extend(await picklist_warnings(conn, settings))
+            warnings.extend(await picklist_warnings(conn, settings.ledger))
             crm_fatal, crm_warnings = await crm_problems(conn, settings, probed.dispatcher)
             problems.extend(crm_fatal)
             warnings.extend(crm_warnings)

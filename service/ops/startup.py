@@ -14,7 +14,7 @@ log = get_logger(__name__)
 async def startup_checks(engine: AsyncEngine, settings: Settings) -> None:
     try:
         async with engine.connect() as conn:
-            warnings = await readiness_warnings(conn, settings)
+            warnings = await readiness_warnings(conn, settings.ledger)
     except Exception as exc:
         log.warning("startup.checks.skipped", error=f"{type(exc).__name__}: {exc}")
         return

@@ -24,9 +24,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service import contracts
 from service.db import driver_connection
-from service.ledger.vocabulary import DERIVED_STATES, SAGELINK_FALLBACK
+from service.ledger.settings import LedgerSettings, WriteOffMode
+from service.ledger.vocabulary import DERIVED_STATES
 from service.rules import revaluation_sql, write_off_sql
-from service.settings import Settings, WriteOffMode
 
 _BIG_BATCH = 1000
 _HUGE_BATCH = 10_000
@@ -584,21 +584,21 @@ class BatchResult:
         return self.examined - self.changed - self.skipped_protected
 
 
-def label_params(settings: Settings) -> dict[str, Any]:
+def label_params(ledger: LedgerSettings) -> dict[str, Any]:
     states = list(DERIVED_STATES)
     return {
         "states": states,
-        "labels": [settings.status_labels[s] for s in states],
-        "fallbacks": [settings.status_labels[SAGELINK_FALLBACK[s]] for s in states],
-        "protected": list(settings.protected_statuses),
-        "sagelink": settings.write_off_mode is WriteOffMode.sagelink,
+        "labels": [ledger.status_labels[s] for s in states],
+        "fallbacks": [ledger.fallback_label_for(s) for s in states],
+        "protected": list(ledger.protected_statuses),
+        "sagelink": ledger.write_off_mode is WriteOffMode.sagelink,
     }
 
 
 async def apply_batch(
     conn: AsyncConnection,
     numbers: list[str],
-    settings: Settings,
+    ledger: LedgerSettings,
     *,
     run_id: uuid.UUID,
     actor: str,
@@ -615,13 +615,13 @@ async def apply_batch(
     as a finished run. Otherwise it takes its invoices off the queue itself and adds its
     counts to the existing run `run_id` (requested runs).
     """
-    write_off, wo_params = write_off_sql("p", settings)
-    revaluation, reval_params = revaluation_sql("p", settings)
+    write_off, wo_params = write_off_sql("p", ledger)
+    revaluation, reval_params = revaluation_sql("p", ledger)
     params: dict[str, Any] = {
         **wo_params,
         **reval_params,
-        **label_params(settings),
-        "base_currency": settings.base_currency,
+        **label_params(ledger),
+        "base_currency": ledger.base_currency,
         "numbers": numbers,
         "since": queued_since,
         "run_id": str(run_id),
@@ -902,9 +902,11 @@ _REPORT_FILTERS = {
 }
 
 
-async def report_count(conn: AsyncConnection, kind: str, settings: Settings, *, cap: int) -> int:
+async def report_count(
+    conn: AsyncConnection, kind: str, ledger: LedgerSettings, *, cap: int
+) -> int:
     """How many invoices the report lists, counting no further than `cap`."""
-    labels = label_params(settings)
+    labels = label_params(ledger)
     sql = f"""
         SELECT count(*) FROM (
             SELECT 1 FROM invoices AS i {_EXPECTED} WHERE {_REPORT_FILTERS[kind]} LIMIT :cap
@@ -923,9 +925,9 @@ async def report_count(conn: AsyncConnection, kind: str, settings: Settings, *, 
 
 
 async def report(
-    conn: AsyncConnection, kind: str, settings: Settings, *, after: str | None, limit: int
+    conn: AsyncConnection, kind: str, ledger: LedgerSettings, *, after: str | None, limit: int
 ) -> list[dict[str, Any]]:
-    labels = label_params(settings)
+    labels = label_params(ledger)
     keyset = "" if after is None else "AND i.invoice_number > :after"
     sql = f"""
         SELECT {_REPORT_COLUMNS}, {_DIVERGENT_REASONS} AS divergent_reasons,
@@ -941,7 +943,7 @@ async def report(
             "states": labels["states"],
             "labels": labels["labels"],
             "protected": labels["protected"],
-            "base_currency": settings.base_currency,
+            "base_currency": ledger.base_currency,
             "after": after,
             "limit": limit,
         },

@@ -138,7 +138,9 @@ async def reconciliation_report(
 ) -> Any:
     """Invoices that need a person's eye, paged by invoice number. JSON, or CSV with
     `Accept: text/csv` (the next page's URL is then in the `Link` header)."""
-    rows, next_cursor = await service.report(conn, kind, settings, limit=limit, cursor=cursor)
+    rows, next_cursor = await service.report(
+        conn, kind, settings.ledger, limit=limit, cursor=cursor
+    )
     items = [ReportItem.model_validate(row) for row in rows]
     if csvout.wants_csv(accept, None):
         return csvout.page_response(

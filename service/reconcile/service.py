@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.cursor import decode_after, encode_after
+from service.ledger.settings import LedgerSettings
 from service.logging import get_logger
 from service.metrics import (
     CONFLICTS,
@@ -66,7 +67,7 @@ async def reconcile_dirty(
         result = await repo.apply_batch(
             conn,
             claimed.numbers,
-            settings,
+            settings.ledger,
             queued_since=claimed.since,
             run_id=run_id,
             actor=WORKER_ACTOR,
@@ -144,7 +145,7 @@ async def execute_run_batch(
         result = await repo.apply_batch(
             conn,
             numbers,
-            settings,
+            settings.ledger,
             run_id=run_id,
             actor=run.actor or "api",
             dry_run=run.dry_run,
@@ -268,10 +269,10 @@ async def run_view(
 
 
 async def report(
-    conn: AsyncConnection, kind: str, settings: Settings, *, limit: int, cursor: str | None
+    conn: AsyncConnection, kind: str, ledger: LedgerSettings, *, limit: int, cursor: str | None
 ) -> tuple[list[dict[str, Any]], str | None]:
     after = decode_after(cursor, param="cursor")
-    rows = await repo.report(conn, kind, settings, after=after, limit=limit + 1)
+    rows = await repo.report(conn, kind, ledger, after=after, limit=limit + 1)
     more = len(rows) > limit
     rows = rows[:limit]
     for row in rows:
@@ -287,9 +288,11 @@ async def report(
     return rows, next_cursor
 
 
-async def report_count(conn: AsyncConnection, kind: str, settings: Settings, *, cap: int) -> int:
+async def report_count(
+    conn: AsyncConnection, kind: str, ledger: LedgerSettings, *, cap: int
+) -> int:
     """How many invoices `report` would list, up to `cap` (a cap + 1 reads as "more than")."""
-    return await repo.report_count(conn, kind, settings, cap=cap)
+    return await repo.report_count(conn, kind, ledger, cap=cap)
 
 
 async def latest_run(conn: AsyncConnection) -> repo.RunRow | None:
