@@ -41,10 +41,10 @@ from bench.common import (
     server_cpu_seconds,
 )
 from service.db import create_engine, libpq_url
+from service.ledger.classify import write_off_sql
 from service.logging import configure_logging
 from service.migrate import upgrade_to_head
 from service.reconcile import service as reconcile_service
-from service.rules import write_off_sql
 from service.settings import Settings, load_settings
 from tests.support.webhooks import signed_request
 

@@ -9,13 +9,15 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from service.ledger.classify import credit_kind_sql
 from service.ledger.settings import LedgerSettings
-from service.rules import write_off_sql
+from service.ledger.vocabulary import sql_literal
 
 
 def _base(ledger: LedgerSettings) -> tuple[str, dict[str, Any]]:
     """Written-off invoices with their dates and VAT; `q` is one row per invoice."""
-    write_off, params = write_off_sql("p", ledger)
+    # Counted as the reconcile counts it (a revaluation is never a write-off).
+    credit_kind, params = credit_kind_sql("p", ledger)
     sql = f"""
         SELECT i.invoice_number, i.account_ref, i.status, i.invoice_date, i.gross,
                s.net_amount AS net, s.tax_amount AS vat, i.written_off,
@@ -34,7 +36,7 @@ def _base(ledger: LedgerSettings) -> tuple[str, dict[str, Any]]:
                 FROM allocations AS a
                 JOIN postings AS p ON p.tran_number = a.posting_tran_number AND NOT p.deleted
                WHERE a.invoice_tran_number = i.sage_tran_number AND NOT a.deleted
-                 AND p.type = 'SC' AND {write_off}
+                 AND p.type = 'SC' AND {credit_kind} = {sql_literal("written_off")}
           ) AS wo ON true
          WHERE i.written_off > 0 AND NOT i.deleted
     """

@@ -5,7 +5,7 @@ the VAT was accounted for, the debt has been written off in the VAT account, and
 unpaid more than six months after the later of the date of supply and the date payment was
 due. Sage's audit trail as sent to us has no due date, so the due date is the invoice date
 plus LEDGERLINK_BAD_DEBT_PAYMENT_TERM_DAYS, and "written off" means a write-off credit
-allocated to the invoice in Sage (service/rules.py). The relief is the VAT fraction of the
+allocated to the invoice in Sage (service/ledger/classify.py). The relief is the VAT fraction of the
 amount written off (written_off x VAT / gross); the list is evidence for the VAT return,
 not the claim itself.
 """

@@ -21,8 +21,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from service import contracts
 from service.db import driver_connection
 from service.ingest.schemas import IngestResult, PostingIn
+from service.ledger.classify import revaluation_sql, write_off_sql
 from service.ledger.settings import LedgerSettings
-from service.rules import revaluation_sql, write_off_sql
 
 _POSTINGS_JSON = TypeAdapter(list[PostingIn])
 

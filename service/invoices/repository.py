@@ -14,8 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from service import contracts
 from service.invoices.models import Invoice
 from service.invoices.schemas import InvoiceFilter
+from service.ledger.classify import allocation_kind_sql
 from service.ledger.settings import LedgerSettings
-from service.rules import write_off_sql
 
 INVOICES: sa.Table = Invoice.metadata.tables["invoices"]
 BULK_KIND = "bulk_status"
@@ -178,20 +178,15 @@ async def si_posting(conn: AsyncConnection, tran_number: int) -> Row[Any] | None
 async def allocations(
     conn: AsyncConnection, tran_number: int, ledger: LedgerSettings
 ) -> list[Row[Any]]:
-    """Every allocation against the SI with its settling posting, classified like the
-    reconciliation classifies it (service/rules.py)."""
-    write_off, params = write_off_sql("p", ledger)
+    """Every allocation against the SI with its settling posting, and what it counts as:
+    the reconcile's own classification (service.ledger.classify.allocation_kind_sql)."""
+    kind, params = allocation_kind_sql("p.type", "p", ledger)
     rows = await conn.execute(
         sa.text(
             f"""
             SELECT a.posting_tran_number, p.type, p.date, p.reference, p.details,
                    p.nominal_code, a.amount, a.deleted OR coalesce(p.deleted, false) AS deleted,
-                   CASE p.type
-                       WHEN 'SR' THEN 'paid' WHEN 'SA' THEN 'paid' WHEN 'SP' THEN 'refund'
-                       WHEN 'SD' THEN 'discounted'
-                       WHEN 'SC' THEN CASE WHEN {write_off} THEN 'written_off' ELSE 'credited' END
-                       ELSE 'other'
-                   END AS kind
+                   {kind} AS kind
               FROM allocations AS a
               LEFT JOIN postings AS p ON p.tran_number = a.posting_tran_number
              WHERE a.invoice_tran_number = :t

@@ -24,9 +24,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service import contracts
 from service.db import driver_connection
+from service.ledger.classify import allocation_kind_sql
 from service.ledger.settings import LedgerSettings, WriteOffMode
-from service.ledger.vocabulary import DERIVED_STATES
-from service.rules import revaluation_sql, write_off_sql
+from service.ledger.vocabulary import ALLOCATION_KINDS, DERIVED_STATES, sql_literal
+
+# The kinds the sums below name, as SQL literals (a kind the vocabulary lacks is a KeyError).
+_KIND_LITERALS = {kind: sql_literal(kind) for kind in ALLOCATION_KINDS}
 
 _BIG_BATCH = 1000
 _HUGE_BATCH = 10_000
@@ -148,9 +151,9 @@ async def claim_for_run(
 # ---------------------------------------------------------------------------------------------
 
 # `t`: the batch, as locked. `sums`: its live allocations (allocation and settling posting
-# not deleted), each with its kind: P paid (SR, SA), R refund (SP), D discount (SD), X Sage's
-# exchange revaluation, W write-off (SCs classified by service/rules.py, in that order), C
-# credit (other SC); anything else (an allocation on an SI) counts for nothing. Each figure is
+# not deleted), each with its kind (service.ledger.classify.allocation_kind_sql: paid, refund,
+# discounted, an exchange adjustment, written off, credited, or other, which counts for
+# nothing). Each figure is
 # summed twice: in the invoice's currency (the allocation's foreign amount; the amount itself
 # for base-currency postings) and in the base currency (`b_*`). A revaluation moves pounds
 # only: it is the exchange adjustment, in the base figures alone. `fig` computes the figures
@@ -179,22 +182,20 @@ t AS MATERIALIZED (
 {queue}
 sums AS (
     SELECT x.sage_tran_number,
-           sum(CASE x.kind WHEN 'P' THEN x.fx WHEN 'R' THEN -x.fx END) AS paid,
-           sum(CASE x.kind WHEN 'D' THEN x.fx END) AS discounted,
-           sum(CASE x.kind WHEN 'W' THEN x.fx END) AS written_off,
-           sum(CASE x.kind WHEN 'C' THEN x.fx END) AS credited,
-           sum(CASE x.kind WHEN 'P' THEN x.amount WHEN 'R' THEN -x.amount END) AS b_paid,
-           sum(CASE x.kind WHEN 'D' THEN x.amount END) AS b_discounted,
-           sum(CASE x.kind WHEN 'W' THEN x.amount END) AS b_written_off,
-           sum(CASE x.kind WHEN 'C' THEN x.amount END) AS b_credited,
-           sum(CASE x.kind WHEN 'X' THEN x.amount END) AS b_exchange
+           sum(CASE x.kind WHEN {kinds[paid]} THEN x.fx WHEN {kinds[refund]} THEN -x.fx END)
+               AS paid,
+           sum(CASE x.kind WHEN {kinds[discounted]} THEN x.fx END) AS discounted,
+           sum(CASE x.kind WHEN {kinds[written_off]} THEN x.fx END) AS written_off,
+           sum(CASE x.kind WHEN {kinds[credited]} THEN x.fx END) AS credited,
+           sum(CASE x.kind WHEN {kinds[paid]} THEN x.amount
+                           WHEN {kinds[refund]} THEN -x.amount END) AS b_paid,
+           sum(CASE x.kind WHEN {kinds[discounted]} THEN x.amount END) AS b_discounted,
+           sum(CASE x.kind WHEN {kinds[written_off]} THEN x.amount END) AS b_written_off,
+           sum(CASE x.kind WHEN {kinds[credited]} THEN x.amount END) AS b_credited,
+           sum(CASE x.kind WHEN {kinds[exchange_adjustment]} THEN x.amount END) AS b_exchange
     FROM (
         SELECT t.sage_tran_number, a.amount, coalesce(a.foreign_amount, a.amount) AS fx,
-               CASE a.posting_type
-                   WHEN 'SR' THEN 'P' WHEN 'SA' THEN 'P' WHEN 'SP' THEN 'R' WHEN 'SD' THEN 'D'
-                   WHEN 'SC' THEN CASE WHEN {revaluation} THEN 'X' WHEN {write_off} THEN 'W'
-                                       ELSE 'C' END
-               END AS kind
+               {allocation_kind} AS kind
         FROM t
         JOIN allocations AS a ON a.invoice_tran_number = t.sage_tran_number
                                AND NOT a.deleted AND NOT a.posting_deleted
@@ -547,10 +548,10 @@ run_row AS (
 
 
 @lru_cache(maxsize=64)
-def _apply_sql(write_off: str, revaluation: str, dry_run: bool, new_run: bool) -> sa.TextClause:
+def _apply_sql(allocation_kind: str, dry_run: bool, new_run: bool) -> sa.TextClause:
     sql = _COMPUTE.format(
-        write_off=write_off,
-        revaluation=revaluation,
+        allocation_kind=allocation_kind,
+        kinds=_KIND_LITERALS,
         # A worker batch is a run of its own: no invoice can be in it twice, and a plain
         # insert is cheaper than a speculative one. A requested run of the dirty scope can
         # meet an invoice again (re-dirtied meanwhile): its last change wins.
@@ -615,11 +616,9 @@ async def apply_batch(
     as a finished run. Otherwise it takes its invoices off the queue itself and adds its
     counts to the existing run `run_id` (requested runs).
     """
-    write_off, wo_params = write_off_sql("p", ledger)
-    revaluation, reval_params = revaluation_sql("p", ledger)
+    allocation_kind, kind_params = allocation_kind_sql("a.posting_type", "p", ledger)
     params: dict[str, Any] = {
-        **wo_params,
-        **reval_params,
+        **kind_params,
         **label_params(ledger),
         "base_currency": ledger.base_currency,
         "numbers": numbers,
@@ -644,11 +643,7 @@ async def apply_batch(
         settings_sql.append(f"set_config('work_mem', '{_BIG_BATCH_WORK_MEM}', true)")
     await conn.execute(sa.text(f"SELECT {', '.join(settings_sql)}"))
     row = (
-        (
-            await conn.execute(
-                _apply_sql(write_off, revaluation, dry_run, new_run is not None), params
-            )
-        )
+        (await conn.execute(_apply_sql(allocation_kind, dry_run, new_run is not None), params))
         .mappings()
         .one()
     )

@@ -1,5 +1,7 @@
 """How a Sage posting is classified, shared by ingest (write-off and revaluation SIs are not
-invoices) and reconciliation (write-off SCs are not credits; revaluation SCs are neither).
+invoices), reconciliation, the invoice page and the bad-debt list (what an allocation counts as:
+`allocation_kind_sql`, the one definition; a revaluation SC is an exchange adjustment, a
+write-off SC is written off, any other SC a credit).
 
 Write-offs follow the write-off wizard's output: the nominal code is the reliable signal,
 details/reference text is the fallback (docs/ARCHITECTURE.md, "What a write-off looks like
@@ -18,6 +20,7 @@ the other signals. See docs/CURRENCY.md.
 from __future__ import annotations
 
 from service.ledger.settings import LedgerSettings
+from service.ledger.vocabulary import COUNTS_AS, CREDIT, CREDIT_KINDS, UNCOUNTED, sql_literal
 
 REVALUATION_REFERENCE = "REVAL"
 # Sage's own wording; matched at the start of the details only, case-insensitively.
@@ -61,5 +64,38 @@ def revaluation_sql(alias: str, ledger: LedgerSettings) -> tuple[str, dict[str, 
     return (
         f"({nominal} OR upper(btrim({alias}.reference, ' ')) = :reval_reference "
         f"OR {alias}.details ~* :reval_details)",
+        params,
+    )
+
+
+def credit_kind_sql(alias: str, ledger: LedgerSettings) -> tuple[str, dict[str, object]]:
+    """A SQL CASE over `alias` (a credit's posting), with its params: what the credit counts
+    as, in the order of `CREDIT_KINDS` (a revaluation first: its nominal may sit in a
+    write-off range, and it moves no money of the customer's)."""
+    revaluation, params = revaluation_sql(alias, ledger)
+    write_off, wo_params = write_off_sql(alias, ledger)
+    params.update(wo_params)
+    exchange_adjustment, written_off, credited = CREDIT_KINDS
+    return (
+        f"CASE WHEN {revaluation} THEN {sql_literal(exchange_adjustment)} "
+        f"WHEN {write_off} THEN {sql_literal(written_off)} ELSE {sql_literal(credited)} END",
+        params,
+    )
+
+
+def allocation_kind_sql(
+    posting_type: str, alias: str, ledger: LedgerSettings
+) -> tuple[str, dict[str, object]]:
+    """A SQL CASE, with its params: the AllocationKind of an allocation whose settling
+    posting's type is the expression `posting_type` (a credit classified over `alias`, its
+    posting). Anything else, an SI or a posting not received yet, counts for nothing."""
+    credit, params = credit_kind_sql(alias, ledger)
+    by_type = " ".join(
+        f"WHEN {sql_literal(posting_type_)} THEN {sql_literal(kind)}"
+        for posting_type_, kind in COUNTS_AS.items()
+    )
+    return (
+        f"CASE {posting_type} {by_type} WHEN {sql_literal(CREDIT)} THEN {credit} "
+        f"ELSE {sql_literal(UNCOUNTED)} END",
         params,
     )
