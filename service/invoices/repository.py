@@ -14,14 +14,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from service import contracts
 from service.invoices.models import Invoice
 from service.invoices.schemas import InvoiceFilter
+from service.ledger import locks
 from service.ledger.classify import allocation_kind_sql
+from service.ledger.dirty import mark_dirty
 from service.ledger.settings import LedgerSettings
 
 INVOICES: sa.Table = Invoice.metadata.tables["invoices"]
 BULK_KIND = "bulk_status"
-# Advisory-lock class of Global Update jobs (two-int form, so it never meets the bigint
-# locks taken for idempotency keys).
-JOB_LOCK_CLASS = 0x4C4C4A42
 
 
 # --- reads -----------------------------------------------------------------------------------
@@ -222,13 +221,12 @@ _MANUAL_CHANGE = sa.text(
          WHERE invoice_number = :n
      RETURNING invoice_number, outstanding
     ), released AS (
-        INSERT INTO dirty_invoices (invoice_number)
-        SELECT invoice_number FROM upd WHERE :release
-        ON CONFLICT (invoice_number) DO NOTHING
+        {released}
     ), hist AS ({history}
     )
     {outbox}
     """.format(
+        released=mark_dirty(from_="upd", where=":release"),
         history=contracts.insert_history(
             source="manual",
             invoice_number="invoice_number",
@@ -338,6 +336,8 @@ class ChunkCounts:
         self.last_key = other.last_key
 
 
+# A protected invoice moved to an unprotected status is recomputed (contract 1).
+_BULK_RELEASED = mark_dirty(from_="upd", where="released", order_by="invoice_number")
 _BULK_HISTORY = contracts.insert_history(
     source="bulk",
     invoice_number="invoice_number",
@@ -420,9 +420,7 @@ def _chunk_sql(plan: BulkPlan, *, by_numbers: bool, keyset: bool) -> str:
          RETURNING i.invoice_number, p.from_status, i.outstanding, p.released
         ),
         requeued AS (
-            INSERT INTO dirty_invoices (invoice_number)
-            SELECT invoice_number FROM upd WHERE released ORDER BY invoice_number
-            ON CONFLICT (invoice_number) DO NOTHING
+            {_BULK_RELEASED}
         ),
         hist AS ({_BULK_HISTORY}
         ),
@@ -663,7 +661,7 @@ async def claim_job(conn: AsyncConnection) -> Row[Any] | None:
     for (job_id,) in list(candidates):
         locked = await conn.execute(
             sa.text("SELECT pg_try_advisory_xact_lock(:c, hashtext(CAST(:id AS text)))"),
-            {"c": JOB_LOCK_CLASS, "id": str(job_id)},
+            {"c": locks.JOBS, "id": str(job_id)},
         )
         if not locked.scalar_one():
             continue

@@ -45,6 +45,7 @@ from service.invoices.schemas import (
     JobOut,
     StatusEdit,
 )
+from service.ledger import locks
 from service.ledger.settings import LedgerSettings
 from service.ledger.vocabulary import DERIVED_STATES
 from service.metrics import BULK_JOBS, STATUS_CHANGES
@@ -265,11 +266,6 @@ def request_digest(body: BulkStatusRequest) -> bytes:
     return hashlib.sha256(canonical.encode()).digest()
 
 
-def _key_lock_id(actor: str, key: str) -> int:
-    digest = hashlib.sha256(f"idempotency\n{actor}\n{key}".encode()).digest()
-    return int.from_bytes(digest[:8], "big", signed=True)
-
-
 async def submit_bulk(
     conn: AsyncConnection,
     settings: Settings,
@@ -281,7 +277,7 @@ async def submit_bulk(
 ) -> Submitted:
     digest = request_digest(body)
     if key is not None:
-        if not await repo.try_lock_key(conn, _key_lock_id(actor, key)):
+        if not await repo.try_lock_key(conn, locks.idempotency_key(actor, key)):
             raise Conflict(
                 "a request with this Idempotency-Key is still being processed; "
                 "retry in a moment to get its result",
