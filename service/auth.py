@@ -12,7 +12,8 @@ from starlette.types import Scope as AsgiScope
 
 from service.deps import SettingsDep
 from service.errors import Forbidden, Unauthorized
-from service.settings import ApiKey, Principal, Scope, Settings
+from service.keys import ApiKey, Principal, Scope
+from service.settings import Settings
 
 _bearer = HTTPBearer(auto_error=False, description="An API key from LEDGERLINK_API_KEYS")
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import re
-from dataclasses import dataclass
 from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
@@ -19,34 +17,20 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+# Re-exported for service/console/ until it imports them from service.keys.
+from service.keys import ApiKey as ApiKey
+from service.keys import Principal as Principal
+from service.keys import Scope as Scope
+from service.keys import parse_api_keys
 from service.ledger.settings import LedgerSettings, comma_separated
 
 # Re-exported for service/console/router.py until it imports it from service.ledger.vocabulary.
 from service.ledger.vocabulary import DERIVED_STATES as DERIVED_STATES
 
-Scope = Literal["read", "write", "admin"]
-
 
 class CrmMode(StrEnum):
     local = "local"
     opencrm = "opencrm"
-
-
-class ApiKey:
-    """One configured API key: its secret, a display name for audit trails, its scopes."""
-
-    def __init__(self, secret: str, name: str, scopes: frozenset[str]) -> None:
-        self.secret = secret
-        self.name = name
-        self.scopes = scopes
-
-
-@dataclass(frozen=True)
-class Principal:
-    """Who a request's API key names, and what it may do (the key without its secret)."""
-
-    name: str
-    scopes: frozenset[str]
 
 
 class Settings(BaseSettings, LedgerSettings):
@@ -173,7 +157,7 @@ class Settings(BaseSettings, LedgerSettings):
     @classmethod
     def _api_keys_parse(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None:
-            _parse_api_keys(value.get_secret_value())
+            parse_api_keys(value.get_secret_value())
         return value
 
     @field_validator("database_url")
@@ -223,7 +207,7 @@ class Settings(BaseSettings, LedgerSettings):
     def parsed_api_keys(self) -> dict[str, ApiKey]:
         if self.api_keys is None:
             return {}
-        return _parse_api_keys(self.api_keys.get_secret_value())
+        return parse_api_keys(self.api_keys.get_secret_value())
 
     @cached_property
     def ledger(self) -> LedgerSettings:
@@ -235,38 +219,6 @@ class Settings(BaseSettings, LedgerSettings):
     @property
     def number_record_field(self) -> str:
         return self.opencrm_number_record_field or self.opencrm_number_field
-
-
-def _parse_api_keys(raw: str) -> dict[str, ApiKey]:
-    """`{"<key>": ["read", ...]}` or `{"<key>": {"name": "alice", "scopes": [...]}}`."""
-    import hashlib
-
-    try:
-        data = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"not valid JSON ({exc.msg})") from None
-    if not isinstance(data, dict):
-        raise ValueError('must be a JSON object like {"<key>": ["read", "write"]}')
-    keys: dict[str, ApiKey] = {}
-    for secret, spec in data.items():
-        fingerprint = hashlib.sha256(secret.encode()).hexdigest()[:8]
-        name = f"key-{fingerprint}"
-        scopes = spec
-        if isinstance(spec, dict):
-            name = str(spec.get("name") or name)
-            scopes = spec.get("scopes")
-        if not isinstance(scopes, list) or not all(s in ("read", "write", "admin") for s in scopes):
-            raise ValueError(f"scopes of key {name} must be a list of read/write/admin")
-        if len(secret) < 16:
-            raise ValueError(f"key {name} is shorter than 16 characters")
-        granted = set(scopes)
-        # admin implies write implies read: an admin key can do what a reader can.
-        if "admin" in granted:
-            granted |= {"write", "read"}
-        if "write" in granted:
-            granted.add("read")
-        keys[secret] = ApiKey(secret, name, frozenset(granted))
-    return keys
 
 
 class SettingsError(Exception):
