@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.main import create_app
 from service.reconcile import repository as repo
-from service.reconcile import service
+from service.reconcile import tasks
 from service.settings import Settings
 from tests.conftest import ADMIN_KEY, READ_KEY, WRITE_KEY, auth, make_settings
 from tests.reconcile.conftest import (
@@ -42,8 +42,8 @@ def settings(database_url: str) -> Settings:
 
 async def _drain_requested_runs(engine: AsyncEngine, settings: Settings) -> None:
     """What the worker does with requested runs, pass after pass, until none is left."""
-    held = service.RunInHand()
-    while await service.advance_requested_run(engine, settings, held):
+    executing = tasks.RunBeingExecuted()
+    while await tasks.advance_requested_run(engine, settings, executing):
         pass
 
 
@@ -224,11 +224,11 @@ async def test_a_run_interrupted_by_its_deadline_resumes_from_its_cursor(
     engine: AsyncEngine, settings: Settings
 ) -> None:
     await _company(engine, settings)
-    run_id = await service.request_run(
+    run_id = await tasks.request_run(
         engine, repo.RunScope(scope="all"), dry_run=False, actor="alice", running=True
     )
-    assert not await service.execute_run(engine, settings, run_id, deadline=time.monotonic())
-    await service.requeue_run(engine, run_id)
+    assert not await tasks.execute_run(engine, settings, run_id, deadline=time.monotonic())
+    await tasks.requeue_run(engine, run_id)
     async with engine.connect() as conn:
         half = await repo.get_run(conn, run_id)
     assert half is not None
@@ -243,7 +243,7 @@ async def test_a_run_interrupted_by_its_deadline_resumes_from_its_cursor(
 
 async def test_an_abandoned_run_is_taken_over(engine: AsyncEngine, settings: Settings) -> None:
     await _company(engine, settings)
-    run_id = await service.request_run(
+    run_id = await tasks.request_run(
         engine, repo.RunScope(scope="all"), dry_run=False, actor="alice", running=True
     )
     await execute(
@@ -251,15 +251,15 @@ async def test_an_abandoned_run_is_taken_over(engine: AsyncEngine, settings: Set
         "UPDATE sync_runs SET heartbeat_at = now() - interval '1 hour' WHERE id = :id",
         id=run_id,
     )
-    held = service.RunInHand()
-    assert await service.advance_requested_run(engine, settings, held)
-    assert held.run_id == run_id
+    executing = tasks.RunBeingExecuted()
+    assert await tasks.advance_requested_run(engine, settings, executing)
+    assert executing.run_id == run_id
 
 
 async def test_a_failing_run_is_recorded_as_failed(
     engine: AsyncEngine, settings: Settings, client: httpx.AsyncClient
 ) -> None:
-    run_id = await service.request_run(
+    run_id = await tasks.request_run(
         engine, repo.RunScope(scope="all"), dry_run=False, actor="alice", running=False
     )
     # A scope no code path can execute (say, written by a future version): the run fails

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from service.context import WorkerContext
 from service.db import create_engine
 from service.reconcile import repository as repo
-from service.reconcile import service, tasks
+from service.reconcile import tasks
 from service.settings import Settings
 from service.worker import Worker
 from tests.conftest import make_settings
@@ -43,7 +43,7 @@ async def test_two_workers_racing_on_one_backlog_do_every_invoice_once(
     await _backlog(engine, config, 300)
     engines = [create_engine(database_url, pool_size=2) for _ in range(3)]
     try:
-        examined = await asyncio.gather(*(service.reconcile_all_dirty(e, config) for e in engines))
+        examined = await asyncio.gather(*(tasks.reconcile_all_dirty(e, config) for e in engines))
     finally:
         for e in engines:
             await e.dispose()
@@ -111,7 +111,7 @@ async def test_ingest_and_workers_racing_on_the_same_invoices_lose_no_mark(
 
     async def work(worker_engine: AsyncEngine) -> None:
         while ingesting:
-            if not (await service.reconcile_dirty(worker_engine, config)).examined:
+            if not (await tasks.reconcile_dirty(worker_engine, config)).examined:
                 await asyncio.sleep(0.001)
 
     try:
@@ -256,7 +256,7 @@ async def test_worker_task_executes_a_queued_run_then_the_backlog(
     engine: AsyncEngine, settings: Settings, database_url: str
 ) -> None:
     await load(engine, settings, si(1, "INV-1", "50.00"))
-    run_id = await service.request_run(
+    run_id = await tasks.request_run(
         engine, repo.RunScope(scope="all"), dry_run=True, actor="alice", running=False
     )
     async with httpx.AsyncClient() as http:
