@@ -117,7 +117,7 @@ async def lifespan(
             Runtime(
                 settings=settings,
                 engine=engine,
-                ingest=WebhookIngest(settings, engine),
+                ingest=WebhookIngest(settings),
                 console_keys=console_keys,
                 worker=worker,
                 dispatcher=dispatcher,
