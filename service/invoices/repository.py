@@ -676,8 +676,8 @@ async def claim_job(conn: AsyncConnection) -> Row[Any] | None:
     return None
 
 
-async def mark_running(side: AsyncConnection, job_id: uuid.UUID, total: int) -> None:
-    await side.execute(
+async def mark_running(conn: AsyncConnection, job_id: uuid.UUID, total: int) -> None:
+    await conn.execute(
         sa.text(
             "UPDATE jobs SET status = 'running', started_at = coalesce(started_at, now()), "
             "attempts = attempts + 1, processed = 0, total = :total WHERE id = :id"
@@ -686,15 +686,15 @@ async def mark_running(side: AsyncConnection, job_id: uuid.UUID, total: int) -> 
     )
 
 
-async def report_progress(side: AsyncConnection, job_id: uuid.UUID, processed: int) -> None:
-    await side.execute(
+async def report_progress(conn: AsyncConnection, job_id: uuid.UUID, processed: int) -> None:
+    await conn.execute(
         sa.text("UPDATE jobs SET processed = :p, total = greatest(total, :p) WHERE id = :id"),
         {"id": job_id, "p": processed},
     )
 
 
-async def mark_failed(side: AsyncConnection, job_id: uuid.UUID, error: str) -> None:
-    await side.execute(
+async def mark_failed(conn: AsyncConnection, job_id: uuid.UUID, error: str) -> None:
+    await conn.execute(
         sa.text(
             "UPDATE jobs SET status = 'failed', error = :e, finished_at = clock_timestamp(), "
             "processed = 0 "
@@ -704,8 +704,8 @@ async def mark_failed(side: AsyncConnection, job_id: uuid.UUID, error: str) -> N
     )
 
 
-async def mark_retry(side: AsyncConnection, job_id: uuid.UUID, error: str) -> None:
-    await side.execute(
+async def mark_retry(conn: AsyncConnection, job_id: uuid.UUID, error: str) -> None:
+    await conn.execute(
         sa.text(
             "UPDATE jobs SET status = 'queued', error = :e, processed = 0 "
             "WHERE id = :id AND status = 'running'"

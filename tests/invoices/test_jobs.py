@@ -46,15 +46,15 @@ async def test_100k_invoices_through_the_worker_with_progress(
     assert response.json()["progress"] == {"processed": 0, "total": 100_000}
 
     seen: list[tuple[str, int, int]] = []
-    report = repository.report_progress
+    report = tasks.commit_progress
 
-    async def watching(side: Any, job: Any, processed: int) -> None:
-        await report(side, job, processed)
+    async def watching(engine: Any, job: Any, processed: int) -> None:
+        await report(engine, job, processed)
         # What a client polling GET /v1/jobs/{id} sees while the job still runs.
         polled = await _job(client, job_id, "?results_limit=1")
         seen.append((polled["status"], polled["progress"]["processed"], len(polled["results"])))
 
-    monkeypatch.setattr(repository, "report_progress", watching)
+    monkeypatch.setattr(tasks, "commit_progress", watching)
     assert await tasks.run_once(worker_ctx) == 1
 
     assert seen == [("running", n * 10_000, 0) for n in range(1, 11)]
