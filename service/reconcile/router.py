@@ -16,7 +16,7 @@ from service.auth import ReadKey, WriteKey
 from service.deps import ConnDep, EngineDep, SettingsDep, WorkerDep
 from service.errors import NotFound
 from service.reconcile import service, tasks
-from service.reconcile.repository import RunScope
+from service.reconcile.runs import RunScope
 from service.reconcile.schemas import (
     Report,
     ReportItem,

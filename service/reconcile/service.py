@@ -18,8 +18,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from service.cursor import decode_after, encode_after
 from service.ledger.settings import LedgerSettings
 from service.metrics import CONFLICTS, POSTING_TO_STATUS, RECONCILE_DURATION, STATUS_CHANGES
-from service.reconcile import repository as repo
-from service.reconcile.repository import BatchResult, ChangeRow, RunRow, RunScope
+from service.reconcile import compute, reports, runs
+from service.reconcile.compute import BatchResult
+from service.reconcile.runs import ChangeRow, RunRow, RunScope
 from service.settings import Settings
 
 WORKER_ACTOR = "worker"
@@ -40,17 +41,17 @@ async def reconcile_dirty_batch(
     The batch is recorded as a finished worker run when it changed something or found a new
     conflict; otherwise it leaves no sync_runs row (the metrics still count it).
     """
-    claimed = await repo.claim_dirty(conn, limit)
+    claimed = await compute.claim_dirty(conn, limit)
     if not claimed.numbers:
         return BatchResult()
-    return await repo.apply_batch(
+    return await compute.apply_batch(
         conn,
         claimed.numbers,
         settings.ledger,
         queued_since=claimed.since,
         run_id=run_id,
         actor=WORKER_ACTOR,
-        new_run=repo.RunInsert(trigger="worker", scope_json='{"scope": "dirty"}'),
+        new_run=compute.RunInsert(trigger="worker", scope_json='{"scope": "dirty"}'),
     )
 
 
@@ -68,12 +69,12 @@ async def execute_run_batch(
 ) -> RunBatch | None:
     """The next batch of a running requested run, in the caller's transaction; None when the
     run is no longer running (finished, failed or requeued by another executor meanwhile)."""
-    run = await repo.lock_run(conn, run_id)
+    run = await runs.lock_run(conn, run_id)
     if run is None or run.status != "running":
         return None
     scope = RunScope.from_json(run.scope)
     limit = settings.worker_batch_size
-    numbers = await repo.claim_for_run(
+    numbers = await compute.claim_for_run(
         conn,
         scope,
         limit=limit,
@@ -83,7 +84,7 @@ async def execute_run_batch(
     )
     finish = len(numbers) < limit
     keyset = run.dry_run or scope.scope != "dirty"
-    result = await repo.apply_batch(
+    result = await compute.apply_batch(
         conn,
         numbers,
         settings.ledger,
@@ -122,7 +123,7 @@ async def request_run(
 ) -> uuid.UUID:
     """Record a requested run: queued (a worker executes it) or running (the caller does)."""
     run_id = uuid.uuid4()
-    await repo.insert_run(
+    await runs.insert_run(
         conn, run_id=run_id, scope=scope, dry_run=dry_run, actor=actor, running=running
     )
     return run_id
@@ -130,12 +131,12 @@ async def request_run(
 
 async def requeue_run(conn: AsyncConnection, run_id: uuid.UUID) -> None:
     """Hand a run that could not finish within a request to the workers."""
-    await repo.requeue_run(conn, run_id)
+    await runs.requeue_run(conn, run_id)
 
 
 async def claim_requested_run(conn: AsyncConnection) -> uuid.UUID | None:
     """The oldest queued run, or one whose executor stopped heart-beating, now running."""
-    return await repo.claim_requested_run(conn, STALE_RUN_SECONDS)
+    return await runs.claim_requested_run(conn, STALE_RUN_SECONDS)
 
 
 def run_error(exc: Exception) -> str:
@@ -144,7 +145,7 @@ def run_error(exc: Exception) -> str:
 
 
 async def fail_run(conn: AsyncConnection, run_id: uuid.UUID, error: str) -> None:
-    await repo.finish_run(conn, run_id, status="failed", error=error)
+    await runs.finish_run(conn, run_id, status="failed", error=error)
 
 
 @dataclass(frozen=True)
@@ -157,11 +158,11 @@ class RunView:
 async def run_view(
     conn: AsyncConnection, run_id: uuid.UUID, *, changes_limit: int, changes_cursor: str | None
 ) -> RunView | None:
-    run = await repo.get_run(conn, run_id)
+    run = await runs.get_run(conn, run_id)
     if run is None:
         return None
     after = decode_after(changes_cursor, param="changes_cursor")
-    changes = await repo.run_changes(conn, run_id, after=after, limit=changes_limit + 1)
+    changes = await runs.run_changes(conn, run_id, after=after, limit=changes_limit + 1)
     more = len(changes) > changes_limit
     changes = changes[:changes_limit]
     next_cursor = encode_after(changes[-1].invoice_number) if more and changes else None
@@ -177,7 +178,7 @@ async def report(
     conn: AsyncConnection, kind: str, ledger: LedgerSettings, *, limit: int, cursor: str | None
 ) -> tuple[list[dict[str, Any]], str | None]:
     after = decode_after(cursor, param="cursor")
-    rows = await repo.report(conn, kind, ledger, after=after, limit=limit + 1)
+    rows = await reports.report(conn, kind, ledger, after=after, limit=limit + 1)
     more = len(rows) > limit
     rows = rows[:limit]
     for row in rows:
@@ -197,9 +198,9 @@ async def report_count(
     conn: AsyncConnection, kind: str, ledger: LedgerSettings, *, cap: int
 ) -> int:
     """How many invoices `report` would list, up to `cap` (a cap + 1 reads as "more than")."""
-    return await repo.report_count(conn, kind, ledger, cap=cap)
+    return await reports.report_count(conn, kind, ledger, cap=cap)
 
 
-async def latest_run(conn: AsyncConnection) -> repo.RunRow | None:
+async def latest_run(conn: AsyncConnection) -> runs.RunRow | None:
     """The most recently requested sync run (worker batches that changed something included)."""
-    return await repo.latest_run(conn)
+    return await runs.latest_run(conn)

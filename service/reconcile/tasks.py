@@ -20,7 +20,8 @@ from service.context import WorkerContext
 from service.logging import get_logger
 from service.metrics import RECONCILE_RUNS
 from service.reconcile import service
-from service.reconcile.repository import BatchResult, RunScope
+from service.reconcile.compute import BatchResult
+from service.reconcile.runs import RunScope
 from service.settings import Settings
 from service.transaction import run_in_transaction
 

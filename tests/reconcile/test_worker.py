@@ -17,8 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.context import WorkerContext
 from service.db import create_engine
-from service.reconcile import repository as repo
-from service.reconcile import tasks
+from service.reconcile import compute, runs, tasks
 from service.settings import Settings
 from service.worker import Worker
 from tests.conftest import make_settings
@@ -65,18 +64,18 @@ async def test_posting_arriving_during_a_reconcile_is_not_lost(
 ) -> None:
     await load(engine, settings, si(1, "INV-1", "100.00"))
     async with engine.begin() as conn:
-        numbers = (await repo.claim_dirty(conn, 10)).numbers
+        numbers = (await compute.claim_dirty(conn, 10)).numbers
         assert numbers == ["INV-1"]
         # A receipt is ingested now: its transaction waits for our row lock on the invoice.
         arriving = asyncio.create_task(load(engine, settings, settle(2, "SR", [(1, "100.00")])))
         await asyncio.sleep(0.2)
-        await repo.apply_batch(
+        await compute.apply_batch(
             conn,
             numbers,
             settings,
             run_id=uuid.uuid4(),
             actor="worker",
-            new_run=repo.RunInsert("worker", '{"scope": "dirty"}'),
+            new_run=compute.RunInsert("worker", '{"scope": "dirty"}'),
         )
     await arriving
     row = await invoice(engine, "INV-1")
@@ -141,14 +140,14 @@ async def test_a_batch_killed_midway_leaves_nothing_half_done(
 
     async def killed_midway() -> None:
         async with engine.begin() as conn:
-            numbers = (await repo.claim_dirty(conn, 10)).numbers
-            await repo.apply_batch(
+            numbers = (await compute.claim_dirty(conn, 10)).numbers
+            await compute.apply_batch(
                 conn,
                 numbers,
                 settings,
                 run_id=uuid.uuid4(),
                 actor="worker",
-                new_run=repo.RunInsert("worker", '{"scope": "dirty"}'),
+                new_run=compute.RunInsert("worker", '{"scope": "dirty"}'),
             )
             raise RuntimeError("killed")
 
@@ -257,7 +256,7 @@ async def test_worker_task_executes_a_queued_run_then_the_backlog(
 ) -> None:
     await load(engine, settings, si(1, "INV-1", "50.00"))
     run_id = await tasks.request_run(
-        engine, repo.RunScope(scope="all"), dry_run=True, actor="alice", running=False
+        engine, runs.RunScope(scope="all"), dry_run=True, actor="alice", running=False
     )
     async with httpx.AsyncClient() as http:
         ctx = WorkerContext(settings=settings, engine=engine, http=http)
@@ -265,7 +264,7 @@ async def test_worker_task_executes_a_queued_run_then_the_backlog(
         while await reconcile.run_once():
             pass
     async with engine.connect() as conn:
-        run = await repo.get_run(conn, run_id)
+        run = await runs.get_run(conn, run_id)
     assert run is not None
     assert (run.status, run.examined, run.changed, run.dry_run) == ("succeeded", 1, 1, True)
     assert (await invoice(engine, "INV-1"))["dirty_since"] is None  # the worker's own batch
