@@ -24,11 +24,27 @@ from service import contracts
 from service.db import driver_connection
 from service.ledger.classify import allocation_kind_sql
 from service.ledger.settings import LedgerSettings, WriteOffMode
-from service.ledger.vocabulary import ALLOCATION_KINDS, DERIVED_STATES, sql_literal
+from service.ledger.vocabulary import (
+    ALLOCATION_KINDS,
+    DERIVED_STATES,
+    SAGELINK_FALLBACK,
+    sql_literal,
+)
 from service.reconcile.runs import RunScope
 
 # The kinds the sums below name, as SQL literals (a kind the vocabulary lacks is a KeyError).
 _KIND_LITERALS = {kind: sql_literal(kind) for kind in ALLOCATION_KINDS}
+
+# The state shown in the `sagelink` write-off mode: what SageLink would show.
+_SAGELINK_STATE = (
+    "CASE figures.true_state "
+    + " ".join(
+        f"WHEN {sql_literal(state)} THEN {sql_literal(shown)}"
+        for state, shown in SAGELINK_FALLBACK.items()
+        if shown != state
+    )
+    + " ELSE figures.true_state END"
+)
 
 _BIG_BATCH = 1000
 _HUGE_BATCH = 10_000
@@ -45,9 +61,9 @@ _BIG_BATCH_WORK_MEM = "64MB"
 # again after it. Deleting the queue row is the claim's second half: a worker whose snapshot
 # still shows a row another batch has deleted since finds it gone, and leaves the invoice to
 # that batch (it holds the invoice's lock, harmlessly, until it commits). The rows are
-# deleted by the tuple ids the claim read (a TID scan): joined back by number, the planner
-# read the whole queue for every batch. Sent on the asyncpg connection itself: a batch's
-# 2,000 rows through SQLAlchemy's result cost a quarter of the claim.
+# deleted by the tuple ids the claim read (a TID scan), never joined back by number (the
+# planner then reads the whole queue). Sent on the asyncpg connection itself, skipping
+# SQLAlchemy's handling of each of the batch's rows.
 _CLAIM_DIRTY = """
 WITH picked AS (
     SELECT d.ctid AS tid
@@ -126,25 +142,29 @@ async def claim_for_run(
 # The statement
 # ---------------------------------------------------------------------------------------------
 
-# `t`: the batch, as locked. `sums`: its live allocations (allocation and settling posting
-# not deleted), each with its kind (service.ledger.classify.allocation_kind_sql: paid, refund,
+# `labels`: each derived state's label and SageLink fallback, and whether the picklist holds
+# them. `batch`: the batch's invoices, as locked. `sums`: their live allocations (allocation
+# and settling posting not deleted), each `counted` with its kind
+# (service.ledger.classify.allocation_kind_sql, the only definition): paid, refund,
 # discounted, an exchange adjustment, written off, credited, or other, which counts for
-# nothing). Each figure is
-# summed twice: in the invoice's currency (the allocation's foreign amount; the amount itself
-# for base-currency postings) and in the base currency (`b_*`). A revaluation moves pounds
-# only: it is the exchange adjustment, in the base figures alone. `fig` computes the figures
-# and the state (from the invoice-currency figures), `res` what to write.
+# nothing. Each figure is summed twice: in the invoice's currency (`n_*`: the allocation's
+# foreign amount; the amount itself for base-currency postings) and in the base currency
+# (`b_*`). A revaluation moves base-currency money only: it is the exchange adjustment, in
+# the base figures alone. `figures`: the figures and the state they show (`true_state`, from
+# the invoice-currency figures). `outcome`: what to write, decided in steps: the state
+# `shown` in the write-off mode (`n_state`), its label and the true state's
+# (`labelled`), then every new value (`decided`). The writes follow (`*_writes`).
 _COMPUTE = """
 WITH
 labels AS MATERIALIZED (
-    SELECT m.state, m.label, m.fallback,
-           m.label IN (SELECT value FROM picklist_values) AS label_ok,
-           m.fallback IN (SELECT value FROM picklist_values) AS fallback_ok
+    SELECT given.state, given.label, given.fallback,
+           given.label IN (SELECT value FROM picklist_values) AS label_ok,
+           given.fallback IN (SELECT value FROM picklist_values) AS fallback_ok
     FROM unnest(
         CAST(:states AS text[]), CAST(:labels AS text[]), CAST(:fallbacks AS text[])
-    ) AS m(state, label, fallback)
+    ) AS given(state, label, fallback)
 ),
-t AS MATERIALIZED (
+batch AS MATERIALIZED (
     SELECT i.ctid AS tid, i.invoice_number, i.sage_tran_number, i.gross, i.sage_outstanding,
            i.status, i.derived_state, i.outstanding, i.computed_outstanding, i.paid,
            i.discounted, i.written_off, i.credited, i.conflict, i.mismatch, i.warning,
@@ -152,77 +172,79 @@ t AS MATERIALIZED (
            i.outstanding_base, i.computed_outstanding_base, i.paid_base, i.discounted_base,
            i.written_off_base, i.credited_base, i.exchange_adjustment,
            i.status = ANY(CAST(:protected AS text[])) AS protected
-    FROM unnest(CAST(:numbers AS text[])) AS n(invoice_number)
-    JOIN invoices AS i ON i.invoice_number = n.invoice_number
+    FROM unnest(CAST(:numbers AS text[])) AS wanted(invoice_number)
+    JOIN invoices AS i ON i.invoice_number = wanted.invoice_number
 ),
 {queue}
 sums AS (
-    SELECT x.sage_tran_number,
-           sum(CASE x.kind WHEN {kinds[paid]} THEN x.fx WHEN {kinds[refund]} THEN -x.fx END)
+    SELECT sage_tran_number,
+           sum(CASE kind WHEN {kinds[paid]} THEN fx WHEN {kinds[refund]} THEN -fx END)
                AS paid,
-           sum(CASE x.kind WHEN {kinds[discounted]} THEN x.fx END) AS discounted,
-           sum(CASE x.kind WHEN {kinds[written_off]} THEN x.fx END) AS written_off,
-           sum(CASE x.kind WHEN {kinds[credited]} THEN x.fx END) AS credited,
-           sum(CASE x.kind WHEN {kinds[paid]} THEN x.amount
-                           WHEN {kinds[refund]} THEN -x.amount END) AS b_paid,
-           sum(CASE x.kind WHEN {kinds[discounted]} THEN x.amount END) AS b_discounted,
-           sum(CASE x.kind WHEN {kinds[written_off]} THEN x.amount END) AS b_written_off,
-           sum(CASE x.kind WHEN {kinds[credited]} THEN x.amount END) AS b_credited,
-           sum(CASE x.kind WHEN {kinds[exchange_adjustment]} THEN x.amount END) AS b_exchange
+           sum(CASE kind WHEN {kinds[discounted]} THEN fx END) AS discounted,
+           sum(CASE kind WHEN {kinds[written_off]} THEN fx END) AS written_off,
+           sum(CASE kind WHEN {kinds[credited]} THEN fx END) AS credited,
+           sum(CASE kind WHEN {kinds[paid]} THEN amount
+                           WHEN {kinds[refund]} THEN -amount END) AS b_paid,
+           sum(CASE kind WHEN {kinds[discounted]} THEN amount END) AS b_discounted,
+           sum(CASE kind WHEN {kinds[written_off]} THEN amount END) AS b_written_off,
+           sum(CASE kind WHEN {kinds[credited]} THEN amount END) AS b_credited,
+           sum(CASE kind WHEN {kinds[exchange_adjustment]} THEN amount END) AS b_exchange
     FROM (
-        SELECT t.sage_tran_number, a.amount, coalesce(a.foreign_amount, a.amount) AS fx,
+        SELECT batch.sage_tran_number, a.amount, coalesce(a.foreign_amount, a.amount) AS fx,
                {allocation_kind} AS kind
-        FROM t
-        JOIN allocations AS a ON a.invoice_tran_number = t.sage_tran_number
+        FROM batch
+        JOIN allocations AS a ON a.invoice_tran_number = batch.sage_tran_number
                                AND NOT a.deleted AND NOT a.posting_deleted
         -- Only a credit's posting is read (its nominal code, details and reference classify
         -- it); the type and deleted flag of the others travel on the allocation. OFFSET 0
         -- keeps the subquery apart, so the type test gates the lookup (a one-time filter);
         -- pulled up into a join, the lookup ran for every allocation and the test after it.
         LEFT JOIN LATERAL (
-            SELECT p.nominal_code, p.details, p.reference FROM postings AS p
-            WHERE p.tran_number = a.posting_tran_number AND a.posting_type = 'SC'
+            SELECT posting.nominal_code, posting.details, posting.reference
+            FROM postings AS posting
+            WHERE posting.tran_number = a.posting_tran_number AND a.posting_type = 'SC'
             OFFSET 0
-        ) AS p ON true
-        WHERE NOT t.deleted
+        ) AS credit ON true
+        WHERE NOT batch.deleted
         -- Not pulled up into the aggregate: there, each of the ten sums would repeat the
         -- classification (three regular expressions) for every allocation.
         OFFSET 0
-    ) AS x
-    GROUP BY x.sage_tran_number
+    ) AS counted
+    GROUP BY sage_tran_number
 ),
 -- The figures and the state, computed once per invoice (materialized: inlined, the planner
 -- would repeat the numeric arithmetic wherever a later expression names a figure).
-fig AS MATERIALIZED (
-    SELECT q.*,
+figures AS MATERIALIZED (
+    SELECT balanced.*,
            CASE
-               WHEN q.n_balance <= 0 THEN
+               WHEN n_balance <= 0 THEN
                    CASE
-                       WHEN q.n_written_off <= 0 THEN 'paid'
-                       WHEN q.n_paid > 0 OR q.n_discounted > 0 OR q.n_credited > 0
+                       WHEN n_written_off <= 0 THEN 'paid'
+                       WHEN n_paid > 0 OR n_discounted > 0 OR n_credited > 0
                            THEN 'paid_written_off'
                        ELSE 'written_off'
                    END
-               WHEN q.n_balance < q.gross THEN 'part_paid'
+               WHEN n_balance < gross THEN 'part_paid'
                ELSE 'unpaid'
            END AS true_state,
            -- Sums no numeric(14,2) column can hold (a corrupt export): never written, never
            -- allowed to wedge the batch; the invoice is left as it is, with a warning.
-           greatest(abs(q.n_paid), abs(q.n_discounted), abs(q.n_written_off),
-                    abs(q.n_credited), abs(q.n_computed), abs(q.b_paid), abs(q.b_discounted),
-                    abs(q.b_written_off), abs(q.b_credited), abs(q.b_exchange),
-                    abs(q.b_computed)) >= 1000000000000 AS out_of_range
+           greatest(abs(n_paid), abs(n_discounted), abs(n_written_off),
+                    abs(n_credited), abs(n_computed), abs(b_paid), abs(b_discounted),
+                    abs(b_written_off), abs(b_credited), abs(b_exchange),
+                    abs(b_computed)) >= 1000000000000 AS out_of_range
     FROM (
-        SELECT c.*, coalesce(c.sage_outstanding, c.n_computed) AS n_balance,
-               coalesce(c.sage_outstanding_base, c.b_computed) AS b_balance
+        SELECT computed.*, coalesce(sage_outstanding, n_computed) AS n_balance,
+               coalesce(sage_outstanding_base, b_computed) AS b_balance
         FROM (
-            SELECT t.*, s.*,
-                   t.gross - s.n_paid - s.n_discounted - s.n_written_off - s.n_credited
-                       AS n_computed,
-                   t.gross_base - s.b_paid - s.b_discounted - s.b_written_off - s.b_credited
-                       - s.b_exchange AS b_computed
-            FROM t
-            LEFT JOIN sums ON sums.sage_tran_number = t.sage_tran_number AND NOT t.deleted
+            SELECT batch.*, totals.*,
+                   batch.gross - totals.n_paid - totals.n_discounted - totals.n_written_off
+                       - totals.n_credited AS n_computed,
+                   batch.gross_base - totals.b_paid - totals.b_discounted
+                       - totals.b_written_off - totals.b_credited - totals.b_exchange
+                       AS b_computed
+            FROM batch
+            LEFT JOIN sums ON sums.sage_tran_number = batch.sage_tran_number AND NOT batch.deleted
             CROSS JOIN LATERAL (
                 SELECT coalesce(sums.paid, 0.00) AS n_paid,
                        coalesce(sums.discounted, 0.00) AS n_discounted,
@@ -234,252 +256,256 @@ fig AS MATERIALIZED (
                        coalesce(sums.b_credited, 0.00) AS b_credited,
                        coalesce(sums.b_exchange, 0.00) AS b_exchange
                 OFFSET 0
-            ) AS s
-        ) AS c
+            ) AS totals
+        ) AS computed
         OFFSET 0
-    ) AS q
+    ) AS balanced
 ),
-res AS MATERIALIZED (
-    SELECT r.*,
-           r.new_status IS DISTINCT FROM r.status AS status_changed,
+outcome AS MATERIALIZED (
+    SELECT decided.*,
+           new_status IS DISTINCT FROM status AS status_changed,
            -- Never reconciled: the balance the row holds is ingestion's placeholder, so the
            -- first reconcile always tells the CRM the figures (outbox), even when unchanged.
-           CASE WHEN r.derived_state IS NULL THEN NULL ELSE r.outstanding END
+           CASE WHEN derived_state IS NULL THEN NULL ELSE outstanding END
                AS from_outstanding,
-           (r.new_status IS DISTINCT FROM r.status OR r.new_outstanding <> r.outstanding
-            OR (r.derived_state IS NULL AND NOT r.frozen)) AS changed,
-           CASE WHEN r.new_status IS DISTINCT FROM r.status THEN format(
+           (new_status IS DISTINCT FROM status OR new_outstanding <> outstanding
+            OR (derived_state IS NULL AND NOT frozen)) AS changed,
+           CASE WHEN new_status IS DISTINCT FROM status THEN format(
                'derived %s%s from postings: paid %s, discounted %s, written off %s, '
                'credited %s, outstanding %s%s%s',
-               r.n_state,
-               CASE WHEN r.n_state <> r.true_state
-                    THEN format(' (%s, shown as in SageLink)', r.true_state) ELSE '' END,
-               r.n_paid, r.n_discounted, r.n_written_off, r.n_credited, r.n_balance,
-               CASE WHEN r.currency IS NOT NULL AND r.currency <> CAST(:base_currency AS text)
-                    THEN format(' %s (exchange adjustment %s %s)', r.currency,
-                                r.b_exchange, CAST(:base_currency AS text))
+               n_state,
+               CASE WHEN n_state <> true_state
+                    THEN format(' (%s, shown as in SageLink)', true_state) ELSE '' END,
+               n_paid, n_discounted, n_written_off, n_credited, n_balance,
+               CASE WHEN currency IS NOT NULL AND currency <> CAST(:base_currency AS text)
+                    THEN format(' %s (exchange adjustment %s %s)', currency,
+                                b_exchange, CAST(:base_currency AS text))
                     ELSE '' END,
-               CASE WHEN r.new_warning IS NOT NULL THEN '; ' || r.new_warning ELSE '' END
+               CASE WHEN new_warning IS NOT NULL THEN '; ' || new_warning ELSE '' END
            ) END AS reason,
-           (r.new_status IS DISTINCT FROM r.status
-            OR r.new_outstanding <> r.outstanding
-            OR r.new_state IS DISTINCT FROM r.derived_state
-            OR r.new_computed IS DISTINCT FROM r.computed_outstanding
-            OR r.new_paid <> r.paid OR r.new_discounted <> r.discounted
-            OR r.new_written_off <> r.written_off OR r.new_credited <> r.credited
-            OR r.new_outstanding_base <> r.outstanding_base
-            OR r.new_computed_base IS DISTINCT FROM r.computed_outstanding_base
-            OR r.new_paid_base <> r.paid_base OR r.new_discounted_base <> r.discounted_base
-            OR r.new_written_off_base <> r.written_off_base
-            OR r.new_credited_base <> r.credited_base
-            OR r.new_exchange <> r.exchange_adjustment
-            OR r.new_conflict IS DISTINCT FROM r.conflict
-            OR r.new_mismatch <> r.mismatch
-            OR r.new_warning IS DISTINCT FROM r.warning) AS needs_write
+           (new_status IS DISTINCT FROM status
+            OR new_outstanding <> outstanding
+            OR new_state IS DISTINCT FROM derived_state
+            OR new_computed IS DISTINCT FROM computed_outstanding
+            OR new_paid <> paid OR new_discounted <> discounted
+            OR new_written_off <> written_off OR new_credited <> credited
+            OR new_outstanding_base <> outstanding_base
+            OR new_computed_base IS DISTINCT FROM computed_outstanding_base
+            OR new_paid_base <> paid_base OR new_discounted_base <> discounted_base
+            OR new_written_off_base <> written_off_base
+            OR new_credited_base <> credited_base
+            OR new_exchange <> exchange_adjustment
+            OR new_conflict IS DISTINCT FROM conflict
+            OR new_mismatch <> mismatch
+            OR new_warning IS DISTINCT FROM warning) AS needs_write
     FROM (
-        SELECT d.*,
-               CASE WHEN d.frozen THEN d.status
-                    WHEN d.label_ok THEN d.want
-                    WHEN d.fallback_ok THEN d.fallback
-                    ELSE d.status END AS new_status,
-               CASE WHEN d.frozen THEN d.outstanding ELSE d.n_balance END AS new_outstanding,
-               CASE WHEN d.frozen THEN d.paid ELSE d.n_paid END AS new_paid,
-               CASE WHEN d.frozen THEN d.discounted ELSE d.n_discounted END AS new_discounted,
-               CASE WHEN d.frozen THEN d.written_off ELSE d.n_written_off END
+        SELECT labelled.*,
+               CASE WHEN frozen THEN status
+                    WHEN label_ok THEN want
+                    WHEN fallback_ok THEN fallback
+                    ELSE status END AS new_status,
+               CASE WHEN frozen THEN outstanding ELSE n_balance END AS new_outstanding,
+               CASE WHEN frozen THEN paid ELSE n_paid END AS new_paid,
+               CASE WHEN frozen THEN discounted ELSE n_discounted END AS new_discounted,
+               CASE WHEN frozen THEN written_off ELSE n_written_off END
                    AS new_written_off,
-               CASE WHEN d.frozen THEN d.credited ELSE d.n_credited END AS new_credited,
-               CASE WHEN d.frozen THEN d.outstanding_base ELSE d.b_balance END
+               CASE WHEN frozen THEN credited ELSE n_credited END AS new_credited,
+               CASE WHEN frozen THEN outstanding_base ELSE b_balance END
                    AS new_outstanding_base,
-               CASE WHEN d.frozen THEN d.paid_base ELSE d.b_paid END AS new_paid_base,
-               CASE WHEN d.frozen THEN d.discounted_base ELSE d.b_discounted END
+               CASE WHEN frozen THEN paid_base ELSE b_paid END AS new_paid_base,
+               CASE WHEN frozen THEN discounted_base ELSE b_discounted END
                    AS new_discounted_base,
-               CASE WHEN d.frozen THEN d.written_off_base ELSE d.b_written_off END
+               CASE WHEN frozen THEN written_off_base ELSE b_written_off END
                    AS new_written_off_base,
-               CASE WHEN d.frozen THEN d.credited_base ELSE d.b_credited END
+               CASE WHEN frozen THEN credited_base ELSE b_credited END
                    AS new_credited_base,
-               CASE WHEN d.frozen THEN d.exchange_adjustment ELSE d.b_exchange END
+               CASE WHEN frozen THEN exchange_adjustment ELSE b_exchange END
                    AS new_exchange,
-               CASE WHEN d.deleted OR d.out_of_range THEN d.derived_state ELSE d.n_state END
+               CASE WHEN deleted OR out_of_range THEN derived_state ELSE n_state END
                    AS new_state,
-               CASE WHEN d.deleted OR d.out_of_range THEN d.computed_outstanding
-                    ELSE d.n_computed END AS new_computed,
-               CASE WHEN d.deleted OR d.out_of_range THEN d.computed_outstanding_base
-                    ELSE d.b_computed END AS new_computed_base,
+               CASE WHEN deleted OR out_of_range THEN computed_outstanding
+                    ELSE n_computed END AS new_computed,
+               CASE WHEN deleted OR out_of_range THEN computed_outstanding_base
+                    ELSE b_computed END AS new_computed_base,
                -- Sage's own balance against ours, in the invoice's currency and in pounds.
-               CASE WHEN d.deleted OR d.out_of_range THEN d.mismatch
-                    ELSE (d.sage_outstanding IS NOT NULL AND d.sage_outstanding <> d.n_computed)
-                         OR (d.sage_outstanding_base IS NOT NULL
-                             AND d.sage_outstanding_base <> d.b_computed)
+               CASE WHEN deleted OR out_of_range THEN mismatch
+                    ELSE (sage_outstanding IS NOT NULL AND sage_outstanding <> n_computed)
+                         OR (sage_outstanding_base IS NOT NULL
+                             AND sage_outstanding_base <> b_computed)
                END AS new_mismatch,
                CASE
-                   WHEN NOT d.frozen_protected THEN NULL
-                   WHEN d.status NOT IN (SELECT label FROM labels) THEN NULL
-                   WHEN d.true_label <> d.status THEN format(
+                   WHEN NOT frozen_protected THEN NULL
+                   WHEN status NOT IN (SELECT label FROM labels) THEN NULL
+                   WHEN true_label <> status THEN format(
                        'postings now say %s (outstanding %s); the status %s is protected',
-                       d.true_label, d.n_balance, d.status)
-                   WHEN d.n_balance < 0 AND d.true_state IN ('written_off', 'paid_written_off')
+                       true_label, n_balance, status)
+                   WHEN n_balance < 0 AND true_state IN ('written_off', 'paid_written_off')
                        THEN format(
                        'postings show %s received on top of the write-off (outstanding %s); '
-                       'the status %s is protected', -d.n_balance, d.n_balance, d.status)
+                       'the status %s is protected', -n_balance, n_balance, status)
                END AS new_conflict,
                CASE
-                   WHEN d.deleted THEN format(
+                   WHEN deleted THEN format(
                        'the Sage invoice (SI %s) is deleted; status and balance left as they '
-                       'were', d.sage_tran_number)
-                   WHEN d.out_of_range THEN
+                       'were', sage_tran_number)
+                   WHEN out_of_range THEN
                        'the allocations add up to more than an amount can hold; left as it was'
-                   WHEN d.protected OR d.label_ok THEN NULL
-                   WHEN d.fallback_ok THEN format(
+                   WHEN protected OR label_ok THEN NULL
+                   WHEN fallback_ok THEN format(
                        '%s is not in the status picklist; wrote the SageLink status %s instead',
-                       d.want, d.fallback)
+                       want, fallback)
                    ELSE format(
                        'neither %s nor the SageLink status %s is in the status picklist; '
-                       'status left as %s', d.want, d.fallback, d.status)
+                       'status left as %s', want, fallback, status)
                END AS new_warning
         FROM (
-            SELECT e.*, m.label AS want, m.fallback AS fallback, m.label_ok, m.fallback_ok,
-                   tm.label AS true_label,
-                   (e.protected AND NOT e.deleted) AS frozen_protected,
-                   (e.protected OR e.deleted OR e.out_of_range) AS frozen
+            SELECT shown.*, shown_labels.label AS want, shown_labels.fallback AS fallback,
+                   shown_labels.label_ok, shown_labels.fallback_ok,
+                   true_labels.label AS true_label,
+                   (shown.protected AND NOT shown.deleted) AS frozen_protected,
+                   (shown.protected OR shown.deleted OR shown.out_of_range) AS frozen
             FROM (
-                SELECT f.*,
-                       CASE WHEN :sagelink AND f.true_state IN ('written_off', 'paid_written_off')
-                            THEN 'paid' ELSE f.true_state END AS n_state
-                FROM fig AS f
-            ) AS e
-            JOIN labels AS m ON m.state = e.n_state
-            JOIN labels AS tm ON tm.state = e.true_state
+                SELECT figures.*,
+                       CASE WHEN :sagelink THEN {sagelink_state}
+                            ELSE figures.true_state END AS n_state
+                FROM figures
+            ) AS shown
+            JOIN labels AS shown_labels ON shown_labels.state = shown.n_state
+            JOIN labels AS true_labels ON true_labels.state = shown.true_state
             OFFSET 0
-        ) AS d
+        ) AS labelled
         OFFSET 0
-    ) AS r
+    ) AS decided
 ),
-cnt AS (
+counts AS (
     SELECT count(*) AS examined,
            count(*) FILTER (WHERE changed) AS changed,
            count(*) FILTER (WHERE frozen_protected) AS skipped_protected,
            count(*) FILTER (WHERE new_conflict IS NOT NULL) AS conflicts,
            count(*) FILTER (WHERE new_conflict IS NOT NULL
                             AND new_conflict IS DISTINCT FROM conflict) AS new_conflicts
-    FROM res
+    FROM outcome
 ),
-chg AS (
-    INSERT INTO sync_run_changes AS c (
+change_writes AS (
+    INSERT INTO sync_run_changes (
         run_id, invoice_number, from_status, to_status, from_outstanding, to_outstanding
     )
-    SELECT CAST(:run_id AS uuid), r.invoice_number, r.status, r.new_status,
-           r.from_outstanding, r.new_outstanding
-    FROM res AS r
-    WHERE r.changed
-    ORDER BY r.invoice_number
+    SELECT CAST(:run_id AS uuid), outcome.invoice_number, outcome.status, outcome.new_status,
+           outcome.from_outstanding, outcome.new_outstanding
+    FROM outcome
+    WHERE outcome.changed
+    ORDER BY outcome.invoice_number
     {on_conflict}
     RETURNING 1
 ),
 {writes}
 {run}
-SELECT c.examined, c.changed, c.skipped_protected, c.conflicts, c.new_conflicts,
-       (SELECT count(*) FROM chg) AS recorded_changes,
+SELECT counts.examined, counts.changed, counts.skipped_protected, counts.conflicts,
+       counts.new_conflicts,
+       (SELECT count(*) FROM change_writes) AS recorded_changes,
        {write_counts},
        (SELECT count(*) FROM run_row) AS run_rows,
-       ARRAY(SELECT r.new_status FROM res AS r WHERE r.status_changed) AS new_statuses
-FROM cnt AS c
+       ARRAY(SELECT new_status FROM outcome WHERE status_changed) AS new_statuses
+FROM counts
 """
 
 # Invoice + status_history + outbox (contract 3 in docs/ARCHITECTURE.md); pg_notify is
 # delivered at commit, so the dispatcher never wakes to rows it cannot see.
 _WRITES = f"""
-upd AS (
+invoice_writes AS (
     UPDATE invoices AS i SET
-        status = r.new_status,
-        outstanding = r.new_outstanding,
-        paid = r.new_paid,
-        discounted = r.new_discounted,
-        written_off = r.new_written_off,
-        credited = r.new_credited,
-        outstanding_base = r.new_outstanding_base,
-        computed_outstanding_base = r.new_computed_base,
-        paid_base = r.new_paid_base,
-        discounted_base = r.new_discounted_base,
-        written_off_base = r.new_written_off_base,
-        credited_base = r.new_credited_base,
-        exchange_adjustment = r.new_exchange,
-        derived_state = r.new_state,
-        computed_outstanding = r.new_computed,
-        conflict = r.new_conflict,
-        mismatch = r.new_mismatch,
-        warning = r.new_warning,
-        updated_at = CASE WHEN r.changed OR r.new_state IS DISTINCT FROM r.derived_state
+        status = todo.new_status,
+        outstanding = todo.new_outstanding,
+        paid = todo.new_paid,
+        discounted = todo.new_discounted,
+        written_off = todo.new_written_off,
+        credited = todo.new_credited,
+        outstanding_base = todo.new_outstanding_base,
+        computed_outstanding_base = todo.new_computed_base,
+        paid_base = todo.new_paid_base,
+        discounted_base = todo.new_discounted_base,
+        written_off_base = todo.new_written_off_base,
+        credited_base = todo.new_credited_base,
+        exchange_adjustment = todo.new_exchange,
+        derived_state = todo.new_state,
+        computed_outstanding = todo.new_computed,
+        conflict = todo.new_conflict,
+        mismatch = todo.new_mismatch,
+        warning = todo.new_warning,
+        updated_at = CASE WHEN todo.changed OR todo.new_state IS DISTINCT FROM todo.derived_state
                           THEN now() ELSE i.updated_at END
     -- By tuple id, in physical order: the rows are locked by this transaction, so their
     -- tids are stable, and a large batch then walks the heap instead of jumping about.
-    FROM (SELECT * FROM res WHERE needs_write ORDER BY tid) AS r
-    WHERE i.ctid = r.tid
+    FROM (SELECT * FROM outcome WHERE needs_write ORDER BY tid) AS todo
+    WHERE i.ctid = todo.tid
     RETURNING i.invoice_number
 ),
-hist AS ({
+history_writes AS ({
     contracts.insert_history(
         source="sync",
-        invoice_number="r.invoice_number",
-        from_status="r.status",
-        to_status="r.new_status",
-        from_outstanding="r.from_outstanding",
-        to_outstanding="r.new_outstanding",
+        invoice_number="outcome.invoice_number",
+        from_status="outcome.status",
+        to_status="outcome.new_status",
+        from_outstanding="outcome.from_outstanding",
+        to_outstanding="outcome.new_outstanding",
         actor=":actor",
-        reason="r.reason",
+        reason="outcome.reason",
         run_id="CAST(:run_id AS uuid)",
-        from_="res AS r",
-        where="r.status_changed",
-        order_by="r.invoice_number",
+        from_="outcome",
+        where="outcome.status_changed",
+        order_by="outcome.invoice_number",
         returning="id, invoice_number",
     )
 }
 ),
-outb AS ({
+outbox_writes AS ({
     contracts.insert_outbox(
         source="sync",
-        invoice_number="r.invoice_number",
-        status="r.new_status",
-        outstanding="r.new_outstanding",
-        history_id="h.id",
-        from_="res AS r LEFT JOIN hist AS h ON h.invoice_number = r.invoice_number",
-        where="r.changed",
-        order_by="r.invoice_number",
+        invoice_number="outcome.invoice_number",
+        status="outcome.new_status",
+        outstanding="outcome.new_outstanding",
+        history_id="history.id",
+        from_="outcome LEFT JOIN history_writes AS history"
+        " ON history.invoice_number = outcome.invoice_number",
+        where="outcome.changed",
+        order_by="outcome.invoice_number",
         returning="1",
     )
 }
 ),
 notified AS (
-    SELECT pg_notify(:outbox_channel, '') WHERE EXISTS (SELECT 1 FROM outb)
+    SELECT pg_notify(:outbox_channel, '') WHERE EXISTS (SELECT 1 FROM outbox_writes)
 ),
 """
 
-# `undirty`: the batch's invoices that were queued, and since when. A worker batch took them
+# `dequeued`: the batch's invoices that were queued, and since when. A worker batch took them
 # off the queue when it claimed them (their times come as a parameter); a requested run takes
 # off any of its invoices that are queued: it holds them locked, so no mark can arrive in
 # between, and one made after our commit queues the invoice again.
 _CLAIMED_QUEUE = """
-undirty AS (
-    SELECT q.invoice_number, q.since
-    FROM unnest(CAST(:numbers AS text[]), CAST(:since AS timestamptz[])) AS q(invoice_number, since)
+dequeued AS (
+    SELECT claimed.invoice_number, claimed.since
+    FROM unnest(CAST(:numbers AS text[]), CAST(:since AS timestamptz[]))
+        AS claimed(invoice_number, since)
 ),
 """
 _RUN_QUEUE = """
-undirty AS (
-    DELETE FROM dirty_invoices AS d
-    WHERE d.invoice_number = ANY(CAST(:numbers AS text[]))
-    RETURNING d.invoice_number, d.since
+dequeued AS (
+    DELETE FROM dirty_invoices AS queued
+    WHERE queued.invoice_number = ANY(CAST(:numbers AS text[]))
+    RETURNING queued.invoice_number, queued.since
 ),
 """
 
 # latencies: from the oldest mark to this write, for each changed invoice that was queued.
-_WRITE_COUNTS = """(SELECT count(*) FROM upd) AS written,
-       (SELECT count(*) FROM hist) AS history_rows,
-       (SELECT count(*) FROM outb) AS outbox_rows,
+_WRITE_COUNTS = """(SELECT count(*) FROM invoice_writes) AS written,
+       (SELECT count(*) FROM history_writes) AS history_rows,
+       (SELECT count(*) FROM outbox_writes) AS outbox_rows,
        (SELECT count(*) FROM notified) AS notified,
        ARRAY(
-           SELECT extract(epoch FROM clock_timestamp() - u.since)::float8
-           FROM undirty AS u JOIN res AS r ON r.invoice_number = u.invoice_number
-           WHERE r.changed AND u.since IS NOT NULL
+           SELECT extract(epoch FROM clock_timestamp() - dequeued.since)::float8
+           FROM dequeued JOIN outcome ON outcome.invoice_number = dequeued.invoice_number
+           WHERE outcome.changed AND dequeued.since IS NOT NULL
        ) AS latencies"""
 
 _DRY_COUNTS = """0 AS written, 0 AS history_rows, 0 AS outbox_rows, 0 AS notified,
@@ -494,10 +520,11 @@ run_row AS (
         examined, changed, unchanged, skipped_protected, conflicts
     )
     SELECT CAST(:run_id AS uuid), 'succeeded', :trigger, CAST(:scope AS jsonb), false, :actor,
-now(), now(), clock_timestamp(), c.examined, c.changed,
-           c.examined - c.changed - c.skipped_protected, c.skipped_protected, c.conflicts
-    FROM cnt AS c
-    WHERE c.changed > 0 OR c.new_conflicts > 0
+           now(), now(), clock_timestamp(), counts.examined, counts.changed,
+           counts.examined - counts.changed - counts.skipped_protected,
+           counts.skipped_protected, counts.conflicts
+    FROM counts
+    WHERE counts.changed > 0 OR counts.new_conflicts > 0
     RETURNING 1
 )
 """
@@ -506,18 +533,18 @@ now(), now(), clock_timestamp(), c.examined, c.changed,
 # batch finishes it, in the same transaction as the batch.
 _RUN_UPDATE = """
 run_row AS (
-    UPDATE sync_runs AS s SET
-        examined = s.examined + c.examined,
-        changed = s.changed + c.changed,
-        unchanged = s.unchanged + (c.examined - c.changed - c.skipped_protected),
-        skipped_protected = s.skipped_protected + c.skipped_protected,
-        conflicts = s.conflicts + c.conflicts,
-        cursor = coalesce(:cursor, s.cursor),
+    UPDATE sync_runs AS run SET
+        examined = run.examined + counts.examined,
+        changed = run.changed + counts.changed,
+        unchanged = run.unchanged + (counts.examined - counts.changed - counts.skipped_protected),
+        skipped_protected = run.skipped_protected + counts.skipped_protected,
+        conflicts = run.conflicts + counts.conflicts,
+        cursor = coalesce(:cursor, run.cursor),
         heartbeat_at = now(),
-        status = CASE WHEN :finish THEN 'succeeded' ELSE s.status END,
-        finished_at = CASE WHEN :finish THEN clock_timestamp() ELSE s.finished_at END
-    FROM cnt AS c
-    WHERE s.id = CAST(:run_id AS uuid)
+        status = CASE WHEN :finish THEN 'succeeded' ELSE run.status END,
+        finished_at = CASE WHEN :finish THEN clock_timestamp() ELSE run.finished_at END
+    FROM counts
+    WHERE run.id = CAST(:run_id AS uuid)
     RETURNING 1
 )
 """
@@ -528,6 +555,7 @@ def _apply_sql(allocation_kind: str, dry_run: bool, new_run: bool) -> sa.TextCla
     sql = _COMPUTE.format(
         allocation_kind=allocation_kind,
         kinds=_KIND_LITERALS,
+        sagelink_state=_SAGELINK_STATE,
         # A worker batch is a run of its own: no invoice can be in it twice, and a plain
         # insert is cheaper than a speculative one. A requested run of the dirty scope can
         # meet an invoice again (re-dirtied meanwhile): its last change wins.
@@ -592,7 +620,7 @@ async def apply_batch(
     as a finished run. Otherwise it takes its invoices off the queue itself and adds its
     counts to the existing run `run_id` (requested runs).
     """
-    allocation_kind, kind_params = allocation_kind_sql("a.posting_type", "p", ledger)
+    allocation_kind, kind_params = allocation_kind_sql("a.posting_type", "credit", ledger)
     params: dict[str, Any] = {
         **kind_params,
         **label_params(ledger),
