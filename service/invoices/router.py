@@ -1,4 +1,5 @@
-"""HTTP endpoints of invoices: reads, a person's edit, the Global Update and its jobs."""
+"""HTTP endpoints of invoices: reads, a person's edit, the Global Update and its jobs (the
+rules of the last two in service/jobs/)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from service.invoices.schemas import (
     StatusEdit,
     Text,
 )
+from service.jobs import service as jobs
 
 router = APIRouter(tags=["invoices"])
 
@@ -97,9 +99,9 @@ async def bulk_update_status(
     Up to the inline limit (1,000 invoices by default) it runs within the request and answers
     200 with the finished job; larger selections answer 202 and run in the worker.
     """
-    key = service.idempotency_key(idempotency_key)
+    key = jobs.idempotency_key(idempotency_key)
     async with service.retryable_conflicts():
-        submitted = await service.submit_bulk(
+        submitted = await jobs.submit_bulk(
             conn,
             settings,
             actor=principal.name,
@@ -171,7 +173,7 @@ async def get_job(
     outcome: Annotated[Outcome | None, Query(description="Only results with this outcome")] = None,
 ) -> JobOut:
     """A Global Update job: status, counts, progress and its per-invoice results (paged)."""
-    return await service.job_view(
+    return await jobs.job_view(
         conn,
         job_id,
         results_limit=results_limit,

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.context import WorkerContext
 from service.contracts import JOBS_CHANNEL
-from service.invoices import repository, tasks
+from service.jobs import repository, tasks
 from tests.conftest import READ_KEY, WRITE_KEY, auth
 from tests.invoices.conftest import add_invoice, add_many, scalar, table_checksums
 
@@ -139,7 +139,7 @@ async def test_a_failing_job_changes_nothing_and_is_retried(
 ) -> None:
     """All or nothing: a failure after some chunks rolls every chunk back."""
     await add_many(engine, 12, account_ref="ACME01")
-    monkeypatch.setattr("service.invoices.service.BULK_CHUNK", 4)
+    monkeypatch.setattr("service.jobs.service.BULK_CHUNK", 4)
     before = await table_checksums(engine, exclude=("jobs", "job_results"))
     response = await small_client.post(
         BULK, json={"status": "Written Off", "account_ref": "ACME01"}, headers=auth(WRITE_KEY)

@@ -11,9 +11,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.context import WorkerContext
 from service.errors import ServiceError
-from service.invoices import repository as repo
-from service.invoices import service
-from service.invoices.repository import ChunkCounts
+from service.jobs import repository as repo
+from service.jobs import service
+from service.jobs.bulk import ChunkCounts
 from service.logging import get_logger
 from service.metrics import BULK_JOBS, STATUS_CHANGES
 from service.transaction import run_in_transaction
