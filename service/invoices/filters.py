@@ -25,49 +25,49 @@ class FilterContext:
 
 
 def filter_sql(
-    f: InvoiceFilter, ctx: FilterContext, *, prefix: str = "f_"
+    criteria: InvoiceFilter, context: FilterContext, *, prefix: str = "f_"
 ) -> tuple[str, dict[str, Any]]:
     """The filter as `AND ...` conditions over `invoices AS i`, with their bind parameters.
 
     The one definition of every list filter: the list, its counts and the Global Update's
     selection all use it, so a dry run selects exactly what the list showed."""
     clauses: list[str] = []
-    params: dict[str, Any] = {f"{prefix}protected": ctx.protected_statuses}
+    params: dict[str, Any] = {f"{prefix}protected": context.protected_statuses}
     is_protected = f"i.status = ANY(CAST(:{prefix}protected AS text[]))"
     # `is not None`, never truthiness: an empty list (refused by the schema) must select
     # nothing here rather than drop the criterion and select everything.
-    if f.status is not None:
+    if criteria.status is not None:
         clauses.append(f"i.status = ANY(CAST(:{prefix}statuses AS text[]))")
-        params[f"{prefix}statuses"] = list(f.status)
-    if f.account_ref is not None:
+        params[f"{prefix}statuses"] = list(criteria.status)
+    if criteria.account_ref is not None:
         clauses.append(f"i.account_ref = CAST(:{prefix}account AS text)")
-        params[f"{prefix}account"] = f.account_ref
-    if f.protected is not None:
-        clauses.append(is_protected if f.protected else f"NOT ({is_protected})")
-    if f.derived_state is not None:
+        params[f"{prefix}account"] = criteria.account_ref
+    if criteria.protected is not None:
+        clauses.append(is_protected if criteria.protected else f"NOT ({is_protected})")
+    if criteria.derived_state is not None:
         clauses.append(f"i.derived_state = ANY(CAST(:{prefix}states AS text[]))")
-        params[f"{prefix}states"] = list(f.derived_state)
-    _flag(clauses, f.written_off, "i.written_off > 0")
-    _flag(clauses, f.conflict, "i.conflict IS NOT NULL")
-    _flag(clauses, f.mismatch, "i.mismatch")
-    if f.divergent is not None:
+        params[f"{prefix}states"] = list(criteria.derived_state)
+    _flag(clauses, criteria.written_off, "i.written_off > 0")
+    _flag(clauses, criteria.conflict, "i.conflict IS NOT NULL")
+    _flag(clauses, criteria.mismatch, "i.mismatch")
+    if criteria.divergent is not None:
         # The reconciliation report's `status_differs`, in the same terms.
-        states = list(ctx.labels)
+        states = list(context.labels)
         whens = " ".join(
             f"WHEN :{prefix}state_{n} THEN :{prefix}label_{n}" for n in range(len(states))
         )
         for n, state in enumerate(states):
             params[f"{prefix}state_{n}"] = state
-            params[f"{prefix}label_{n}"] = ctx.labels[state]
+            params[f"{prefix}label_{n}"] = context.labels[state]
         expected = f"(CASE i.derived_state {whens} END)"
         _flag(
             clauses,
-            f.divergent,
+            criteria.divergent,
             f"(NOT ({is_protected}) AND {expected} IS NOT NULL AND i.status <> {expected})",
         )
-    if f.updated_since is not None:
+    if criteria.updated_since is not None:
         clauses.append(f"i.updated_at >= CAST(:{prefix}updated_since AS timestamptz)")
-        params[f"{prefix}updated_since"] = f.updated_since
+        params[f"{prefix}updated_since"] = criteria.updated_since
     return "".join(f" AND {c}" for c in clauses), params
 
 
@@ -83,11 +83,14 @@ def filter_context(ledger: LedgerSettings) -> FilterContext:
     )
 
 
-async def checked_filter(conn: AsyncConnection, f: InvoiceFilter, *, loc: str) -> InvoiceFilter:
+async def checked_filter(
+    conn: AsyncConnection, criteria: InvoiceFilter, *, loc: str
+) -> InvoiceFilter:
     """The filter with its statuses checked (422 listing the known ones: a mistyped status
     would otherwise match nothing, silently) and `updated_since` in UTC when it has no offset."""
-    if f.status:
-        await ensure_known_statuses(conn, f.status, loc=loc)
-    if f.updated_since is not None and f.updated_since.tzinfo is None:
-        f = f.model_copy(update={"updated_since": f.updated_since.replace(tzinfo=UTC)})
-    return f
+    if criteria.status:
+        await ensure_known_statuses(conn, criteria.status, loc=loc)
+    if criteria.updated_since is not None and criteria.updated_since.tzinfo is None:
+        in_utc = criteria.updated_since.replace(tzinfo=UTC)
+        criteria = criteria.model_copy(update={"updated_since": in_utc})
+    return criteria

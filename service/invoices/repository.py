@@ -20,15 +20,15 @@ INVOICES: sa.Table = Invoice.metadata.tables["invoices"]
 
 async def list_invoices(
     conn: AsyncConnection,
-    f: InvoiceFilter,
-    ctx: FilterContext,
+    criteria: InvoiceFilter,
+    context: FilterContext,
     *,
     after: str | None,
     limit: int,
 ) -> list[Row[Any]]:
     """One page in invoice-number order, keyset after `after` (the key never changes, so
     paging under concurrent writes neither repeats nor skips an invoice)."""
-    where, params = filter_sql(f, ctx)
+    where, params = filter_sql(criteria, context)
     keyset = ""
     if after is not None:
         keyset = " AND i.invoice_number > CAST(:after AS text)"
@@ -44,9 +44,11 @@ async def list_invoices(
     return list(rows)
 
 
-async def count_matching(conn: AsyncConnection, f: InvoiceFilter, ctx: FilterContext) -> int:
+async def count_matching(
+    conn: AsyncConnection, criteria: InvoiceFilter, context: FilterContext
+) -> int:
     # A WHERE, not count_each's FILTER: an account's invoices are counted from its index.
-    where, params = filter_sql(f, ctx)
+    where, params = filter_sql(criteria, context)
     row = await conn.execute(
         sa.text(f"SELECT count(*) FROM invoices AS i WHERE true{where}"), params
     )
@@ -54,15 +56,15 @@ async def count_matching(conn: AsyncConnection, f: InvoiceFilter, ctx: FilterCon
 
 
 async def count_each(
-    conn: AsyncConnection, filters: list[InvoiceFilter], ctx: FilterContext
+    conn: AsyncConnection, filters: list[InvoiceFilter], context: FilterContext
 ) -> list[int]:
     """How many invoices each filter selects, in one pass over the table."""
     if len(filters) == 1:
-        return [await count_matching(conn, filters[0], ctx)]
+        return [await count_matching(conn, filters[0], context)]
     columns: list[str] = []
     params: dict[str, Any] = {}
-    for n, f in enumerate(filters):
-        where, own = filter_sql(f, ctx, prefix=f"f{n}_")
+    for n, criteria in enumerate(filters):
+        where, own = filter_sql(criteria, context, prefix=f"f{n}_")
         columns.append(f"count(*) FILTER (WHERE true{where})")
         params.update(own)
     row = await conn.execute(sa.text(f"SELECT {', '.join(columns)} FROM invoices AS i"), params)
@@ -77,8 +79,7 @@ async def status_counts(conn: AsyncConnection) -> list[tuple[str, int]]:
 
 
 async def get_invoice(conn: AsyncConnection, invoice_number: str) -> Row[Any] | None:
-    t = INVOICES
-    row = await conn.execute(sa.select(t).where(t.c.invoice_number == invoice_number))
+    row = await conn.execute(sa.select(INVOICES).where(INVOICES.c.invoice_number == invoice_number))
     return row.first()
 
 

@@ -247,13 +247,14 @@ async def job_view(
     job = await repo.get_job(conn, job_id)
     if job is None:
         raise NotFound(f"no job '{job_id}'")
-    q = f"{job_id}:{outcome or ''}"
+    # A results cursor pages one job's results with one outcome filter, and no other.
+    paged = f"{job_id}:{outcome or ''}"
     after_seq = 0
     if results_cursor is not None:
         values = cursor.decode(
             results_cursor, param="results_cursor", fields={"seq": int, "q": str}
         )
-        if values["q"] != q:
+        if values["q"] != paged:
             raise cursor.mismatch("results_cursor")
         after_seq = values["seq"]
     rows = await repo.job_results(
@@ -262,7 +263,7 @@ async def job_view(
     page = rows[:results_limit]
     next_cursor = None
     if len(rows) > results_limit:
-        next_cursor = cursor.encode({"seq": page[-1].seq, "q": q})
+        next_cursor = cursor.encode({"seq": page[-1].seq, "q": paged})
     return JobOut.model_validate(
         {
             **job._mapping,
