@@ -104,7 +104,8 @@ class StatusHistory(SQLModel, table=True):
 
     id: int | None = identity_key()
     # No foreign key: history is written only in the statement that updates the invoice, and
-    # invoices are never deleted (only marked); the per-row check was a tenth of a Global Update.
+    # invoices are never deleted (only marked), so a per-row check would guard nothing, at a
+    # cost to every Global Update.
     invoice_number: str = Field(max_length=30)
     at: datetime = defaults_to_now()
     from_status: str | None = Field(default=None, max_length=64)
