@@ -115,3 +115,19 @@ def test_no_module_but_the_vocabulary_spells_out_its_words() -> None:
         hit for path in files for hit in word_lists(path.read_text(), str(path.relative_to(ROOT)))
     ]
     assert found == [], "take them from service.ledger.vocabulary instead:\n" + "\n".join(found)
+
+
+def test_the_reconcile_statement_derives_only_known_states() -> None:
+    """The rules that derive a state are SQL, not vocabulary; the words they write are."""
+    from service.reconcile import compute
+
+    statement = compute._COMPUTE
+    figures = statement[
+        statement.index("figures AS MATERIALIZED") : statement.index("outcome AS MATERIALIZED")
+    ]
+    derived = set(re.findall(r"(?:THEN|ELSE) '([a-z_]+)'", figures))
+    assert derived == set(v.DERIVED_STATES)
+    compared = re.findall(r"true_state IN \(([^)]*)\)", statement)
+    assert compared
+    for listed in compared:
+        assert set(re.findall(r"'([a-z_]+)'", listed)) <= set(v.DERIVED_STATES)
