@@ -2,7 +2,7 @@
 
 (a) Full reconcile: 1,000,000 postings over 200,000 invoices generated in SQL
     (generate_series), every invoice dirty, drained through the real code path
-    (service.reconcile.service.reconcile_dirty: claim, compute, write invoice + history +
+    (service.reconcile.tasks.reconcile_dirty: claim, compute, write invoice + history +
     outbox + run, batch after batch) beside the bare single `UPDATE ... FROM (aggregate)`
     that computes the same figures and states, on the same data, in the same run.
     Targets: <= 2.5 s and <= 2x the bare statement. Median of 3 repeats (1 in quick mode).
@@ -41,10 +41,10 @@ from bench.common import (
     server_cpu_seconds,
 )
 from service.db import create_engine, libpq_url
+from service.ledger.classify import write_off_sql
 from service.logging import configure_logging
 from service.migrate import upgrade_to_head
-from service.reconcile import service as reconcile_service
-from service.rules import write_off_sql
+from service.reconcile import tasks as reconcile_tasks
 from service.settings import Settings, load_settings
 from tests.support.webhooks import signed_request
 
@@ -241,7 +241,7 @@ async def full_reconcile(size: Size) -> list[BenchResult]:
                     # The pool's connections stay open to the end: their CPU is counted.
                     cpu = server_cpu_seconds(postmaster_pid)
                     timer = Timer()
-                    examined = await reconcile_service.reconcile_all_dirty(engine, settings)
+                    examined = await reconcile_tasks.reconcile_all_dirty(engine, settings)
                     real_times.append(timer.elapsed)
                     real_cpu.append(server_cpu_seconds(postmaster_pid) - cpu)
                     real_states = await _state_counts(conn)

@@ -10,9 +10,10 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.security.utils import get_authorization_scheme_param
 from starlette.types import Scope as AsgiScope
 
-from service.deps import SettingsDep
 from service.errors import Forbidden, Unauthorized
-from service.settings import ApiKey, Principal, Scope, Settings
+from service.keys import ApiKey, Principal, Scope
+from service.request_scope import SettingsDep
+from service.settings import Settings
 
 _bearer = HTTPBearer(auto_error=False, description="An API key from LEDGERLINK_API_KEYS")
 

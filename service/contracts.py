@@ -11,10 +11,15 @@ below are spliced in; values travel as bind parameters of the caller's statement
 
 from __future__ import annotations
 
-from typing import Literal
-
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
+
+from service.ledger.vocabulary import (
+    HISTORY_SOURCES,
+    OUTBOX_SOURCES,
+    HistorySource,
+    OutboxSource,
+)
 
 # --- NOTIFY channels (delivered at commit, so a listener never wakes to rows it cannot see) ---
 
@@ -34,12 +39,6 @@ async def notify(conn: AsyncConnection, *channels: str) -> None:
 
 
 # --- status_history (contract 3) --------------------------------------------------------------
-
-# Who changed a status: reconciliation, a person's edit, the Global Update, or the CRM read-back
-# adopting what someone set in OpenCRM.
-HistorySource = Literal["sync", "manual", "bulk", "crm"]
-# What the CRM hears about: everything but what came from the CRM itself.
-OutboxSource = Literal["sync", "manual", "bulk"]
 
 
 def insert_history(
@@ -65,7 +64,7 @@ def insert_history(
     INSERT INTO status_history (invoice_number, from_status, to_status, from_outstanding,
                                 to_outstanding, source, actor, reason, run_id, job_id)
     SELECT {invoice_number}, {from_status}, {to_status}, {from_outstanding}, {to_outstanding},
-           '{_checked(source, HistorySource)}', {actor}, {reason}, {run_id}, {job_id}"""
+           '{_checked(source, HISTORY_SOURCES)}', {actor}, {reason}, {run_id}, {job_id}"""
     return sql + _tail(from_, where, order_by, returning)
 
 
@@ -88,7 +87,7 @@ def insert_outbox(
     same for every source: {"status", "outstanding" (text, two places), "history_id" (null for
     a balance change without a status change), "source"}. The keyword arguments are SQL
     expressions over `from_`. The caller also notifies OUTBOX_CHANNEL."""
-    checked = _checked(source, OutboxSource)
+    checked = _checked(source, OUTBOX_SOURCES)
     sql = f"""
     INSERT INTO outbox (invoice_number, source, payload)
     SELECT {invoice_number}, '{checked}',
@@ -99,8 +98,8 @@ def insert_outbox(
     return sql + _tail(from_, where, order_by, returning)
 
 
-def _checked(source: str, allowed: object) -> str:
-    if source not in getattr(allowed, "__args__", ()):
+def _checked(source: str, allowed: tuple[str, ...]) -> str:
+    if source not in allowed:
         raise ValueError(f"unknown source {source!r}")
     return source
 

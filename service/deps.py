@@ -1,23 +1,28 @@
 """Request-scoped dependencies: what the lifespan built (typed), and the one transaction per
 request.
 
-The lifespan builds one `Runtime`; this module is the only reader of `app.state`, so routes ask
-for typed parts of it (`SettingsDep`, `EngineDep`, ...) instead of reaching into an attribute bag.
+The lifespan builds one `Runtime`; this module (with service/request_scope.py, the part of it
+that names no feature: the settings, the engine, the request's transaction) is the only reader
+of `app.state`, so routes ask for typed parts of it (`SettingsDep`, `IngestDep`, ...) instead
+of reaching into an attribute bag.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, Request
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.console.session import SessionKeys
 from service.crm.service import Dispatcher
 from service.ingest.service import WebhookIngest
 from service.ops.readiness import Probed
+from service.request_scope import ConnDep as ConnDep
+from service.request_scope import EngineDep as EngineDep
+from service.request_scope import SettingsDep as SettingsDep
+from service.request_scope import get_engine as get_engine
 from service.settings import Settings
 from service.worker import Worker
 
@@ -57,14 +62,6 @@ async def get_runtime(request: Request) -> Runtime:
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
-async def get_settings(runtime: RuntimeDep) -> Settings:
-    return runtime.settings
-
-
-async def get_engine(runtime: RuntimeDep) -> AsyncEngine:
-    return runtime.engine
-
-
 async def get_ingest(runtime: RuntimeDep) -> WebhookIngest:
     return runtime.ingest
 
@@ -77,19 +74,6 @@ async def get_probed(runtime: RuntimeDep) -> Probed:
     return runtime.probed
 
 
-async def get_connection(
-    engine: Annotated[AsyncEngine, Depends(get_engine)],
-) -> AsyncIterator[AsyncConnection]:
-    """The request's one transaction. Committed after the endpoint returns and before the
-    response is sent (scope="function"), so a 2xx means the work is on disk; any exception
-    rolls everything back. Nothing else in a request commits."""
-    async with engine.begin() as conn:
-        yield conn
-
-
-SettingsDep = Annotated[Settings, Depends(get_settings)]
-EngineDep = Annotated[AsyncEngine, Depends(get_engine)]
 IngestDep = Annotated[WebhookIngest, Depends(get_ingest)]
 WorkerDep = Annotated[Worker | None, Depends(get_worker)]
 ProbedDep = Annotated[Probed, Depends(get_probed)]
-ConnDep = Annotated[AsyncConnection, Depends(get_connection, scope="function")]

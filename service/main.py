@@ -117,7 +117,7 @@ async def lifespan(
             Runtime(
                 settings=settings,
                 engine=engine,
-                ingest=WebhookIngest(settings, engine),
+                ingest=WebhookIngest(settings),
                 console_keys=console_keys,
                 worker=worker,
                 dispatcher=dispatcher,
@@ -188,7 +188,7 @@ def known_values(settings: Settings, *, api: bool) -> KnownValues:
     return KnownValues(
         settings=settings,
         reject_reasons=REJECT_REASONS,
-        statuses=required_values(settings),
+        statuses=required_values(settings.ledger),
         http_operations=http_operations() if api else (),
     )
 

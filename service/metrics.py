@@ -24,6 +24,7 @@ from prometheus_client import Counter, Gauge, Histogram, Info, disable_created_m
 from prometheus_client.metrics import MetricWrapperBase
 
 from service import __version__
+from service.ledger.vocabulary import OUTBOX_SOURCES
 from service.settings import CrmMode, Settings
 
 # A `_created` timestamp series beside every counter and histogram doubles what Prometheus
@@ -126,8 +127,9 @@ STATUS_CHANGES = Counter(
     "Invoice status changes by source and new status",
     ["source", "status"],
 )
+# The changes this service makes (what the CRM hears of); the CRM's own are not counted here.
 KNOWN_LABELS[STATUS_CHANGES] = lambda known: [
-    (source, status) for source in ("sync", "manual", "bulk") for status in known.statuses
+    (source, status) for source in OUTBOX_SOURCES for status in known.statuses
 ]
 BULK_JOBS = Counter(
     "ledgerlink_bulk_jobs_total",

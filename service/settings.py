@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import re
-from dataclasses import dataclass
 from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
@@ -19,30 +17,15 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-Scope = Literal["read", "write", "admin"]
-DerivedState = Literal["unpaid", "part_paid", "paid", "written_off", "paid_written_off"]
-DERIVED_STATES: tuple[DerivedState, ...] = (
-    "unpaid",
-    "part_paid",
-    "paid",
-    "written_off",
-    "paid_written_off",
-)
-DEFAULT_STATUS_LABELS: dict[str, str] = {
-    "unpaid": "Unpaid",
-    "part_paid": "Part Paid",
-    "paid": "Paid",
-    "written_off": "Written Off",
-    "paid_written_off": "Paid/Written Off",
-}
-# What SageLink itself would write: it knows nothing of write-offs.
-SAGELINK_FALLBACK: dict[str, str] = {
-    "unpaid": "unpaid",
-    "part_paid": "part_paid",
-    "paid": "paid",
-    "written_off": "paid",
-    "paid_written_off": "paid",
-}
+# Re-exported for service/console/ until it imports them from service.keys.
+from service.keys import ApiKey as ApiKey
+from service.keys import Principal as Principal
+from service.keys import Scope as Scope
+from service.keys import parse_api_keys
+from service.ledger.settings import LedgerSettings, comma_separated
+
+# Re-exported for service/console/router.py until it imports it from service.ledger.vocabulary.
+from service.ledger.vocabulary import DERIVED_STATES as DERIVED_STATES
 
 
 class CrmMode(StrEnum):
@@ -50,35 +33,10 @@ class CrmMode(StrEnum):
     opencrm = "opencrm"
 
 
-class WriteOffMode(StrEnum):
-    classify = "classify"
-    sagelink = "sagelink"
+class Settings(BaseSettings, LedgerSettings):
+    """The process's settings; the ledger's (service.ledger.settings) are declared there and
+    handed on together as `ledger`."""
 
-
-class ApiKey:
-    """One configured API key: its secret, a display name for audit trails, its scopes."""
-
-    def __init__(self, secret: str, name: str, scopes: frozenset[str]) -> None:
-        self.secret = secret
-        self.name = name
-        self.scopes = scopes
-
-
-@dataclass(frozen=True)
-class Principal:
-    """Who a request's API key names, and what it may do (the key without its secret)."""
-
-    name: str
-    scopes: frozenset[str]
-
-
-def _split_csv(value: Any) -> Any:
-    if isinstance(value, str):
-        return [part.strip() for part in value.split(",") if part.strip()]
-    return value
-
-
-class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="LEDGERLINK_",
         extra="ignore",
@@ -137,21 +95,6 @@ class Settings(BaseSettings):
     # CRM for them, with no transaction open meanwhile; a killed worker's claim runs out then.
     crm_lease_seconds: float = Field(default=60.0, gt=0)
 
-    write_off_mode: WriteOffMode = WriteOffMode.classify
-    write_off_nominals: Annotated[list[str], NoDecode] = Field(default=["8100-8199"])
-    write_off_pattern: str = r"bad\s*debt|write[\s-]*off|baddbt"
-    # Foreign Trader: the company's base currency, and the nominal codes Sage posts its
-    # automatic exchange revaluations to ("Revaluation N/C", 7906 by default).
-    base_currency: str = "GBP"
-    exchange_variance_nominals: Annotated[list[str], NoDecode] = Field(default=["7906"])
-    protected_statuses: Annotated[list[str], NoDecode] = Field(
-        default=["Written Off", "Paid/Written Off"]
-    )
-    status_labels: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_STATUS_LABELS))
-
-    # Sage's postings carry no due date: bad debt relief counts six months from the invoice
-    # date plus this term.
-    bad_debt_payment_term_days: int = Field(default=30, ge=0, le=366)
     console_session_secret: SecretStr | None = None
     console_session_minutes: int = Field(default=480, ge=1, le=7 * 24 * 60)
 
@@ -171,16 +114,10 @@ class Settings(BaseSettings):
     # or networks, `*` for every peer); unset: uvicorn's FORWARDED_ALLOW_IPS, else 127.0.0.1.
     forwarded_allow_ips: str | None = None
 
-    @field_validator(
-        "webhook_secrets",
-        "write_off_nominals",
-        "exchange_variance_nominals",
-        "protected_statuses",
-        mode="before",
-    )
+    @field_validator("webhook_secrets", mode="before")
     @classmethod
-    def _comma_separated(cls, value: Any) -> Any:
-        return _split_csv(value)
+    def _comma_separated_secrets(cls, value: Any) -> Any:
+        return comma_separated(value)
 
     @field_validator("webhook_secrets")
     @classmethod
@@ -188,33 +125,6 @@ class Settings(BaseSettings):
         for secret in value:
             if not secret.get_secret_value().startswith("whsec_"):
                 raise ValueError("each secret must start with 'whsec_'")
-        return value
-
-    @field_validator("write_off_nominals", "exchange_variance_nominals")
-    @classmethod
-    def _nominal_ranges(cls, value: list[str]) -> list[str]:
-        for item in value:
-            if not re.fullmatch(r"\d{1,8}(-\d{1,8})?", item):
-                raise ValueError(f"'{item}' is not a nominal code or range like 8100-8199")
-            low, _, high = item.partition("-")
-            if high and int(high) < int(low):
-                raise ValueError(f"range '{item}' ends before it starts")
-        return value
-
-    @field_validator("base_currency")
-    @classmethod
-    def _currency_code(cls, value: str) -> str:
-        if not re.fullmatch(r"[A-Z]{3}", value):
-            raise ValueError(f"'{value}' is not an ISO 4217 code of 3 capital letters, like GBP")
-        return value
-
-    @field_validator("write_off_pattern")
-    @classmethod
-    def _pattern_compiles(cls, value: str) -> str:
-        try:
-            re.compile(value)
-        except re.error as exc:
-            raise ValueError(f"not a valid regular expression: {exc}") from None
         return value
 
     @field_validator("opencrm_path_template")
@@ -236,22 +146,6 @@ class Settings(BaseSettings):
     def _blank_is_unset(cls, value: str | None) -> str | None:
         return value.strip() or None if value is not None else None
 
-    @field_validator("status_labels", mode="before")
-    @classmethod
-    def _labels_json(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            value = json.loads(value)
-        if not isinstance(value, dict):
-            raise ValueError("must be a JSON object of derived state to label")
-        unknown = set(value) - set(DERIVED_STATES)
-        if unknown:
-            raise ValueError(
-                f"unknown derived states {sorted(unknown)}; use {list(DERIVED_STATES)}"
-            )
-        merged = dict(DEFAULT_STATUS_LABELS)
-        merged.update({k: str(v) for k, v in value.items()})
-        return merged
-
     @field_validator("console_session_secret")
     @classmethod
     def _long_secret(cls, value: SecretStr | None) -> SecretStr | None:
@@ -263,7 +157,7 @@ class Settings(BaseSettings):
     @classmethod
     def _api_keys_parse(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None:
-            _parse_api_keys(value.get_secret_value())
+            parse_api_keys(value.get_secret_value())
         return value
 
     @field_validator("database_url")
@@ -313,69 +207,18 @@ class Settings(BaseSettings):
     def parsed_api_keys(self) -> dict[str, ApiKey]:
         if self.api_keys is None:
             return {}
-        return _parse_api_keys(self.api_keys.get_secret_value())
+        return parse_api_keys(self.api_keys.get_secret_value())
 
     @cached_property
-    def nominal_ranges(self) -> list[tuple[str, str]]:
-        """The write-off nominals as inclusive (low, high) pairs."""
-        return _ranges(self.write_off_nominals)
-
-    @cached_property
-    def exchange_variance_ranges(self) -> list[tuple[str, str]]:
-        """The exchange-variance nominals as inclusive (low, high) pairs."""
-        return _ranges(self.exchange_variance_nominals)
+    def ledger(self) -> LedgerSettings:
+        """The ledger's settings alone, for code that needs nothing else."""
+        return LedgerSettings.model_construct(
+            **{name: getattr(self, name) for name in LedgerSettings.model_fields}
+        )
 
     @property
     def number_record_field(self) -> str:
         return self.opencrm_number_record_field or self.opencrm_number_field
-
-    def label_for(self, state: str) -> str:
-        return self.status_labels[state]
-
-    def writable_labels(self) -> list[str]:
-        """Every label a sync may write, in either write-off mode."""
-        labels = [self.status_labels[s] for s in DERIVED_STATES]
-        return list(dict.fromkeys(labels))
-
-
-def _ranges(items: list[str]) -> list[tuple[str, str]]:
-    pairs = []
-    for item in items:
-        low, _, high = item.partition("-")
-        pairs.append((low, high or low))
-    return pairs
-
-
-def _parse_api_keys(raw: str) -> dict[str, ApiKey]:
-    """`{"<key>": ["read", ...]}` or `{"<key>": {"name": "alice", "scopes": [...]}}`."""
-    import hashlib
-
-    try:
-        data = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"not valid JSON ({exc.msg})") from None
-    if not isinstance(data, dict):
-        raise ValueError('must be a JSON object like {"<key>": ["read", "write"]}')
-    keys: dict[str, ApiKey] = {}
-    for secret, spec in data.items():
-        fingerprint = hashlib.sha256(secret.encode()).hexdigest()[:8]
-        name = f"key-{fingerprint}"
-        scopes = spec
-        if isinstance(spec, dict):
-            name = str(spec.get("name") or name)
-            scopes = spec.get("scopes")
-        if not isinstance(scopes, list) or not all(s in ("read", "write", "admin") for s in scopes):
-            raise ValueError(f"scopes of key {name} must be a list of read/write/admin")
-        if len(secret) < 16:
-            raise ValueError(f"key {name} is shorter than 16 characters")
-        granted = set(scopes)
-        # admin implies write implies read: an admin key can do what a reader can.
-        if "admin" in granted:
-            granted |= {"write", "read"}
-        if "write" in granted:
-            granted.add("read")
-        keys[secret] = ApiKey(secret, name, frozenset(granted))
-    return keys
 
 
 class SettingsError(Exception):

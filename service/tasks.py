@@ -11,7 +11,7 @@ from functools import partial
 from service.context import Task, WorkerContext
 from service.crm import tasks as crm
 from service.crm.service import Dispatcher
-from service.invoices import tasks as invoices
+from service.jobs import tasks as jobs
 from service.reconcile import tasks as reconcile
 
 
@@ -20,7 +20,7 @@ def worker_tasks(ctx: WorkerContext, dispatcher: Dispatcher) -> list[tuple[str, 
     its halt (crm.tasks.dispatcher)."""
     return [
         ("reconcile", reconcile.Reconcile(ctx).run_once),
-        ("bulk_jobs", partial(invoices.run_once, ctx)),
+        ("bulk_jobs", partial(jobs.run_once, ctx)),
         ("crm_outbox", dispatcher.run_once),
         ("crm_readback", crm.read_back(ctx)),
     ]

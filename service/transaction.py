@@ -1,13 +1,17 @@
-"""The transaction boundary of everything that is not one HTTP request (the worker's tasks, the
-webhook's retried delivery, a sync run's batches): one function owns begin, commit, rollback and
-the retry of a transaction PostgreSQL aborted to resolve a conflict.
+"""The transaction boundaries: the only code that begins and commits a transaction.
 
-A request's own transaction is `service.deps.ConnDep`. Repositories never commit.
+`begin` is where every transaction starts, whoever asks: a request's (`ConnDep`, in
+service/request_scope.py), a task's or a batch's (`run_in_transaction`), a read outside a
+request (`read`). Anything a transaction must carry from its first statement belongs there,
+once. Repositories and services never commit; a service that needs several transactions (a
+sync run's batches, a job's progress beside the job's own transaction, the webhook's retried
+store) is handed one connection per transaction by its task or router.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -18,6 +22,14 @@ from service.logging import get_logger
 log = get_logger(__name__)
 
 T = TypeVar("T")
+
+
+@contextlib.asynccontextmanager
+async def begin(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A connection in a new transaction: committed when the block ends, rolled back when it
+    raises."""
+    async with engine.begin() as conn:
+        yield conn
 
 
 async def run_in_transaction(
@@ -35,7 +47,7 @@ async def run_in_transaction(
     while True:
         attempt += 1
         try:
-            async with engine.begin() as conn:
+            async with begin(engine) as conn:
                 return await fn(conn)
         except Exception as exc:
             if attempt > retries or not db_errors.is_retryable(exc):
@@ -46,3 +58,10 @@ async def run_in_transaction(
                 sqlstate=db_errors.sqlstate(exc),
                 attempt=attempt,
             )
+
+
+async def read(engine: AsyncEngine, fn: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+    """What `fn` reads, outside a request (a probe, a gauge, what a finished run wrote): in a
+    transaction of its own, begun like any other."""
+    async with begin(engine) as conn:
+        return await fn(conn)

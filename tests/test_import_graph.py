@@ -1,4 +1,5 @@
-"""No import circle under `service/`, and the worker loop imports no feature.
+"""No import circle under `service/`, the worker loop imports no feature, and the API-key check
+loads none.
 
 Every `import` of a `service` module counts, wherever it is written: at module level, inside a
 function, or under `if TYPE_CHECKING:`. A function-level import still runs, and one that closes
@@ -129,6 +130,42 @@ def test_the_worker_loop_imports_no_feature() -> None:
     graph = import_graph(ROOT, "service")
     for module in WORKER_LOOP:
         assert graph[module] <= SHARED, (module, sorted(graph[module] - SHARED))
+
+
+def loaded_by(graph: dict[str, set[str]], module: str) -> set[str]:
+    """Every module importing `module` loads, directly or through others."""
+    seen: set[str] = set()
+    todo = [module]
+    while todo:
+        for target in graph.get(todo.pop(), ()):
+            if target not in seen:
+                seen.add(target)
+                todo.append(target)
+    return seen
+
+
+# The features the API-key check must never load: it runs before every route, the worker's
+# and the console's included, and needs nothing but the settings and the keys.
+NOT_FOR_AUTH = ("service.crm", "service.ingest", "service.worker", "service.console")
+
+
+def test_the_api_key_check_loads_no_feature() -> None:
+    graph = import_graph(ROOT, "service")
+    loaded = loaded_by(graph, "service.auth")
+    assert "service.keys" in loaded, "the scan found too little to mean anything"
+    found = sorted(
+        name
+        for name in loaded
+        for feature in NOT_FOR_AUTH
+        if name == feature or name.startswith(f"{feature}.")
+    )
+    assert found == [], f"service.auth loads {found}"
+
+
+def test_loaded_by_follows_imports_through_other_modules() -> None:
+    graph = {"a": {"b"}, "b": {"c"}, "c": set(), "d": {"a"}}
+    assert loaded_by(graph, "a") == {"b", "c"}
+    assert loaded_by(graph, "c") == set()
 
 
 def test_the_scan_finds_circles_however_the_import_is_written(tmp_path: Path) -> None:

@@ -9,13 +9,15 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from service.rules import write_off_sql
-from service.settings import Settings
+from service.ledger.classify import credit_kind_sql
+from service.ledger.settings import LedgerSettings
+from service.ledger.vocabulary import sql_literal
 
 
-def _base(settings: Settings) -> tuple[str, dict[str, Any]]:
+def _base(ledger: LedgerSettings) -> tuple[str, dict[str, Any]]:
     """Written-off invoices with their dates and VAT; `q` is one row per invoice."""
-    write_off, params = write_off_sql("p", settings)
+    # Counted as the reconcile counts it (a revaluation is never a write-off).
+    credit_kind, params = credit_kind_sql("p", ledger)
     sql = f"""
         SELECT i.invoice_number, i.account_ref, i.status, i.invoice_date, i.gross,
                s.net_amount AS net, s.tax_amount AS vat, i.written_off,
@@ -34,17 +36,17 @@ def _base(settings: Settings) -> tuple[str, dict[str, Any]]:
                 FROM allocations AS a
                 JOIN postings AS p ON p.tran_number = a.posting_tran_number AND NOT p.deleted
                WHERE a.invoice_tran_number = i.sage_tran_number AND NOT a.deleted
-                 AND p.type = 'SC' AND {write_off}
+                 AND p.type = 'SC' AND {credit_kind} = {sql_literal("written_off")}
           ) AS wo ON true
          WHERE i.written_off > 0 AND NOT i.deleted
     """
     return sql, params
 
 
-def _params(settings: Settings, as_of: date, account_ref: str | None) -> dict[str, Any]:
+def _params(ledger: LedgerSettings, as_of: date, account_ref: str | None) -> dict[str, Any]:
     return {
         "as_of": as_of,
-        "term": settings.bad_debt_payment_term_days,
+        "term": ledger.bad_debt_payment_term_days,
         "account": account_ref,
     }
 
@@ -60,7 +62,7 @@ def _narrow(account_ref: str | None, qualifying: bool | None) -> str:
 
 async def page(
     conn: AsyncConnection,
-    settings: Settings,
+    ledger: LedgerSettings,
     *,
     as_of: date,
     account_ref: str | None,
@@ -68,25 +70,25 @@ async def page(
     after: str | None,
     limit: int,
 ) -> list[Row[Any]]:
-    base, params = _base(settings)
+    base, params = _base(ledger)
     keyset = "" if after is None else " AND q.invoice_number > CAST(:after AS text)"
     sql = (
         f"SELECT q.* FROM ({base}) AS q{_narrow(account_ref, qualifying)}{keyset} "
         "ORDER BY q.invoice_number LIMIT :limit"
     )
-    params.update(_params(settings, as_of, account_ref), after=after, limit=limit)
+    params.update(_params(ledger, as_of, account_ref), after=after, limit=limit)
     return list(await conn.execute(sa.text(sql), params))
 
 
 async def totals(
     conn: AsyncConnection,
-    settings: Settings,
+    ledger: LedgerSettings,
     *,
     as_of: date,
     account_ref: str | None,
     qualifying: bool | None,
 ) -> Row[Any]:
-    base, params = _base(settings)
+    base, params = _base(ledger)
     sql = f"""
         SELECT count(*) AS invoices,
                coalesce(sum(q.written_off), 0) AS written_off,
@@ -97,5 +99,5 @@ async def totals(
                    AS qualifying_vat_relief
           FROM ({base}) AS q{_narrow(account_ref, qualifying)}
     """
-    params.update(_params(settings, as_of, account_ref))
+    params.update(_params(ledger, as_of, account_ref))
     return (await conn.execute(sa.text(sql), params)).one()

@@ -46,7 +46,7 @@ async def bad_debts(
     its due date and written off). JSON, or CSV with `?format=csv` or `Accept: text/csv`."""
     page = await service.bad_debts(
         conn,
-        settings,
+        settings.ledger,
         as_of=as_of,
         account_ref=account_ref,
         qualifying=qualifying,

@@ -5,7 +5,7 @@ the VAT was accounted for, the debt has been written off in the VAT account, and
 unpaid more than six months after the later of the date of supply and the date payment was
 due. Sage's audit trail as sent to us has no due date, so the due date is the invoice date
 plus LEDGERLINK_BAD_DEBT_PAYMENT_TERM_DAYS, and "written off" means a write-off credit
-allocated to the invoice in Sage (service/rules.py). The relief is the VAT fraction of the
+allocated to the invoice in Sage (service/ledger/classify.py). The relief is the VAT fraction of the
 amount written off (written_off x VAT / gross); the list is evidence for the VAT return,
 not the claim itself.
 """
@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from service.baddebts import repository as repo
 from service.baddebts.schemas import BadDebt, BadDebtPage, BadDebtTotals
 from service.cursor import decode_after, encode_after
-from service.settings import Settings
+from service.ledger.settings import LedgerSettings
 
 CSV_FIELDS = tuple(BadDebt.model_fields)
 
@@ -31,7 +31,7 @@ def today() -> date:
 
 async def bad_debts(
     conn: AsyncConnection,
-    settings: Settings,
+    ledger: LedgerSettings,
     *,
     as_of: date | None,
     account_ref: str | None,
@@ -43,7 +43,7 @@ async def bad_debts(
     after = decode_after(cursor, param="cursor")
     rows = await repo.page(
         conn,
-        settings,
+        ledger,
         as_of=day,
         account_ref=account_ref,
         qualifying=qualifying,
@@ -52,11 +52,11 @@ async def bad_debts(
     )
     items = [BadDebt.model_validate(row, from_attributes=True) for row in rows[:limit]]
     total = await repo.totals(
-        conn, settings, as_of=day, account_ref=account_ref, qualifying=qualifying
+        conn, ledger, as_of=day, account_ref=account_ref, qualifying=qualifying
     )
     return BadDebtPage(
         as_of=day,
-        payment_term_days=settings.bad_debt_payment_term_days,
+        payment_term_days=ledger.bad_debt_payment_term_days,
         totals=BadDebtTotals.model_validate(total, from_attributes=True),
         items=items,
         next_cursor=encode_after(items[-1].invoice_number) if len(rows) > limit else None,

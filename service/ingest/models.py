@@ -11,6 +11,7 @@ from sqlalchemy.dialects import postgresql as pg
 from sqlmodel import Field, SQLModel
 
 from service.columns import defaults_to_false, defaults_to_now, money
+from service.ledger.vocabulary import POSTING_TYPES, sql_in
 
 # Sage's own text fields: NOT NULL, empty when Sage sends nothing.
 EMPTY_BY_DEFAULT = {"server_default": ""}
@@ -19,7 +20,7 @@ EMPTY_BY_DEFAULT = {"server_default": ""}
 class Posting(SQLModel, table=True):
     __tablename__ = "postings"
     __table_args__ = (
-        sa.CheckConstraint("type IN ('SI','SC','SR','SA','SD','SP')", name="ck_postings_type"),
+        sa.CheckConstraint(sql_in("type", POSTING_TYPES), name="ck_postings_type"),
         sa.Index("ix_postings_reference_si", "reference", postgresql_where=sa.text("type = 'SI'")),
     )
 

@@ -21,8 +21,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from service import contracts
 from service.db import driver_connection
 from service.ingest.schemas import IngestResult, PostingIn
-from service.rules import revaluation_sql, write_off_sql
-from service.settings import Settings
+from service.ledger import locks
+from service.ledger.classify import revaluation_sql, write_off_sql
+from service.ledger.dirty import mark_dirty
+from service.ledger.settings import LedgerSettings
 
 _POSTINGS_JSON = TypeAdapter(list[PostingIn])
 
@@ -39,7 +41,7 @@ _POSTINGS_JSON = TypeAdapter(list[PostingIn])
 # - changed SIs, old and new versions, give the invoice numbers whose mirror is recomputed.
 # Lookups into the big tables are `= ANY (ARRAY(...))`: an index scan whatever the planner
 # guesses about a CTE's size (a hash join would read all of invoices or allocations).
-_STORE_SQL = """
+_STORE_SQL_TEMPLATE = """
 WITH input AS (
     SELECT DISTINCT ON (p.tran_number)
         p.tran_number, p.type, p.account_ref, coalesce(p.reference, '') AS reference,
@@ -204,10 +206,7 @@ locked AS (
     FOR KEY SHARE OF i
 ),
 marked AS (
-    INSERT INTO dirty_invoices AS d (invoice_number)
-    SELECT invoice_number FROM locked ORDER BY invoice_number
-    ON CONFLICT (invoice_number) DO NOTHING
-    RETURNING 1
+    {mark_locked}
 ),
 mirror_refs AS (
     SELECT reference FROM up WHERE type = 'SI' AND reference <> ''
@@ -220,17 +219,13 @@ SELECT
     (SELECT count(*) FROM marked) AS marked,
     ARRAY(SELECT reference FROM mirror_refs) AS mirror_refs
 """
+_STORE_SQL = _STORE_SQL_TEMPLATE.format(
+    mark_locked=mark_dirty(from_="locked", order_by="invoice_number", returning="1")
+)
 
-# Dirty marking (contract 1 in docs/ARCHITECTURE.md), in the store and mirror statements.
-# Every statement that marks an invoice dirty holds a lock on the invoice row first: the store
-# statement FOR KEY SHARE (`locked`), the detach and mirror statements by updating the row.
-# That lock waits for a worker holding the invoice (FOR UPDATE), keeps any worker from
-# claiming it until this transaction commits (the claim skips locked invoices), and FOR KEY
-# SHARE does not block other ingest transactions. The mark itself is an insert into
-# dirty_invoices that does nothing when the invoice is queued already: the oldest mark keeps
-# its place, and the invoice row is never rewritten to say it is dirty. A worker cannot
-# remove a queued row under us: it deletes only rows of invoices it has claimed, and it
-# cannot claim one while we hold its lock.
+# Dirty marking (contract 1, service.ledger.dirty), in the store and mirror statements: the
+# store statement holds each invoice FOR KEY SHARE (`locked`) before it marks it, the detach
+# and mirror statements hold theirs by updating the row.
 
 # Before the mirror is recomputed, every live invoice it concerns lets go of its SI: the
 # unique index on sage_tran_number covers live invoices only, so an SI that moved from one
@@ -242,15 +237,8 @@ WHERE i.invoice_number = ANY(:refs) AND NOT i.deleted
 RETURNING i.invoice_number
 """
 
-# Mirroring an invoice number is serialised through one of a fixed set of lock slots (its
-# hash), not a lock per number: PostgreSQL's shared lock table holds
-# max_locks_per_transaction x connections locks for everyone, and four concurrent batches
-# of 5,000 new invoices with a lock each ran it out. A batch takes at most MIRROR_LOCK_SLOTS
-# locks, in slot order (no deadlock between batches); two batches whose numbers share a slot
-# take turns, which costs nothing in correctness.
-MIRROR_LOCK_SLOTS = 64
-# First key of the two-key advisory locks of the slots ("LLIN"), apart from other features'.
-MIRROR_LOCK_NAMESPACE = 0x4C4C494E
+# Mirroring an invoice number is serialised through one of a fixed set of lock slots
+# (service.ledger.locks.MIRROR), taken in slot order: no deadlock between batches.
 _LOCK_REFS_SQL = """
 SELECT pg_advisory_xact_lock(:namespace, slot)
 FROM (
@@ -307,14 +295,14 @@ affected AS (
     UNION SELECT unnest(CAST(:detached AS text[]))
 ),
 marked AS (
-    INSERT INTO dirty_invoices (invoice_number)
-    SELECT invoice_number FROM affected ORDER BY invoice_number
-    ON CONFLICT (invoice_number) DO NOTHING
-    RETURNING 1
+    {mark_affected}
 )
 SELECT ARRAY(SELECT invoice_number FROM affected) AS affected,
        (SELECT count(*) FROM marked) AS marked
 """
+
+
+_MARK_AFFECTED = mark_dirty(from_="affected", order_by="invoice_number", returning="1")
 
 
 @dataclass(frozen=True)
@@ -331,7 +319,7 @@ async def store(
     postings: list[PostingIn],
     *,
     event_id: str,
-    settings: Settings,
+    settings: LedgerSettings,
     notify: bool = True,
     received: str | None = None,
 ) -> StoreOutcome:
@@ -373,28 +361,32 @@ async def store(
 
 
 async def _mirror_invoices(
-    conn: AsyncConnection, refs: list[str], settings: Settings
+    conn: AsyncConnection, refs: list[str], ledger: LedgerSettings
 ) -> tuple[set[str], bool]:
     """Detach and re-mirror the invoice numbers `refs`: the invoices affected, and whether any
     of them was newly marked dirty."""
-    write_off, params = write_off_sql("p", settings)
-    revaluation, reval_params = revaluation_sql("p", settings)
+    write_off, params = write_off_sql("p", ledger)
+    revaluation, reval_params = revaluation_sql("p", ledger)
     params.update(reval_params)
     # Two batches mirroring one invoice number take turns; the second then reads (new
     # statement, new snapshot) the SIs the first committed, so the later SI wins either way.
     await conn.execute(
         sa.text(_LOCK_REFS_SQL),
-        {"refs": refs, "slots": MIRROR_LOCK_SLOTS, "namespace": MIRROR_LOCK_NAMESPACE},
+        {"refs": refs, "slots": locks.MIRROR_SLOTS, "namespace": locks.MIRROR},
     )
     detached = await conn.execute(sa.text(_DETACH_SQL), {"refs": refs})
     mirrored = (
         await conn.execute(
-            sa.text(_MIRROR_SQL.format(write_off=write_off, revaluation=revaluation)),
+            sa.text(
+                _MIRROR_SQL.format(
+                    write_off=write_off, revaluation=revaluation, mark_affected=_MARK_AFFECTED
+                )
+            ),
             {
                 **params,
                 "refs": refs,
                 "detached": list(detached.scalars()),
-                "unpaid": settings.status_labels["unpaid"],
+                "unpaid": ledger.label_for("unpaid"),
             },
         )
     ).one()
@@ -410,15 +402,15 @@ class Claim(enum.Enum):
 # The advisory lock (held to the end of the transaction) answers "in flight" at once rather
 # than parking a pooled connection behind the other transaction; the insert then tells a new
 # delivery from one committed before. Both in one round trip.
-_CLAIM_SQL = """
+_CLAIM_SQL = f"""
 WITH lock AS (
-    SELECT pg_try_advisory_xact_lock(hashtextextended('ledgerlink.webhook:' || $1, 0)) AS got
+    SELECT pg_try_advisory_xact_lock({locks.webhook_delivery_sql("$1")}) AS got
 ),
 claimed AS (
     INSERT INTO webhook_deliveries (
         webhook_id, body_sha256, source, status_code, response, postings_received
     )
-    SELECT $1, $2, $3, 202, '{}'::jsonb, $4 FROM lock WHERE lock.got
+    SELECT $1, $2, $3, 202, '{{}}'::jsonb, $4 FROM lock WHERE lock.got
     ON CONFLICT (webhook_id) DO NOTHING
     RETURNING 1
 )

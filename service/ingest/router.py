@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
 from service.auth import NO_API_KEY
-from service.deps import IngestDep
+from service.deps import EngineDep, IngestDep
 from service.errors import ServiceError
 from service.exception_handlers import PROBLEM_JSON
 from service.ingest.schemas import IngestResult, PostingBatch
-from service.ingest.service import count_rejection
+from service.ingest.service import RETRIES, count_rejection
+from service.transaction import read, run_in_transaction
 
 router = APIRouter(tags=["ingest"])
 
@@ -101,7 +103,7 @@ SIGNATURE_HEADERS = [
         },
     },
 )
-async def receive_postings(request: Request, ingest: IngestDep) -> Response:
+async def receive_postings(request: Request, ingest: IngestDep, engine: EngineDep) -> Response:
     """Standard Webhooks signed, idempotent by `webhook-id`, stored all-or-nothing.
 
     The body is read here, not by FastAPI: the signature is over the exact bytes received,
@@ -115,7 +117,16 @@ async def receive_postings(request: Request, ingest: IngestDep) -> Response:
         )
         # Over LEDGERLINK_MAX_BODY_BYTES, the middleware refuses it while it streams in.
         body = await request.body()
-        answer = await ingest.receive(signed, body)
+        delivery = ingest.verified(signed, body)
+        # Not the request's one transaction (ConnDep): a deadlock with a concurrent delivery
+        # runs the whole store again in a new one.
+        result = await run_in_transaction(
+            engine, partial(ingest.apply, delivery=delivery), retries=RETRIES, name="webhook"
+        )
+        if result is None:
+            answer = await read(engine, partial(ingest.replayed, delivery=delivery))
+        else:
+            answer = ingest.applied(delivery, result)
     except ServiceError as exc:
         count_rejection(exc)
         raise

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, get_args
 
 from pydantic import (
     BaseModel,
@@ -21,7 +21,8 @@ from pydantic import (
 from pydantic_core import ErrorDetails, PydanticCustomError
 from pydantic_core import core_schema as cs
 
-PostingType = Literal["SI", "SC", "SR", "SA", "SD", "SP"]
+from service.ledger.vocabulary import PostingType
+
 MAX_POSTINGS = 5000
 # Sage's numeric(14,2) ceiling: anything larger cannot be a real amount and would overflow.
 MAX_AMOUNT = Decimal("999999999999.99")

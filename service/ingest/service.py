@@ -14,7 +14,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, Literal, get_args
 
 from pydantic import ValidationError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.errors import (
     Conflict,
@@ -40,7 +40,6 @@ from service.logging import get_logger
 from service.metrics import BATCH_SIZE, INGEST_LATENCY, POSTINGS, WEBHOOK_DELIVERIES
 from service.middleware import BodyRefusal
 from service.settings import Settings
-from service.transaction import run_in_transaction
 
 log = get_logger(__name__)
 
@@ -90,12 +89,25 @@ class Answer:
     replayed: bool
 
 
-class WebhookIngest:
-    """One per app: the verifier is built from the settings once."""
+@dataclass(frozen=True)
+class Delivery:
+    """A signed delivery whose batch passed validation."""
 
-    def __init__(self, settings: Settings, engine: AsyncEngine) -> None:
+    webhook_id: str
+    body: bytes
+    body_sha256: bytes
+    batch: PostingBatch
+    # perf_counter() when it arrived, for the ingest latency.
+    started: float
+
+
+class WebhookIngest:
+    """One per app: the verifier is built from the settings once. A delivery is verified,
+    applied in a transaction the router begins (retried after a deadlock: RETRIES), and
+    answered; one applied before is answered from what was stored."""
+
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.engine = engine
         self.misconfigured: str | None = None
         try:
             self.verifier = Verifier(settings.webhook_secrets, settings.webhook_tolerance_seconds)
@@ -122,74 +134,72 @@ class WebhookIngest:
         except SignatureRejected as exc:
             raise rejected(Unauthorized, exc.reason, exc.detail) from None
 
-    async def receive(self, headers: SignedHeaders, body: bytes) -> Answer:
+    def verified(self, headers: SignedHeaders, body: bytes) -> Delivery:
+        """The delivery, its signature checked and its batch validated (nothing stored yet)."""
         started = time.perf_counter()
         try:
             self.verifier.verify(headers, body)
         except SignatureRejected as exc:
             raise rejected(Unauthorized, exc.reason, exc.detail) from None
         batch = parse_batch(body, base_currency=self.settings.base_currency)
-        answer = await self._apply_once(headers.webhook_id, body, batch)
-        if answer.replayed:
-            WEBHOOK_DELIVERIES.labels("replayed", "").inc()
-        else:
-            WEBHOOK_DELIVERIES.labels("accepted", "").inc()
-            INGEST_LATENCY.observe(time.perf_counter() - started)
-        return answer
+        return Delivery(headers.webhook_id, body, hashlib.sha256(body).digest(), batch, started)
 
-    async def _apply_once(self, webhook_id: str, body: bytes, batch: PostingBatch) -> Answer:
-        body_sha256 = hashlib.sha256(body).digest()
-        received = len(batch.postings)
+    async def apply(self, conn: AsyncConnection, delivery: Delivery) -> IngestResult | None:
+        """The delivery applied in the caller's transaction, with its answer recorded; None
+        when it was applied before (committed by an earlier transaction). The transaction may
+        run it again after a deadlock: it has no effect outside the database."""
+        webhook_id, batch = delivery.webhook_id, delivery.batch
+        claim = await repository.claim_delivery(
+            conn, webhook_id, delivery.body_sha256, batch.source, len(batch.postings)
+        )
+        if claim is repository.Claim.IN_FLIGHT:
+            raise rejected(
+                Conflict,
+                "in_flight",
+                f"delivery {webhook_id} is being processed right now; "
+                "retry shortly to get its answer",
+                headers={"Retry-After": "1"},
+            )
+        if claim is repository.Claim.DELIVERED:
+            return None
+        outcome = await repository.store(
+            conn,
+            batch.postings,
+            event_id=webhook_id,
+            settings=self.settings.ledger,
+            notify=False,
+            received=received_postings(delivery.body, batch),
+        )
+        result = IngestResult(
+            event_id=webhook_id,
+            postings_received=len(batch.postings),
+            postings_applied=outcome.applied,
+            postings_unchanged=outcome.unchanged,
+            invoices_affected=outcome.invoices_affected,
+        )
+        await repository.record_answer(conn, webhook_id, result, wake=outcome.wake)
+        return result
 
-        async def apply(conn: AsyncConnection) -> IngestResult | None:
-            claim = await repository.claim_delivery(
-                conn, webhook_id, body_sha256, batch.source, received
-            )
-            if claim is repository.Claim.IN_FLIGHT:
-                raise rejected(
-                    Conflict,
-                    "in_flight",
-                    f"delivery {webhook_id} is being processed right now; "
-                    "retry shortly to get its answer",
-                    headers={"Retry-After": "1"},
-                )
-            if claim is repository.Claim.DELIVERED:
-                return None
-            outcome = await repository.store(
-                conn,
-                batch.postings,
-                event_id=webhook_id,
-                settings=self.settings,
-                notify=False,
-                received=received_postings(body, batch),
-            )
-            result = IngestResult(
-                event_id=webhook_id,
-                postings_received=received,
-                postings_applied=outcome.applied,
-                postings_unchanged=outcome.unchanged,
-                invoices_affected=outcome.invoices_affected,
-            )
-            await repository.record_answer(conn, webhook_id, result, wake=outcome.wake)
-            return result
-
-        result = await run_in_transaction(self.engine, apply, retries=RETRIES, name="webhook")
-        if result is None:
-            return await self._replay(webhook_id, body_sha256)
-        # Only here, after the commit, is the delivery acknowledged.
+    def applied(self, delivery: Delivery, result: IngestResult) -> Answer:
+        """The answer to a delivery `apply` stored, once its transaction committed: only then
+        is it acknowledged."""
+        received = len(delivery.batch.postings)
         POSTINGS.labels("received").inc(received)
         POSTINGS.labels("applied").inc(result.postings_applied)
         POSTINGS.labels("unchanged").inc(result.postings_unchanged)
         BATCH_SIZE.observe(received)
+        WEBHOOK_DELIVERIES.labels("accepted", "").inc()
+        INGEST_LATENCY.observe(time.perf_counter() - delivery.started)
         return Answer(202, result.model_dump_json().encode(), replayed=False)
 
-    async def _replay(self, webhook_id: str, body_sha256: bytes) -> Answer:
-        async with self.engine.connect() as conn:
-            stored = await repository.stored_delivery(conn, webhook_id)
+    async def replayed(self, conn: AsyncConnection, delivery: Delivery) -> Answer:
+        """The stored answer to a delivery applied before, if its body is the same."""
+        webhook_id = delivery.webhook_id
+        stored = await repository.stored_delivery(conn, webhook_id)
         if stored is None:  # pragma: no cover - the row was committed before we looked
             raise rejected(Conflict, "in_flight", f"delivery {webhook_id}: retry shortly")
         stored_sha256, response = stored
-        if stored_sha256 != body_sha256:
+        if stored_sha256 != delivery.body_sha256:
             raise rejected(
                 Unprocessable,
                 "id_reused",
@@ -197,6 +207,7 @@ class WebhookIngest:
                 "a new batch needs a new webhook-id",
             )
         result = IngestResult.model_validate(response)
+        WEBHOOK_DELIVERIES.labels("replayed", "").inc()
         return Answer(200, result.model_dump_json().encode(), replayed=True)
 
 

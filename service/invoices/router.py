@@ -1,4 +1,5 @@
-"""HTTP endpoints of invoices: reads, a person's edit, the Global Update and its jobs."""
+"""HTTP endpoints of invoices: reads, a person's edit, the Global Update and its jobs (the
+rules of the last two in service/jobs/)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from service.invoices.schemas import (
     StatusEdit,
     Text,
 )
+from service.jobs import service as jobs
 
 router = APIRouter(tags=["invoices"])
 
@@ -53,7 +55,9 @@ async def list_invoices(
 ) -> Any:
     """Invoices in invoice-number order, keyset-paged (stable while others write). JSON, or
     CSV with `?format=csv` or `Accept: text/csv` (the next page's URL is then in `Link`)."""
-    page = await service.list_invoices(conn, settings, filters, limit=limit, cursor_token=cursor)
+    page = await service.list_invoices(
+        conn, settings.ledger, filters, limit=limit, cursor_token=cursor
+    )
     if not csvout.wants_csv(accept, format):
         return page
     return csvout.page_response(
@@ -95,9 +99,9 @@ async def bulk_update_status(
     Up to the inline limit (1,000 invoices by default) it runs within the request and answers
     200 with the finished job; larger selections answer 202 and run in the worker.
     """
-    key = service.idempotency_key(idempotency_key)
+    key = jobs.idempotency_key(idempotency_key)
     async with service.retryable_conflicts():
-        submitted = await service.submit_bulk(
+        submitted = await jobs.submit_bulk(
             conn,
             settings,
             actor=principal.name,
@@ -123,7 +127,7 @@ async def get_invoice(
     _: ReadKey, invoice_number: InvoiceNumberPath, conn: ConnDep, settings: SettingsDep
 ) -> InvoiceDetail:
     """One invoice with its amounts and its whole status history."""
-    return await service.invoice_detail(conn, settings, invoice_number)
+    return await service.invoice_detail(conn, settings.ledger, invoice_number)
 
 
 @router.patch(
@@ -149,7 +153,7 @@ async def edit_invoice_status(
     """
     async with service.retryable_conflicts():
         return await service.edit_status(
-            conn, settings, actor=principal.name, invoice_number=invoice_number, edit=body
+            conn, settings.ledger, actor=principal.name, invoice_number=invoice_number, edit=body
         )
 
 
@@ -169,7 +173,7 @@ async def get_job(
     outcome: Annotated[Outcome | None, Query(description="Only results with this outcome")] = None,
 ) -> JobOut:
     """A Global Update job: status, counts, progress and its per-invoice results (paged)."""
-    return await service.job_view(
+    return await jobs.job_view(
         conn,
         job_id,
         results_limit=results_limit,

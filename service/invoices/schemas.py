@@ -16,8 +16,8 @@ from pydantic import (
     model_validator,
 )
 
+from service.ledger.vocabulary import AllocationKind, DerivedState, HistorySource
 from service.schemas import Money, RowModel
-from service.settings import DerivedState
 
 MAX_BULK_NUMBERS = 100_000
 
@@ -114,7 +114,7 @@ class HistoryEntry(RowModel):
     to_status: str
     from_outstanding: Money | None
     to_outstanding: Money | None
-    source: Literal["sync", "manual", "bulk", "crm"]
+    source: HistorySource
     actor: str | None
     reason: str | None
     run_id: uuid.UUID | None
@@ -136,9 +136,6 @@ class PostingOut(RowModel):
     deleted: bool
 
 
-AllocationKind = Literal["paid", "refund", "discounted", "written_off", "credited", "other"]
-
-
 class AllocationOut(RowModel):
     """One allocation against the invoice, with the posting that settled it."""
 
@@ -150,7 +147,8 @@ class AllocationOut(RowModel):
     nominal_code: str | None
     amount: Money
     kind: AllocationKind = Field(
-        description="How it counts: paid (SR, SA), refund (SP), discounted (SD), written_off "
+        description="How it counts: paid (SR, SA), refund (SP), discounted (SD), "
+        "exchange_adjustment (an SC that is one of Sage's exchange revaluations), written_off "
         "(an SC the write-off rule classifies so), credited (any other SC)"
     )
     deleted: bool = Field(description="The allocation or its posting was deleted: not counted")

@@ -1,60 +1,44 @@
-"""Invoice rules: reading, a person's edit, and the Global Update (bulk status) with its jobs.
+"""Invoice rules: reading invoices, and a person's edit of one invoice's status (the Global
+Update is service/jobs/).
 
-Decisions (also in docs/FINANCE.md, "Writing off with the API"):
-- Protected = status in settings.protected_statuses. Moving an invoice from a protected to an
-  unprotected status releases it: it is marked dirty, so reconciliation recomputes it.
-- The Global Update never changes a protected invoice unless current_status_in names its
-  status (outcome `skipped_protected`): a person set that status on purpose.
-- Size: the invoices selected by account_ref/invoice_numbers (before the filters). Up to
-  settings.bulk_sync_limit run inside the request (200, one statement, one transaction);
-  more are queued (202) and run by the worker in chunks of BULK_CHUNK, still in ONE
-  transaction (all or nothing), progress committed on a side connection.
-- A dry run stores only its job record and results (so it can be fetched, paged and replayed
-  by Idempotency-Key); invoices, status_history and outbox are not touched, no row is locked.
-- Idempotency-Key (draft-ietf-httpapi-idempotency-key-header): scoped by the API key's name,
-  kept 24 h. Same key + same body: the stored job (200 when finished, 202 while queued or
-  running in the worker); same key + different body: 422; same key while the first request is
-  still being processed (not yet committed): 409.
+Protected = status in the ledger settings' protected_statuses (docs/FINANCE.md, "Writing off
+with the API"). Moving an invoice from a protected to an unprotected status releases it: it
+is marked dirty, so reconciliation recomputes it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass
-from datetime import UTC
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-from sqlalchemy.engine import Row
+from sqlalchemy import Row
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service import cursor, db_errors
-from service.errors import Conflict, NotFound, ServiceError, ServiceUnavailable, Unprocessable
+from service.errors import NotFound, ServiceUnavailable
+from service.invoices import edits
 from service.invoices import repository as repo
-from service.invoices.repository import BulkPlan, ChunkCounts, FilterContext
+from service.invoices.filters import checked_filter, filter_context
 from service.invoices.schemas import (
-    BulkStatusRequest,
     InvoiceDetail,
     InvoiceFilter,
     InvoiceOut,
     InvoicePage,
-    JobOut,
     StatusEdit,
 )
-from service.metrics import BULK_JOBS, STATUS_CHANGES
-from service.picklist.service import ensure_allowed, ensure_known_statuses
-from service.settings import DERIVED_STATES, Settings
 
-IDEMPOTENCY_TTL_HOURS = 24
-BULK_CHUNK = 10_000
-MAX_ATTEMPTS = 3
-MAX_KEY_LENGTH = 255
-
-Progress = Callable[[int], Awaitable[None]]
+# Re-exported for service/console/router.py until it calls them on service.jobs.service.
+from service.jobs.service import Submitted as Submitted
+from service.jobs.service import idempotency_key as idempotency_key
+from service.jobs.service import job_request as job_request
+from service.jobs.service import job_view as job_view
+from service.jobs.service import submit_bulk as submit_bulk
+from service.ledger.settings import LedgerSettings
+from service.metrics import STATUS_CHANGES
+from service.picklist.service import ensure_allowed
 
 
 @contextlib.asynccontextmanager
@@ -74,38 +58,21 @@ async def retryable_conflicts() -> AsyncIterator[None]:
 # --- reads -----------------------------------------------------------------------------------
 
 
-def invoice_out(row: Row[Any], settings: Settings) -> InvoiceOut:
-    return InvoiceOut.model_validate(_invoice_fields(row, settings))
+def invoice_out(row: Row[Any], ledger: LedgerSettings) -> InvoiceOut:
+    return InvoiceOut.model_validate(_invoice_fields(row, ledger))
 
 
-def _invoice_fields(row: Row[Any], settings: Settings) -> dict[str, Any]:
+def _invoice_fields(row: Row[Any], ledger: LedgerSettings) -> dict[str, Any]:
     """The invoice row's columns, grouped as the response nests them, and what the settings
     decide: the currency of a base-currency invoice (NULL in the row), whether it is protected."""
     columns = row._mapping
     return {
         **columns,
-        "currency": row.currency or settings.base_currency,
-        "protected": row.status in settings.protected_statuses,
+        "currency": row.currency or ledger.base_currency,
+        "protected": row.status in ledger.protected_statuses,
         "amounts": columns,
-        "base": {**columns, "currency": settings.base_currency},
+        "base": {**columns, "currency": ledger.base_currency},
     }
-
-
-def filter_context(settings: Settings) -> FilterContext:
-    return FilterContext(
-        protected_statuses=list(settings.protected_statuses),
-        labels={state: settings.label_for(state) for state in DERIVED_STATES},
-    )
-
-
-async def checked_filter(conn: AsyncConnection, f: InvoiceFilter, *, loc: str) -> InvoiceFilter:
-    """The filter with its statuses checked (422 listing the known ones: a mistyped status
-    would otherwise match nothing, silently) and `updated_since` in UTC when it has no offset."""
-    if f.status:
-        await ensure_known_statuses(conn, f.status, loc=loc)
-    if f.updated_since is not None and f.updated_since.tzinfo is None:
-        f = f.model_copy(update={"updated_since": f.updated_since.replace(tzinfo=UTC)})
-    return f
 
 
 INVOICE_CSV_FIELDS = (
@@ -143,7 +110,7 @@ def _filters_fingerprint(f: InvoiceFilter) -> str:
 
 async def list_invoices(
     conn: AsyncConnection,
-    settings: Settings,
+    ledger: LedgerSettings,
     filters: InvoiceFilter,
     *,
     limit: int,
@@ -158,9 +125,9 @@ async def list_invoices(
             raise cursor.mismatch("cursor")
         after = values["after"]
     rows = await repo.list_invoices(
-        conn, filters, filter_context(settings), after=after, limit=limit + 1
+        conn, filters, filter_context(ledger), after=after, limit=limit + 1
     )
-    items = [invoice_out(row, settings) for row in rows[:limit]]
+    items = [invoice_out(row, ledger) for row in rows[:limit]]
     next_cursor = None
     if len(rows) > limit:
         next_cursor = cursor.encode({"after": items[-1].invoice_number, "q": fingerprint})
@@ -168,11 +135,11 @@ async def list_invoices(
 
 
 async def count_invoices(
-    conn: AsyncConnection, settings: Settings, filters: list[InvoiceFilter]
+    conn: AsyncConnection, ledger: LedgerSettings, filters: list[InvoiceFilter]
 ) -> list[int]:
     """How many invoices each filter selects (what the list would show, over all pages)."""
     checked = [await checked_filter(conn, f, loc="query") for f in filters]
-    return await repo.count_each(conn, checked, filter_context(settings))
+    return await repo.count_each(conn, checked, filter_context(ledger))
 
 
 async def status_counts(conn: AsyncConnection) -> list[tuple[str, int]]:
@@ -181,16 +148,16 @@ async def status_counts(conn: AsyncConnection) -> list[tuple[str, int]]:
 
 
 async def invoice_detail(
-    conn: AsyncConnection, settings: Settings, invoice_number: str
+    conn: AsyncConnection, ledger: LedgerSettings, invoice_number: str
 ) -> InvoiceDetail:
     row = await repo.get_invoice(conn, invoice_number)
     if row is None:
         raise NotFound(f"no invoice '{invoice_number}'")
     return InvoiceDetail.model_validate(
         {
-            **_invoice_fields(row, settings),
+            **_invoice_fields(row, ledger),
             "posting": await repo.si_posting(conn, row.sage_tran_number),
-            "allocations": await repo.allocations(conn, row.sage_tran_number, settings),
+            "allocations": await repo.allocations(conn, row.sage_tran_number, ledger),
             "history": await repo.history(conn, invoice_number),
         }
     )
@@ -200,18 +167,23 @@ async def invoice_detail(
 
 
 async def edit_status(
-    conn: AsyncConnection, settings: Settings, *, actor: str, invoice_number: str, edit: StatusEdit
+    conn: AsyncConnection,
+    ledger: LedgerSettings,
+    *,
+    actor: str,
+    invoice_number: str,
+    edit: StatusEdit,
 ) -> InvoiceDetail:
     """Set one invoice's status by hand. Setting the current status again records nothing."""
     # The value first: from here a PUT that would remove it waits for this transaction.
     await ensure_allowed(conn, edit.status)
-    current = await repo.lock_invoice(conn, invoice_number)
+    current = await edits.lock_invoice(conn, invoice_number)
     if current is None:
         raise NotFound(f"no invoice '{invoice_number}'")
     if current.status != edit.status:
-        protected = settings.protected_statuses
+        protected = ledger.protected_statuses
         release = current.status in protected and edit.status not in protected
-        await repo.write_manual_change(
+        await edits.write_manual_change(
             conn,
             invoice_number=invoice_number,
             from_status=current.status,
@@ -221,261 +193,4 @@ async def edit_status(
             release=release,
         )
         STATUS_CHANGES.labels("manual", edit.status).inc()
-    return await invoice_detail(conn, settings, invoice_number)
-
-
-# --- the Global Update -----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Submitted:
-    job: JobOut
-    finished: bool
-    replayed: bool
-
-
-def idempotency_key(header: str | None) -> str | None:
-    """The key from the header: an sf-string per the draft ("..."); a bare token is accepted."""
-    if header is None:
-        return None
-    key = header.strip()
-    if len(key) >= 2 and key[0] == key[-1] == '"':
-        key = key[1:-1]
-    if not key or len(key) > MAX_KEY_LENGTH or not all(0x20 <= ord(ch) < 0x7F for ch in key):
-        raise ServiceError(
-            f"Idempotency-Key must be 1..{MAX_KEY_LENGTH} printable ASCII characters, "
-            'e.g. Idempotency-Key: "8e03978e-40d5-43e8-bc93-6894a57f9324"'
-        )
-    return key
-
-
-def request_digest(body: BulkStatusRequest) -> bytes:
-    canonical = json.dumps(
-        {"kind": repo.BULK_KIND, "request": body.model_dump(mode="json")},
-        sort_keys=True,
-        separators=(",", ":"),
-    )
-    return hashlib.sha256(canonical.encode()).digest()
-
-
-def _key_lock_id(actor: str, key: str) -> int:
-    digest = hashlib.sha256(f"idempotency\n{actor}\n{key}".encode()).digest()
-    return int.from_bytes(digest[:8], "big", signed=True)
-
-
-async def submit_bulk(
-    conn: AsyncConnection,
-    settings: Settings,
-    *,
-    actor: str,
-    body: BulkStatusRequest,
-    key: str | None,
-    results_limit: int,
-) -> Submitted:
-    digest = request_digest(body)
-    if key is not None:
-        if not await repo.try_lock_key(conn, _key_lock_id(actor, key)):
-            raise Conflict(
-                "a request with this Idempotency-Key is still being processed; "
-                "retry in a moment to get its result",
-                headers={"Retry-After": "1"},
-            )
-        stored = await repo.find_job_by_key(conn, actor, key)
-        if stored is not None:
-            if bytes(stored.request_sha256) != digest:
-                raise Unprocessable(
-                    "this Idempotency-Key was already used with a different request body; "
-                    "use a new key for a different request"
-                )
-            job = await job_view(conn, stored.id, results_limit=results_limit)
-            return Submitted(job=job, finished=_finished(job.status), replayed=True)
-
-    await ensure_allowed(conn, body.status)
-    body = await _checked_body(conn, body)
-    numbers = _unique(body.invoice_numbers)
-    if numbers is not None:
-        size = len(numbers)
-    else:
-        size = await repo.count_matching(conn, _selection(body), filter_context(settings))
-    job_id = uuid.uuid4()
-    queued = size > settings.bulk_sync_limit
-    await repo.insert_job(
-        conn,
-        job_id=job_id,
-        status="queued" if queued else "running",
-        request=body.model_dump(mode="json"),
-        request_sha256=digest,
-        idempotency_key=key,
-        actor=actor,
-        dry_run=body.dry_run,
-        total=size,
-        key_ttl_hours=IDEMPOTENCY_TTL_HOURS,
-    )
-    if queued:
-        await repo.notify_jobs(conn)
-        BULK_JOBS.labels("queued", "queued").inc()
-    else:
-        counts = await execute(conn, settings, job_id=job_id, actor=actor, body=body, chunk=None)
-        await repo.finish_job(conn, job_id, counts)
-        BULK_JOBS.labels("inline", "succeeded").inc()
-        if not body.dry_run and counts.updated:
-            STATUS_CHANGES.labels("bulk", body.status).inc(counts.updated)
-    job = await job_view(conn, job_id, results_limit=results_limit)
-    return Submitted(job=job, finished=not queued, replayed=False)
-
-
-async def _checked_body(conn: AsyncConnection, body: BulkStatusRequest) -> BulkStatusRequest:
-    """Every status the selection names must be one an invoice can carry: a mistyped one in
-    `current_status_in` would otherwise select nothing, silently."""
-    if body.current_status_in:
-        await ensure_known_statuses(
-            conn, body.current_status_in, loc="body", field="current_status_in"
-        )
-    if body.filter is None:
-        return body
-    checked = await checked_filter(conn, body.filter, loc="body.filter")
-    return body.model_copy(update={"filter": checked})
-
-
-def _selection(body: BulkStatusRequest) -> InvoiceFilter:
-    """The keyset selection: the filter, narrowed to account_ref when both are given."""
-    selection = body.filter or InvoiceFilter()
-    if body.account_ref is not None and selection.account_ref is None:
-        selection = selection.model_copy(update={"account_ref": body.account_ref})
-    return selection
-
-
-def _unique(numbers: list[str] | None) -> list[str] | None:
-    """Each number once, in code-point order (= COLLATE "C"), so rows lock in one order."""
-    return None if numbers is None else sorted(set(numbers))
-
-
-async def execute(
-    conn: AsyncConnection,
-    settings: Settings,
-    *,
-    job_id: uuid.UUID,
-    actor: str | None,
-    body: BulkStatusRequest,
-    chunk: int | None,
-    progress: Progress | None = None,
-) -> ChunkCounts:
-    """Run the whole selection in the caller's transaction: one statement per chunk (one in
-    all when `chunk` is None), then NOTIFY the CRM dispatcher and reconciliation."""
-    protected = list(settings.protected_statuses)
-    where, params = "", dict[str, Any]()
-    if body.filter is not None:
-        where, params = repo.filter_sql(body.filter, filter_context(settings))
-    plan = BulkPlan(
-        job_id=job_id,
-        to_status=body.status,
-        to_protected=body.status in protected,
-        protected_statuses=protected,
-        actor=actor,
-        reason=body.reason,
-        account_ref=body.account_ref,
-        current_status_in=body.current_status_in,
-        only_settled=body.only_settled,
-        dry_run=body.dry_run,
-        filter_where=where,
-        filter_params=params,
-    )
-    total = ChunkCounts()
-    numbers = _unique(body.invoice_numbers)
-    if numbers is not None:
-        step = chunk or max(len(numbers), 1)
-        for start in range(0, len(numbers), step):
-            part = await repo.run_chunk(
-                conn, plan, offset=total.rows, numbers=numbers[start : start + step]
-            )
-            total.add(part)
-            if progress is not None:
-                await progress(total.rows)
-    else:
-        after: str | None = None
-        while True:
-            # Keyset over the account's invoices; stop on an empty chunk only (a row that
-            # changed account under FOR UPDATE can make a chunk short without being the last).
-            part = await repo.run_chunk(
-                conn, plan, offset=total.rows, after=after, chunk=chunk or 2**31 - 1
-            )
-            if part.rows == 0:
-                break
-            total.add(part)
-            after = part.last_key
-            if progress is not None:
-                await progress(total.rows)
-    if not body.dry_run:
-        await repo.notify(conn, outbox=total.updated > 0, dirty=total.released > 0)
-    return total
-
-
-def _finished(status: str) -> bool:
-    return status in ("succeeded", "failed")
-
-
-async def job_view(
-    conn: AsyncConnection,
-    job_id: uuid.UUID,
-    *,
-    results_limit: int,
-    results_cursor: str | None = None,
-    outcome: str | None = None,
-) -> JobOut:
-    job = await repo.get_job(conn, job_id)
-    if job is None:
-        raise NotFound(f"no job '{job_id}'")
-    q = f"{job_id}:{outcome or ''}"
-    after_seq = 0
-    if results_cursor is not None:
-        values = cursor.decode(
-            results_cursor, param="results_cursor", fields={"seq": int, "q": str}
-        )
-        if values["q"] != q:
-            raise cursor.mismatch("results_cursor")
-        after_seq = values["seq"]
-    rows = await repo.job_results(
-        conn, job_id, after_seq=after_seq, limit=results_limit + 1, outcome=outcome
-    )
-    page = rows[:results_limit]
-    next_cursor = None
-    if len(rows) > results_limit:
-        next_cursor = cursor.encode({"seq": page[-1].seq, "q": q})
-    return JobOut.model_validate(
-        {
-            **job._mapping,
-            "job_id": job.id,
-            "progress": job,
-            "results": page,
-            "next_results_cursor": next_cursor,
-        }
-    )
-
-
-async def job_request(conn: AsyncConnection, job_id: uuid.UUID) -> BulkStatusRequest:
-    """What a Global Update job was asked to do (to apply what a dry run previewed)."""
-    stored = await repo.job_request(conn, job_id)
-    if stored is None:
-        raise NotFound(f"no Global Update job '{job_id}'")
-    return BulkStatusRequest.model_validate(stored)
-
-
-async def run_queued_job(
-    conn: AsyncConnection, settings: Settings, job: Row[Any], progress: Progress
-) -> ChunkCounts:
-    """The worker's half: the whole job in the caller's (one) transaction, chunk by chunk."""
-    body = BulkStatusRequest.model_validate(job.request)
-    # The target may have left the picklist since the request; hold it until commit.
-    await ensure_allowed(conn, body.status)
-    body = await _checked_body(conn, body)
-    counts = await execute(
-        conn,
-        settings,
-        job_id=job.id,
-        actor=job.actor,
-        body=body,
-        chunk=BULK_CHUNK,
-        progress=progress,
-    )
-    await repo.finish_job(conn, job.id, counts)
-    return counts
+    return await invoice_detail(conn, ledger, invoice_number)

@@ -79,7 +79,7 @@ def bind_metrics_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-class _BesideTheWorker(uvicorn.Server):
+class _ServerWithoutSignalHandlers(uvicorn.Server):
     """A uvicorn server sharing the worker's event loop: the worker owns SIGTERM and SIGINT."""
 
     @contextlib.contextmanager
@@ -97,4 +97,4 @@ def worker_metrics_server(app: Starlette) -> uvicorn.Server:
         http="h11",
         timeout_keep_alive=5,
     )
-    return _BesideTheWorker(config)
+    return _ServerWithoutSignalHandlers(config)

@@ -16,6 +16,7 @@ from service.metrics import (
     OUTBOX_AGE,
     OUTBOX_DEPTH,
 )
+from service.transaction import read
 
 _QUERY = sa.text(
     """
@@ -50,8 +51,7 @@ async def backlog(conn: AsyncConnection) -> Backlog:
 async def refresh_gauges(engine: AsyncEngine) -> None:
     # A scrape during a database outage still returns the process metrics.
     with contextlib.suppress(Exception):
-        async with engine.connect() as conn:
-            now = await backlog(conn)
+        now = await read(engine, backlog)
         DIRTY_BACKLOG.set(now.dirty)
         DIRTY_AGE.set(now.dirty_age_seconds)
         OUTBOX_DEPTH.set(now.pending)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.crm.service import Dispatcher
 from service.crm.service import readiness_problems as crm_problems
@@ -13,6 +13,7 @@ from service.migrate import head_revisions
 from service.ops.schemas import Readiness
 from service.picklist.service import readiness_warnings as picklist_warnings
 from service.settings import Settings
+from service.transaction import read
 
 
 @dataclass(frozen=True)
@@ -34,24 +35,27 @@ async def readiness(probed: Probed) -> Readiness:
     problems: list[str] = []
     warnings: list[str] = []
     checks: dict[str, str] = {}
+
+    async def check(conn: AsyncConnection) -> None:
+        await conn.execute(sa.text("SELECT 1"))
+        checks["database"] = "ok"
+        rows = await conn.execute(sa.text("SELECT version_num FROM alembic_version"))
+        current = {r[0] for r in rows}
+        if current == set(head_revisions()):
+            checks["migrations"] = "ok"
+        else:
+            checks["migrations"] = "behind"
+            problems.append(
+                f"migrations not at head (database {sorted(current)}, "
+                f"code {sorted(head_revisions())})"
+            )
+        warnings.extend(await picklist_warnings(conn, settings.ledger))
+        crm_fatal, crm_warnings = await crm_problems(conn, settings, probed.dispatcher)
+        problems.extend(crm_fatal)
+        warnings.extend(crm_warnings)
+
     try:
-        async with probed.engine.connect() as conn:
-            await conn.execute(sa.text("SELECT 1"))
-            checks["database"] = "ok"
-            rows = await conn.execute(sa.text("SELECT version_num FROM alembic_version"))
-            current = {r[0] for r in rows}
-            if current == set(head_revisions()):
-                checks["migrations"] = "ok"
-            else:
-                checks["migrations"] = "behind"
-                problems.append(
-                    f"migrations not at head (database {sorted(current)}, "
-                    f"code {sorted(head_revisions())})"
-                )
-            warnings.extend(await picklist_warnings(conn, settings))
-            crm_fatal, crm_warnings = await crm_problems(conn, settings, probed.dispatcher)
-            problems.extend(crm_fatal)
-            warnings.extend(crm_warnings)
+        await read(probed.engine, check)
     except Exception as exc:  # readiness must answer, whatever the database does
         checks.setdefault("database", "unreachable")
         if checks["database"] == "ok":

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.logging import get_logger
 from service.picklist.service import readiness_warnings
 from service.settings import Settings
+from service.transaction import read
 
 log = get_logger(__name__)
 
 
 async def startup_checks(engine: AsyncEngine, settings: Settings) -> None:
     try:
-        async with engine.connect() as conn:
-            warnings = await readiness_warnings(conn, settings)
+        warnings = await read(engine, partial(readiness_warnings, ledger=settings.ledger))
     except Exception as exc:
         log.warning("startup.checks.skipped", error=f"{type(exc).__name__}: {exc}")
         return

@@ -37,7 +37,7 @@ async def replace_picklist(_: AdminKey, body: PicklistIn, conn: ConnDep) -> Pick
 )
 async def verify_picklist(_: ReadKey, conn: ConnDep, settings: SettingsDep) -> VerificationOut:
     """Whether the picklist holds the protected statuses and every label the sync may write."""
-    result = await service.verify(conn, settings)
+    result = await service.verify(conn, settings.ledger)
     return VerificationOut(
         ok=result.ok,
         required=result.required,
@@ -50,5 +50,5 @@ async def verify_picklist(_: ReadKey, conn: ConnDep, settings: SettingsDep) -> V
 @router.post("/repair", operation_id="repair_invoice_status_picklist", response_model=RepairOut)
 async def repair_picklist(_: AdminKey, conn: ConnDep, settings: SettingsDep) -> RepairOut:
     """Append every missing required value (admin); returns what was added."""
-    added = await service.repair(conn, settings)
-    return RepairOut(added=added, ok=(await service.verify(conn, settings)).ok)
+    added = await service.repair(conn, settings.ledger)
+    return RepairOut(added=added, ok=(await service.verify(conn, settings.ledger)).ok)

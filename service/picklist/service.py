@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.errors import Conflict, Unprocessable
+from service.ledger.settings import LedgerSettings
+from service.ledger.vocabulary import DERIVED_STATES
 from service.picklist import repository
-from service.settings import DERIVED_STATES, SAGELINK_FALLBACK, Settings
 
 REPAIR_HINT = "POST /v1/picklists/invoice-status/repair adds them"
 
@@ -29,19 +30,17 @@ class Verification:
         return not self.missing
 
 
-def required_values(settings: Settings) -> list[str]:
+def required_values(ledger: LedgerSettings) -> list[str]:
     """The protected statuses, every label the sync may write (either write-off mode), and the
     SageLink labels it falls back to when a derived label is missing. Order kept, no repeats."""
-    fallback = [settings.label_for(SAGELINK_FALLBACK[state]) for state in DERIVED_STATES]
-    return list(
-        dict.fromkeys([*settings.protected_statuses, *settings.writable_labels(), *fallback])
-    )
+    fallback = [ledger.fallback_label_for(state) for state in DERIVED_STATES]
+    return list(dict.fromkeys([*ledger.protected_statuses, *ledger.writable_labels(), *fallback]))
 
 
-async def verify(conn: AsyncConnection, settings: Settings) -> Verification:
+async def verify(conn: AsyncConnection, ledger: LedgerSettings) -> Verification:
     present = set(await repository.values(conn))
     observed = await repository.observed_in_crm(conn)
-    required = required_values(settings)
+    required = required_values(ledger)
     return Verification(
         required=required,
         missing=[value for value in required if value not in present],
@@ -50,10 +49,10 @@ async def verify(conn: AsyncConnection, settings: Settings) -> Verification:
     )
 
 
-async def readiness_warnings(conn: AsyncConnection, settings: Settings) -> list[str]:
+async def readiness_warnings(conn: AsyncConnection, ledger: LedgerSettings) -> list[str]:
     """Problems with the picklist worth reporting on /readyz (never fatal)."""
     present = set(await repository.values(conn))
-    missing = [value for value in required_values(settings) if value not in present]
+    missing = [value for value in required_values(ledger) if value not in present]
     if not missing:
         return []
     names = ", ".join(f"'{value}'" for value in missing)
@@ -82,10 +81,10 @@ async def replace_values(conn: AsyncConnection, new_values: list[str]) -> list[s
     return await repository.values(conn)
 
 
-async def repair(conn: AsyncConnection, settings: Settings) -> list[str]:
+async def repair(conn: AsyncConnection, ledger: LedgerSettings) -> list[str]:
     """Append every missing required value; return what was added (empty when nothing was)."""
     await repository.lock_for_change(conn)
-    missing = (await verify(conn, settings)).missing
+    missing = (await verify(conn, ledger)).missing
     if not missing:
         return []
     return await repository.append(conn, missing)

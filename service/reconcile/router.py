@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import time
 import uuid
+from functools import partial
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
@@ -14,8 +15,8 @@ from service import csvout
 from service.auth import ReadKey, WriteKey
 from service.deps import ConnDep, EngineDep, SettingsDep, WorkerDep
 from service.errors import NotFound
-from service.reconcile import service
-from service.reconcile.repository import RunScope
+from service.reconcile import service, tasks
+from service.reconcile.runs import RunScope
 from service.reconcile.schemas import (
     Report,
     ReportItem,
@@ -24,6 +25,7 @@ from service.reconcile.schemas import (
     SyncTrigger,
     SyncTriggered,
 )
+from service.transaction import read
 from service.worker import Worker
 
 router = APIRouter(tags=["reconciliation"])
@@ -57,7 +59,8 @@ async def trigger_sync(
     """Request a sync run. Queued for the workers (202), or with `wait=true` executed within
     the request. A dry run computes and records every change and writes nothing else."""
     # Not the request's one transaction (ConnDep): the run must be committed before its
-    # batches start, and each batch commits on its own (the run resumes from its cursor).
+    # batches start, and each batch commits on its own (the run resumes from its cursor), so
+    # each is begun through the task's boundary calls.
     scope = RunScope(
         scope=body.scope,
         account_ref=body.account_ref,
@@ -65,20 +68,22 @@ async def trigger_sync(
         if body.invoice_numbers is not None
         else None,
     )
-    run_id = await service.request_run(
+    run_id = await tasks.request_run(
         engine, scope, dry_run=body.dry_run, actor=principal.name, running=wait
     )
     location = {"Location": f"/v1/sync/runs/{run_id}"}
     if wait:
         deadline = time.monotonic() + max(1.0, settings.request_timeout_seconds * 0.7)
-        if await service.execute_run(engine, settings, run_id, deadline=deadline):
-            async with engine.connect() as conn:
-                view = await service.run_view(conn, run_id, changes_limit=100, changes_cursor=None)
+        if await tasks.execute_run(engine, settings, run_id, deadline=deadline):
+            view = await read(
+                engine,
+                partial(service.run_view, run_id=run_id, changes_limit=100, changes_cursor=None),
+            )
             assert view is not None
             return JSONResponse(
                 _run_out(view).model_dump(mode="json"), status_code=200, headers=location
             )
-        await service.requeue_run(engine, run_id)
+        await tasks.requeue_run(engine, run_id)
         _wake_worker(worker)
         return JSONResponse(
             SyncTriggered(run_id=run_id, status="queued").model_dump(mode="json"),
@@ -138,7 +143,9 @@ async def reconciliation_report(
 ) -> Any:
     """Invoices that need a person's eye, paged by invoice number. JSON, or CSV with
     `Accept: text/csv` (the next page's URL is then in the `Link` header)."""
-    rows, next_cursor = await service.report(conn, kind, settings, limit=limit, cursor=cursor)
+    rows, next_cursor = await service.report(
+        conn, kind, settings.ledger, limit=limit, cursor=cursor
+    )
     items = [ReportItem.model_validate(row) for row in rows]
     if csvout.wants_csv(accept, None):
         return csvout.page_response(

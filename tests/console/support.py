@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.reconcile.service import reconcile_all_dirty
+from service.reconcile.tasks import reconcile_all_dirty
 from service.settings import Settings
 from tests.support.webhooks import signed_request
 

@@ -28,6 +28,7 @@ from service.console.session import COOKIE
 from service.deps import runtime_of
 from service.main import create_app
 from service.reconcile import service as reconcile
+from service.reconcile.tasks import reconcile_all_dirty
 from service.settings import Settings
 from tests.conftest import ADMIN_KEY, API_KEYS, READ_KEY, WRITE_KEY, auth, make_settings
 from tests.console.conftest import CONSOLE_SECRET, SignIn
@@ -577,7 +578,7 @@ async def odd_invoices(client: httpx.AsyncClient, engine: AsyncEngine, settings:
     body, headers = odd_delivery()
     answer = await client.post("/v1/webhooks/sage/postings", content=body, headers=headers)
     assert answer.status_code == 202, answer.text
-    await reconcile.reconcile_all_dirty(engine, settings)
+    await reconcile_all_dirty(engine, settings)
 
 
 @pytest.mark.usefixtures("odd_invoices")

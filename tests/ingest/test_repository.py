@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.ingest.repository import StoreOutcome, store
 from service.ingest.schemas import PostingIn
-from service.reconcile.repository import claim_dirty
+from service.reconcile.compute import claim_dirty
 from service.settings import Settings
 from tests.ingest.factories import deliver, si, sr
 

@@ -423,7 +423,7 @@ async def test_inline_run_is_all_or_nothing(
     client: httpx.AsyncClient, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A failure after the statuses, history and outbox were written leaves none of them."""
-    from service.invoices import repository
+    from service.jobs import repository
 
     async def broken(*_: Any) -> None:
         raise RuntimeError("disk full, say")

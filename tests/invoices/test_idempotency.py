@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.context import WorkerContext
-from service.invoices import tasks
+from service.jobs import tasks
 from tests.conftest import ADMIN_KEY, WRITE_KEY, auth
 from tests.invoices.conftest import add_invoice, add_many, scalar, table_checksums
 

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.context import WorkerContext
 from service.contracts import JOBS_CHANNEL
-from service.invoices import repository, tasks
+from service.jobs import repository, tasks
 from tests.conftest import READ_KEY, WRITE_KEY, auth
 from tests.invoices.conftest import add_invoice, add_many, scalar, table_checksums
 
@@ -46,15 +46,15 @@ async def test_100k_invoices_through_the_worker_with_progress(
     assert response.json()["progress"] == {"processed": 0, "total": 100_000}
 
     seen: list[tuple[str, int, int]] = []
-    report = repository.report_progress
+    report = tasks.commit_progress
 
-    async def watching(side: Any, job: Any, processed: int) -> None:
-        await report(side, job, processed)
+    async def watching(engine: Any, job: Any, processed: int) -> None:
+        await report(engine, job, processed)
         # What a client polling GET /v1/jobs/{id} sees while the job still runs.
         polled = await _job(client, job_id, "?results_limit=1")
         seen.append((polled["status"], polled["progress"]["processed"], len(polled["results"])))
 
-    monkeypatch.setattr(repository, "report_progress", watching)
+    monkeypatch.setattr(tasks, "commit_progress", watching)
     assert await tasks.run_once(worker_ctx) == 1
 
     assert seen == [("running", n * 10_000, 0) for n in range(1, 11)]
@@ -139,7 +139,7 @@ async def test_a_failing_job_changes_nothing_and_is_retried(
 ) -> None:
     """All or nothing: a failure after some chunks rolls every chunk back."""
     await add_many(engine, 12, account_ref="ACME01")
-    monkeypatch.setattr("service.invoices.service.BULK_CHUNK", 4)
+    monkeypatch.setattr("service.jobs.service.BULK_CHUNK", 4)
     before = await table_checksums(engine, exclude=("jobs", "job_results"))
     response = await small_client.post(
         BULK, json={"status": "Written Off", "account_ref": "ACME01"}, headers=auth(WRITE_KEY)

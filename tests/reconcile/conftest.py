@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.ingest.repository import store
 from service.ingest.schemas import AllocationIn, PostingIn
-from service.reconcile import service
+from service.reconcile import tasks
 from service.settings import Settings
 from tests.support.database import INVOICES_WITH_QUEUE
 
@@ -97,7 +97,7 @@ async def load(engine: AsyncEngine, settings: Settings, *postings: PostingIn) ->
 
 
 async def reconcile(engine: AsyncEngine, settings: Settings) -> int:
-    return await service.reconcile_all_dirty(engine, settings)
+    return await tasks.reconcile_all_dirty(engine, settings)
 
 
 async def invoice(engine: AsyncEngine, number: str) -> dict[str, Any]:

@@ -12,8 +12,10 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from service.ingest.schemas import PostingIn
-from service.rules import REVALUATION_DETAILS, REVALUATION_REFERENCE
-from service.settings import SAGELINK_FALLBACK, Settings, WriteOffMode
+from service.ledger.classify import REVALUATION_DETAILS, REVALUATION_REFERENCE
+from service.ledger.settings import WriteOffMode
+from service.ledger.vocabulary import SAGELINK_FALLBACK
+from service.settings import Settings
 
 ZERO = Decimal("0.00")
 WRITE_OFF_STATES = {"written_off", "paid_written_off"}

@@ -213,6 +213,17 @@ async def test_revaluation_is_an_exchange_adjustment_not_a_credit(
 
 
 @pytest.mark.usefixtures("sage_company")
+async def test_the_invoice_page_shows_a_revaluation_as_an_exchange_adjustment(
+    client: httpx.AsyncClient,
+) -> None:
+    """The allocations listed on the invoice count as the reconcile counted them: Sage's
+    REVAL SC is the exchange adjustment, not a credit."""
+    body = await read(client, "30002")
+    kinds = {(a["type"], a["reference"]): a["kind"] for a in body["allocations"]}
+    assert kinds == {("SR", "BACS"): "paid", ("SC", "REVAL"): "exchange_adjustment"}
+
+
+@pytest.mark.usefixtures("sage_company")
 async def test_revaluation_si_is_not_an_invoice(client: httpx.AsyncClient) -> None:
     response = await client.get("/v1/invoices/REVAL", headers=auth(READ_KEY))
     assert response.status_code == 404

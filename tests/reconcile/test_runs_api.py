@@ -16,8 +16,7 @@ from asgi_lifespan import LifespanManager
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.main import create_app
-from service.reconcile import repository as repo
-from service.reconcile import service
+from service.reconcile import runs, tasks
 from service.settings import Settings
 from tests.conftest import ADMIN_KEY, READ_KEY, WRITE_KEY, auth, make_settings
 from tests.reconcile.conftest import (
@@ -42,8 +41,8 @@ def settings(database_url: str) -> Settings:
 
 async def _drain_requested_runs(engine: AsyncEngine, settings: Settings) -> None:
     """What the worker does with requested runs, pass after pass, until none is left."""
-    held = service.RunInHand()
-    while await service.advance_requested_run(engine, settings, held):
+    executing = tasks.RunBeingExecuted()
+    while await tasks.advance_requested_run(engine, settings, executing):
         pass
 
 
@@ -224,43 +223,43 @@ async def test_a_run_interrupted_by_its_deadline_resumes_from_its_cursor(
     engine: AsyncEngine, settings: Settings
 ) -> None:
     await _company(engine, settings)
-    run_id = await service.request_run(
-        engine, repo.RunScope(scope="all"), dry_run=False, actor="alice", running=True
+    run_id = await tasks.request_run(
+        engine, runs.RunScope(scope="all"), dry_run=False, actor="alice", running=True
     )
-    assert not await service.execute_run(engine, settings, run_id, deadline=time.monotonic())
-    await service.requeue_run(engine, run_id)
+    assert not await tasks.execute_run(engine, settings, run_id, deadline=time.monotonic())
+    await tasks.requeue_run(engine, run_id)
     async with engine.connect() as conn:
-        half = await repo.get_run(conn, run_id)
+        half = await runs.get_run(conn, run_id)
     assert half is not None
     assert (half.status, half.examined, half.cursor) == ("queued", 2, "INV-2")
 
     await _drain_requested_runs(engine, settings)
     async with engine.connect() as conn:
-        done = await repo.get_run(conn, run_id)
+        done = await runs.get_run(conn, run_id)
     assert done is not None
     assert (done.status, done.examined, done.changed) == ("succeeded", 5, 4)
 
 
 async def test_an_abandoned_run_is_taken_over(engine: AsyncEngine, settings: Settings) -> None:
     await _company(engine, settings)
-    run_id = await service.request_run(
-        engine, repo.RunScope(scope="all"), dry_run=False, actor="alice", running=True
+    run_id = await tasks.request_run(
+        engine, runs.RunScope(scope="all"), dry_run=False, actor="alice", running=True
     )
     await execute(
         engine,
         "UPDATE sync_runs SET heartbeat_at = now() - interval '1 hour' WHERE id = :id",
         id=run_id,
     )
-    held = service.RunInHand()
-    assert await service.advance_requested_run(engine, settings, held)
-    assert held.run_id == run_id
+    executing = tasks.RunBeingExecuted()
+    assert await tasks.advance_requested_run(engine, settings, executing)
+    assert executing.run_id == run_id
 
 
 async def test_a_failing_run_is_recorded_as_failed(
     engine: AsyncEngine, settings: Settings, client: httpx.AsyncClient
 ) -> None:
-    run_id = await service.request_run(
-        engine, repo.RunScope(scope="all"), dry_run=False, actor="alice", running=False
+    run_id = await tasks.request_run(
+        engine, runs.RunScope(scope="all"), dry_run=False, actor="alice", running=False
     )
     # A scope no code path can execute (say, written by a future version): the run fails
     # with its error recorded instead of being retried forever.

@@ -17,8 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.context import WorkerContext
 from service.db import create_engine
-from service.reconcile import repository as repo
-from service.reconcile import service, tasks
+from service.reconcile import compute, runs, tasks
 from service.settings import Settings
 from service.worker import Worker
 from tests.conftest import make_settings
@@ -43,7 +42,7 @@ async def test_two_workers_racing_on_one_backlog_do_every_invoice_once(
     await _backlog(engine, config, 300)
     engines = [create_engine(database_url, pool_size=2) for _ in range(3)]
     try:
-        examined = await asyncio.gather(*(service.reconcile_all_dirty(e, config) for e in engines))
+        examined = await asyncio.gather(*(tasks.reconcile_all_dirty(e, config) for e in engines))
     finally:
         for e in engines:
             await e.dispose()
@@ -65,18 +64,18 @@ async def test_posting_arriving_during_a_reconcile_is_not_lost(
 ) -> None:
     await load(engine, settings, si(1, "INV-1", "100.00"))
     async with engine.begin() as conn:
-        numbers = (await repo.claim_dirty(conn, 10)).numbers
+        numbers = (await compute.claim_dirty(conn, 10)).numbers
         assert numbers == ["INV-1"]
         # A receipt is ingested now: its transaction waits for our row lock on the invoice.
         arriving = asyncio.create_task(load(engine, settings, settle(2, "SR", [(1, "100.00")])))
         await asyncio.sleep(0.2)
-        await repo.apply_batch(
+        await compute.apply_batch(
             conn,
             numbers,
             settings,
             run_id=uuid.uuid4(),
             actor="worker",
-            new_run=repo.RunInsert("worker", '{"scope": "dirty"}'),
+            new_run=compute.RunInsert("worker", '{"scope": "dirty"}'),
         )
     await arriving
     row = await invoice(engine, "INV-1")
@@ -111,7 +110,7 @@ async def test_ingest_and_workers_racing_on_the_same_invoices_lose_no_mark(
 
     async def work(worker_engine: AsyncEngine) -> None:
         while ingesting:
-            if not (await service.reconcile_dirty(worker_engine, config)).examined:
+            if not (await tasks.reconcile_dirty(worker_engine, config)).examined:
                 await asyncio.sleep(0.001)
 
     try:
@@ -141,14 +140,14 @@ async def test_a_batch_killed_midway_leaves_nothing_half_done(
 
     async def killed_midway() -> None:
         async with engine.begin() as conn:
-            numbers = (await repo.claim_dirty(conn, 10)).numbers
-            await repo.apply_batch(
+            numbers = (await compute.claim_dirty(conn, 10)).numbers
+            await compute.apply_batch(
                 conn,
                 numbers,
                 settings,
                 run_id=uuid.uuid4(),
                 actor="worker",
-                new_run=repo.RunInsert("worker", '{"scope": "dirty"}'),
+                new_run=compute.RunInsert("worker", '{"scope": "dirty"}'),
             )
             raise RuntimeError("killed")
 
@@ -256,8 +255,8 @@ async def test_worker_task_executes_a_queued_run_then_the_backlog(
     engine: AsyncEngine, settings: Settings, database_url: str
 ) -> None:
     await load(engine, settings, si(1, "INV-1", "50.00"))
-    run_id = await service.request_run(
-        engine, repo.RunScope(scope="all"), dry_run=True, actor="alice", running=False
+    run_id = await tasks.request_run(
+        engine, runs.RunScope(scope="all"), dry_run=True, actor="alice", running=False
     )
     async with httpx.AsyncClient() as http:
         ctx = WorkerContext(settings=settings, engine=engine, http=http)
@@ -265,7 +264,7 @@ async def test_worker_task_executes_a_queued_run_then_the_backlog(
         while await reconcile.run_once():
             pass
     async with engine.connect() as conn:
-        run = await repo.get_run(conn, run_id)
+        run = await runs.get_run(conn, run_id)
     assert run is not None
     assert (run.status, run.examined, run.changed, run.dry_run) == ("succeeded", 1, 1, True)
     assert (await invoice(engine, "INV-1"))["dirty_since"] is None  # the worker's own batch

@@ -18,7 +18,7 @@ from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.main import create_app
-from service.reconcile.service import reconcile_all_dirty
+from service.reconcile.tasks import reconcile_all_dirty
 from service.settings import Settings
 from tests.conftest import ADMIN_KEY, auth, make_settings
 from tests.security.support import WEBHOOK, deliver, scalar, si, snapshot

@@ -39,7 +39,7 @@ from schemathesis.specs.openapi.checks import (
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.main import create_app
-from service.reconcile.service import reconcile_all_dirty
+from service.reconcile.tasks import reconcile_all_dirty
 from service.settings import Settings
 from tests.conftest import ADMIN_KEY, auth, make_settings
 from tests.security.support import WEBHOOK, seed_ledger

@@ -28,7 +28,7 @@ from service.context import WorkerContext
 from service.crm import tasks as crm_tasks
 from service.deps import runtime_of
 from service.main import create_app
-from service.reconcile.service import reconcile_all_dirty
+from service.reconcile.tasks import reconcile_all_dirty
 from service.settings import Settings
 from tests.conftest import make_settings
 from tests.security.support import WEBHOOK, next_tran, settling, si

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.reconcile.service import reconcile_all_dirty
+from service.reconcile.tasks import reconcile_all_dirty
 from service.settings import Settings
 from tests.conftest import ADMIN_KEY, auth
 from tests.security.support import deliver, next_tran, scalar, seed_ledger, si, snapshot
