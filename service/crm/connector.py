@@ -15,14 +15,8 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, Protocol
 
 from service.contracts import status_key
-from service.crm.client import (
-    CrmAmbiguous,
-    CrmInvoice,
-    CrmInvoiceNotFound,
-    CrmMisconfigured,
-    CrmRejected,
-    OpenCrmClient,
-)
+from service.crm.client import CrmInvoice, OpenCrmClient
+from service.crm.errors import CrmAmbiguous, CrmInvoiceNotFound, CrmMisconfigured, CrmRejected
 from service.crm.models import CRM_ID_LENGTH, INVOICE_NUMBER_LENGTH, STATUS_LENGTH
 from service.logging import get_logger
 from service.schemas import money

@@ -47,17 +47,9 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.crm import repository as repo
-from service.crm.client import (
-    CrmError,
-    CrmHalt,
-    CrmInvoice,
-    CrmPagingBroken,
-    CrmUnavailable,
-    page_ids,
-    paging_ignored,
-    too_many_pages,
-)
+from service.crm.client import CrmInvoice, page_ids, paging_ignored, too_many_pages
 from service.crm.connector import OpenCrmConnector, parse_amount, text_problem
+from service.crm.errors import CrmError, CrmHalt, CrmPagingBroken, CrmUnavailable
 from service.crm.models import CRM_ID_LENGTH, INVOICE_NUMBER_LENGTH, MODIFIED_LENGTH, STATUS_LENGTH
 from service.crm.service import DEFAULT_LEASE_SECONDS, RetryPolicy, build_opencrm_connector
 from service.logging import get_logger

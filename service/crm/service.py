@@ -33,15 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service import __version__
 from service.crm import repository as repo
-from service.crm.client import (
-    CrmAnswerTooLarge,
-    CrmAuthError,
-    CrmError,
-    CrmHalt,
-    CrmPagingBroken,
-    CrmUnavailable,
-    OpenCrmClient,
-)
+from service.crm.client import OpenCrmClient
 from service.crm.connector import (
     Change,
     Connector,
@@ -52,6 +44,14 @@ from service.crm.connector import (
     Outcome,
     Pushed,
     storable_id,
+)
+from service.crm.errors import (
+    CrmAnswerTooLarge,
+    CrmAuthError,
+    CrmError,
+    CrmHalt,
+    CrmPagingBroken,
+    CrmUnavailable,
 )
 from service.errors import Conflict, NotFound
 from service.logging import get_logger

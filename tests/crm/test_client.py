@@ -12,16 +12,14 @@ import pytest
 import respx
 from pydantic import SecretStr
 
-from service.crm.client import (
+from service.crm.client import OpenCrmClient, records_in, retry_after_seconds
+from service.crm.errors import (
     CrmAuthError,
     CrmBlocked,
     CrmError,
     CrmInvoiceNotFound,
     CrmRejected,
     CrmUnavailable,
-    OpenCrmClient,
-    records_in,
-    retry_after_seconds,
 )
 from tests.crm.support import BASE_URL
 from tests.support.fake_opencrm import KEY, PASSKEY
