@@ -46,11 +46,12 @@ import httpx
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from service.crm import repository as repo
 from service.crm.client import CrmInvoice, page_ids, paging_ignored, too_many_pages
 from service.crm.connector import OpenCrmConnector, parse_amount, text_problem
 from service.crm.errors import CrmError, CrmHalt, CrmPagingBroken, CrmUnavailable
+from service.crm.lease import Lease
 from service.crm.models import CRM_ID_LENGTH, INVOICE_NUMBER_LENGTH, MODIFIED_LENGTH, STATUS_LENGTH
+from service.crm.repository import adoption, cursor, health, views
 from service.crm.service import DEFAULT_LEASE_SECONDS, RetryPolicy, build_opencrm_connector
 from service.logging import get_logger
 from service.metrics import CRM_READBACK
@@ -71,7 +72,7 @@ _MAX_REASON = 200
 class _Page:
     """What one page of records comes to: one view per invoice, and what had to be left out."""
 
-    views: list[repo.CrmView] = field(default_factory=list)
+    views: list[views.CrmView] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     unreadable_amounts: int = 0
 
@@ -97,23 +98,23 @@ class ReadBack:
     async def run_once(self) -> int:
         """Read and apply one page when one is due; return how many records it held, at least
         1 while the scan goes on (0 = nothing due, or the attempt failed)."""
-        lease = repo.Lease.new(self.lease_seconds)
+        lease = Lease.new(self.lease_seconds)
         deadline = asyncio.get_running_loop().time() + self.lease_seconds * _READ_SHARE_OF_LEASE
 
-        async def claim(conn: AsyncConnection) -> tuple[repo.ReadbackState, list[str]] | None:
-            state = await repo.claim_readback(conn, interval=self.interval, lease=lease)
+        async def claim(conn: AsyncConnection) -> tuple[cursor.ReadbackState, list[str]] | None:
+            state = await cursor.claim_readback(conn, interval=self.interval, lease=lease)
             if state is None:
                 return None
             # Read before the CRM is: a person's change delivered while the page is read was
             # decided after what the page shows.
-            return state, await repo.people_deciding(conn)
+            return state, await adoption.invoices_with_undelivered_edits(conn)
 
         claimed = await run_in_transaction(self.engine, claim)
         if claimed is None:
             return 0
-        state, deciding = claimed
+        state, edited = claimed
         try:
-            read = await self._read_page(state, deciding, lease, deadline)
+            read = await self._read_page(state, edited, lease, deadline)
         except BaseException:
             # Stopped mid-page (a shutdown): hand the cursor back now, not when the lease ends.
             with contextlib.suppress(Exception):
@@ -128,7 +129,7 @@ class ReadBack:
         return count if finished else max(1, count)
 
     async def _read_page(
-        self, state: repo.ReadbackState, deciding: list[str], lease: repo.Lease, deadline: float
+        self, state: cursor.ReadbackState, edited: list[str], lease: Lease, deadline: float
     ) -> tuple[int, bool] | None:
         """One page read, applied and the cursor advanced: (records, scan finished), or None
         when the attempt failed (recorded, with its backoff) or the lease was lost."""
@@ -165,11 +166,11 @@ class ReadBack:
         finished, next_day, next_start = self._next(day, start, len(page))
 
         async def apply(conn: AsyncConnection) -> bool:
-            if not await repo.hold_readback(conn, lease):
+            if not await cursor.hold_readback(conn, lease):
                 return False
-            modified = await self._apply(conn, read.views, deciding)
+            modified = await self._apply(conn, read.views, edited)
             last_modified = max([m for m in (state.last_modified, modified) if m], default=None)
-            await repo.advance_readback(
+            await cursor.advance_readback(
                 conn,
                 scan_day=next_day,
                 page_start=next_start,
@@ -177,10 +178,12 @@ class ReadBack:
                 finished=finished,
                 # Only a page of the same list can repeat this one.
                 page_digest=digest if next_start > 0 else None,
-                skipped=repo.Skipped(len(read.skipped), read.skipped[-1] if read.skipped else None),
+                skipped=cursor.Skipped(
+                    len(read.skipped), read.skipped[-1] if read.skipped else None
+                ),
             )
             if start > 0:
-                await repo.record_paging(conn, None)  # a next page, not the same one again
+                await health.record_paging(conn, None)  # a next page, not the same one again
             return True
 
         try:
@@ -200,7 +203,7 @@ class ReadBack:
         self._report(read)
         return len(page), finished
 
-    def _first_day(self, state: repo.ReadbackState) -> date | None:
+    def _first_day(self, state: cursor.ReadbackState) -> date | None:
         """Where a new scan starts: the day of the last modification seen (None: everything)."""
         if not self.connector.fields.modified or not state.last_modified:
             return None
@@ -234,26 +237,26 @@ class ReadBack:
         return record.text(name) or None if name else None
 
     async def _apply(
-        self, conn: AsyncConnection, views: list[repo.CrmView], deciding: list[str]
+        self, conn: AsyncConnection, seen: list[views.CrmView], edited: list[str]
     ) -> str | None:
         """Adopt, remember, observe; return the latest modification time on the page."""
         protected = {
             v.invoice_number: kept
-            for v in views
+            for v in seen
             if (kept := self.connector.protected(v.status)) is not None
         }
-        adopted = await repo.adopt_protected(
-            conn, protected, deciding=deciding, reason=ADOPTED_REASON
+        adopted = await adoption.adopt_protected(
+            conn, protected, edited=edited, reason=ADOPTED_REASON
         )
-        await repo.remember_crm_views(conn, views)
-        await repo.cache_crm_ids(
-            conn, {v.invoice_number: v.crm_id for v in views if v.crm_id is not None}
+        await views.remember_crm_views(conn, seen)
+        await views.cache_crm_ids(
+            conn, {v.invoice_number: v.crm_id for v in seen if v.crm_id is not None}
         )
-        await repo.observe_statuses(conn, dict(Counter(v.status for v in views if v.status)))
+        await views.observe_statuses(conn, dict(Counter(v.status for v in seen if v.status)))
         if adopted:
             CRM_READBACK.labels("adopted").inc(len(adopted))
             log.info("crm.readback.adopted", invoices=adopted[:20], count=len(adopted))
-        return max((v.modified for v in views if v.modified), default=None)
+        return max((v.modified for v in seen if v.modified), default=None)
 
     def _read(self, page: list[CrmInvoice]) -> _Page:
         """One view per invoice number. A record that cannot be stored is skipped; a number
@@ -285,7 +288,7 @@ class ReadBack:
                 read.unreadable_amounts += 1
                 log.info("crm.readback.amount_unreadable", invoice_number=number)
             read.views.append(
-                repo.CrmView(
+                views.CrmView(
                     invoice_number=number,
                     crm_id=record.crm_id or None,
                     status=record.text(fields.status) or None,
@@ -319,8 +322,8 @@ class ReadBack:
 
     async def _failed(
         self,
-        state: repo.ReadbackState,
-        lease: repo.Lease,
+        state: cursor.ReadbackState,
+        lease: Lease,
         error: str,
         *,
         exc: CrmError | None = None,
@@ -333,17 +336,19 @@ class ReadBack:
             delay = self.policy.delay(state.failures + 1, retry_after)
 
         async def record(conn: AsyncConnection) -> None:
-            await repo.readback_failed(conn, lease=lease, error=error, delay=delay, restart=restart)
+            await cursor.readback_failed(
+                conn, lease=lease, error=error, delay=delay, restart=restart
+            )
             if isinstance(exc, CrmPagingBroken):
-                await repo.record_paging(conn, error)
+                await health.record_paging(conn, error)
 
         await run_in_transaction(self.engine, record)
         CRM_READBACK.labels("failed").inc()
         log.warning("crm.readback.failed", error=error, retry_in_seconds=round(delay, 3))
 
-    async def _release(self, lease: repo.Lease) -> None:
+    async def _release(self, lease: Lease) -> None:
         async def release(conn: AsyncConnection) -> None:
-            await repo.release_readback(conn, lease)
+            await cursor.release_readback(conn, lease)
 
         await run_in_transaction(self.engine, release)
 

@@ -7,8 +7,8 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query
 
 from service.auth import AdminKey, ReadKey
-from service.crm import repository as repo
 from service.crm import service
+from service.crm.repository import outbox_admin
 from service.crm.schemas import OutboxMessageOut, OutboxPage, OutboxState
 from service.cursor import decode_id
 from service.deps import ConnDep
@@ -35,7 +35,7 @@ async def list_outbox(
     ] = None,
 ) -> OutboxPage:
     after = 0 if cursor is None else decode_id(cursor, param="cursor", maximum=MAX_ID)
-    rows = await repo.list_messages(
+    rows = await outbox_admin.list_messages(
         conn,
         state=state.value if state is not None else None,
         invoice_number=invoice_number,

@@ -32,7 +32,6 @@ import httpx
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service import __version__
-from service.crm import repository as repo
 from service.crm.client import OpenCrmClient
 from service.crm.connector import (
     Change,
@@ -53,6 +52,8 @@ from service.crm.errors import (
     CrmPagingBroken,
     CrmUnavailable,
 )
+from service.crm.lease import Lease
+from service.crm.repository import adoption, cursor, health, outbox, outbox_admin, views
 from service.errors import Conflict, NotFound
 from service.logging import get_logger
 from service.metrics import CRM_DELIVERIES
@@ -106,18 +107,18 @@ class RetryPolicy:
 class _Pass:
     """What one dispatcher pass did, applied and counted after its transaction commits."""
 
-    results: list[repo.Result] = field(default_factory=list)
+    results: list[outbox.Result] = field(default_factory=list)
     superseded: list[int] = field(default_factory=list)
     # Protected statuses a person set in the CRM, adopted when the outcome is recorded.
-    kept: list[tuple[repo.Message, KeptCrmStatus]] = field(default_factory=list)
+    kept: list[tuple[outbox.Message, KeptCrmStatus]] = field(default_factory=list)
     # What was claimed and not settled by the end of the pass: handed back untried.
-    untried: list[repo.Message] = field(default_factory=list)
+    untried: list[outbox.Message] = field(default_factory=list)
     # Set when a lookup found OpenCRM ignoring paging; "" when one saw it page properly.
     paging: str | None = None
     settled: int = 0
     crm_ids: dict[str, str] = field(default_factory=dict)
     # What the CRM shows after this pass, per invoice (for the crm_drift report).
-    views: list[repo.CrmView] = field(default_factory=list)
+    views: list[views.CrmView] = field(default_factory=list)
     seen: Counter[str] = field(default_factory=Counter)
     outcomes: Counter[str] = field(default_factory=Counter)
     halted: str | None = None
@@ -173,7 +174,7 @@ class Dispatcher:
         work = _Pass()
 
         async def deliver(conn: AsyncConnection) -> None:
-            groups = await repo.claim(conn, limit=self.connector.batch_size, now=self._db_now())
+            groups = await outbox.claim(conn, limit=self.connector.batch_size, now=self._db_now())
             for group in groups:
                 if not await self._handle(group, work, deadline=None):
                     break
@@ -186,12 +187,12 @@ class Dispatcher:
     async def _leased_pass(self) -> int:
         """Claim and lease (one short transaction), call the CRM with no transaction open,
         record what is still ours (another short one)."""
-        lease = repo.Lease.new(self.lease_seconds)
+        lease = Lease.new(self.lease_seconds)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.lease_seconds * DELIVERY_SHARE_OF_LEASE
 
-        async def claim(conn: AsyncConnection) -> list[repo.Group]:
-            return await repo.claim(
+        async def claim(conn: AsyncConnection) -> list[outbox.Group]:
+            return await outbox.claim(
                 conn, limit=self.connector.batch_size, now=self._db_now(), lease=lease
             )
 
@@ -226,15 +227,15 @@ class Dispatcher:
         self._after_commit(work)
         return work.settled
 
-    async def _hand_back(self, lease: repo.Lease, groups: list[repo.Group]) -> None:
+    async def _hand_back(self, lease: Lease, groups: list[outbox.Group]) -> None:
         messages = [m for g in groups for m in g.messages]
 
         async def release(conn: AsyncConnection) -> None:
-            await repo.release(conn, messages, lease)
+            await outbox.release(conn, messages, lease)
 
         await run_in_transaction(self.engine, release)
 
-    async def _handle(self, group: repo.Group, work: _Pass, *, deadline: float | None) -> bool:
+    async def _handle(self, group: outbox.Group, work: _Pass, *, deadline: float | None) -> bool:
         """Deliver one invoice's newest change; False when the rest of the batch must wait."""
         newest = group.newest
         if group.stale:
@@ -244,7 +245,7 @@ class Dispatcher:
         work.superseded.extend(m.id for m in group.messages[:-1])
         change = _change(newest, group.crm_id)
         if change.status is None and change.outstanding is None:
-            work.results.append(repo.Result(newest, "skipped", "nothing to send: no status"))
+            work.results.append(outbox.Result(newest, "skipped", "nothing to send: no status"))
             work.outcomes["empty"] += 1
             return True
         try:
@@ -297,7 +298,7 @@ class Dispatcher:
         if self.tracks_health:
             status = change.status or outcome.crm_status
             work.views.append(_view(change, crm_id, status, outcome.crm_outstanding))
-        work.results.append(repo.Result(newest, "delivered"))
+        work.results.append(outbox.Result(newest, "delivered"))
         work.outcomes["delivered" if outcome.sent else "unchanged"] += 1
         return True
 
@@ -309,14 +310,14 @@ class Dispatcher:
             return await self.connector.deliver(change)
 
     async def _keep_crm_status(
-        self, conn: AsyncConnection, message: repo.Message, kept: KeptCrmStatus, work: _Pass
+        self, conn: AsyncConnection, message: outbox.Message, kept: KeptCrmStatus, work: _Pass
     ) -> None:
         wanted = message.payload.get("status")
         reason = (
             f"set to '{kept.crm_status}' in OpenCRM by a person; protected, so the sync's "
             f"'{wanted}' (outbox message {message.id}) was not written"
         )
-        result = await repo.keep_crm_status(
+        result = await adoption.keep_crm_status(
             conn,
             invoice_number=message.invoice_number,
             message_id=message.id,
@@ -326,7 +327,7 @@ class Dispatcher:
         note = f"not written: OpenCRM shows the protected status '{kept.crm_status}'"
         if result == "person_decided_later":
             note += "; a later change made in ledgerlink follows"
-        work.results.append(repo.Result(message, "skipped", note))
+        work.results.append(outbox.Result(message, "skipped", note))
         work.outcomes["skipped_protected"] += 1
         log.info(
             "crm.protected_in_crm",
@@ -337,7 +338,7 @@ class Dispatcher:
 
     def _fail(
         self,
-        message: repo.Message,
+        message: outbox.Message,
         error: str,
         work: _Pass,
         *,
@@ -345,7 +346,7 @@ class Dispatcher:
     ) -> float:
         attempt = message.attempts + 1
         if attempt >= self.policy.max_attempts:
-            work.results.append(repo.Result(message, "dead", error))
+            work.results.append(outbox.Result(message, "dead", error))
             work.outcomes["dead"] += 1
             log.warning(
                 "crm.delivery.dead",
@@ -356,7 +357,7 @@ class Dispatcher:
             )
             return self.policy.delay(attempt, retry_after)
         delay = self.policy.delay(attempt, retry_after)
-        work.results.append(repo.Result(message, "pending", error, delay))
+        work.results.append(outbox.Result(message, "pending", error, delay))
         work.outcomes["retry"] += 1
         log.info(
             "crm.delivery.retry",
@@ -368,9 +369,7 @@ class Dispatcher:
         )
         return delay
 
-    async def _finish(
-        self, conn: AsyncConnection, work: _Pass, *, lease: repo.Lease | None
-    ) -> None:
+    async def _finish(self, conn: AsyncConnection, work: _Pass, *, lease: Lease | None) -> None:
         """Write the batch's outcomes; the shared rows last, so locks on them are brief.
 
         Under a lease, only for the messages still ours: a dispatcher that outlived its lease
@@ -378,7 +377,7 @@ class Dispatcher:
         """
         now = self._db_now()
         if lease is not None:
-            ours = await repo.held(
+            ours = await outbox.still_leased(
                 conn,
                 [r.id for r in work.results] + work.superseded + [m.id for m, _ in work.kept],
                 lease,
@@ -388,27 +387,27 @@ class Dispatcher:
             work.kept = [(m, k) for m, k in work.kept if m.id in ours]
         for message, kept in work.kept:
             await self._keep_crm_status(conn, message, kept, work)
-        await repo.supersede(conn, work.superseded)
-        await repo.record(conn, work.results, now=now)
+        await outbox.supersede(conn, work.superseded)
+        await outbox.record(conn, work.results, now=now)
         if lease is not None:
-            await repo.release(conn, work.untried, lease)
+            await outbox.release(conn, work.untried, lease)
         work.settled = len(work.results) + len(work.superseded)
-        await repo.cache_crm_ids(conn, {**self.connector.take_seen_ids(), **work.crm_ids})
-        await repo.remember_crm_views(conn, work.views)
-        await repo.observe_statuses(conn, dict(work.seen))
+        await views.cache_crm_ids(conn, {**self.connector.take_seen_ids(), **work.crm_ids})
+        await views.remember_crm_views(conn, work.views)
+        await views.observe_statuses(conn, dict(work.seen))
         if not self.tracks_health:
             return
         if work.paging is None and self.connector.take_paging_confirmed():
             work.paging = ""
         if work.paging is not None:
-            await repo.record_paging(conn, work.paging or None)
+            await health.record_paging(conn, work.paging or None)
         if work.halted is not None:
-            await repo.record_halt(conn, work.halted)
+            await health.record_halt(conn, work.halted)
         elif work.succeeded:
             if self._success_due():
-                await repo.record_success(conn)
+                await health.record_success(conn)
         elif work.failure is not None:
-            await repo.record_failure(conn, work.failure)
+            await health.record_failure(conn, work.failure)
 
     def _success_due(self) -> bool:
         if self._success_written is None or self.halted_reason is not None:
@@ -436,7 +435,7 @@ class Dispatcher:
             self._paused_until = now + work.pause
 
 
-def _change(message: repo.Message, crm_id: str | None) -> Change:
+def _change(message: outbox.Message, crm_id: str | None) -> Change:
     raw_status = message.payload.get("status")
     status = str(raw_status).strip() if raw_status is not None else ""
     raw = message.payload.get("outstanding")
@@ -458,8 +457,8 @@ def _change(message: repo.Message, crm_id: str | None) -> Change:
 
 def _view(
     change: Change, crm_id: str | None, status: str | None, outstanding: Decimal | None
-) -> repo.CrmView:
-    return repo.CrmView(change.invoice_number, crm_id, status, outstanding)
+) -> views.CrmView:
+    return views.CrmView(change.invoice_number, crm_id, status, outstanding)
 
 
 def build_connector(settings: Settings, http: httpx.AsyncClient) -> Connector:
@@ -527,16 +526,16 @@ def build_dispatcher(
 
 async def retry_dead_letter(conn: AsyncConnection, message_id: int) -> Any:
     """Dead letter -> pending, attempts reset; 404 unknown, 409 when it is not dead."""
-    row = await repo.requeue_dead(conn, message_id)
+    row = await outbox_admin.requeue_dead(conn, message_id)
     if row is None:
-        existing = await repo.get_message(conn, message_id)
+        existing = await outbox_admin.get_message(conn, message_id)
         if existing is None:
             raise NotFound(f"no outbox message {message_id}")
         raise Conflict(
             f"outbox message {message_id} is '{existing.state}', not 'dead': only dead letters "
             "can be retried"
         )
-    await repo.notify_outbox(conn)
+    await outbox_admin.notify_outbox(conn)
     log.info("crm.dead_letter.retried", message_id=message_id)
     return row
 
@@ -555,7 +554,7 @@ async def readiness_problems(
     Workers usually run in other processes, so their findings are read from the shared
     `crm_dispatcher_state` row on every probe; an in-process worker's halt shows at once.
     """
-    state, dead = await repo.read_state(conn)
+    state, dead = await health.read_state(conn)
     fatal: list[str] = []
     warnings: list[str] = []
     if dead:
@@ -580,11 +579,11 @@ async def readiness_problems(
             f"the first page and read-back scans fail until they do: {state.paging_problem}"
         )
     if settings.crm_readback_seconds > 0:
-        warnings.extend(_readback_warnings(await repo.read_readback_state(conn)))
+        warnings.extend(_readback_warnings(await cursor.read_readback_state(conn)))
     return fatal, warnings
 
 
-def _readback_warnings(state: repo.ReadbackState | None) -> list[str]:
+def _readback_warnings(state: cursor.ReadbackState | None) -> list[str]:
     if state is None:
         return []
     warnings = []
@@ -606,7 +605,7 @@ def _readback_warnings(state: repo.ReadbackState | None) -> list[str]:
     return warnings
 
 
-def _failing(state: repo.DispatcherState) -> bool:
+def _failing(state: health.DispatcherState) -> bool:
     if state.last_error_at is None:
         return False
     return state.last_success_at is None or state.last_error_at > state.last_success_at

@@ -13,9 +13,9 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.context import WorkerContext
-from service.crm import repository as repo
 from service.crm import tasks as crm_tasks
 from service.crm.readback import ReadBack, build_readback
+from service.crm.repository import views
 from service.crm.service import readiness_problems
 from tests.conftest import READ_KEY, auth
 from tests.crm.e2e import crm_settings
@@ -396,7 +396,7 @@ async def test_a_page_that_cannot_be_stored_backs_off_and_is_reported(
     async def broken(*args: Any, **kwargs: Any) -> None:
         raise sa.exc.DataError("INSERT INTO crm_invoices ...", {}, Exception("value too long"))
 
-    monkeypatch.setattr(repo, "remember_crm_views", broken)
+    monkeypatch.setattr(views, "remember_crm_views", broken)
     reader = readback(engine, database_url, fake_crm, http)
     reader.policy = policy(base=30.0)
     assert await reader.run_once() == 0
