@@ -24,7 +24,8 @@ from prometheus_client import Counter, Gauge, Histogram, Info, disable_created_m
 from prometheus_client.metrics import MetricWrapperBase
 
 from service import __version__
-from service.settings import CrmMode, Settings
+from service.crm.settings import CrmMode
+from service.settings import Settings
 
 # A `_created` timestamp series beside every counter and histogram doubles what Prometheus
 # stores and nothing here reads it.

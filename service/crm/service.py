@@ -54,10 +54,11 @@ from service.crm.errors import (
 )
 from service.crm.lease import Lease
 from service.crm.repository import adoption, cursor, health, outbox, outbox_admin, views
+from service.crm.settings import CrmMode
 from service.errors import Conflict, NotFound
 from service.logging import get_logger
 from service.metrics import CRM_DELIVERIES
-from service.settings import CrmMode, Settings, SettingsError
+from service.settings import Settings, SettingsError
 from service.transaction import run_in_transaction
 
 log = get_logger(__name__)

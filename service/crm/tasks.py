@@ -6,7 +6,7 @@ from __future__ import annotations
 from service.context import Task, WorkerContext
 from service.crm.readback import build_readback
 from service.crm.service import Dispatcher, build_dispatcher
-from service.settings import CrmMode
+from service.crm.settings import CrmMode
 
 
 def dispatcher(ctx: WorkerContext) -> Dispatcher:
