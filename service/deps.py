@@ -15,7 +15,7 @@ from fastapi import Depends, FastAPI, Request
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.console.session import SessionKeys
-from service.crm.service import Dispatcher
+from service.crm.tasks import DispatcherTask
 from service.ingest.service import WebhookIngest
 from service.ops.readiness import Probed
 from service.settings import Settings
@@ -32,7 +32,7 @@ class Runtime:
     console_keys: SessionKeys
     # The in-process worker (LEDGERLINK_RUN_WORKER) and its CRM dispatcher, else None.
     worker: Worker | None
-    dispatcher: Dispatcher | None
+    dispatcher: DispatcherTask | None
 
     @property
     def probed(self) -> Probed:

@@ -155,7 +155,7 @@ OUTBOX_AGE = Gauge(
 CRM_DELIVERIES = Counter(
     "ledgerlink_crm_deliveries_total", "Outbox deliveries by outcome", ["outcome"]
 )
-# The outcomes service/crm/service.py counts (tests/ops checks the two agree).
+# The outcomes service/crm/dispatcher.py counts (tests/ops checks the two agree).
 KNOWN_LABELS[CRM_DELIVERIES] = fixed(
     *((outcome,) for outcome in ("delivered", "unchanged", "superseded", "skipped_protected")),
     *((outcome,) for outcome in ("retry", "dead", "auth_failed", "misconfigured", "empty")),

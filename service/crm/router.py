@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query
 
 from service.auth import AdminKey, ReadKey
-from service.crm import service
+from service.crm import dead_letters
 from service.crm.repository import outbox_admin
 from service.crm.schemas import OutboxMessageOut, OutboxPage, OutboxState
 from service.cursor import decode_id
@@ -62,5 +62,5 @@ async def retry_message(
     conn: ConnDep,
     message_id: Annotated[int, Path(ge=1, le=MAX_ID)],
 ) -> OutboxMessageOut:
-    row = await service.retry_dead_letter(conn, message_id)
+    row = await dead_letters.retry_dead_letter(conn, message_id)
     return OutboxMessageOut.from_row(row)

@@ -34,6 +34,7 @@ from typing import Any
 import httpx
 from pydantic import SecretStr
 
+from service import __version__
 from service.crm.errors import (
     CrmAnswerTooLarge,
     CrmAuthError,
@@ -43,10 +44,14 @@ from service.crm.errors import (
     CrmRejected,
     CrmUnavailable,
 )
+from service.crm.opencrm.settings import OpenCrmSettings
 from service.logging import get_logger
 from service.metrics import CRM_LATENCY
 
 log = get_logger(__name__)
+
+# Sent unless LEDGERLINK_OPENCRM_USER_AGENT says otherwise: OpenCRM's firewall blocks httpx's own.
+USER_AGENT = f"ledgerlink/{__version__}"
 
 # Keys under which a list of records may come back; the first one present wins.
 _LIST_KEYS = ("results", "result", "records", "data", "invoices", "items", "rows", "list")
@@ -79,6 +84,20 @@ class CrmInvoice:
 
 class OpenCrmClient:
     """One instance per worker; the httpx client (and its connection pool) is shared."""
+
+    @classmethod
+    def from_settings(cls, opencrm: OpenCrmSettings, http: httpx.AsyncClient) -> OpenCrmClient:
+        return cls(
+            http,
+            base_url=opencrm.base_url,
+            key=opencrm.key,
+            passkey=opencrm.passkey,
+            path_template=opencrm.path_template,
+            timeout=opencrm.timeout_seconds,
+            user_agent=opencrm.user_agent or USER_AGENT,
+            max_answer_bytes=opencrm.max_answer_bytes,
+            max_pages=opencrm.max_pages,
+        )
 
     def __init__(
         self,
