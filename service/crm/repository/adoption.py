@@ -15,7 +15,8 @@ from service import contracts
 KeepOutcome = Literal["updated", "unchanged", "no_invoice", "person_decided_later"]
 
 
-# The actor of the history rows the CRM read-back writes: a person in OpenCRM, name unknown.
+# The actor of the history rows written for a status taken from the CRM: a person there, name
+# unknown (named after OpenCRM, the one CRM so far).
 CRM_ACTOR = "opencrm"
 _CRM_HISTORY = sa.text(
     contracts.insert_history(

@@ -67,7 +67,7 @@ async def record_success(conn: AsyncConnection) -> None:
 
 
 async def record_paging(conn: AsyncConnection, problem: str | None) -> None:
-    """Remember that OpenCRM ignores paging (a page answered twice, a list that does not end),
+    """Remember that the CRM ignores paging (a page answered twice, a list that does not end),
     or, with None, that it was seen paging properly again."""
     if problem is None:
         await conn.execute(
