@@ -1,4 +1,4 @@
-"""The outbox as the API shows it: listed in id order, read one at a time, a dead letter sent
+"""The outbox as people see it: listed in id order, read one at a time, dead letters sent
 again."""
 
 from __future__ import annotations
@@ -65,6 +65,17 @@ async def requeue_dead(conn: AsyncConnection, message_id: int) -> sa.Row[Any] | 
             {"id": message_id},
         )
     ).first()
+
+
+async def requeue_all_dead(conn: AsyncConnection) -> int:
+    """Every dead letter back to pending, attempts reset; how many there were."""
+    result = await conn.execute(
+        sa.text(
+            "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at = now() "
+            "WHERE state = 'dead'"
+        )
+    )
+    return result.rowcount
 
 
 async def notify_outbox(conn: AsyncConnection) -> None:
