@@ -1,7 +1,7 @@
 """CRM outbox drain benchmark (issue 17).
 
 100,000 pending outbox messages (one per invoice, as one reconcile of 100,000 invoices leaves
-them), drained by the real dispatcher (service.crm.service.Dispatcher: claim the oldest due
+them), drained by the real dispatcher (service.crm.dispatcher.Dispatcher: claim the oldest due
 message per invoice under an advisory lock, deliver, record, in one transaction per batch) with
 the local connector (`LEDGERLINK_CRM_MODE=local`: every change counts as delivered, so the
 figure is ledgerlink's own cost, not a CRM's). Beside it, on the same rows in the same run, the
@@ -25,7 +25,8 @@ import httpx
 import psutil
 
 from bench.common import BenchResult, Timer, _database, run_script
-from service.crm.service import LOCAL_BATCH_CAP, build_dispatcher
+from service.crm.tasks import build_dispatcher
+from service.crm.vendors import LOCAL_BATCH_CAP
 from service.db import create_engine, libpq_url
 from service.logging import configure_logging
 from service.migrate import upgrade_to_head

@@ -16,7 +16,7 @@ from fastapi import Depends, FastAPI, Request
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.console.session import SessionKeys
-from service.crm.service import Dispatcher
+from service.crm.tasks import DispatcherTask
 from service.ingest.service import WebhookIngest
 from service.ops.readiness import Probed
 from service.request_scope import ConnDep as ConnDep
@@ -37,7 +37,7 @@ class Runtime:
     console_keys: SessionKeys
     # The in-process worker (LEDGERLINK_RUN_WORKER) and its CRM dispatcher, else None.
     worker: Worker | None
-    dispatcher: Dispatcher | None
+    dispatcher: DispatcherTask | None
 
     @property
     def probed(self) -> Probed:

@@ -26,7 +26,7 @@ from service.console.session import SessionKeys
 from service.context import WorkerContext
 from service.crm import tasks as crm_tasks
 from service.crm.router import router as crm_router
-from service.crm.service import Dispatcher
+from service.crm.tasks import DispatcherTask
 from service.db import create_engine, database
 from service.deps import Runtime, install_runtime
 from service.exception_handlers import (
@@ -66,7 +66,7 @@ API_ROUTERS: tuple[APIRouter, ...] = (
 )
 
 
-def build_worker(ctx: WorkerContext, database_url: str) -> tuple[Worker, Dispatcher]:
+def build_worker(ctx: WorkerContext, database_url: str) -> tuple[Worker, DispatcherTask]:
     """The worker with every task, and its CRM dispatcher (whose halt readiness reports)."""
     dispatcher = crm_tasks.dispatcher(ctx)
     worker = Worker(
@@ -97,7 +97,7 @@ async def lifespan(
     # OpenCRM is the only thing it calls; OpenCrmClient sends its User-Agent on every request.
     http = httpx.AsyncClient(timeout=settings.opencrm_timeout_seconds)
     worker: Worker | None = None
-    dispatcher: Dispatcher | None = None
+    dispatcher: DispatcherTask | None = None
     worker_task: asyncio.Task[None] | None = None
     # Undone by the finally even when start-up itself fails or is cancelled (a Ctrl-C while
     # starting): the embedded PostgreSQL must not be left running.

@@ -24,8 +24,9 @@ from prometheus_client import Counter, Gauge, Histogram, Info, disable_created_m
 from prometheus_client.metrics import MetricWrapperBase
 
 from service import __version__
+from service.crm.settings import CrmMode
 from service.ledger.vocabulary import OUTBOX_SOURCES
-from service.settings import CrmMode, Settings
+from service.settings import Settings
 
 # A `_created` timestamp series beside every counter and histogram doubles what Prometheus
 # stores and nothing here reads it.
@@ -156,7 +157,7 @@ OUTBOX_AGE = Gauge(
 CRM_DELIVERIES = Counter(
     "ledgerlink_crm_deliveries_total", "Outbox deliveries by outcome", ["outcome"]
 )
-# The outcomes service/crm/service.py counts (tests/ops checks the two agree).
+# The outcomes service/crm/dispatcher.py counts (tests/ops checks the two agree).
 KNOWN_LABELS[CRM_DELIVERIES] = fixed(
     *((outcome,) for outcome in ("delivered", "unchanged", "superseded", "skipped_protected")),
     *((outcome,) for outcome in ("retry", "dead", "auth_failed", "misconfigured", "empty")),

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import re
-from enum import StrEnum
+from copy import copy
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    BaseModel,
     Field,
     SecretStr,
     ValidationError,
@@ -16,6 +16,9 @@ from pydantic import (
     model_validator,
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from service.crm.opencrm.settings import ListMethod, OpenCrmSettings
+from service.crm.settings import CrmMode, CrmSettings
 
 # Re-exported for service/console/ until it imports them from service.keys.
 from service.keys import ApiKey as ApiKey
@@ -28,9 +31,10 @@ from service.ledger.settings import LedgerSettings, comma_separated
 from service.ledger.vocabulary import DERIVED_STATES as DERIVED_STATES
 
 
-class CrmMode(StrEnum):
-    local = "local"
-    opencrm = "opencrm"
+def _grouped(group: type[BaseModel], name: str) -> Any:
+    """A field of a settings group as a flat environment field: the group's default, bounds and
+    checks, defined once for both."""
+    return copy(group.model_fields[name])
 
 
 class Settings(BaseSettings, LedgerSettings):
@@ -57,43 +61,31 @@ class Settings(BaseSettings, LedgerSettings):
 
     api_keys: SecretStr | None = None
 
-    crm_mode: CrmMode = CrmMode.local
+    # The CRM settings, flat as environment variables (in the order they always were, which
+    # is the order their errors are found in). CRM code is handed them grouped (`crm` below),
+    # and each one's default, bounds and checks are defined in its group. The URL and the
+    # credentials are required in opencrm mode only (checked below).
+    crm_mode: CrmMode = _grouped(CrmSettings, "mode")
     opencrm_base_url: str | None = None
     opencrm_key: SecretStr | None = None
     opencrm_passkey: SecretStr | None = None
-    opencrm_outstanding_field: str | None = None
-    opencrm_status_field: str = "invoicestatus"
-    # OpenCRM's field reference gives a field one name in a `query_string` and another as the key
-    # of a record read back; the record name defaults to the query name.
-    opencrm_number_field: str = Field(default="invoice_no", min_length=1)
-    opencrm_number_record_field: str | None = None
-    # Query (and record) name of the modification time; unset: every read-back reads every
-    # invoice (no public source confirms the field's name or that it filters).
-    opencrm_modified_field: str | None = None
-    opencrm_list_method: Literal["get_invoice_list", "get_invoice_list_full"] = "get_invoice_list"
-    # Records asked for per list call; OpenCRM answers at most 100.
-    opencrm_page_size: int = Field(default=100, ge=1, le=100)
-    # OpenCRM's firewall rejects some user agents (those containing "python" or "curl").
-    opencrm_user_agent: str | None = None
-    # One deadline per CRM call: connecting, sending and receiving the whole answer.
-    opencrm_timeout_seconds: float = Field(default=10.0, gt=0)
-    # A CRM answer larger than this is refused as it streams in (memory stays bounded).
-    opencrm_max_answer_bytes: int = Field(default=8 * 1024 * 1024, ge=64 * 1024)
-    # List pages one lookup, or one read-back scan, may read: a list that does not end (a CRM
-    # ignoring limit_start that a repeated page does not give away) fails instead.
-    opencrm_max_pages: int = Field(default=1000, ge=2)
-    # Where an API method is posted, relative to OPENCRM_BASE_URL (from an unofficial client:
-    # check it on your system).
-    opencrm_path_template: str = "/api/rest/{method}"
-    crm_max_attempts: int = Field(default=20, ge=1, le=100)
-    # Full-jitter exponential backoff between delivery attempts: up to base * 2^(n-1), capped.
-    crm_retry_base_seconds: float = Field(default=5.0, gt=0)
-    crm_retry_max_seconds: float = Field(default=900.0, gt=0)
-    # How often statuses are read back from OpenCRM (0: never).
-    crm_readback_seconds: float = Field(default=300.0, ge=0)
-    # How long outbox messages (or the read-back cursor) stay claimed by the worker calling the
-    # CRM for them, with no transaction open meanwhile; a killed worker's claim runs out then.
-    crm_lease_seconds: float = Field(default=60.0, gt=0)
+    opencrm_outstanding_field: str | None = _grouped(OpenCrmSettings, "outstanding_field")
+    opencrm_status_field: str = _grouped(OpenCrmSettings, "status_field")
+    opencrm_number_field: str = _grouped(OpenCrmSettings, "number_field")
+    opencrm_number_record_field: str | None = _grouped(OpenCrmSettings, "number_record_field")
+    opencrm_modified_field: str | None = _grouped(OpenCrmSettings, "modified_field")
+    opencrm_list_method: ListMethod = _grouped(OpenCrmSettings, "list_method")
+    opencrm_page_size: int = _grouped(OpenCrmSettings, "page_size")
+    opencrm_user_agent: str | None = _grouped(OpenCrmSettings, "user_agent")
+    opencrm_timeout_seconds: float = _grouped(OpenCrmSettings, "timeout_seconds")
+    opencrm_max_answer_bytes: int = _grouped(OpenCrmSettings, "max_answer_bytes")
+    opencrm_max_pages: int = _grouped(OpenCrmSettings, "max_pages")
+    opencrm_path_template: str = _grouped(OpenCrmSettings, "path_template")
+    crm_max_attempts: int = _grouped(CrmSettings, "max_attempts")
+    crm_retry_base_seconds: float = _grouped(CrmSettings, "retry_base_seconds")
+    crm_retry_max_seconds: float = _grouped(CrmSettings, "retry_max_seconds")
+    crm_readback_seconds: float = _grouped(CrmSettings, "readback_seconds")
+    crm_lease_seconds: float = _grouped(CrmSettings, "lease_seconds")
 
     console_session_secret: SecretStr | None = None
     console_session_minutes: int = Field(default=480, ge=1, le=7 * 24 * 60)
@@ -126,25 +118,6 @@ class Settings(BaseSettings, LedgerSettings):
             if not secret.get_secret_value().startswith("whsec_"):
                 raise ValueError("each secret must start with 'whsec_'")
         return value
-
-    @field_validator("opencrm_path_template")
-    @classmethod
-    def _path_has_method(cls, value: str) -> str:
-        if "{method}" not in value or not value.startswith("/"):
-            raise ValueError("must start with / and contain {method}, like /api/rest/{method}")
-        return value
-
-    @field_validator("opencrm_user_agent")
-    @classmethod
-    def _agent_not_blocked(cls, value: str | None) -> str | None:
-        if value is not None and re.search(r"python|curl", value, re.IGNORECASE):
-            raise ValueError("OpenCRM's firewall rejects user agents containing python or curl")
-        return value or None
-
-    @field_validator("opencrm_number_record_field", "opencrm_modified_field")
-    @classmethod
-    def _blank_is_unset(cls, value: str | None) -> str | None:
-        return value.strip() or None if value is not None else None
 
     @field_validator("console_session_secret")
     @classmethod
@@ -219,6 +192,24 @@ class Settings(BaseSettings, LedgerSettings):
     @property
     def number_record_field(self) -> str:
         return self.opencrm_number_record_field or self.opencrm_number_field
+
+    @cached_property
+    def crm(self) -> CrmSettings:
+        """The CRM settings grouped: `crm_X` is `crm.X`, `opencrm_X` is `crm.opencrm.X` (present
+        in opencrm mode only)."""
+        opencrm = None
+        if self.crm_mode is CrmMode.opencrm:
+            opencrm = OpenCrmSettings.model_validate(self._flat(OpenCrmSettings, "opencrm_"))
+        return CrmSettings.model_validate({**self._flat(CrmSettings, "crm_"), "opencrm": opencrm})
+
+    def _flat(self, group: type[BaseModel], prefix: str) -> dict[str, Any]:
+        """The values of a group's fields, from the flat fields named `prefix` + the field."""
+        fields = type(self).model_fields
+        return {
+            name: getattr(self, prefix + name)
+            for name in group.model_fields
+            if prefix + name in fields
+        }
 
 
 class SettingsError(Exception):

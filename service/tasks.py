@@ -10,12 +10,12 @@ from functools import partial
 
 from service.context import Task, WorkerContext
 from service.crm import tasks as crm
-from service.crm.service import Dispatcher
+from service.crm.tasks import DispatcherTask
 from service.jobs import tasks as jobs
 from service.reconcile import tasks as reconcile
 
 
-def worker_tasks(ctx: WorkerContext, dispatcher: Dispatcher) -> list[tuple[str, Task]]:
+def worker_tasks(ctx: WorkerContext, dispatcher: DispatcherTask) -> list[tuple[str, Task]]:
     """The tasks of one worker; `dispatcher` is built by the caller, whose readiness reports
     its halt (crm.tasks.dispatcher)."""
     return [

@@ -31,8 +31,8 @@ from service.console import forms, links, throttle
 from service.console.overview import ATTENTION, CRM_DRIFT_COUNT_CAP, CRM_DRIFT_KIND, overview
 from service.console.repository import delete_ended_sessions
 from service.console.session import CSRF_FIELD, ConsoleSession, SessionKeys
-from service.crm import repository as crm_repo
-from service.crm import service as crm
+from service.crm import admin as crm
+from service.crm.repository import outbox_admin as crm_repo
 from service.crm.schemas import OutboxMessageOut, OutboxState
 from service.deps import ConnDep, ProbedDep, SettingsDep, runtime_of
 from service.errors import Forbidden, ServiceError, Unauthorized, Unprocessable

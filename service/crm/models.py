@@ -76,17 +76,17 @@ class CrmObservedStatus(SQLModel, table=True):
 
 
 class CrmDispatcherState(SQLModel, table=True):
-    """One row: what the dispatchers last learnt about OpenCRM, shared by every process.
+    """One row: what the dispatchers last learnt about the CRM, shared by every process.
 
     The API (readiness) and the workers run in different processes; this row is how a
-    worker's "OpenCRM rejects our credentials" reaches /readyz.
+    worker's "the CRM rejects our credentials" reaches /readyz.
     """
 
     __tablename__ = "crm_dispatcher_state"
     __table_args__ = (sa.CheckConstraint("id = 1", name="ck_crm_dispatcher_state_single_row"),)
 
     id: int = _single_row_id()
-    # Set while deliveries are halted because OpenCRM refused our credentials.
+    # Set while deliveries are halted because the CRM refused our credentials.
     halted_reason: str | None = Field(default=None, sa_type=sa.Text)
     halted_at: datetime | None = None
     # The last failed call (network, 5xx, 429, rejected) and the last successful delivery.
@@ -94,14 +94,14 @@ class CrmDispatcherState(SQLModel, table=True):
     last_error_at: datetime | None = None
     last_success_at: datetime | None = None
     updated_at: datetime = defaults_to_now()
-    # Set while lookups find that OpenCRM ignores paging (a page answered twice), or that a
+    # Set while lookups find that the CRM ignores paging (a page answered twice), or that a
     # list does not end; cleared by a lookup that pages on normally.
     paging_problem: str | None = Field(default=None, sa_type=sa.Text)
     paging_problem_at: datetime | None = None
 
 
 class CrmInvoiceView(SQLModel, table=True):
-    """What OpenCRM last showed for an invoice: read back, or known from a delivery.
+    """What the CRM last showed for an invoice: read back, or known from a delivery.
 
     Compared with `invoices` for the `crm_drift` report; kept apart from the mirror so that
     reading the CRM never touches what reconciliation owns.
@@ -121,10 +121,10 @@ class CrmInvoiceView(SQLModel, table=True):
 
 
 class CrmReadbackState(SQLModel, table=True):
-    """One row: where the periodic read-back of OpenCRM stands (its cursor and its health).
+    """One row: where the periodic read-back of the CRM stands (its cursor and its health).
 
     Leased by the worker reading a page (lease_token, next_run_at = the lease's end), so one
-    worker reads at a time and no transaction stays open while OpenCRM answers; the cursor
+    worker reads at a time and no transaction stays open while the CRM answers; the cursor
     moves in the same transaction as what the page taught us, while the lease is still ours.
     """
 

@@ -7,8 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query
 
 from service.auth import AdminKey, ReadKey
-from service.crm import repository as repo
-from service.crm import service
+from service.crm import admin
 from service.crm.schemas import OutboxMessageOut, OutboxPage, OutboxState
 from service.cursor import decode_id
 from service.deps import ConnDep
@@ -35,16 +34,13 @@ async def list_outbox(
     ] = None,
 ) -> OutboxPage:
     after = 0 if cursor is None else decode_id(cursor, param="cursor", maximum=MAX_ID)
-    rows = await repo.list_messages(
+    return await admin.outbox_page(
         conn,
         state=state.value if state is not None else None,
         invoice_number=invoice_number,
         after_id=after,
         limit=limit,
     )
-    items = [OutboxMessageOut.from_row(row) for row in rows[:limit]]
-    next_cursor = str(items[-1].id) if len(rows) > limit else None
-    return OutboxPage(items=items, next_cursor=next_cursor)
 
 
 @router.post(
@@ -62,5 +58,4 @@ async def retry_message(
     conn: ConnDep,
     message_id: Annotated[int, Path(ge=1, le=MAX_ID)],
 ) -> OutboxMessageOut:
-    row = await service.retry_dead_letter(conn, message_id)
-    return OutboxMessageOut.from_row(row)
+    return await admin.retry_dead_letter(conn, message_id)

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from service.crm.service import Dispatcher
-from service.crm.service import readiness_problems as crm_problems
+from service.crm.readiness import readiness_problems as crm_problems
+from service.crm.tasks import DispatcherTask
 from service.migrate import head_revisions
 from service.ops.schemas import Readiness
 from service.picklist.service import readiness_warnings as picklist_warnings
@@ -23,7 +23,7 @@ class Probed:
     settings: Settings
     engine: AsyncEngine
     # The dispatcher of this process's own worker (None without one): its halt shows at once.
-    dispatcher: Dispatcher | None
+    dispatcher: DispatcherTask | None
 
 
 async def readiness(probed: Probed) -> Readiness:
@@ -50,7 +50,8 @@ async def readiness(probed: Probed) -> Readiness:
                 f"code {sorted(head_revisions())})"
             )
         warnings.extend(await picklist_warnings(conn, settings.ledger))
-        crm_fatal, crm_warnings = await crm_problems(conn, settings, probed.dispatcher)
+        halted_here = probed.dispatcher.halted_reason if probed.dispatcher else None
+        crm_fatal, crm_warnings = await crm_problems(conn, settings.crm, halted_here)
         problems.extend(crm_fatal)
         warnings.extend(crm_warnings)
 

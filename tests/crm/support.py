@@ -14,9 +14,13 @@ import httpx
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.crm.client import OpenCrmClient
-from service.crm.connector import Connector, CrmFields, LocalConnector, OpenCrmConnector
-from service.crm.service import Dispatcher, RetryPolicy
+from service.crm.connector import Connector, LocalConnector
+from service.crm.dispatcher import Dispatcher
+from service.crm.opencrm.client import OpenCrmClient
+from service.crm.opencrm.connector import OpenCrmConnector
+from service.crm.opencrm.fields import CrmFields
+from service.crm.retry import RetryPolicy
+from service.crm.tasks import DispatcherTask
 from tests.support import fake_opencrm
 
 BASE_URL = "https://acme.opencrm.test"
@@ -180,10 +184,12 @@ def dispatcher(
     clocks: Clocks | None = None,
     retry: RetryPolicy | None = None,
     lease_seconds: float | None = None,
-) -> Dispatcher:
+) -> DispatcherTask:
     kwargs: dict[str, Any] = {}
     if clocks is not None:
         kwargs = {"clock": clocks.monotonic, "db_now": clocks.db}
     if lease_seconds is not None:
         kwargs["lease_seconds"] = lease_seconds
-    return Dispatcher(engine, connector or LocalConnector(), retry or policy(), **kwargs)
+    return DispatcherTask(
+        engine, Dispatcher(connector or LocalConnector(), retry or policy(), **kwargs)
+    )

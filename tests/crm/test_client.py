@@ -12,17 +12,15 @@ import pytest
 import respx
 from pydantic import SecretStr
 
-from service.crm.client import (
+from service.crm.errors import (
     CrmAuthError,
     CrmBlocked,
     CrmError,
     CrmInvoiceNotFound,
     CrmRejected,
     CrmUnavailable,
-    OpenCrmClient,
-    records_in,
-    retry_after_seconds,
 )
+from service.crm.opencrm.client import OpenCrmClient, records_in, retry_after_seconds
 from tests.crm.support import BASE_URL
 from tests.support.fake_opencrm import KEY, PASSKEY
 
@@ -259,7 +257,7 @@ async def test_get_invoice_without_a_record_is_not_found(http: httpx.AsyncClient
     ],
 )
 def test_answers_of_undocumented_shape_are_read_defensively(body: Any, ids: list[str]) -> None:
-    from service.crm.client import record_id
+    from service.crm.opencrm.client import record_id
 
     assert [record_id(r) for r in records_in(body)] == ids
 

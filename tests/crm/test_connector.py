@@ -10,8 +10,9 @@ import httpx
 import pytest
 import respx
 
-from service.crm.client import CrmAmbiguous, CrmInvoiceNotFound
-from service.crm.connector import Change, KeptCrmStatus, LocalConnector, Pushed, parse_amount
+from service.crm.connector import Change, KeptCrmStatus, LocalConnector, Pushed
+from service.crm.errors import CrmAmbiguous, CrmInvoiceNotFound
+from service.crm.values import parse_amount
 from tests.crm.support import BASE_URL, opencrm_connector
 
 API = f"{BASE_URL}/api/rest"

@@ -12,8 +12,8 @@ import respx
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.crm import repository as repo
 from service.crm.connector import Change, LocalConnector, Outcome
+from service.crm.repository import adoption, health, outbox, outbox_admin
 from tests.crm.support import (
     BASE_URL,
     Clocks,
@@ -151,10 +151,10 @@ async def test_a_claimed_invoice_is_invisible_to_another_dispatcher(engine: Asyn
     await add_message(engine, "INV-1", "Paid", "0.00")
     await add_message(engine, "INV-2", "Paid", "0.00")
     async with engine.connect() as first, first.begin():
-        groups = await repo.claim(first, limit=1, now=None)
+        groups = await outbox.claim(first, limit=1, now=None)
         assert [(g.invoice_number, len(g.messages)) for g in groups] == [("INV-1", 2)]
         async with engine.connect() as second, second.begin():
-            others = await repo.claim(second, limit=10, now=None)
+            others = await outbox.claim(second, limit=10, now=None)
             assert [g.invoice_number for g in others] == ["INV-2"]
 
 
@@ -164,7 +164,7 @@ async def test_a_requeued_dead_letter_older_than_a_delivery_is_never_resent(
     dead = await add_message(engine, "INV-1", "Part Paid", "60.00", state="dead", attempts=5)
     later = await add_message(engine, "INV-1", "Paid", "0.00", state="delivered", attempts=1)
     async with engine.begin() as conn:
-        await repo.requeue_dead(conn, dead)
+        await outbox_admin.requeue_dead(conn, dead)
     delivered: list[Change] = []
 
     class Recording(LocalConnector):
@@ -305,7 +305,7 @@ async def test_refused_credentials_halt_the_dispatcher_without_burning_attempts(
     assert d.halted_reason is not None
     assert "Unauthorized" in d.halted_reason
     async with engine.connect() as conn:
-        state, _ = await repo.read_state(conn)
+        state, _ = await health.read_state(conn)
     assert state.halted_reason == d.halted_reason
     assert state.halted_at is not None
     calls = len(respx.calls)
@@ -316,7 +316,7 @@ async def test_refused_credentials_halt_the_dispatcher_without_burning_attempts(
     assert await d.run_once() == 2
     assert d.halted_reason is None
     async with engine.connect() as conn:
-        state, _ = await repo.read_state(conn)
+        state, _ = await health.read_state(conn)
     assert (state.halted_reason, state.halted_at) == (None, None)
     assert state.last_success_at is not None
 
@@ -327,7 +327,7 @@ async def test_a_fresh_dispatcher_tries_at_once_and_clears_a_halt_left_by_anothe
 ) -> None:
     FakeCrm({"42": crm_invoice("INV-1", "42")})
     async with engine.begin() as conn:
-        await repo.record_halt(conn, "OpenCRM refused the API credentials")
+        await health.record_halt(conn, "OpenCRM refused the API credentials")
     await add_message(engine, "INV-1", "Paid", "0.00")
     assert await dispatcher(engine, opencrm_connector(http)).run_once() == 1
     assert await scalar(engine, "SELECT halted_reason FROM crm_dispatcher_state") is None
@@ -341,7 +341,7 @@ async def test_an_unreachable_crm_is_recorded_for_readiness(
     await add_message(engine, "INV-1", "Paid", "0.00")
     assert await dispatcher(engine, opencrm_connector(http)).run_once() == 1
     async with engine.connect() as conn:
-        state, _ = await repo.read_state(conn)
+        state, _ = await health.read_state(conn)
     assert state.halted_reason is None
     assert state.last_error is not None
     assert "ConnectError" in state.last_error
@@ -410,7 +410,7 @@ async def test_a_later_change_made_in_ledgerlink_is_not_undone_by_the_crm_status
     sync = await add_message(engine, "INV-1", "Paid", "0.00", source="sync")
     await add_message(engine, "INV-1", "Cancelled", "0.00", source="manual")
     async with engine.begin() as conn:
-        outcome = await repo.keep_crm_status(
+        outcome = await adoption.keep_crm_status(
             conn, invoice_number="INV-1", message_id=sync, crm_status="Written Off", reason="x"
         )
     assert outcome == "person_decided_later"
@@ -435,15 +435,15 @@ async def test_a_requeued_dead_letter_cannot_be_claimed_while_its_invoice_is_in_
     dead = await add_message(engine, "INV-1", "Part Paid", "60.00", state="dead", attempts=5)
     await add_message(engine, "INV-1", "Paid", "0.00")
     async with engine.connect() as first, first.begin():
-        [group] = await repo.claim(first, limit=10, now=None)
+        [group] = await outbox.claim(first, limit=10, now=None)
         assert [m.id for m in group.messages] == [dead + 1]
         async with engine.begin() as conn:
-            await repo.requeue_dead(conn, dead)
+            await outbox_admin.requeue_dead(conn, dead)
         async with engine.connect() as second, second.begin():
             # Without the invoice lock this claim would wait on the first one: fail, not hang.
             await second.execute(sa.text("SET LOCAL lock_timeout = '2s'"))
             # The old message is now the oldest pending one, but its invoice is being delivered.
-            assert await repo.claim(second, limit=10, now=None) == []
+            assert await outbox.claim(second, limit=10, now=None) == []
 
 
 @respx.mock

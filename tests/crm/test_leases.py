@@ -9,8 +9,8 @@ import asyncio
 import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.crm import repository as repo
 from service.crm.connector import Change, Outcome, Pushed
+from service.crm.repository import outbox_admin
 from tests.crm.support import (
     Clocks,
     add_invoice,
@@ -124,7 +124,7 @@ async def test_a_newer_change_waits_for_the_leased_one_and_a_requeued_dead_lette
     await asyncio.wait_for(stuck.entered.wait(), 30)
     newer = await add_message(engine, "INV-1", "Unpaid", "100.00")
     async with engine.begin() as conn:
-        await repo.requeue_dead(conn, dead)
+        await outbox_admin.requeue_dead(conn, dead)
     # INV-1 is in flight: neither its requeued dead letter nor its newer change is claimed.
     second = dispatcher(engine, Quick(), clocks=clocks, lease_seconds=LEASE)
     clocks.advance(1)

@@ -11,8 +11,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.crm.connector import OpenCrmConnector
-from service.crm.service import readiness_problems
+from service.crm.opencrm.connector import OpenCrmConnector
+from service.crm.readiness import readiness_problems
 from tests.crm.e2e import crm_settings
 from tests.crm.support import Clocks, add_invoice, add_message, dispatcher, messages, scalar
 from tests.crm.support import opencrm_connector as connector_for
@@ -51,7 +51,7 @@ def list_calls(fake: FakeOpenCrm) -> list[dict[str, str]]:
 async def readiness(engine: AsyncEngine, database_url: str, fake: FakeOpenCrm) -> tuple[str, str]:
     settings = crm_settings(database_url, fake, crm_readback_seconds=300)
     async with engine.connect() as conn:
-        fatal, warnings = await readiness_problems(conn, settings, None)
+        fatal, warnings = await readiness_problems(conn, settings.crm, None)
     return " | ".join(fatal), " | ".join(warnings)
 
 

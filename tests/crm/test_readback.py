@@ -13,10 +13,10 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.context import WorkerContext
-from service.crm import repository as repo
 from service.crm import tasks as crm_tasks
-from service.crm.readback import ReadBack, build_readback
-from service.crm.service import readiness_problems
+from service.crm.readiness import readiness_problems
+from service.crm.repository import views
+from service.crm.tasks import ReadBackTask, build_readback
 from tests.conftest import READ_KEY, auth
 from tests.crm.e2e import crm_settings
 from tests.crm.support import add_invoice, add_message, policy, scalar
@@ -36,12 +36,12 @@ async def company(engine: AsyncEngine, fake: FakeOpenCrm, count: int = COUNT) ->
 
 def readback(
     engine: AsyncEngine, database_url: str, fake: FakeOpenCrm, http: httpx.AsyncClient, **extra: Any
-) -> ReadBack:
+) -> ReadBackTask:
     settings = crm_settings(database_url, fake, crm_readback_seconds=300, **extra)
     return build_readback(settings, engine, http)
 
 
-async def scan(reader: ReadBack) -> int:
+async def scan(reader: ReadBackTask) -> int:
     """Run the task until it goes idle; return how many passes did something."""
     for passes in range(100):
         if await reader.run_once() == 0:
@@ -364,7 +364,7 @@ async def test_a_crm_ignoring_paging_fails_the_scan_with_backoff_instead_of_read
     fake_crm.set_by_person(NUMBERS[7], invoicestatus="Written Off")
     fake_crm.ignore_paging = True
     reader = readback(engine, database_url, fake_crm, http)
-    reader.policy = policy(base=30.0)
+    reader.readback.policy = policy(base=30.0)
     assert await scan(reader) == 1
     assert len(list_calls(fake_crm)) == 2
     state = await state_row(engine)
@@ -378,7 +378,7 @@ async def test_a_crm_ignoring_paging_fails_the_scan_with_backoff_instead_of_read
     assert (await invoice(engine, NUMBERS[7])).status == "Written Off"
     settings = crm_settings(database_url, fake_crm, crm_readback_seconds=300)
     async with engine.connect() as conn:
-        _, warnings = await readiness_problems(conn, settings, None)
+        _, warnings = await readiness_problems(conn, settings.crm, None)
     assert any("CRM read-back failing" in w and "ignores paging" in w for w in warnings)
 
 
@@ -396,9 +396,9 @@ async def test_a_page_that_cannot_be_stored_backs_off_and_is_reported(
     async def broken(*args: Any, **kwargs: Any) -> None:
         raise sa.exc.DataError("INSERT INTO crm_invoices ...", {}, Exception("value too long"))
 
-    monkeypatch.setattr(repo, "remember_crm_views", broken)
+    monkeypatch.setattr(views, "remember_crm_views", broken)
     reader = readback(engine, database_url, fake_crm, http)
-    reader.policy = policy(base=30.0)
+    reader.readback.policy = policy(base=30.0)
     assert await reader.run_once() == 0
     state = await state_row(engine)
     assert (state.page_start, state.failures) == (0, 1)
@@ -412,7 +412,7 @@ async def test_a_page_that_cannot_be_stored_backs_off_and_is_reported(
     assert len(list_calls(fake_crm)) == 1
     settings = crm_settings(database_url, fake_crm, crm_readback_seconds=300)
     async with engine.connect() as conn:
-        _, warnings = await readiness_problems(conn, settings, None)
+        _, warnings = await readiness_problems(conn, settings.crm, None)
     assert any("CRM read-back failing" in w and "value too long" in w for w in warnings)
 
 

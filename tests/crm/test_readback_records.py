@@ -12,8 +12,8 @@ import sqlalchemy as sa
 from prometheus_client import REGISTRY
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.crm.readback import ReadBack, build_readback
-from service.crm.service import readiness_problems
+from service.crm.readiness import readiness_problems
+from service.crm.tasks import ReadBackTask, build_readback
 from tests.conftest import READ_KEY, auth
 from tests.crm.e2e import crm_settings
 from tests.crm.support import add_invoice, scalar
@@ -23,12 +23,12 @@ from tests.support.fake_opencrm import FakeOpenCrm
 
 def readback(
     engine: AsyncEngine, database_url: str, fake: FakeOpenCrm, http: httpx.AsyncClient
-) -> ReadBack:
+) -> ReadBackTask:
     settings = crm_settings(database_url, fake, crm_readback_seconds=300)
     return build_readback(settings, engine, http)
 
 
-async def scan(reader: ReadBack) -> int:
+async def scan(reader: ReadBackTask) -> int:
     for passes in range(100):
         if await reader.run_once() == 0:
             return passes
@@ -53,7 +53,7 @@ async def status_of(engine: AsyncEngine, number: str) -> str:
 async def warnings_of(engine: AsyncEngine, database_url: str, fake: FakeOpenCrm) -> str:
     settings = crm_settings(database_url, fake, crm_readback_seconds=300)
     async with engine.connect() as conn:
-        _, warnings = await readiness_problems(conn, settings, None)
+        _, warnings = await readiness_problems(conn, settings.crm, None)
     return " | ".join(warnings)
 
 

@@ -14,8 +14,8 @@ from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.contracts import OUTBOX_CHANNEL
-from service.crm import repository as repo
 from service.crm.connector import LocalConnector
+from service.crm.repository import health
 from service.db import libpq_url
 from service.main import create_app
 from tests.conftest import ADMIN_KEY, READ_KEY, WRITE_KEY, auth, make_settings
@@ -130,14 +130,14 @@ async def test_a_halted_dispatcher_fails_readiness_with_its_reason(
 ) -> None:
     assert (await readyz(opencrm_app)).status_code == 200
     async with engine.begin() as conn:
-        await repo.record_halt(conn, "OpenCRM refused the API credentials (Unauthorized)")
+        await health.record_halt(conn, "OpenCRM refused the API credentials (Unauthorized)")
     response = await readyz(opencrm_app)
     assert response.status_code == 503
     [problem] = response.json()["problems"]
     assert "CRM deliveries halted" in problem
     assert "Unauthorized" in problem
     async with engine.begin() as conn:
-        await repo.record_success(conn)
+        await health.record_success(conn)
     assert (await readyz(opencrm_app)).status_code == 200
 
 
@@ -146,7 +146,7 @@ async def test_unreachable_crm_and_dead_letters_are_warnings_only(
 ) -> None:
     await add_message(engine, "INV-1", "Paid", "0.00", state="dead")
     async with engine.begin() as conn:
-        await repo.record_failure(conn, "OpenCRM get_invoice: ConnectError")
+        await health.record_failure(conn, "OpenCRM get_invoice: ConnectError")
     response = await readyz(opencrm_app)
     assert response.status_code == 200, response.text
     warnings = " | ".join(response.json()["warnings"])
@@ -158,7 +158,7 @@ async def test_local_mode_ignores_a_halt_left_from_opencrm_mode(
     client: httpx.AsyncClient, app: FastAPI, engine: AsyncEngine
 ) -> None:
     async with engine.begin() as conn:
-        await repo.record_halt(conn, "OpenCRM refused the API credentials")
+        await health.record_halt(conn, "OpenCRM refused the API credentials")
     response = await client.get("/readyz")
     assert response.status_code == 200
     assert response.json()["problems"] == []
@@ -182,7 +182,7 @@ async def test_paging_read_back_failures_and_skipped_records_are_warnings(
     opencrm_app: FastAPI, engine: AsyncEngine
 ) -> None:
     async with engine.begin() as conn:
-        await repo.record_paging(conn, "OpenCRM get_invoice_list ignores paging: ...")
+        await health.record_paging(conn, "OpenCRM get_invoice_list ignores paging: ...")
         await conn.execute(
             sa.text(
                 "INSERT INTO crm_readback_state (id, failures, last_error, last_error_at, "
@@ -199,6 +199,6 @@ async def test_paging_read_back_failures_and_skipped_records_are_warnings(
     assert "CRM read-back skipped 3 record(s)" in warnings
     assert "invoice INV-9: invoicestatus has 66 characters" in warnings
     async with engine.begin() as conn:
-        await repo.record_paging(conn, None)
+        await health.record_paging(conn, None)
     warnings = " | ".join((await readyz(opencrm_app)).json()["warnings"])
     assert "page properly" not in warnings

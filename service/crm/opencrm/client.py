@@ -34,10 +34,24 @@ from typing import Any
 import httpx
 from pydantic import SecretStr
 
+from service import __version__
+from service.crm.errors import (
+    CrmAnswerTooLarge,
+    CrmAuthError,
+    CrmBlocked,
+    CrmInvoiceNotFound,
+    CrmPagingBroken,
+    CrmRejected,
+    CrmUnavailable,
+)
+from service.crm.opencrm.settings import OpenCrmSettings
 from service.logging import get_logger
 from service.metrics import CRM_LATENCY
 
 log = get_logger(__name__)
+
+# Sent unless LEDGERLINK_OPENCRM_USER_AGENT says otherwise: OpenCRM's firewall blocks httpx's own.
+USER_AGENT = f"ledgerlink/{__version__}"
 
 # Keys under which a list of records may come back; the first one present wins.
 _LIST_KEYS = ("results", "result", "records", "data", "invoices", "items", "rows", "list")
@@ -55,55 +69,6 @@ DEFAULT_MAX_ANSWER_BYTES = 8 * 1024 * 1024
 DEFAULT_MAX_PAGES = 1000
 
 
-class CrmError(Exception):
-    """A failed OpenCRM call, with a message safe to log and to show an operator."""
-
-
-class CrmHalt(CrmError):
-    """A problem every call shares and only a person can fix: deliveries halt, none is lost."""
-
-
-class CrmAuthError(CrmHalt):
-    """OpenCRM refused our credentials (or our address): retrying cannot help."""
-
-
-class CrmMisconfigured(CrmHalt):
-    """OpenCRM's answers do not carry a field a setting names (the invoice number)."""
-
-
-class CrmUnavailable(CrmError):
-    """Network error, timeout, 5xx, 429 or an answer that is not JSON: try again later."""
-
-    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-class CrmBlocked(CrmUnavailable):
-    """HTTP 403 that is not about credentials: OpenCRM's firewall rejected the request."""
-
-
-class CrmRejected(CrmError):
-    """OpenCRM answered with an error about this request (`{"error": ...}` or a 4xx)."""
-
-
-class CrmAnswerTooLarge(CrmError):
-    """The answer grew past LEDGERLINK_OPENCRM_MAX_ANSWER_BYTES: refused, never held whole."""
-
-
-class CrmPagingBroken(CrmError):
-    """A list that does not end: the CRM answered a page it had already given (it ignores
-    `limit_start`), or more pages than one lookup or scan may read."""
-
-
-class CrmInvoiceNotFound(CrmRejected):
-    """No OpenCRM invoice matches (yet: SageLink may not have created it)."""
-
-
-class CrmAmbiguous(CrmRejected):
-    """Several OpenCRM invoices match one invoice number; none is edited."""
-
-
 @dataclass(frozen=True)
 class CrmInvoice:
     crm_id: str
@@ -119,6 +84,20 @@ class CrmInvoice:
 
 class OpenCrmClient:
     """One instance per worker; the httpx client (and its connection pool) is shared."""
+
+    @classmethod
+    def from_settings(cls, opencrm: OpenCrmSettings, http: httpx.AsyncClient) -> OpenCrmClient:
+        return cls(
+            http,
+            base_url=opencrm.base_url,
+            key=opencrm.key,
+            passkey=opencrm.passkey,
+            path_template=opencrm.path_template,
+            timeout=opencrm.timeout_seconds,
+            user_agent=opencrm.user_agent or USER_AGENT,
+            max_answer_bytes=opencrm.max_answer_bytes,
+            max_pages=opencrm.max_pages,
+        )
 
     def __init__(
         self,
