@@ -75,6 +75,9 @@ HISTORY_SOURCES: tuple[HistorySource, ...] = get_args(HistorySource)
 # Everything but what came from the CRM itself.
 OutboxSource = Literal["sync", "manual", "bulk"]
 OUTBOX_SOURCES: tuple[OutboxSource, ...] = get_args(OutboxSource)
+# A person's decisions (an edit, a Global Update): until the CRM has them, what it shows is
+# not adopted over them.
+PERSON_SOURCES: tuple[OutboxSource, ...] = ("manual", "bulk")
 
 
 # --- in SQL ---------------------------------------------------------------------------------

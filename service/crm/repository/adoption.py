@@ -11,6 +11,11 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service import contracts
+from service.ledger.dirty import mark_dirty
+from service.ledger.vocabulary import PERSON_SOURCES, sql_in
+
+# An outbox message carrying a person's decision.
+PERSON_EDIT = sql_in("source", PERSON_SOURCES)
 
 KeepOutcome = Literal["updated", "unchanged", "no_invoice", "person_decided_later"]
 
@@ -60,7 +65,7 @@ async def keep_crm_status(
         await conn.execute(
             sa.text(
                 "SELECT EXISTS (SELECT 1 FROM outbox WHERE invoice_number = :n AND id > :id "
-                "AND source IN ('manual', 'bulk'))"
+                f"AND {PERSON_EDIT})"
             ),
             {"n": invoice_number, "id": message_id},
         )
@@ -98,12 +103,12 @@ async def queue_for_reconcile(conn: AsyncConnection, numbers: Sequence[str]) -> 
         return
     queued = await conn.execute(
         sa.text(
-            """
-            INSERT INTO dirty_invoices (invoice_number)
-            SELECT n FROM unnest(CAST(:numbers AS text[])) AS n ORDER BY n
-            ON CONFLICT (invoice_number) DO NOTHING
-            RETURNING invoice_number
-            """
+            mark_dirty(
+                from_="unnest(CAST(:numbers AS text[])) AS n",
+                invoice_number="n",
+                order_by="n",
+                returning="invoice_number",
+            )
         ),
         {"numbers": sorted(numbers)},
     )
@@ -116,7 +121,7 @@ async def invoices_with_undelivered_edits(conn: AsyncConnection) -> list[str]:
     rows = await conn.execute(
         sa.text(
             "SELECT DISTINCT invoice_number FROM outbox "
-            "WHERE state = 'pending' AND source IN ('manual', 'bulk')"
+            f"WHERE state = 'pending' AND {PERSON_EDIT}"
         )
     )
     return list(rows.scalars())
@@ -150,7 +155,7 @@ _ADOPT = sa.text(
           AND NOT EXISTS (
             SELECT 1 FROM outbox AS o
             WHERE o.invoice_number = i.invoice_number AND o.state = 'pending'
-              AND o.source IN ('manual', 'bulk'))
+              AND o.{PERSON_EDIT})
         ORDER BY i.invoice_number
         FOR UPDATE OF i
     ),

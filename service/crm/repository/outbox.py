@@ -12,10 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.crm.lease import Lease
-
-# First key of the two-key advisory locks taken per invoice, so they never meet another
-# feature's locks ("LLCR").
-ADVISORY_NAMESPACE = 0x4C4C4352
+from service.ledger.locks import CRM_INVOICE
 
 # The dispatcher's clock: the database's now(), or a fixed instant given by a test.
 _NOW = "coalesce(CAST(:now AS timestamptz), now())"
@@ -149,7 +146,7 @@ async def claim(
     order = list(head_of)
     locked = set(
         (
-            await conn.execute(_LOCK_INVOICES, {"invoices": order, "namespace": ADVISORY_NAMESPACE})
+            await conn.execute(_LOCK_INVOICES, {"invoices": order, "namespace": CRM_INVOICE})
         ).scalars()
     )
     invoices = [n for n in order if n in locked]
