@@ -145,21 +145,42 @@ def loaded_by(graph: dict[str, set[str]], module: str) -> set[str]:
 
 
 # The features the API-key check must never load: it runs before every route, the worker's
-# and the console's included, and needs nothing but the settings and the keys.
+# and the console's included, and needs nothing but the settings and the keys. A feature's
+# settings model is part of the settings (`Settings` declares its environment variables from
+# it), so it may be loaded, with its package: both must then import nothing of their feature.
 NOT_FOR_AUTH = ("service.crm", "service.ingest", "service.worker", "service.console")
+
+
+def _settings_model(name: str) -> bool:
+    return name.endswith(".settings")
 
 
 def test_the_api_key_check_loads_no_feature() -> None:
     graph = import_graph(ROOT, "service")
     loaded = loaded_by(graph, "service.auth")
     assert "service.keys" in loaded, "the scan found too little to mean anything"
+    settings_models = {name for name in loaded if _settings_model(name)}
+    # The packages a settings model is loaded through.
+    their_packages = {
+        ".".join(name.split(".")[:i])
+        for name in settings_models
+        for i in range(2, name.count(".") + 1)
+    }
     found = sorted(
         name
-        for name in loaded
+        for name in loaded - settings_models - their_packages
         for feature in NOT_FOR_AUTH
         if name == feature or name.startswith(f"{feature}.")
     )
     assert found == [], f"service.auth loads {found}"
+    # ... and those settings models, and their packages, load no feature code of their own.
+    for name in settings_models | their_packages:
+        feature_code = {
+            target
+            for target in graph[name]
+            if target.startswith(NOT_FOR_AUTH) and target not in settings_models | their_packages
+        }
+        assert feature_code == set(), (name, sorted(feature_code))
 
 
 def test_loaded_by_follows_imports_through_other_modules() -> None:
