@@ -41,6 +41,7 @@ from service.ingest.schemas import SageDate
 from service.invoices import service as invoices
 from service.invoices.schemas import AccountRef, BulkStatusRequest, InvoiceFilter, Text
 from service.logging import get_logger
+from service.middleware.security_headers import CONSOLE_HEADERS
 from service.picklist import repository as picklist_repo
 from service.picklist import service as picklist
 from service.reconcile import service as reconcile
@@ -59,14 +60,6 @@ OUTBOX_PAGE = 100
 BAD_DEBT_PAGE = 100
 BAD_DEBT_CSV_ROWS = 5000
 MAX_ID_DIGITS = 18
-SECURITY_HEADERS = {
-    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; "
-    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
-    "X-Frame-Options": "DENY",
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "same-origin",
-    "Cache-Control": "no-store",
-}
 
 
 class SignInRequired(Exception):
@@ -134,12 +127,12 @@ def render(
     response = templates.TemplateResponse(
         request, template, context, status_code=status_code, headers=headers
     )
-    response.headers.update(SECURITY_HEADERS)
+    response.headers.update(CONSOLE_HEADERS)
     return response
 
 
 def redirect(url: str) -> RedirectResponse:
-    return RedirectResponse(url, status_code=303, headers=SECURITY_HEADERS)
+    return RedirectResponse(url, status_code=303, headers=CONSOLE_HEADERS)
 
 
 async def posted(ctx: Ctx) -> forms.Fields:

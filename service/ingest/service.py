@@ -38,7 +38,7 @@ from service.ingest.schemas import (
 from service.ingest.signature import SignatureReason, SignatureRejected, SignedHeaders, Verifier
 from service.logging import get_logger
 from service.metrics import BATCH_SIZE, INGEST_LATENCY, POSTINGS, WEBHOOK_DELIVERIES
-from service.middleware import BodyRefusal
+from service.middleware.refusal import BodyRefusal
 from service.settings import Settings
 from service.transaction import run_in_transaction
 
@@ -55,7 +55,7 @@ RETRIES = 2
 # (`ledgerlink_webhook_deliveries_total{outcome="rejected"}`), which starts at 0 for each.
 RejectReason = Literal[
     SignatureReason,  # service/ingest/signature.py
-    BodyRefusal,  # the body, refused by service/middleware.py while the webhook reads it
+    BodyRefusal,  # the body, refused by service/middleware/ while the webhook reads it
     "not_configured",
     "in_flight",
     "id_reused",
