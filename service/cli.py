@@ -154,14 +154,13 @@ def serve(
                 typer.echo(_banner(settings, application))
             # What exists now (modules, routes, schemas) lives as long as the process: keep the
             # collector from rescanning it each time a request's garbage triggers a full
-            # collection (a webhook batch allocates thousands of objects; this took a quarter off
-            # its parsing).
+            # collection (a webhook batch allocates thousands of objects).
             gc.freeze()
             # A young generation of 50,000 instead of 700: a batch's thousands of models live
             # until it is stored, so with the default they were scanned again and again by
-            # collections that freed nothing (1.4 ms of CPU per batch of 500 receipts). Garbage
-            # without cycles goes by reference counting anyway; cycles still trigger a
-            # collection once 50,000 objects pile up.
+            # collections that freed nothing (docs/BENCHMARKS.md has the cost). Garbage without
+            # cycles goes by reference counting anyway; cycles still trigger a collection once
+            # 50,000 objects pile up.
             gc.set_threshold(YOUNG_GENERATION)
             uvicorn.run(
                 application,

@@ -34,9 +34,10 @@ from service.exception_handlers import (
     install_error_handlers,
     install_openapi_problems,
 )
+from service.ingest.rejections import REJECT_REASONS
 from service.ingest.router import WEBHOOK_PATH
 from service.ingest.router import router as ingest_router
-from service.ingest.service import REJECT_REASONS, WebhookIngest
+from service.ingest.service import WebhookIngest
 from service.invoices.router import router as invoices_router
 from service.logging import configure_logging, get_logger
 from service.metrics import KnownValues, initialise_label_sets

@@ -10,8 +10,8 @@ from service.auth import NO_API_KEY
 from service.deps import IngestDep
 from service.errors import ServiceError
 from service.exception_handlers import PROBLEM_JSON
+from service.ingest.rejections import count_rejection
 from service.ingest.schemas import IngestResult, PostingBatch
-from service.ingest.service import count_rejection
 
 router = APIRouter(tags=["ingest"])
 

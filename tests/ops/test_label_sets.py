@@ -15,7 +15,7 @@ import httpx
 from prometheus_client.metrics import MetricWrapperBase
 
 from service import metrics
-from service.ingest.service import REJECT_REASONS
+from service.ingest.rejections import REJECT_REASONS
 from service.main import http_operations, known_values
 from service.settings import Settings, load_settings
 from tests.conftest import ADMIN_KEY, auth, make_settings
