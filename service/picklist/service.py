@@ -38,6 +38,11 @@ def required_values(settings: Settings) -> list[str]:
     )
 
 
+async def values(conn: AsyncConnection) -> list[str]:
+    """The invoice status picklist, in its order."""
+    return await repository.values(conn)
+
+
 async def verify(conn: AsyncConnection, settings: Settings) -> Verification:
     present = set(await repository.values(conn))
     observed = await repository.observed_in_crm(conn)
