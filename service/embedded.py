@@ -205,8 +205,8 @@ def embedded_settings(memory_bytes: int) -> dict[str, str]:
         "checkpoint_completion_target": "0.9",
         "work_mem": "16MB",
         "maintenance_work_mem": "256MB",
-        # A Global Update of 100,000 invoices writes 160 MB of WAL in one statement: with
-        # the default 16 MB the backend kept waiting for "WAL buffers full".
+        # A large Global Update writes all its WAL in one statement: with the default 16 MB
+        # its backend waits for "WAL buffers full" (docs/OPERATIONS.md).
         "wal_buffers": f"{max(16, min(64, shared_buffers // 16))}MB",
     }
 
