@@ -99,7 +99,7 @@ def _database() -> Iterator[tuple[str, int | None]]:
     if url:
         yield url, None
         return
-    from service.db import throwaway_postgres
+    from service.embedded import throwaway_postgres
 
     with throwaway_postgres("ledgerlink-bench-pg-") as server:
         yield server.database_url, server.postmaster_pid()

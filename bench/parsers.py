@@ -10,7 +10,7 @@ another process's load hardly moves it).
 - the webhook's steps: `parse_batch` and its `model_validate_json`, the signature's HMAC, and
   what PostgreSQL is handed: the body's postings array cut out (`received_postings`) or, for
   the batches that cannot be, the postings serialised again.
-- pydantic: `service.ingest.service.parse_batch`, the webhook's whole parse: strict JSON
+- pydantic: `service.ingest.parsing.parse_batch`, the webhook's whole parse: strict JSON
   validation with every field constraint, then the exactness, duplicate-key, duplicate
   tran_number and currency checks.
 - msgspec: Structs with the same field types, lengths and patterns, amounts decoded as exact
@@ -30,16 +30,10 @@ from typing import Annotated, Any, Literal
 from pydantic import SecretStr
 
 from bench.ingest import BATCH_SIZE, batches, receipt
+from service.ingest.amounts import CENT, MAX_AMOUNT
+from service.ingest.parsing import parse_batch, received_postings
 from service.ingest.repository import _POSTINGS_JSON
-from service.ingest.schemas import (
-    CENT,
-    FIRST_DATE,
-    LAST_DATE,
-    MAX_AMOUNT,
-    NO_CONTROL_CHARACTERS,
-    PostingBatch,
-)
-from service.ingest.service import parse_batch, received_postings
+from service.ingest.schemas import FIRST_DATE, LAST_DATE, NO_CONTROL_CHARACTERS, PostingBatch
 from service.ingest.signature import Verifier
 from tests.support.webhooks import TEST_SECRET, signed_request
 

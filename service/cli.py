@@ -124,7 +124,7 @@ def serve(
     """Serve the HTTP API (uvicorn, one process)."""
     import uvicorn
 
-    from service.db import Database, EmbeddedPostgres, database
+    from service.db import Database, database
     from service.main import create_app
     from service.migrate import upgrade_to_head
 
@@ -135,6 +135,9 @@ def serve(
         if "LEDGERLINK_LOG_FORMAT" not in os.environ:
             overrides["log_format"] = "console"
     if settings.database_url is None:
+        _require_embedded()
+        from service.embedded import EmbeddedPostgres
+
         pgdata = EmbeddedPostgres(settings.data_dir).pgdata
         typer.echo(f"  Starting embedded PostgreSQL (data in {pgdata}) ...")
     db: Database | None = None
@@ -154,10 +157,10 @@ def serve(
             # collection (a webhook batch allocates thousands of objects).
             gc.freeze()
             # A young generation of 50,000 instead of 700: a batch's thousands of models live
-            # until it is stored, so with the default they would be scanned again and again by
-            # collections that free nothing. Garbage without cycles goes by reference counting
-            # anyway; cycles still trigger a collection once 50,000 objects pile up. (Figures:
-            # docs/BENCHMARKS.md.)
+            # until it is stored, so with the default they were scanned again and again by
+            # collections that freed nothing (docs/BENCHMARKS.md has the cost). Garbage without
+            # cycles goes by reference counting anyway; cycles still trigger a collection once
+            # 50,000 objects pile up.
             gc.set_threshold(YOUNG_GENERATION)
             uvicorn.run(
                 application,
@@ -196,6 +199,18 @@ def _banner(settings: Settings, application: FastAPI) -> str:
     return "\n".join(lines)
 
 
+def _require_embedded() -> None:
+    """Stop with one line when no database URL is set and the embedded PostgreSQL is not
+    installed (the image has none)."""
+    from service.db import NoDatabase, require_embedded
+
+    try:
+        require_embedded()
+    except NoDatabase as exc:
+        typer.echo(f"ledgerlink: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
 def _exit_on_sigterm(signum: int, frame: object) -> None:
     raise SystemExit(0)
 
@@ -206,7 +221,10 @@ def migrate_command() -> None:
     from service.db import database
     from service.migrate import upgrade_to_head
 
-    with database(_settings()) as db:
+    settings = _settings()
+    if settings.database_url is None:
+        _require_embedded()
+    with database(settings) as db:
         upgrade_to_head(db.url)
         typer.echo("ledgerlink: database is at the newest migration")
 
@@ -220,6 +238,8 @@ def worker_command() -> None:
     from service.ops.exposition import MetricsPortTaken
 
     settings = _settings()
+    if settings.database_url is None:
+        _require_embedded()
     configure_logging(settings.log_level, settings.log_format)
     try:
         with database(settings) as db:

@@ -34,13 +34,14 @@ from service.exception_handlers import (
     install_error_handlers,
     install_openapi_problems,
 )
+from service.ingest.rejections import REJECT_REASONS
 from service.ingest.router import WEBHOOK_PATH
 from service.ingest.router import router as ingest_router
-from service.ingest.service import REJECT_REASONS, WebhookIngest
+from service.ingest.service import WebhookIngest
 from service.invoices.router import router as invoices_router
 from service.logging import configure_logging, get_logger
 from service.metrics import KnownValues, initialise_label_sets
-from service.middleware import BodyBudget, HeadAsGet, RequestContextMiddleware
+from service.middleware.stack import add_http_middleware
 from service.ops.exposition import bind_metrics_socket, worker_metrics_app, worker_metrics_server
 from service.ops.readiness import Probed
 from service.ops.router import router as ops_router
@@ -163,14 +164,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         dependencies=[Depends(refuse_unknown_query_parameters)],
     )
     install_error_handlers(app)
-    # Added first, so it runs inside RequestContextMiddleware (the last added is outermost).
-    app.add_middleware(HeadAsGet)
-    app.add_middleware(
-        RequestContextMiddleware,
-        receive_timeout=settings.request_timeout_seconds,
-        max_body_bytes=settings.max_body_bytes,
-        body_budget=BodyBudget(settings.max_inflight_body_bytes),
-        check_before_input=partial(check_before_input, settings, frozenset({WEBHOOK_PATH})),
+    add_http_middleware(
+        app, settings, partial(check_before_input, settings, frozenset({WEBHOOK_PATH}))
     )
     _include_routers(app)
     install_openapi_problems(app)

@@ -41,7 +41,7 @@ class KnownValues:
     service/main.py at start-up."""
 
     settings: Settings
-    # Why a webhook delivery can be refused (service/ingest/service.py REJECT_REASONS).
+    # Why a webhook delivery can be refused (service/ingest/rejections.py REJECT_REASONS).
     reject_reasons: Sequence[str] = ()
     # Every status a change can set: the picklist values the settings require.
     statuses: Sequence[str] = ()

@@ -11,7 +11,8 @@ import asyncpg
 import psutil
 import pytest
 
-from service.db import EmbeddedPostgres, _settings_in_kb, _to_kb, embedded_settings, libpq_url
+from service.db import libpq_url
+from service.embedded import EmbeddedPostgres, _settings_in_kb, _to_kb, embedded_settings
 
 GIB = 2**30
 
@@ -77,7 +78,7 @@ async def test_embedded_server_runs_sized_and_reports_its_postmaster(tmp_path: P
 # directory of the throwaway server was deleted.
 _DELETED_UNDER_A_RUNNING_SERVER = """
 import ctypes, os, shutil, psutil
-from service.db import throwaway_postgres
+from service.embedded import throwaway_postgres
 
 PR_SET_CHILD_SUBREAPER = 36
 assert ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0

@@ -18,25 +18,26 @@ from service.errors import Conflict
 from service.exception_handlers import install_error_handlers
 
 ROOT = Path(__file__).resolve().parents[1]
-# ClaimDep: a console cookie signed with the session secret naming a configured key (its row is
-# then read with the request's connection); Form: a console form read from such a cookie, its
-# CSRF token checked.
+# ClaimedDep: a console cookie signed with the session secret naming a configured key (its row
+# is then read with the request's connection); UserDep: such a cookie whose row was read;
+# *Sender: the sender of a console form, read from such a cookie, its CSRF token checked.
 AUTHENTICATED = {
     "ReadKey",
     "WriteKey",
     "AdminKey",
-    "CtxDep",
-    "ClaimDep",
-    "Form",
-    "WriteForm",
-    "AdminForm",
-    "SignOutForm",
+    "UserDep",
+    "ClaimedDep",
+    "WriteSender",
+    "AdminSender",
+    "SignOutSender",
 }
 # The console's sign-in takes a connection for a caller with no key yet: it stores the session,
 # or counts the wrong key against the caller's address, in PostgreSQL (shared by the replicas).
 # Its form's CSRF token is checked first, and an address this process knows to be waiting is
 # refused before a connection is taken (tests/console/test_sign_in_back_off.py).
-UNAUTHENTICATED = {"service/console/router.py: sign_in"}
+UNAUTHENTICATED = {"service/console/sign_in.py: sign_in"}
+# Modules of routes besides the features' router.py files.
+ROUTE_MODULES = ("service/console/sign_in.py",)
 
 
 @pytest.fixture
@@ -106,7 +107,8 @@ def test_every_endpoint_checks_the_caller_before_taking_a_connection() -> None:
     """Dependencies are solved in the order of the parameters: a caller without a valid key
     (or console session) must never hold a pooled connection."""
     late: list[str] = []
-    for path in sorted((ROOT / "service").rglob("router.py")):
+    routes = [*(ROOT / "service").rglob("router.py"), *(ROOT / m for m in ROUTE_MODULES)]
+    for path in sorted(routes):
         for node in ast.walk(ast.parse(path.read_text())):
             if not isinstance(node, ast.AsyncFunctionDef):
                 continue

@@ -42,7 +42,8 @@ class Figure:
     key: str
     label: str
     count: int
-    href: str
+    # The invoice list's query string that shows the invoices counted.
+    query: str
 
 
 @dataclass(frozen=True)
@@ -55,18 +56,14 @@ class Overview:
     readiness: Readiness
 
 
-def list_href(f: InvoiceFilter) -> str:
-    return "/console/invoices?" + filter_query(f)
-
-
 async def overview(conn: AsyncConnection, settings: Settings, probed: Probed) -> Overview:
     by_status = [
-        Figure(status, status, count, list_href(InvoiceFilter(status=[status])))
+        Figure(status, status, count, filter_query(InvoiceFilter(status=[status])))
         for status, count in await invoices.status_counts(conn)
     ]
     counts = await invoices.count_invoices(conn, settings, [f for _, _, f in ATTENTION])
     attention = [
-        Figure(key, label, count, list_href(f))
+        Figure(key, label, count, filter_query(f))
         for (key, label, f), count in zip(ATTENTION, counts, strict=True)
     ]
     return Overview(

@@ -130,6 +130,13 @@ class SessionKeys:
         )
         return cookie
 
+    async def sign_in(self, conn: AsyncConnection, previous: ConsoleSession, key: ApiKey) -> str:
+        """A new session for `key` (its cookie value); the one this browser had, if any, ends:
+        a new id at every sign-in. Sessions past their expiry are deleted, a few each time."""
+        await self.end(conn, previous)
+        await repository.delete_ended_sessions(conn, limit=throttle.CLEANUP_BATCH)
+        return await self.start(conn, key)
+
     @staticmethod
     async def is_live(conn: AsyncConnection, session: ConsoleSession) -> bool:
         """The server started this session, and it is neither signed out nor expired."""

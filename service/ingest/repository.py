@@ -329,7 +329,7 @@ async def store(
     A tran_number given twice keeps its last version and counts once. With notify=False the
     NOTIFY is left to the caller (`wake`), who sends it with its own last statement: one round
     trip less per webhook batch. `received` is the postings' JSON array as the sender wrote
-    it, when PostgreSQL reads the same values from it (`service.ingest.service.
+    it, when PostgreSQL reads the same values from it (`service.ingest.parsing.
     received_postings`): sent as it is instead of serialising `postings` again.
     """
     if not postings:

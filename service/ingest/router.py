@@ -11,8 +11,9 @@ from service.auth import NO_API_KEY
 from service.deps import EngineDep, IngestDep
 from service.errors import ServiceError
 from service.exception_handlers import PROBLEM_JSON
+from service.ingest.rejections import count_rejection
 from service.ingest.schemas import IngestResult, PostingBatch
-from service.ingest.service import RETRIES, count_rejection
+from service.ingest.service import RETRIES
 from service.transaction import read, run_in_transaction
 
 router = APIRouter(tags=["ingest"])

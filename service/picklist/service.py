@@ -37,6 +37,11 @@ def required_values(ledger: LedgerSettings) -> list[str]:
     return list(dict.fromkeys([*ledger.protected_statuses, *ledger.writable_labels(), *fallback]))
 
 
+async def values(conn: AsyncConnection) -> list[str]:
+    """The invoice status picklist, in its order."""
+    return await repository.values(conn)
+
+
 async def verify(conn: AsyncConnection, ledger: LedgerSettings) -> Verification:
     present = set(await repository.values(conn))
     observed = await repository.observed_in_crm(conn)

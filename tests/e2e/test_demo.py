@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import sqlalchemy as sa
-from ledgerlink_exporter.demo import generate_company
+from ledgerlink_demo.company import generate_company
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.support.processes import FAULT_KEY, LedgerlinkProcess

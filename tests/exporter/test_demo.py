@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from ledgerlink_demo.company import STATUSES, DemoCompany, Figures, generate_company, write_export
 from ledgerlink_exporter.cli import app
 from ledgerlink_exporter.csv_source import read_export
-from ledgerlink_exporter.demo import STATUSES, DemoCompany, Figures, generate_company, write_export
 from ledgerlink_exporter.sage import Posting, SageExport
 
 # The defaults of LEDGERLINK_WRITE_OFF_NOMINALS and LEDGERLINK_WRITE_OFF_PATTERN.

@@ -1,6 +1,7 @@
 """The exporter installs on the Sage PC on its own: its wheel, in a bare virtualenv, brings no
 server dependency and pushes to a running service; its single-file zipapp runs on a Python
-with nothing but the standard library; the server's wheel carries no exporter or demo code."""
+with nothing but the standard library; neither carries the demo generator, and the server's
+wheel carries no exporter or demo code."""
 
 from __future__ import annotations
 
@@ -116,6 +117,19 @@ async def test_the_installed_wheel_and_the_zipapp_push_to_a_running_service(
             invoices = await sync_and_read(client)
     assert live_views(invoices) == FIXTURE_LEDGER
     assert mismatched(invoices) == []
+
+
+def test_the_wheel_and_the_zipapp_carry_no_demo_generator(built: tuple[Path, Path]) -> None:
+    """The demo company (ledgerlink-demo) is a development tool: nothing of it goes to the
+    Sage PC, and without it the exporter has no `demo` command."""
+    wheel, pyz = built
+    for archive in (wheel, pyz):
+        names = zipfile.ZipFile(archive).namelist()
+        assert any("ledgerlink_exporter/cli.py" in name for name in names), archive
+        assert not [name for name in names if "demo" in name], archive
+    result = run(sys.executable, "-I", "-S", pyz, "--help")
+    assert "push" in result.stdout
+    assert "demo" not in result.stdout
 
 
 def test_the_zipapp_knows_its_version(built: tuple[Path, Path]) -> None:

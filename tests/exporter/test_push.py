@@ -16,10 +16,10 @@ from typing import Any
 import httpx
 import pytest
 from click.testing import CliRunner, Result
+from ledgerlink_demo.company import generate_company, write_export
 from ledgerlink_exporter.cli import _PushJob, _run_every, _source, app, parse_duration
 from ledgerlink_exporter.client import BatchRejected, Signer, WebhookClient
 from ledgerlink_exporter.csv_source import read_export
-from ledgerlink_exporter.demo import generate_company, write_export
 from ledgerlink_exporter.options import InputError
 from ledgerlink_exporter.push import canonical_json, content_hash, plan_push
 from ledgerlink_exporter.sage import Allocation, SageExport

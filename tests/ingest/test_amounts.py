@@ -17,7 +17,7 @@ from pydantic import TypeAdapter, ValidationError
 from pydantic_core import SchemaValidator
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.ingest.schemas import (
+from service.ingest.amounts import (
     CENTS,
     CHECKED_PATH,
     NONZERO_CENTS,
@@ -25,10 +25,10 @@ from service.ingest.schemas import (
     AmountsRead,
     Money,
     PositiveMoney,
-    PostingBatch,
     SignedMoney,
     without_plain_path,
 )
+from service.ingest.schemas import PostingBatch
 from tests.ingest.factories import WEBHOOK, si, sr
 from tests.support.webhooks import signed_request
 

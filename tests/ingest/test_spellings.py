@@ -13,8 +13,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service.ingest.parsing import received_postings
 from service.ingest.schemas import PostingBatch
-from service.ingest.service import received_postings
 from tests.conftest import reset_database
 from tests.ingest.factories import WEBHOOK, si, sr
 from tests.support.webhooks import signed_request

@@ -16,7 +16,8 @@ import asyncpg
 import psutil
 from sqlalchemy.engine import make_url
 
-from service.db import asyncpg_url, libpq_url, throwaway_postgres
+from service.db import asyncpg_url, libpq_url
+from service.embedded import throwaway_postgres
 
 ENV = "LEDGERLINK_TEST_DATABASE_URL"
 

@@ -16,7 +16,7 @@ from types import TracebackType
 
 import httpx
 
-from service.db import throwaway_postgres
+from service.embedded import throwaway_postgres
 from tests.support.webhooks import TEST_SECRET
 
 FAULT_KEY = "fault-admin-key-0000000000"

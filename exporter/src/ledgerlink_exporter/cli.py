@@ -1,4 +1,5 @@
-"""The `ledgerlink-exporter` command: `push` (CSV files or ODBC, once or `--every`) and `demo`.
+"""The `ledgerlink-exporter` command: `push` (CSV files or ODBC, once or `--every`), and the
+commands other installed distributions add (`demo`, from ledgerlink-demo, in development).
 
 Exit codes: 0 done; 1 the server refused a batch or could not be reached; 2 bad input (a file,
 the ODBC source, the state file, an option); 130 interrupted (Ctrl-C). Every failure is one
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import importlib.metadata
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -30,7 +32,6 @@ from ledgerlink_exporter.client import (
     webhook_url,
 )
 from ledgerlink_exporter.csv_source import read_export
-from ledgerlink_exporter.demo_cli import demo
 from ledgerlink_exporter.odbc_source import connect, read_odbc
 from ledgerlink_exporter.options import InputError, check_url, fail, signer_for
 from ledgerlink_exporter.output import dry_run_lines, log, log_lines, progress, summary_lines
@@ -60,7 +61,11 @@ def app() -> None:
     """ledgerlink-exporter: push Sage 50's audit trail to a ledgerlink service."""
 
 
-app.add_command(demo)
+# Commands of other distributions: `make install` adds the demo's (ledgerlink-demo), which
+# stays off the Sage PC.
+COMMANDS_GROUP = "ledgerlink_exporter.commands"
+for _command in importlib.metadata.entry_points(group=COMMANDS_GROUP):
+    app.add_command(_command.load(), _command.name)
 
 
 @app.command(context_settings=_CONTEXT)

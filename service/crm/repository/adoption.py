@@ -120,8 +120,7 @@ async def invoices_with_undelivered_edits(conn: AsyncConnection) -> list[str]:
     """Invoices with a person's change (PATCH, Global Update) not yet delivered to the CRM."""
     rows = await conn.execute(
         sa.text(
-            "SELECT DISTINCT invoice_number FROM outbox "
-            f"WHERE state = 'pending' AND {PERSON_EDIT}"
+            f"SELECT DISTINCT invoice_number FROM outbox WHERE state = 'pending' AND {PERSON_EDIT}"
         )
     )
     return list(rows.scalars())

@@ -12,9 +12,6 @@ from typing import Any
 
 import click
 import httpx
-from rich.console import Console
-from rich.table import Table
-
 from ledgerlink_exporter.client import (
     SECRET_ENV,
     URL_ENV,
@@ -27,11 +24,14 @@ from ledgerlink_exporter.client import (
     trigger_sync,
 )
 from ledgerlink_exporter.csv_source import read_export
-from ledgerlink_exporter.demo import STATUSES, DemoCompany, generate_company, write_export
 from ledgerlink_exporter.options import InputError, check_url, fail, signer_for
 from ledgerlink_exporter.output import log, log_lines, progress, summary_lines
 from ledgerlink_exporter.push import plan_push, run_push
 from ledgerlink_exporter.sage import ExportFileError, SageExport
+from rich.console import Console
+from rich.table import Table
+
+from ledgerlink_demo.company import STATUSES, DemoCompany, generate_company, write_export
 
 API_KEY_ENV = "LEDGERLINK_API_KEY"
 
