@@ -19,16 +19,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from service.crm.opencrm.settings import ListMethod, OpenCrmSettings
 from service.crm.settings import CrmMode, CrmSettings
-
-# Re-exported for service/console/ until it imports them from service.keys.
-from service.keys import ApiKey as ApiKey
-from service.keys import Principal as Principal
-from service.keys import Scope as Scope
-from service.keys import parse_api_keys
+from service.keys import ApiKey, parse_api_keys
 from service.ledger.settings import LedgerSettings, comma_separated
-
-# Re-exported for service/console/router.py until it imports it from service.ledger.vocabulary.
-from service.ledger.vocabulary import DERIVED_STATES as DERIVED_STATES
 
 
 def _grouped(group: type[BaseModel], name: str) -> Any:

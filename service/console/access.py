@@ -19,7 +19,7 @@ from fastapi import Depends, Form, Request
 from service.console.session import CSRF_FIELD, ConsoleSession, SessionKeys
 from service.deps import ConnDep, runtime_of
 from service.errors import Forbidden
-from service.settings import Principal, Scope
+from service.keys import Principal, Scope
 
 
 class SignInRequired(Exception):

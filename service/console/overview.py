@@ -14,7 +14,7 @@ from service.ops.gauges import Backlog, backlog
 from service.ops.readiness import Probed, readiness
 from service.ops.schemas import Readiness
 from service.reconcile import service as reconcile
-from service.reconcile.repository import RunRow
+from service.reconcile.runs import RunRow
 from service.settings import Settings
 
 # What needs a person, as list filters (the overview links to exactly these lists).
@@ -61,7 +61,7 @@ async def overview(conn: AsyncConnection, settings: Settings, probed: Probed) ->
         Figure(status, status, count, filter_query(InvoiceFilter(status=[status])))
         for status, count in await invoices.status_counts(conn)
     ]
-    counts = await invoices.count_invoices(conn, settings, [f for _, _, f in ATTENTION])
+    counts = await invoices.count_invoices(conn, settings.ledger, [f for _, _, f in ATTENTION])
     attention = [
         Figure(key, label, count, filter_query(f))
         for (key, label, f), count in zip(ATTENTION, counts, strict=True)
@@ -78,4 +78,6 @@ async def overview(conn: AsyncConnection, settings: Settings, probed: Probed) ->
 
 async def crm_drift_count(conn: AsyncConnection, settings: Settings) -> int:
     """How many invoices the crm_drift report lists, up to the cap (and one more past it)."""
-    return await reconcile.report_count(conn, CRM_DRIFT_KIND, settings, cap=CRM_DRIFT_COUNT_CAP + 1)
+    return await reconcile.report_count(
+        conn, CRM_DRIFT_KIND, settings.ledger, cap=CRM_DRIFT_COUNT_CAP + 1
+    )

@@ -8,9 +8,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-# The first key of the two-key advisory lock on one client's sign-ins ("LLSI"); the jobs' is
-# "LLJB" (docs/ARCHITECTURE.md, contract 4).
-SIGN_IN_LOCK = 0x4C4C5349
+from service.ledger.locks import SIGN_IN
 
 
 async def insert_session(
@@ -65,7 +63,7 @@ async def lock_client(conn: AsyncConnection, client: str) -> None:
     burst of parallel guesses is counted one by one, not all against the same count."""
     await conn.execute(
         sa.text("SELECT pg_advisory_xact_lock(:k, hashtext(:c))"),
-        {"k": SIGN_IN_LOCK, "c": client},
+        {"k": SIGN_IN, "c": client},
     )
 
 

@@ -42,9 +42,11 @@ from service.deps import ConnDep, ProbedDep, SettingsDep
 from service.errors import ServiceError
 from service.invoices import service as invoices
 from service.invoices.schemas import BulkStatusRequest, InvoiceFilter, Text
+from service.jobs import service as jobs
+from service.ledger.vocabulary import DERIVED_STATES
 from service.picklist import service as picklist
 from service.reconcile import service as reconcile
-from service.settings import DERIVED_STATES, Settings
+from service.settings import Settings
 
 router = console_router()
 
@@ -76,7 +78,7 @@ async def crm_drift_page(
     other than ours (not protected, so not adopted), for a person to settle one way or the
     other."""
     rows, next_cursor = await reconcile.report(
-        conn, CRM_DRIFT_KIND, settings, limit=paging.limit, cursor=paging.cursor
+        conn, CRM_DRIFT_KIND, settings.ledger, limit=paging.limit, cursor=paging.cursor
     )
     return render(
         user.request,
@@ -100,7 +102,7 @@ async def invoices_page(
     settings: SettingsDep,
 ) -> Response:
     limit, cursor = paging.limit, paging.cursor
-    page = await invoices.list_invoices(conn, settings, f, limit=limit, cursor_token=cursor)
+    page = await invoices.list_invoices(conn, settings.ledger, f, limit=limit, cursor_token=cursor)
     return render(
         user.request,
         "invoices.html",
@@ -129,7 +131,7 @@ async def invoices_csv(
     settings: SettingsDep,
 ) -> Response:
     page = await invoices.list_invoices(
-        conn, settings, f, limit=paging.limit, cursor_token=paging.cursor
+        conn, settings.ledger, f, limit=paging.limit, cursor_token=paging.cursor
     )
     return csvout.response(
         invoices.INVOICE_CSV_FIELDS, invoices.invoice_csv_rows(page.items), filename="invoices.csv"
@@ -140,7 +142,7 @@ async def invoices_csv(
 async def invoice_page(
     user: UserDep, invoice_number: Annotated[Text, Path()], conn: ConnDep, settings: SettingsDep
 ) -> Response:
-    invoice = await invoices.invoice_detail(conn, settings, invoice_number)
+    invoice = await invoices.invoice_detail(conn, settings.ledger, invoice_number)
     return render(user.request, "invoice.html", user=user, invoice=invoice)
 
 
@@ -149,7 +151,7 @@ async def invoice_by_query(
     user: UserDep, number: Annotated[Text, Query()], conn: ConnDep, settings: SettingsDep
 ) -> Response:
     """The same page for a number no path can carry (`.` or `..`: see links.py)."""
-    invoice = await invoices.invoice_detail(conn, settings, number)
+    invoice = await invoices.invoice_detail(conn, settings.ledger, number)
     return render(user.request, "invoice.html", user=user, invoice=invoice)
 
 
@@ -165,7 +167,7 @@ async def update_page(
         "update.html",
         user=user,
         f=f,
-        matching=(await invoices.count_invoices(conn, settings, [f]))[0],
+        matching=(await invoices.count_invoices(conn, settings.ledger, [f]))[0],
         query=filter_query(f),
         values=await picklist.values(conn),
         known=await picklist.known_statuses(conn),
@@ -198,7 +200,7 @@ async def apply_update(
     reason = (form.reason or "").strip()
     if not reason:
         raise ServiceError("give a reason: it is recorded in each invoice's status history")
-    previewed = await invoices.job_request(conn, job_id)
+    previewed = await jobs.job_request(conn, job_id)
     body = validated(
         BulkStatusRequest,
         {**previewed.model_dump(exclude_none=True), "dry_run": False, "reason": reason},
@@ -215,14 +217,14 @@ async def _submit(
     body: BulkStatusRequest,
     *,
     key: str | None,
-) -> invoices.Submitted:
+) -> jobs.Submitted:
     async with invoices.retryable_conflicts():
-        return await invoices.submit_bulk(
+        return await jobs.submit_bulk(
             conn,
             settings,
             actor=user.principal.name,
             body=body,
-            key=invoices.idempotency_key(key),
+            key=jobs.idempotency_key(key),
             results_limit=1,
         )
 
@@ -231,14 +233,14 @@ async def _submit(
 async def job_page(
     user: UserDep, job_id: uuid.UUID, results: Annotated[JobQuery, Query()], conn: ConnDep
 ) -> Response:
-    job = await invoices.job_view(
+    job = await jobs.job_view(
         conn,
         job_id,
         results_limit=RESULTS_PAGE,
         results_cursor=results.results_cursor,
         outcome=results.outcome,
     )
-    asked = await invoices.job_request(conn, job_id)
+    asked = await jobs.job_request(conn, job_id)
     return render(
         user.request,
         "job.html",
@@ -265,7 +267,7 @@ async def picklist_page(
         user.request,
         "picklist.html",
         user=user,
-        check=await picklist.verify(conn, settings),
+        check=await picklist.verify(conn, settings.ledger),
         values=await picklist.values(conn),
         added=added,
     )
@@ -273,7 +275,7 @@ async def picklist_page(
 
 @router.post("/picklist/repair", name="console.repair_picklist")
 async def repair_picklist(user: AdminSender, conn: ConnDep, settings: SettingsDep) -> Response:
-    added = await picklist.repair(conn, settings)
+    added = await picklist.repair(conn, settings.ledger)
     query = filter_query(InvoiceFilter(), added=";".join(added) or "nothing")
     return redirect(path_for(user.request, "console.picklist") + "?" + query)
 
@@ -327,7 +329,7 @@ async def bad_debts_page(
 ) -> Response:
     args = shown.filters()
     page = await baddebts.bad_debts(
-        conn, settings, **args, limit=BAD_DEBT_PAGE, cursor=shown.cursor
+        conn, settings.ledger, **args, limit=BAD_DEBT_PAGE, cursor=shown.cursor
     )
     query = filter_query(InvoiceFilter(), **{k: _arg(v) for k, v in args.items()})
     return render(
@@ -346,7 +348,7 @@ async def bad_debts_csv(
     user: UserDep, shown: Annotated[BadDebtQuery, Query()], conn: ConnDep, settings: SettingsDep
 ) -> Response:
     page = await baddebts.bad_debts(
-        conn, settings, **shown.filters(), limit=BAD_DEBT_CSV_ROWS, cursor=None
+        conn, settings.ledger, **shown.filters(), limit=BAD_DEBT_CSV_ROWS, cursor=None
     )
     return csvout.response(
         baddebts.CSV_FIELDS,

@@ -28,8 +28,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.console import repository, throttle
 from service.errors import Forbidden
+from service.keys import ApiKey, Principal
 from service.logging import get_logger
-from service.settings import ApiKey, Principal, Settings
+from service.settings import Settings
 
 log = get_logger(__name__)
 

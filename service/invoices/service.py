@@ -29,13 +29,6 @@ from service.invoices.schemas import (
     InvoicePage,
     StatusEdit,
 )
-
-# Re-exported for service/console/router.py until it calls them on service.jobs.service.
-from service.jobs.service import Submitted as Submitted
-from service.jobs.service import idempotency_key as idempotency_key
-from service.jobs.service import job_request as job_request
-from service.jobs.service import job_view as job_view
-from service.jobs.service import submit_bulk as submit_bulk
 from service.ledger.settings import LedgerSettings
 from service.metrics import STATUS_CHANGES
 from service.picklist.service import ensure_allowed

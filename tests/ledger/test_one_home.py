@@ -10,11 +10,6 @@ from pathlib import Path
 from service.ledger import locks
 
 ROOT = Path(__file__).resolve().parents[2]
-# Still defining their own until the crm and console branches of issue 25 take them from
-# service/ledger/ (the merge removes these two entries).
-NOT_YET_MOVED = {
-    "service/console/repository.py",  # its lock namespace
-}
 NAMESPACES = {locks.JOBS, locks.CRM_INVOICE, locks.MIRROR, locks.SIGN_IN}
 
 
@@ -58,20 +53,11 @@ def test_no_module_but_the_ledger_names_a_lock_namespace() -> None:
     ]
     files = _service_files()
     assert len(files) > 50
-    found = [
-        hit
-        for where, source in files.items()
-        if where not in NOT_YET_MOVED
-        for hit in namespace_literals(source, where)
-    ]
+    found = [hit for where, source in files.items() for hit in namespace_literals(source, where)]
     assert found == [], "take it from service.ledger.locks instead:\n" + "\n".join(found)
 
 
 def test_no_module_but_the_ledger_writes_the_dirty_mark() -> None:
     statement = re.compile(r"INSERT\s+INTO\s+dirty_invoices", re.IGNORECASE)
-    found = [
-        where
-        for where, source in _service_files().items()
-        if where not in NOT_YET_MOVED and statement.search(source)
-    ]
+    found = [where for where, source in _service_files().items() if statement.search(source)]
     assert found == [], "use service.ledger.dirty.mark_dirty instead: " + ", ".join(found)
