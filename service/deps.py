@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from service.console.session import SessionKeys
 from service.crm.tasks import DispatcherTask
 from service.ingest.service import WebhookIngest
-from service.ops.readiness import Probed
+from service.ops.readiness import ReadinessSources
 from service.request_scope import ConnDep as ConnDep
 from service.request_scope import EngineDep as EngineDep
 from service.request_scope import SettingsDep as SettingsDep
@@ -40,8 +40,8 @@ class Runtime:
     dispatcher: DispatcherTask | None
 
     @property
-    def probed(self) -> Probed:
-        return Probed(self.settings, self.engine, self.dispatcher)
+    def readiness_sources(self) -> ReadinessSources:
+        return ReadinessSources(self.settings, self.engine, self.dispatcher)
 
 
 def install_runtime(app: FastAPI, runtime: Runtime) -> None:
@@ -70,10 +70,10 @@ async def get_worker(runtime: RuntimeDep) -> Worker | None:
     return runtime.worker
 
 
-async def get_probed(runtime: RuntimeDep) -> Probed:
-    return runtime.probed
+async def get_readiness_sources(runtime: RuntimeDep) -> ReadinessSources:
+    return runtime.readiness_sources
 
 
 IngestDep = Annotated[WebhookIngest, Depends(get_ingest)]
 WorkerDep = Annotated[Worker | None, Depends(get_worker)]
-ProbedDep = Annotated[Probed, Depends(get_probed)]
+ReadinessDep = Annotated[ReadinessSources, Depends(get_readiness_sources)]

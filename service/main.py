@@ -43,7 +43,7 @@ from service.logging import configure_logging, get_logger
 from service.metrics import KnownValues, initialise_label_sets
 from service.middleware.stack import add_http_middleware
 from service.ops.exposition import bind_metrics_socket, worker_metrics_app, worker_metrics_server
-from service.ops.readiness import Probed
+from service.ops.readiness import ReadinessSources
 from service.ops.router import router as ops_router
 from service.ops.startup import startup_checks
 from service.picklist.router import router as picklist_router
@@ -219,8 +219,8 @@ async def run_worker(settings: Settings, database_url: str) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, worker.stop)
-        probed = Probed(settings, engine, dispatcher)
-        server = worker_metrics_server(worker_metrics_app(probed, worker.stopping))
+        sources = ReadinessSources(settings, engine, dispatcher)
+        server = worker_metrics_server(worker_metrics_app(sources, worker.stopping))
         serving = asyncio.create_task(server.serve(sockets=[sock]), name="worker-metrics")
         log.info("worker.metrics.listening", host=settings.host, port=settings.worker_metrics_port)
         try:

@@ -11,7 +11,7 @@ from service.console.forms import filter_query
 from service.invoices import service as invoices
 from service.invoices.schemas import InvoiceFilter
 from service.ops.gauges import Backlog, backlog
-from service.ops.readiness import Probed, readiness
+from service.ops.readiness import ReadinessSources, readiness
 from service.ops.schemas import Readiness
 from service.reconcile import service as reconcile
 from service.reconcile.runs import RunRow
@@ -56,7 +56,9 @@ class Overview:
     readiness: Readiness
 
 
-async def overview(conn: AsyncConnection, settings: Settings, probed: Probed) -> Overview:
+async def overview(
+    conn: AsyncConnection, settings: Settings, sources: ReadinessSources
+) -> Overview:
     by_status = [
         Figure(status, status, count, filter_query(InvoiceFilter(status=[status])))
         for status, count in await invoices.status_counts(conn)
@@ -72,7 +74,7 @@ async def overview(conn: AsyncConnection, settings: Settings, probed: Probed) ->
         backlog=await backlog(conn),
         crm_drift=await crm_drift_count(conn, settings),
         last_run=await reconcile.latest_run(conn),
-        readiness=await readiness(probed),
+        readiness=await readiness(sources),
     )
 
 

@@ -38,7 +38,7 @@ from service.console.overview import ATTENTION, CRM_DRIFT_COUNT_CAP, CRM_DRIFT_K
 from service.console.pages import STATIC, redirect, render
 from service.console.route import console_router
 from service.crm import admin as crm
-from service.deps import ConnDep, ProbedDep, SettingsDep
+from service.deps import ConnDep, ReadinessDep, SettingsDep
 from service.errors import ServiceError
 from service.invoices import service as invoices
 from service.invoices.schemas import BulkStatusRequest, InvoiceFilter, Text
@@ -62,9 +62,9 @@ BAD_DEBT_CSV_ROWS = 5000
 
 @router.get("/", name="console.overview")
 async def overview_page(
-    user: UserDep, conn: ConnDep, settings: SettingsDep, probed: ProbedDep
+    user: UserDep, conn: ConnDep, settings: SettingsDep, sources: ReadinessDep
 ) -> Response:
-    view = await overview(conn, settings, probed)
+    view = await overview(conn, settings, sources)
     return render(
         user.request, "overview.html", user=user, view=view, drift_cap=CRM_DRIFT_COUNT_CAP
     )

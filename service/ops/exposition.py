@@ -23,15 +23,15 @@ from starlette.routing import Route
 
 from service.metrics import DB_POOL, DB_POOL_MAX, READY
 from service.ops.gauges import refresh_gauges
-from service.ops.readiness import Probed, readiness
+from service.ops.readiness import ReadinessSources, readiness
 from service.settings import Settings
 
 
-async def metrics_response(probed: Probed) -> Response:
+async def metrics_response(sources: ReadinessSources) -> Response:
     # Backlogs and readiness live in PostgreSQL: read them at scrape time, in every process.
-    await refresh_gauges(probed.engine)
-    READY.set(1 if (await readiness(probed)).status == "ready" else 0)
-    _pool_gauges(probed.engine, probed.settings)
+    await refresh_gauges(sources.engine)
+    READY.set(1 if (await readiness(sources)).status == "ready" else 0)
+    _pool_gauges(sources.engine, sources.settings)
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
@@ -44,9 +44,9 @@ def _pool_gauges(engine: AsyncEngine, settings: Settings) -> None:
         DB_POOL_MAX.set(2 * settings.db_pool_size)
 
 
-def worker_metrics_app(probed: Probed, stopping: asyncio.Event) -> Starlette:
+def worker_metrics_app(sources: ReadinessSources, stopping: asyncio.Event) -> Starlette:
     async def metrics(_: Request) -> Response:
-        return await metrics_response(probed)
+        return await metrics_response(sources)
 
     async def healthz(_: Request) -> Response:
         # Answered from the worker's own event loop: a loop blocked by a runaway task fails it.

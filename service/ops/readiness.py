@@ -17,7 +17,7 @@ from service.transaction import read
 
 
 @dataclass(frozen=True)
-class Probed:
+class ReadinessSources:
     """What readiness looks at, in the API process or the standalone worker's."""
 
     settings: Settings
@@ -26,12 +26,12 @@ class Probed:
     dispatcher: DispatcherTask | None
 
 
-async def readiness(probed: Probed) -> Readiness:
+async def readiness(sources: ReadinessSources) -> Readiness:
     """Ready when the database answers and migrations are at head; picklist problems, a
     missing webhook secret, CRM reachability, CRM lists that do not page, a failing read-back
     and records it skipped are warnings; a halted CRM dispatcher (refused credentials) is a
     problem."""
-    settings = probed.settings
+    settings = sources.settings
     problems: list[str] = []
     warnings: list[str] = []
     checks: dict[str, str] = {}
@@ -50,13 +50,13 @@ async def readiness(probed: Probed) -> Readiness:
                 f"code {sorted(head_revisions())})"
             )
         warnings.extend(await picklist_warnings(conn, settings.ledger))
-        halted_here = probed.dispatcher.halted_reason if probed.dispatcher else None
+        halted_here = sources.dispatcher.halted_reason if sources.dispatcher else None
         crm_fatal, crm_warnings = await crm_problems(conn, settings.crm, halted_here)
         problems.extend(crm_fatal)
         warnings.extend(crm_warnings)
 
     try:
-        await read(probed.engine, check)
+        await read(sources.engine, check)
     except Exception as exc:  # readiness must answer, whatever the database does
         checks.setdefault("database", "unreachable")
         if checks["database"] == "ok":

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 
 from service.auth import NO_API_KEY
-from service.deps import ProbedDep
+from service.deps import ReadinessDep
 from service.ops.exposition import metrics_response
 from service.ops.readiness import readiness
 from service.ops.schemas import Health, Readiness
@@ -48,13 +48,13 @@ async def healthz() -> Health:
     },
     openapi_extra=NO_API_KEY,
 )
-async def readyz(probed: ProbedDep) -> Any:
+async def readyz(sources: ReadinessDep) -> Any:
     """Ready when the database answers and migrations are at head.
 
     Picklist problems, a missing webhook secret and CRM reachability are reported as
     warnings without failing; CRM authentication failures fail readiness.
     """
-    body = await readiness(probed)
+    body = await readiness(sources)
     return JSONResponse(body.model_dump(), status_code=200 if body.status == "ready" else 503)
 
 
@@ -68,5 +68,5 @@ async def readyz(probed: ProbedDep) -> Any:
     },
     openapi_extra=NO_API_KEY,
 )
-async def metrics(probed: ProbedDep) -> Response:
-    return await metrics_response(probed)
+async def metrics(sources: ReadinessDep) -> Response:
+    return await metrics_response(sources)
