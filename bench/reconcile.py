@@ -63,7 +63,7 @@ class Size:
 FULL = Size(postings=1_000_000, invoices=200_000, repeats=3, latency_seconds=10.0, rate=10_000)
 QUICK = Size(postings=100_000, invoices=20_000, repeats=1, latency_seconds=3.0, rate=10_000)
 # The batch size the worker uses for a large backlog in this benchmark (the default of
-# LEDGERLINK_WORKER_BATCH_SIZE); see docs/ARCHITECTURE.md ("The worker") for the
+# LEDGERLINK_WORKER_BATCH_SIZE); see docs/ARCHITECTURE.md ("Reconciliation") for the
 # trade-off.
 FULL_RECONCILE_BATCH = 2000
 

@@ -4,8 +4,7 @@ invoices), reconciliation, the invoice page and the bad-debt list (what an alloc
 write-off SC is written off, any other SC a credit).
 
 Write-offs follow the write-off wizard's output: the nominal code is the reliable signal,
-details/reference text is the fallback (docs/ARCHITECTURE.md, "What a write-off looks like
-in Sage").
+details/reference text is the fallback (docs/EXPORTER.md, "What Sage keeps").
 
 Revaluations follow Sage's knowledge base, "Foreign Trader - posting foreign currency
 transactions" (gb-kb.sage.com, k2dockey 211021152642110): when an invoice and a receipt at

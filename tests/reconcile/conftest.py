@@ -18,8 +18,8 @@ from service.settings import Settings
 from tests.support.database import INVOICES_WITH_QUEUE
 
 DAY = dt.date(2026, 10, 1)
-# What the write-off wizard puts on its credit notes (docs/ARCHITECTURE.md, "What a write-off
-# looks like in Sage").
+# What the write-off wizard puts on its credit notes (docs/EXPORTER.md, "What Sage
+# keeps").
 WO: dict[str, Any] = {"nominal": "8100", "details": "Bad Debt Write Off"}
 
 

@@ -1,5 +1,5 @@
-"""Each reconciliation rule with realistic Sage postings (docs/ARCHITECTURE.md,
-"Sage 50 data model"), loaded through ingestion
+"""Each reconciliation rule with realistic Sage postings (docs/EXPORTER.md,
+"What Sage keeps"), loaded through ingestion
 and reconciled by the worker's code path."""
 
 from __future__ import annotations
