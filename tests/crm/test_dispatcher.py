@@ -14,17 +14,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.crm.connector import Change, LocalConnector, Outcome
 from service.crm.repository import adoption, health, outbox, outbox_admin
-from tests.crm.support import (
-    BASE_URL,
-    Clocks,
-    add_invoice,
-    add_message,
-    dispatcher,
-    messages,
-    opencrm_connector,
-    policy,
-    scalar,
-)
+from tests.crm.support import BASE_URL, Clocks, dispatcher, opencrm_connector, policy
+from tests.support.factories import add_invoice, add_message
+from tests.support.queries import messages, scalar
 
 API = f"{BASE_URL}/api/rest"
 
@@ -76,7 +68,7 @@ def crm_invoice(
 async def test_local_mode_marks_messages_delivered_through_the_same_path(
     engine: AsyncEngine,
 ) -> None:
-    await add_invoice(engine, "INV-1")
+    await add_invoice(engine, "INV-1", gross="100.00")
     first = await add_message(engine, "INV-1", "Part Paid", "40.00")
     second = await add_message(engine, "INV-1", "Paid", "0.00")
     other = await add_message(engine, "INV-2", "Paid", "0.00")
@@ -100,8 +92,8 @@ async def test_delivers_the_newest_change_per_invoice_and_caches_the_record_id(
     engine: AsyncEngine, http: httpx.AsyncClient
 ) -> None:
     crm = FakeCrm({"42": crm_invoice("INV-1", "42"), "43": crm_invoice("INV-2", "43")})
-    await add_invoice(engine, "INV-1")
-    await add_invoice(engine, "INV-2")
+    await add_invoice(engine, "INV-1", gross="100.00")
+    await add_invoice(engine, "INV-2", gross="100.00")
     ids = [
         await add_message(engine, "INV-1", "Part Paid", "60.00"),
         await add_message(engine, "INV-2", "Paid", "0.00"),
@@ -130,7 +122,7 @@ async def test_a_newer_change_waits_while_an_older_one_is_backing_off(
     engine: AsyncEngine, http: httpx.AsyncClient, clocks: Clocks
 ) -> None:
     crm = FakeCrm({"42": crm_invoice("INV-1", "42")})
-    await add_invoice(engine, "INV-1")
+    await add_invoice(engine, "INV-1", gross="100.00")
     older = await add_message(engine, "INV-1", "Part Paid", "60.00")
     crm.answers = [httpx.Response(500)]
     d = dispatcher(engine, opencrm_connector(http), clocks=clocks)
@@ -395,7 +387,7 @@ async def test_a_manual_change_overrides_the_crm_protected_status(
     engine: AsyncEngine, http: httpx.AsyncClient
 ) -> None:
     crm = FakeCrm({"42": crm_invoice("INV-1", "42", status="Written Off", outstanding="0.00")})
-    await add_invoice(engine, "INV-1", status="Unpaid")
+    await add_invoice(engine, "INV-1", status="Unpaid", gross="100.00")
     message = await add_message(engine, "INV-1", "Unpaid", "100.00", source="manual")
     assert await dispatcher(engine, opencrm_connector(http)).run_once() == 1
     assert crm.edits == [{"crmid": "42", "invoicestatus": "Unpaid", "amount_outstanding": "100.00"}]
@@ -406,7 +398,7 @@ async def test_a_manual_change_overrides_the_crm_protected_status(
 async def test_a_later_change_made_in_ledgerlink_is_not_undone_by_the_crm_status(
     engine: AsyncEngine,
 ) -> None:
-    await add_invoice(engine, "INV-1", status="Cancelled")
+    await add_invoice(engine, "INV-1", status="Cancelled", gross="100.00")
     sync = await add_message(engine, "INV-1", "Paid", "0.00", source="sync")
     await add_message(engine, "INV-1", "Cancelled", "0.00", source="manual")
     async with engine.begin() as conn:
@@ -464,7 +456,7 @@ async def test_a_crm_record_holding_what_no_column_can_store_is_still_delivered_
     engine: AsyncEngine, http: httpx.AsyncClient
 ) -> None:
     crm = FakeCrm({"42": crm_invoice("INV-1", "42", status="Unpaid\x00" + "x" * 70)})
-    await add_invoice(engine, "INV-1", crm_id="42")
+    await add_invoice(engine, "INV-1", crm_id="42", gross="100.00")
     message = await add_message(engine, "INV-1", "Paid", "0.00")
     assert await dispatcher(engine, opencrm_connector(http)).run_once() == 1
     assert (await messages(engine))[message].state == "delivered"

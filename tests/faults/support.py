@@ -18,10 +18,10 @@ import orjson
 
 from service.db import libpq_url
 from service.migrate import upgrade_to_head
+from tests.support.factories import WEBHOOK
 from tests.support.processes import FAULT_KEY, LedgerlinkProcess, ThrowawayPostgres
 from tests.support.webhooks import signed_request
 
-WEBHOOK = "/v1/webhooks/sage/postings"
 ADMIN = {"Authorization": f"Bearer {FAULT_KEY}"}
 
 

@@ -17,12 +17,12 @@ import pytest
 
 from tests.faults.support import Service, connected, eventually, fetchval, migrated_postgres
 from tests.support import fake_opencrm
+from tests.support.factories import WEBHOOK
 from tests.support.fake_opencrm import FakeOpenCrm
 from tests.support.webhooks import signed_request
 
 pytestmark = pytest.mark.faults
 
-WEBHOOK = "/v1/webhooks/sage/postings"
 INVOICES = 20
 
 

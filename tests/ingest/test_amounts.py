@@ -29,7 +29,7 @@ from service.ingest.amounts import (
     without_plain_path,
 )
 from service.ingest.schemas import PostingBatch
-from tests.ingest.factories import WEBHOOK, si, sr
+from tests.support.factories import WEBHOOK, settle, si
 from tests.support.webhooks import signed_request
 
 PLACEHOLDER = "__amount__"
@@ -38,7 +38,7 @@ PLACEHOLDER = "__amount__"
 def _body(raw_amount: str, *, field: str = "net_amount") -> bytes:
     """A batch whose `field` holds `raw_amount` verbatim (a JSON token, not a Python value)."""
     invoice = si(1001, "INV-1")
-    receipt = sr(1002, (1001, "10.00"))
+    receipt = settle(1002, "SR", [(1001, "10.00")])
     if field == "amount":
         receipt["allocations"][0]["amount"] = PLACEHOLDER
     else:
@@ -133,7 +133,7 @@ async def test_foreign_amounts_are_exact_too(
         foreign_tax_amount="25.00",
         foreign_gross_amount="150.00",
     )
-    receipt = sr(1002, (1001, "10.00"))
+    receipt = settle(1002, "SR", [(1001, "10.00")])
     receipt.update(currency="USD", foreign_net_amount="12.50", foreign_gross_amount="12.50")
     receipt["allocations"][0]["foreign_amount"] = "__paid__"
     body = orjson.dumps({"source": "tests", "postings": [invoice, receipt]})
@@ -159,7 +159,7 @@ async def test_a_date_outside_the_calendar_sage_holds_is_a_422_naming_it(
     """asyncpg would store date.min and date.max as -infinity and infinity, and every date
     difference on them fails later: refused at the door instead."""
     invoice = si(1001, "INV-1")
-    receipt = sr(1002, (1001, "10.00"))
+    receipt = settle(1002, "SR", [(1001, "10.00")])
     if where == "posting":
         invoice["date"] = day
     else:

@@ -11,7 +11,7 @@ from service.context import WorkerContext
 from service.ingest.repository import store
 from service.ingest.schemas import PostingIn
 from service.reconcile import tasks as reconcile_tasks
-from tests.conftest import READ_KEY, WRITE_KEY, auth
+from tests.support.keys import READ_KEY, WRITE_KEY, auth
 
 SI = 5001
 

@@ -19,9 +19,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from service.context import WorkerContext
 from service.reconcile import tasks
 from service.settings import Settings
-from tests.conftest import READ_KEY, auth
-from tests.ingest.factories import deliver
-from tests.reconcile.conftest import outbox
+from tests.support.factories import deliver
+from tests.support.keys import READ_KEY, auth
+from tests.support.queries import outbox
 
 ACCOUNT = "YANK01"  # a customer whose Sage record is in US dollars
 

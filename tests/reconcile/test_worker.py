@@ -20,8 +20,9 @@ from service.db import create_engine
 from service.reconcile import compute, runs, tasks
 from service.settings import Settings
 from service.worker import Worker
-from tests.conftest import make_settings
-from tests.reconcile.conftest import history, invoice, load, reconcile, settle, si
+from tests.support.factories import load, reconcile, settle, si
+from tests.support.queries import history, invoice
+from tests.support.settings import make_settings
 
 
 async def _scalar(engine: AsyncEngine, sql: str) -> object:

@@ -17,7 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.security.fuzz import SAFE_TEXT, hostile_bodies, valid_batch
-from tests.security.support import WEBHOOK, scalar, snapshot
+from tests.support.factories import WEBHOOK
+from tests.support.queries import scalar, table_checksums
 from tests.support.webhooks import signed_request
 
 REFUSED = {400, 413, 422}
@@ -61,9 +62,9 @@ async def fuzz_hostile_bodies(
         assert problem["status"] == status
         assert problem["detail"]
 
-    before = await snapshot(engine)
+    before = await table_checksums(engine)
     await asyncio.to_thread(refused)
-    assert await snapshot(engine) == before
+    assert await table_checksums(engine) == before
     print(f"webhook fuzz: {sum(seen.values())} hostile bodies, statuses {dict(seen)}")
     return seen
 
@@ -152,8 +153,8 @@ async def test_duplicate_keys_are_refused(
         body = b'{"postings": [' + twice + b"]}"
     else:
         body = body.replace(b"%s", encoded)
-    before = await snapshot(engine)
+    before = await table_checksums(engine)
     status, (stored, problem) = await _send(client, engine, body)
     assert status == 422, problem
     assert stored == 0
-    assert await snapshot(engine) == before
+    assert await table_checksums(engine) == before
