@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.security.fuzz import SAFE_TEXT, hostile_bodies, valid_batch
-from tests.support.factories import WEBHOOK
+from tests.support.factories import WEBHOOK, si
 from tests.support.queries import scalar, table_checksums
 from tests.support.webhooks import signed_request
 
@@ -137,17 +137,7 @@ async def test_duplicate_keys_are_refused(
 ) -> None:
     """JSON with a key twice means what the parser says it means (the last one, for ours;
     the first, for others): a signed body must mean one thing, so it is refused."""
-    posting = {
-        "tran_number": 1,
-        "type": "SI",
-        "account_ref": "ACME01",
-        "reference": "INV-1",
-        "date": "2026-03-01",
-        "net_amount": "1.00",
-        "tax_amount": "0.00",
-        "gross_amount": "1.00",
-    }
-    encoded = json.dumps(posting).encode()
+    encoded = json.dumps(si(1, "INV-1", "1.00")).encode()
     if body == b"POSTING_WITH_TRAN_TWICE":
         twice = encoded.replace(b'"tran_number": 1', b'"tran_number": 1, "tran_number": 2')
         body = b'{"postings": [' + twice + b"]}"

@@ -145,11 +145,11 @@ def in_currency(
     rate: str | None = None,
     outstanding: str | None = None,
     tax: str = "0.00",
-) -> dict[str, str]:
+) -> dict[str, Any]:
     """The `fields` of a posting in a foreign currency: `amount` gross in `currency` (at
     `rate` of it to the pound, when Sage's FOREIGN_RATE is sent); `outstanding` Sage's
     FOREIGN_OUTSTANDING."""
-    out = {"currency": currency}
+    out: dict[str, Any] = {"currency": currency}
     if rate is not None:
         out["exchange_rate"] = rate
     out |= {
