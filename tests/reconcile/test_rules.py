@@ -147,6 +147,53 @@ async def test_credit_note_to_4000_is_a_credit_not_a_write_off(
     assert (part["status"], part["outstanding"]) == ("Part Paid", Decimal("200.00"))
 
 
+async def test_credit_note_and_write_off_together_are_paid_written_off(
+    engine: AsyncEngine, settings: Settings
+) -> None:
+    # An invoice of 100.00: the customer returns 40.00 of the goods (a credit note to sales,
+    # 4000), and the 60.00 left is written off with the wizard (8100). Credited counts as
+    # settled by the customer, so this is not a plain write-off.
+    await load(
+        engine,
+        settings,
+        si(91, "INV-91", "100.00"),
+        settle(
+            92, "SC", [(91, "40.00")], reference="CN091", details="Returned goods", nominal="4000"
+        ),
+        settle(93, "SC", [(91, "60.00")], reference="INV-91", **WRITE_OFF),
+    )
+    await reconcile(engine, settings)
+    row = await invoice(engine, "INV-91")
+    assert (row["status"], row["derived_state"]) == ("Paid/Written Off", "paid_written_off")
+    assert (row["credited"], row["written_off"], row["outstanding"]) == (
+        Decimal("40.00"),
+        Decimal("60.00"),
+        Decimal("0.00"),
+    )
+    assert (row["paid"], row["discounted"]) == (Decimal("0.00"), Decimal("0.00"))
+
+
+async def test_credit_note_with_plain_details_but_reference_baddbt_is_a_write_off(
+    engine: AsyncEngine, settings: Settings
+) -> None:
+    # A manual write-off keyed as an ordinary credit note: sales nominal, details that say
+    # nothing, but the reference the wizard gives an account write-off (BADDBT).
+    await load(
+        engine,
+        settings,
+        si(95, "INV-95", "75.00"),
+        settle(96, "SC", [(95, "75.00")], reference="BADDBT", details="Credit", nominal="4000"),
+    )
+    await reconcile(engine, settings)
+    row = await invoice(engine, "INV-95")
+    assert (row["status"], row["derived_state"]) == ("Written Off", "written_off")
+    assert (row["written_off"], row["credited"], row["outstanding"]) == (
+        Decimal("75.00"),
+        Decimal("0.00"),
+        Decimal("0.00"),
+    )
+
+
 async def test_receipt_plus_discount(engine: AsyncEngine, settings: Settings) -> None:
     await load(
         engine,
