@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
 from urllib.parse import parse_qsl
 
 import httpx
@@ -16,7 +15,7 @@ from service.crm.connector import Change, LocalConnector, Outcome
 from service.crm.repository import adoption, health, outbox, outbox_admin
 from tests.crm.support import BASE_URL, Clocks, dispatcher, opencrm_connector, policy
 from tests.support.factories import add_invoice, add_message
-from tests.support.queries import messages, scalar
+from tests.support.queries import history, messages, scalar
 
 API = f"{BASE_URL}/api/rest"
 
@@ -342,15 +341,6 @@ async def test_an_unreachable_crm_is_recorded_for_readiness(
 # A person's status in the CRM ------------------------------------------------------------------
 
 
-async def history(engine: AsyncEngine, number: str) -> list[Any]:
-    async with engine.connect() as conn:
-        rows = await conn.execute(
-            sa.text("SELECT * FROM status_history WHERE invoice_number = :n ORDER BY id"),
-            {"n": number},
-        )
-        return list(rows)
-
-
 @respx.mock
 async def test_a_protected_status_set_in_the_crm_is_kept_and_recorded(
     engine: AsyncEngine, http: httpx.AsyncClient
@@ -366,14 +356,14 @@ async def test_a_protected_status_set_in_the_crm_is_kept_and_recorded(
     status = await scalar(engine, "SELECT status FROM invoices WHERE invoice_number = 'INV-1'")
     assert status == "Written Off"
     [entry] = await history(engine, "INV-1")
-    assert (entry.from_status, entry.to_status, entry.source, entry.actor) == (
+    assert (entry["from_status"], entry["to_status"], entry["source"], entry["actor"]) == (
         "Paid",
         "Written Off",
         "crm",
         "opencrm",
     )
-    assert entry.from_outstanding == entry.to_outstanding
-    assert "in OpenCRM" in entry.reason
+    assert entry["from_outstanding"] == entry["to_outstanding"]
+    assert "in OpenCRM" in entry["reason"]
     seen = await scalar(
         engine, "SELECT times_seen FROM crm_observed_statuses WHERE value = 'Written Off'"
     )

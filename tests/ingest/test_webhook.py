@@ -18,14 +18,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from service.contracts import DIRTY_CHANNEL
 from service.main import create_app
 from tests.support.factories import WEBHOOK, deliver, settle, si
-from tests.support.queries import dirty, invoice, nothing_stored
+from tests.support.queries import dirty, invoice, nothing_stored, scalar
 from tests.support.settings import make_settings
 from tests.support.webhooks import OLD_SECRET, TEST_SECRET, sign, signed_request
 
 
 async def count(engine: AsyncEngine, table: str) -> int:
-    async with engine.connect() as conn:
-        return int((await conn.execute(sa.text(f"SELECT count(*) FROM {table}"))).scalar_one())
+    return int(await scalar(engine, f"SELECT count(*) FROM {table}"))
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ import asyncio
 import socket
 
 import httpx
-import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service import __version__
@@ -15,6 +14,7 @@ from tests.faults.support import eventually
 from tests.support.factories import deliver, settle, si
 from tests.support.metrics import exported, samples, value
 from tests.support.processes import LedgerlinkProcess
+from tests.support.queries import scalar
 
 
 async def _get(url: str) -> httpx.Response:
@@ -30,9 +30,7 @@ async def _answers(url: str) -> bool:
 
 
 async def _outbox_delivered(engine: AsyncEngine) -> bool:
-    async with engine.connect() as conn:
-        query = "SELECT count(*) FROM outbox WHERE state = 'delivered'"
-        return bool((await conn.execute(sa.text(query))).scalar())
+    return bool(await scalar(engine, "SELECT count(*) FROM outbox WHERE state = 'delivered'"))
 
 
 async def test_worker_process_exports_its_counters_once_postings_are_reconciled(
