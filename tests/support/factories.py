@@ -8,9 +8,10 @@ an outbox message in some state) are written by `add_invoice`, `add_many` and `a
 with the columns the service would write. `reconcile` runs the worker's pass; `bulk_update`
 and `set_status` are a person's Global Update and edit. Reading back is tests/support/queries.py.
 
-Every row written here is written by one statement of this module, and every posting sent by
-`deliver` or `load`: data that belongs to a tenant (the next issue's companies) is one keyword
-argument of these functions, not of their callers.
+Invoice and outbox rows are written by one statement each here, and postings go in through
+`deliver` or `load`; tests/support/queries.py reads them back the same way. So a tenant (the
+next issue's companies) is one keyword argument of each of these functions, defaulting to the
+tests' company, and a test that does not care which company it is in does not change.
 """
 
 from __future__ import annotations
