@@ -13,8 +13,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service import contracts
 from service.settings import Settings
-from tests.conftest import WRITE_KEY, auth
-from tests.reconcile.conftest import load, reconcile, si
+from tests.support.factories import load, reconcile, si
+from tests.support.keys import WRITE_KEY, auth
 
 ROOT = Path(__file__).resolve().parents[1]
 OWNER = ROOT / "service" / "contracts.py"

@@ -10,7 +10,7 @@ import pytest
 
 from service import cursor
 from service.errors import Unprocessable
-from tests.conftest import READ_KEY, auth
+from tests.support.keys import READ_KEY, auth
 
 
 def _forge(raw: bytes) -> str:

@@ -1,5 +1,5 @@
 """No import circle under `service/`, the worker loop imports no feature, and the API-key check
-loads none.
+loads none; no module of the tests (or the benchmarks) imports a conftest.
 
 Every `import` of a `service` module counts, wherever it is written: at module level, inside a
 function, or under `if TYPE_CHECKING:`. A function-level import still runs, and one that closes
@@ -209,3 +209,52 @@ def test_the_scan_finds_circles_however_the_import_is_written(tmp_path: Path) ->
     # d imports pkg.sub.e, so the packages pkg (whose __init__ imports d) and pkg.sub too.
     assert graph["pkg.d"] == {"pkg", "pkg.sub", "pkg.sub.e"}
     assert sorted(cycles(graph)) == [["pkg", "pkg.d"], ["pkg.a", "pkg.b"]]
+
+
+def conftest_imports(root: Path, package: str) -> dict[str, list[str]]:
+    """Module of `package` -> the conftest modules it imports, for those importing any."""
+    found: dict[str, list[str]] = {}
+    for module, path in module_names(root, package).items():
+        conftests = set()
+        for name in imported_names(path, module):
+            parts = name.split(".")
+            if "conftest" in parts:
+                conftests.add(".".join(parts[: parts.index("conftest") + 1]))
+        if conftests:
+            found[module] = sorted(conftests)
+    return found
+
+
+def test_no_test_imports_a_conftest() -> None:
+    """A conftest holds fixtures, which pytest hands to the tests of its folder and below; what
+    a test imports (keys, settings, factories, queries) is in a plain module, tests/support/
+    or a folder's support.py. Importing a conftest runs it a second time under another name
+    and ties one folder's tests to another's fixtures."""
+    assert len(module_names(ROOT, "tests")) > 100, "the scan found too few modules"
+    found = conftest_imports(ROOT, "tests") | conftest_imports(ROOT, "bench")
+    assert found == {}, "\n".join(f"{m} imports {', '.join(c)}" for m, c in found.items())
+
+
+def test_the_scan_finds_a_conftest_however_it_is_imported(tmp_path: Path) -> None:
+    files = {
+        "tests/__init__.py": "",
+        "tests/conftest.py": "KEY = 1\n",
+        "tests/a/__init__.py": "",
+        "tests/a/conftest.py": "from tests.support import helper\n",
+        "tests/a/test_names.py": "from tests.conftest import KEY\n",
+        "tests/a/test_module.py": "from tests.a import conftest\n",
+        "tests/a/test_relative.py": "from .conftest import thing\n",
+        "tests/a/test_plain.py": "import tests.conftest\n",
+        "tests/a/test_late.py": "def f() -> None:\n    from ..conftest import KEY\n",
+        "tests/support.py": "from tests.a.support import helper\n",
+    }
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert conftest_imports(tmp_path, "tests") == {
+        "tests.a.test_names": ["tests.conftest"],
+        "tests.a.test_module": ["tests.a.conftest"],
+        "tests.a.test_relative": ["tests.a.conftest"],
+        "tests.a.test_plain": ["tests.conftest"],
+        "tests.a.test_late": ["tests.conftest"],
+    }

@@ -11,8 +11,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.main import create_app
 from service.settings import Settings
-from tests.conftest import make_settings
 from tests.console.support import load_company
+from tests.support.settings import make_settings
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import io
 import httpx
 import pytest
 
-from tests.conftest import READ_KEY, auth
+from tests.support.keys import READ_KEY, auth
 
 pytestmark = pytest.mark.usefixtures("company")
 

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Coroutine
-from typing import Any
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -11,10 +10,8 @@ from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.settings import Settings
-from tests.conftest import make_settings
-from tests.console.support import csrf_from, load_company
-
-CONSOLE_SECRET = "console-test-secret-0123456789abcdef"
+from tests.console.support import CONSOLE_SECRET, SignIn, csrf_from, load_company
+from tests.support.settings import make_settings
 
 
 @pytest.fixture
@@ -27,9 +24,6 @@ def settings(database_url: str) -> Settings:
 @pytest.fixture
 async def company(client: httpx.AsyncClient, engine: AsyncEngine, settings: Settings) -> None:
     await load_company(client, engine, settings)
-
-
-SignIn = Callable[[str], Coroutine[Any, Any, httpx.AsyncClient]]
 
 
 @pytest.fixture

@@ -35,15 +35,16 @@ from playwright.async_api import (
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.db import create_engine
-from tests.conftest import ADMIN_KEY, API_KEYS, READ_KEY, WRITE_KEY, auth, reset_database
-from tests.console.conftest import CONSOLE_SECRET
 from tests.console.support import (
+    CONSOLE_SECRET,
     ODD_ACCOUNT,
     ODD_NUMBERS,
     WRITTEN_OFF,
     company_delivery,
     odd_delivery,
 )
+from tests.support.database import reset_database
+from tests.support.keys import ADMIN_KEY, API_KEYS, READ_KEY, WRITE_KEY, auth
 from tests.support.processes import LedgerlinkProcess
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

@@ -30,10 +30,17 @@ from service.main import create_app
 from service.reconcile import service as reconcile
 from service.reconcile.tasks import reconcile_all_dirty
 from service.settings import Settings
-from tests.conftest import ADMIN_KEY, API_KEYS, READ_KEY, WRITE_KEY, auth, make_settings
-from tests.console.conftest import CONSOLE_SECRET, SignIn
-from tests.console.support import ODD_ACCOUNT, ODD_NUMBERS, csrf_from, odd_delivery
-from tests.invoices.conftest import statuses, table_checksums
+from tests.console.support import (
+    CONSOLE_SECRET,
+    ODD_ACCOUNT,
+    ODD_NUMBERS,
+    SignIn,
+    csrf_from,
+    odd_delivery,
+)
+from tests.support.keys import ADMIN_KEY, API_KEYS, READ_KEY, WRITE_KEY, auth
+from tests.support.queries import statuses, table_checksums
+from tests.support.settings import make_settings
 
 
 async def test_pages_need_a_session(client: httpx.AsyncClient) -> None:

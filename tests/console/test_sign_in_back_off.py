@@ -22,9 +22,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from service.console.throttle import Waiting
 from service.deps import runtime_of
 from service.main import create_app
-from tests.conftest import READ_KEY, make_settings
-from tests.console.conftest import CONSOLE_SECRET
-from tests.console.support import csrf_from
+from tests.console.support import CONSOLE_SECRET, csrf_from
+from tests.support.keys import READ_KEY
+from tests.support.settings import make_settings
 
 FREE = 5  # wrong keys that cost nothing (service/console/throttle.py)
 FEW = 14  # fewer keys than this are ever checked in a burst (see the module's docstring)

@@ -22,10 +22,10 @@ from service.context import WorkerContext
 from service.crm import tasks as crm_tasks
 from service.settings import Settings
 from service.worker import Worker
-from tests.conftest import make_settings
-from tests.crm.support import add_invoice
 from tests.support import fake_opencrm
+from tests.support.factories import add_invoice
 from tests.support.fake_opencrm import FakeOpenCrm
+from tests.support.settings import make_settings
 
 # States an invoice goes through, each different from the one before it.
 CYCLE = (
@@ -62,7 +62,7 @@ class Ledger:
 
     async def open(self, fake: FakeOpenCrm, numbers: list[str]) -> None:
         for number in numbers:
-            await add_invoice(self.engine, number, status="Unpaid", outstanding="100.00")
+            await add_invoice(self.engine, number, status="Unpaid", gross="100.00")
             fake.add_invoice(number, status="Unpaid", outstanding="100.00")
 
     async def change(self, number: str, status: str, outstanding: str) -> None:

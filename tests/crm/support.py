@@ -1,9 +1,7 @@
-"""Helpers for the CRM tests: rows written straight with SQL, dispatchers with test clocks."""
+"""Helpers for the CRM tests: dispatchers and connectors with test clocks and policies."""
 
 from __future__ import annotations
 
-import itertools
-import json
 import random
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -22,30 +20,9 @@ from service.crm.opencrm.fields import CrmFields
 from service.crm.retry import RetryPolicy
 from service.crm.tasks import DispatcherTask
 from tests.support import fake_opencrm
+from tests.support.queries import scalar
 
 BASE_URL = "https://acme.opencrm.test"
-_tran = itertools.count(1)
-
-
-async def add_invoice(
-    engine: AsyncEngine,
-    number: str,
-    *,
-    status: str = "Unpaid",
-    outstanding: str = "100.00",
-    crm_id: str | None = None,
-) -> None:
-    async with engine.begin() as conn:
-        await conn.execute(
-            sa.text(
-                """
-                INSERT INTO invoices (invoice_number, account_ref, sage_tran_number,
-                  invoice_date, gross, status, outstanding, crm_id)
-                VALUES (:n, 'ACME01', :t, DATE '2026-11-01', 100, :s, :o, :c)
-                """
-            ),
-            {"n": number, "t": next(_tran), "s": status, "o": Decimal(outstanding), "c": crm_id},
-        )
 
 
 async def set_invoice(engine: AsyncEngine, number: str, *, status: str, outstanding: str) -> None:
@@ -54,52 +31,6 @@ async def set_invoice(engine: AsyncEngine, number: str, *, status: str, outstand
             sa.text("UPDATE invoices SET status = :s, outstanding = :o WHERE invoice_number = :n"),
             {"n": number, "s": status, "o": Decimal(outstanding)},
         )
-
-
-async def add_message(
-    engine: AsyncEngine,
-    number: str,
-    status: str | None,
-    outstanding: str | None = "0.00",
-    *,
-    source: str = "sync",
-    state: str = "pending",
-    attempts: int = 0,
-    history_id: int | None = None,
-) -> int:
-    payload: dict[str, Any] = {"status": status, "outstanding": outstanding}
-    if history_id is not None:
-        payload["history_id"] = history_id
-    async with engine.begin() as conn:
-        new_id: int = (
-            await conn.execute(
-                sa.text(
-                    """
-                    INSERT INTO outbox (invoice_number, payload, source, state, attempts)
-                    VALUES (:n, CAST(:p AS jsonb), :src, :state, :a) RETURNING id
-                    """
-                ),
-                {
-                    "n": number,
-                    "p": json.dumps(payload),
-                    "src": source,
-                    "state": state,
-                    "a": attempts,
-                },
-            )
-        ).scalar_one()
-    return new_id
-
-
-async def messages(engine: AsyncEngine) -> dict[int, Any]:
-    async with engine.connect() as conn:
-        rows = await conn.execute(sa.text("SELECT * FROM outbox ORDER BY id"))
-        return {row.id: row for row in rows}
-
-
-async def scalar(engine: AsyncEngine, sql: str, **params: Any) -> Any:
-    async with engine.connect() as conn:
-        return (await conn.execute(sa.text(sql), params)).scalar()
 
 
 async def db_now(engine: AsyncEngine) -> datetime:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.crm import admin
-from tests.crm.support import add_message, messages
+from tests.support.factories import add_message
+from tests.support.queries import messages
 
 
 async def test_every_dead_letter_goes_back_in_line_in_one_go(engine: AsyncEngine) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
 from urllib.parse import parse_qsl
 
 import httpx
@@ -14,17 +13,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.crm.connector import Change, LocalConnector, Outcome
 from service.crm.repository import adoption, health, outbox, outbox_admin
-from tests.crm.support import (
-    BASE_URL,
-    Clocks,
-    add_invoice,
-    add_message,
-    dispatcher,
-    messages,
-    opencrm_connector,
-    policy,
-    scalar,
-)
+from tests.crm.support import BASE_URL, Clocks, dispatcher, opencrm_connector, policy
+from tests.support.factories import add_invoice, add_message
+from tests.support.queries import history, messages, scalar
 
 API = f"{BASE_URL}/api/rest"
 
@@ -76,7 +67,7 @@ def crm_invoice(
 async def test_local_mode_marks_messages_delivered_through_the_same_path(
     engine: AsyncEngine,
 ) -> None:
-    await add_invoice(engine, "INV-1")
+    await add_invoice(engine, "INV-1", gross="100.00")
     first = await add_message(engine, "INV-1", "Part Paid", "40.00")
     second = await add_message(engine, "INV-1", "Paid", "0.00")
     other = await add_message(engine, "INV-2", "Paid", "0.00")
@@ -100,8 +91,8 @@ async def test_delivers_the_newest_change_per_invoice_and_caches_the_record_id(
     engine: AsyncEngine, http: httpx.AsyncClient
 ) -> None:
     crm = FakeCrm({"42": crm_invoice("INV-1", "42"), "43": crm_invoice("INV-2", "43")})
-    await add_invoice(engine, "INV-1")
-    await add_invoice(engine, "INV-2")
+    await add_invoice(engine, "INV-1", gross="100.00")
+    await add_invoice(engine, "INV-2", gross="100.00")
     ids = [
         await add_message(engine, "INV-1", "Part Paid", "60.00"),
         await add_message(engine, "INV-2", "Paid", "0.00"),
@@ -130,7 +121,7 @@ async def test_a_newer_change_waits_while_an_older_one_is_backing_off(
     engine: AsyncEngine, http: httpx.AsyncClient, clocks: Clocks
 ) -> None:
     crm = FakeCrm({"42": crm_invoice("INV-1", "42")})
-    await add_invoice(engine, "INV-1")
+    await add_invoice(engine, "INV-1", gross="100.00")
     older = await add_message(engine, "INV-1", "Part Paid", "60.00")
     crm.answers = [httpx.Response(500)]
     d = dispatcher(engine, opencrm_connector(http), clocks=clocks)
@@ -350,15 +341,6 @@ async def test_an_unreachable_crm_is_recorded_for_readiness(
 # A person's status in the CRM ------------------------------------------------------------------
 
 
-async def history(engine: AsyncEngine, number: str) -> list[Any]:
-    async with engine.connect() as conn:
-        rows = await conn.execute(
-            sa.text("SELECT * FROM status_history WHERE invoice_number = :n ORDER BY id"),
-            {"n": number},
-        )
-        return list(rows)
-
-
 @respx.mock
 async def test_a_protected_status_set_in_the_crm_is_kept_and_recorded(
     engine: AsyncEngine, http: httpx.AsyncClient
@@ -374,14 +356,14 @@ async def test_a_protected_status_set_in_the_crm_is_kept_and_recorded(
     status = await scalar(engine, "SELECT status FROM invoices WHERE invoice_number = 'INV-1'")
     assert status == "Written Off"
     [entry] = await history(engine, "INV-1")
-    assert (entry.from_status, entry.to_status, entry.source, entry.actor) == (
+    assert (entry["from_status"], entry["to_status"], entry["source"], entry["actor"]) == (
         "Paid",
         "Written Off",
         "crm",
         "opencrm",
     )
-    assert entry.from_outstanding == entry.to_outstanding
-    assert "in OpenCRM" in entry.reason
+    assert entry["from_outstanding"] == entry["to_outstanding"]
+    assert "in OpenCRM" in entry["reason"]
     seen = await scalar(
         engine, "SELECT times_seen FROM crm_observed_statuses WHERE value = 'Written Off'"
     )
@@ -395,7 +377,7 @@ async def test_a_manual_change_overrides_the_crm_protected_status(
     engine: AsyncEngine, http: httpx.AsyncClient
 ) -> None:
     crm = FakeCrm({"42": crm_invoice("INV-1", "42", status="Written Off", outstanding="0.00")})
-    await add_invoice(engine, "INV-1", status="Unpaid")
+    await add_invoice(engine, "INV-1", status="Unpaid", gross="100.00")
     message = await add_message(engine, "INV-1", "Unpaid", "100.00", source="manual")
     assert await dispatcher(engine, opencrm_connector(http)).run_once() == 1
     assert crm.edits == [{"crmid": "42", "invoicestatus": "Unpaid", "amount_outstanding": "100.00"}]
@@ -406,7 +388,7 @@ async def test_a_manual_change_overrides_the_crm_protected_status(
 async def test_a_later_change_made_in_ledgerlink_is_not_undone_by_the_crm_status(
     engine: AsyncEngine,
 ) -> None:
-    await add_invoice(engine, "INV-1", status="Cancelled")
+    await add_invoice(engine, "INV-1", status="Cancelled", gross="100.00")
     sync = await add_message(engine, "INV-1", "Paid", "0.00", source="sync")
     await add_message(engine, "INV-1", "Cancelled", "0.00", source="manual")
     async with engine.begin() as conn:
@@ -464,7 +446,7 @@ async def test_a_crm_record_holding_what_no_column_can_store_is_still_delivered_
     engine: AsyncEngine, http: httpx.AsyncClient
 ) -> None:
     crm = FakeCrm({"42": crm_invoice("INV-1", "42", status="Unpaid\x00" + "x" * 70)})
-    await add_invoice(engine, "INV-1", crm_id="42")
+    await add_invoice(engine, "INV-1", crm_id="42", gross="100.00")
     message = await add_message(engine, "INV-1", "Paid", "0.00")
     assert await dispatcher(engine, opencrm_connector(http)).run_once() == 1
     assert (await messages(engine))[message].state == "delivered"

@@ -11,16 +11,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.crm.connector import Change, Outcome, Pushed
 from service.crm.repository import outbox_admin
-from tests.crm.support import (
-    Clocks,
-    add_invoice,
-    add_message,
-    dispatcher,
-    messages,
-    opencrm_connector,
-    scalar,
-)
+from tests.crm.support import Clocks, dispatcher, opencrm_connector
+from tests.support.factories import add_invoice, add_message
 from tests.support.fake_opencrm import FakeOpenCrm
+from tests.support.queries import messages, scalar
 
 LEASE = 30.0
 
@@ -39,7 +33,7 @@ async def test_no_transaction_is_open_while_a_delivery_waits_on_the_crm(
     engine: AsyncEngine, fake_crm: FakeOpenCrm, http: httpx.AsyncClient
 ) -> None:
     fake_crm.add_invoice("INV-1", status="Unpaid", outstanding="100.00")
-    await add_invoice(engine, "INV-1")
+    await add_invoice(engine, "INV-1", gross="100.00")
     message = await add_message(engine, "INV-1", "Paid", "0.00")
     hold = fake_crm.hold_next_edit()
     d = dispatcher(engine, opencrm_connector(http, base_url=fake_crm.base_url))

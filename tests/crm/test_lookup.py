@@ -14,9 +14,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from service.crm.opencrm.connector import OpenCrmConnector
 from service.crm.readiness import readiness_problems
 from tests.crm.e2e import crm_settings
-from tests.crm.support import Clocks, add_invoice, add_message, dispatcher, messages, scalar
+from tests.crm.support import Clocks, dispatcher
 from tests.crm.support import opencrm_connector as connector_for
+from tests.support.factories import add_invoice, add_message
 from tests.support.fake_opencrm import FakeOpenCrm
+from tests.support.queries import messages, scalar
 
 COUNT = 260
 NUMBERS = [f"INV-{i:04d}" for i in range(COUNT)]
@@ -36,7 +38,7 @@ def renamed_crm() -> Iterator[FakeOpenCrm]:
 
 async def company(engine: AsyncEngine, fake: FakeOpenCrm) -> None:
     for number in NUMBERS:
-        await add_invoice(engine, number)
+        await add_invoice(engine, number, gross="100.00")
         fake.add_invoice(number, status="Unpaid", outstanding="100.00")
 
 
@@ -136,7 +138,7 @@ async def test_a_firewall_403_is_reported_as_such_not_as_refused_credentials(
     clocks: Clocks,
 ) -> None:
     fake_crm.add_invoice("INV-1")
-    await add_invoice(engine, "INV-1")
+    await add_invoice(engine, "INV-1", gross="100.00")
     message = await add_message(engine, "INV-1", "Paid", "0.00")
     # httpx's own user agent, "python-httpx/...": OpenCRM's firewall turns it away.
     blocked = connector(fake_crm, http, user_agent=f"python-httpx/{httpx.__version__}")

@@ -6,7 +6,6 @@ import httpx
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.conftest import ADMIN_KEY, auth
 from tests.crm.e2e import (
     Ledger,
     assert_crm_matches,
@@ -17,8 +16,9 @@ from tests.crm.e2e import (
     running_worker,
     wait_for,
 )
-from tests.crm.support import scalar
 from tests.support.fake_opencrm import FakeOpenCrm
+from tests.support.keys import ADMIN_KEY, auth
+from tests.support.queries import scalar
 
 pytestmark = pytest.mark.faults
 

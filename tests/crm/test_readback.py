@@ -17,11 +17,13 @@ from service.crm import tasks as crm_tasks
 from service.crm.readiness import readiness_problems
 from service.crm.repository import views
 from service.crm.tasks import ReadBackTask, build_readback
-from tests.conftest import READ_KEY, auth
 from tests.crm.e2e import crm_settings
-from tests.crm.support import add_invoice, add_message, policy, scalar
+from tests.crm.support import policy
 from tests.support import fake_opencrm
+from tests.support.factories import add_invoice, add_message
 from tests.support.fake_opencrm import FakeOpenCrm
+from tests.support.keys import READ_KEY, auth
+from tests.support.queries import invoice, scalar
 
 COUNT = 250
 NUMBERS = [f"INV-{i:04d}" for i in range(COUNT)]
@@ -30,7 +32,7 @@ NUMBERS = [f"INV-{i:04d}" for i in range(COUNT)]
 async def company(engine: AsyncEngine, fake: FakeOpenCrm, count: int = COUNT) -> None:
     """The same invoices in ledgerlink and in the CRM, all Unpaid, 100.00 outstanding."""
     for number in NUMBERS[:count]:
-        await add_invoice(engine, number, status="Unpaid", outstanding="100.00")
+        await add_invoice(engine, number, status="Unpaid", gross="100.00")
         fake.add_invoice(number, status="Unpaid", outstanding="100.00")
 
 
@@ -57,15 +59,6 @@ async def make_due(engine: AsyncEngine) -> None:
                 "next_run_at = now()"
             )
         )
-
-
-async def invoice(engine: AsyncEngine, number: str) -> Any:
-    async with engine.connect() as conn:
-        return (
-            await conn.execute(
-                sa.text("SELECT * FROM invoices WHERE invoice_number = :n"), {"n": number}
-            )
-        ).one()
 
 
 def list_calls(fake: FakeOpenCrm) -> list[dict[str, str]]:
@@ -97,14 +90,14 @@ async def test_a_scan_pages_through_every_invoice_adopts_protected_and_records_d
     assert fake_crm.calls("edit_invoice") == []
     for number, status in ((NUMBERS[7], "Written Off"), (NUMBERS[230], "Paid/Written Off")):
         adopted = await invoice(engine, number)
-        assert (adopted.status, adopted.outstanding) == (status, 100)
+        assert (adopted["status"], adopted["outstanding"]) == (status, 100)
         shown = (await client.get(f"/v1/invoices/{number}", headers=auth(READ_KEY))).json()
         assert (shown["status"], shown["protected"]) == (status, True)
         assert shown["history"][0]["source"] == "crm"
         assert shown["history"][0]["actor"] == "opencrm"
         assert shown["history"][0]["from_status"] == "Unpaid"
     # An unprotected difference is reported, not adopted and not overwritten.
-    assert (await invoice(engine, NUMBERS[180])).status == "Unpaid"
+    assert (await invoice(engine, NUMBERS[180]))["status"] == "Unpaid"
     drift = await client.get("/v1/reconciliation/report?kind=crm_drift", headers=auth(READ_KEY))
     assert drift.status_code == 200, drift.text
     items = drift.json()["items"]
@@ -207,8 +200,8 @@ async def test_a_change_a_person_made_in_ledgerlink_is_not_undone_by_an_older_cr
     # A person released NUMBERS[0] in ledgerlink; the change is on its way to the CRM.
     await add_message(engine, NUMBERS[0], "Paid", "0.00", source="manual")
     assert await scan(readback(engine, database_url, fake_crm, http)) == 1
-    assert (await invoice(engine, NUMBERS[0])).status == "Unpaid"
-    assert (await invoice(engine, NUMBERS[1])).status == "Written Off"
+    assert (await invoice(engine, NUMBERS[0]))["status"] == "Unpaid"
+    assert (await invoice(engine, NUMBERS[1]))["status"] == "Written Off"
 
 
 async def test_with_a_modified_field_later_scans_ask_only_for_recent_changes(
@@ -233,7 +226,7 @@ async def test_with_a_modified_field_later_scans_ask_only_for_recent_changes(
     assert days[:4] == [f"modifiedtime|BEGINS|2026-11-{day}" for day in (19, 20, 21, 22)]
     # One short page a day: the 248 invoices untouched since the 18th are not read again.
     assert all(c["limit_start"] == "0" for c in asked)
-    assert (await invoice(engine, NUMBERS[42])).status == "Written Off"
+    assert (await invoice(engine, NUMBERS[42]))["status"] == "Written Off"
     assert (await state_row(engine)).last_modified.startswith("2026-11-22")
 
 
@@ -250,7 +243,7 @@ async def test_a_modified_filter_the_crm_ignores_ends_as_one_full_scan(
     await scan(reader)
     asked = list_calls(fake_crm)
     assert [c["limit_start"] for c in asked] == ["0", "100", "200"]
-    assert (await invoice(engine, NUMBERS[240])).status == "Written Off"
+    assert (await invoice(engine, NUMBERS[240]))["status"] == "Written Off"
 
 
 async def state_row(engine: AsyncEngine) -> Any:
@@ -375,7 +368,7 @@ async def test_a_crm_ignoring_paging_fails_the_scan_with_backoff_instead_of_read
     )
     assert 20 < wait <= 30  # the backoff after one failure
     # What the first page taught is kept.
-    assert (await invoice(engine, NUMBERS[7])).status == "Written Off"
+    assert (await invoice(engine, NUMBERS[7]))["status"] == "Written Off"
     settings = crm_settings(database_url, fake_crm, crm_readback_seconds=300)
     async with engine.connect() as conn:
         _, warnings = await readiness_problems(conn, settings.crm, None)

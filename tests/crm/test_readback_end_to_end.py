@@ -18,10 +18,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from service.context import WorkerContext
 from service.main import build_worker, create_app
 from service.settings import Settings
-from tests.conftest import READ_KEY, auth
 from tests.crm.e2e import crm_settings, wait_for
-from tests.ingest.factories import deliver, si, sr
+from tests.support.factories import deliver, settle, si
 from tests.support.fake_opencrm import FakeOpenCrm
+from tests.support.keys import READ_KEY, auth
 
 NUMBER = "INV-7001"
 READBACK_SECONDS = 2.0
@@ -83,7 +83,7 @@ async def test_a_write_off_made_in_the_crm_is_adopted_and_the_next_receipt_is_a_
         edits_before = len(fake_crm.edits_for(NUMBER))
 
         # Cash arrives in Sage afterwards: the protected status stays, a person is told.
-        assert (await deliver(client, sr(7002, (7001, "120.00")))).status_code == 202
+        assert (await deliver(client, settle(7002, "SR", [(7001, "120.00")]))).status_code == 202
         await wait_for(
             engine,
             f"(SELECT conflict IS NOT NULL FROM invoices WHERE invoice_number = '{NUMBER}') "

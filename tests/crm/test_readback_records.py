@@ -14,11 +14,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.crm.readiness import readiness_problems
 from service.crm.tasks import ReadBackTask, build_readback
-from tests.conftest import READ_KEY, auth
 from tests.crm.e2e import crm_settings
-from tests.crm.support import add_invoice, scalar
-from tests.reconcile.conftest import load, reconcile, settle, si
+from tests.support.factories import add_invoice, load, reconcile, settle, si
 from tests.support.fake_opencrm import FakeOpenCrm
+from tests.support.keys import READ_KEY, auth
+from tests.support.queries import scalar
 
 
 def readback(
@@ -68,7 +68,7 @@ async def test_records_that_cannot_be_stored_are_skipped_and_reported_and_the_pa
     """Issue 24, item 5: one such record failed every pass on a database error; the cursor
     never moved and a person's Written Off on the same page was never adopted."""
     for number in ("INV-1", "INV-2", "INV-3", "INV-4", "INV-5", "INV-6"):
-        await add_invoice(engine, number)
+        await add_invoice(engine, number, gross="100.00")
     fake_crm.add_invoice("INV-1", status="S" * 66)
     fake_crm.add_invoice("INV-2", status="Unpaid\u0000")
     fake_crm.add_invoice("INV-3", status="Unpaid\ud800")
@@ -106,7 +106,7 @@ async def test_unreadable_amounts_are_null_not_guessed(
     """Issue 24, item 14: "1e400" was read as 1400.00 and {"amount": 5} as 5.00."""
     numbers = ["INV-1", "INV-2", "INV-3", "INV-4", "INV-5"]
     for number in numbers:
-        await add_invoice(engine, number)
+        await add_invoice(engine, number, gross="100.00")
     amounts: list[Any] = ["1e400", {"amount": 5}, True, "£1,040.5", 12]
     for number, amount in zip(numbers, amounts, strict=True):
         fake_crm.add_record(

@@ -18,9 +18,12 @@ from service.crm.connector import LocalConnector
 from service.crm.repository import health
 from service.db import libpq_url
 from service.main import create_app
-from tests.conftest import ADMIN_KEY, READ_KEY, WRITE_KEY, auth, make_settings
-from tests.crm.support import add_message, dispatcher, messages
+from tests.crm.support import dispatcher
+from tests.support.factories import add_message
 from tests.support.fake_opencrm import KEY, PASSKEY
+from tests.support.keys import ADMIN_KEY, READ_KEY, WRITE_KEY, auth
+from tests.support.queries import messages
+from tests.support.settings import make_settings
 
 
 async def test_lists_messages_by_state_in_pages(

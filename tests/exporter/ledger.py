@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 
-from tests.conftest import READ_KEY, WRITE_KEY, auth
+from tests.support.keys import READ_KEY, WRITE_KEY, auth
 
 FIGURES = ("gross", "paid", "discounted", "written_off", "credited", "outstanding")
 

@@ -18,9 +18,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import API_KEYS
 from tests.exporter.ledger import FIXTURE_LEDGER, live_views, mismatched, sync_and_read
 from tests.exporter.sage_files import FILES
+from tests.support.keys import API_KEYS
 from tests.support.processes import LedgerlinkProcess
 from tests.support.webhooks import TEST_SECRET
 

@@ -18,10 +18,10 @@ import orjson
 
 from service.db import libpq_url
 from service.migrate import upgrade_to_head
+from tests.support.factories import WEBHOOK, settle, si
 from tests.support.processes import FAULT_KEY, LedgerlinkProcess, ThrowawayPostgres
 from tests.support.webhooks import signed_request
 
-WEBHOOK = "/v1/webhooks/sage/postings"
 ADMIN = {"Authorization": f"Bearer {FAULT_KEY}"}
 
 
@@ -84,37 +84,18 @@ class Batch:
         if self.postings:
             return
         for _ in range(self.invoices):
-            si = next(_trans) * 2
-            sr = si + 1
-            self.postings.append(
-                {
-                    "tran_number": si,
-                    "type": "SI",
-                    "account_ref": "FAULT01",
-                    "reference": f"F-{si}",
-                    "date": "2026-04-01",
-                    "details": "fault test",
-                    "nominal_code": "4000",
-                    "net_amount": "100.00",
-                    "tax_amount": "0.00",
-                    "gross_amount": "100.00",
-                }
-            )
-            self.postings.append(
-                {
-                    "tran_number": sr,
-                    "type": "SR",
-                    "account_ref": "FAULT01",
-                    "reference": "BACS",
-                    "date": "2026-04-02",
-                    "details": "payment",
-                    "nominal_code": "1200",
-                    "net_amount": "100.00",
-                    "tax_amount": "0.00",
-                    "gross_amount": "100.00",
-                    "allocations": [{"invoice_tran_number": si, "amount": "100.00"}],
-                }
-            )
+            invoice = next(_trans) * 2
+            self.postings += [
+                si(invoice, f"F-{invoice}", "100.00", account="FAULT01", day="2026-04-01"),
+                settle(
+                    invoice + 1,
+                    "SR",
+                    [(invoice, "100.00")],
+                    account="FAULT01",
+                    day="2026-04-02",
+                    reference="BACS",
+                ),
+            ]
 
     @property
     def body(self) -> bytes:

@@ -16,6 +16,7 @@ import orjson
 import pytest
 
 from tests.faults.support import Service, fetchval, migrated_postgres
+from tests.support.factories import si
 from tests.support.webhooks import signed_request
 
 pytestmark = pytest.mark.faults
@@ -29,18 +30,7 @@ def _new_invoices(count: int) -> bytes:
     postings = []
     for _ in range(count):
         tran = next(_trans)
-        postings.append(
-            {
-                "tran_number": tran,
-                "type": "SI",
-                "account_ref": "LOCKS01",
-                "reference": f"L-{tran}",
-                "date": "2026-04-01",
-                "net_amount": "100.00",
-                "tax_amount": "0.00",
-                "gross_amount": "100.00",
-            }
-        )
+        postings.append(si(tran, f"L-{tran}", "100.00", account="LOCKS01", day="2026-04-01"))
     return orjson.dumps({"source": "lock-table-test", "postings": postings})
 
 

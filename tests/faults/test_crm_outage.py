@@ -17,28 +17,14 @@ import pytest
 
 from tests.faults.support import Service, connected, eventually, fetchval, migrated_postgres
 from tests.support import fake_opencrm
+from tests.support.factories import WEBHOOK, settle, si
 from tests.support.fake_opencrm import FakeOpenCrm
 from tests.support.webhooks import signed_request
 
 pytestmark = pytest.mark.faults
 
-WEBHOOK = "/v1/webhooks/sage/postings"
 INVOICES = 20
-
-
-def _posting(tran: int, kind: str, reference: str, amount: str, **extra: Any) -> dict[str, Any]:
-    return {
-        "tran_number": tran,
-        "type": kind,
-        "account_ref": "CRM01",
-        "reference": reference,
-        "date": "2026-05-01",
-        "nominal_code": "4000" if kind == "SI" else "1200",
-        "net_amount": amount,
-        "tax_amount": "0.00",
-        "gross_amount": amount,
-        **extra,
-    }
+ACCOUNT = "CRM01"
 
 
 class Books:
@@ -50,15 +36,20 @@ class Books:
         self.next_tran = 100_000
 
     def invoices(self) -> list[dict[str, Any]]:
-        return [_posting(self.si[n], "SI", n, "100.00") for n in self.numbers]
+        return [si(self.si[n], n, "100.00", account=ACCOUNT) for n in self.numbers]
 
     def settle(self, kind: str, amount: str) -> list[dict[str, Any]]:
         postings = []
         for number in self.numbers:
             self.next_tran += 1
-            allocation = {"invoice_tran_number": self.si[number], "amount": amount}
             postings.append(
-                _posting(self.next_tran, kind, "BACS", amount, allocations=[allocation])
+                settle(
+                    self.next_tran,
+                    kind,
+                    [(self.si[number], amount)],
+                    account=ACCOUNT,
+                    reference="BACS",
+                )
             )
         return postings
 

@@ -25,11 +25,11 @@ from tests.faults.support import (
     migrated_postgres,
     stored,
 )
+from tests.support.factories import WEBHOOK
 from tests.support.webhooks import signed_request
 
 pytestmark = pytest.mark.faults
 
-WEBHOOK = "/v1/webhooks/sage/postings"
 STORM = 50
 INVOICES = 200
 

@@ -10,7 +10,6 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-import sqlalchemy as sa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import TypeAdapter, ValidationError
@@ -29,7 +28,8 @@ from service.ingest.amounts import (
     without_plain_path,
 )
 from service.ingest.schemas import PostingBatch
-from tests.ingest.factories import WEBHOOK, si, sr
+from tests.support.factories import WEBHOOK, settle, si
+from tests.support.queries import scalar
 from tests.support.webhooks import signed_request
 
 PLACEHOLDER = "__amount__"
@@ -38,7 +38,7 @@ PLACEHOLDER = "__amount__"
 def _body(raw_amount: str, *, field: str = "net_amount") -> bytes:
     """A batch whose `field` holds `raw_amount` verbatim (a JSON token, not a Python value)."""
     invoice = si(1001, "INV-1")
-    receipt = sr(1002, (1001, "10.00"))
+    receipt = settle(1002, "SR", [(1001, "10.00")])
     if field == "amount":
         receipt["allocations"][0]["amount"] = PLACEHOLDER
     else:
@@ -50,11 +50,6 @@ def _body(raw_amount: str, *, field: str = "net_amount") -> bytes:
 async def _post(client: httpx.AsyncClient, body: bytes) -> httpx.Response:
     content, headers = signed_request(body)
     return await client.post(WEBHOOK, content=content, headers=headers)
-
-
-async def _stored(engine: AsyncEngine, sql: str) -> object:
-    async with engine.connect() as conn:
-        return (await conn.execute(sa.text(sql))).scalar()
 
 
 @pytest.mark.parametrize(
@@ -87,8 +82,8 @@ async def test_an_amount_that_is_not_exactly_cents_is_a_422_naming_it(
     fields = [e["field"] for e in response.json()["errors"]]
     expected = "postings[1].allocations[0].amount" if field == "amount" else f"postings[0].{field}"
     assert fields == [expected]
-    assert await _stored(engine, "SELECT count(*) FROM postings") == 0
-    assert await _stored(engine, "SELECT count(*) FROM webhook_deliveries") == 0
+    assert await scalar(engine, "SELECT count(*) FROM postings") == 0
+    assert await scalar(engine, "SELECT count(*) FROM webhook_deliveries") == 0
 
 
 @pytest.mark.parametrize(
@@ -108,7 +103,7 @@ async def test_exact_amounts_as_numbers_or_strings_are_stored_as_sent(
 ) -> None:
     response = await _post(client, _body(raw))
     assert response.status_code == 202, response.text
-    net = await _stored(engine, "SELECT net_amount FROM postings WHERE tran_number = 1001")
+    net = await scalar(engine, "SELECT net_amount FROM postings WHERE tran_number = 1001")
     assert net == Decimal(stored)
 
 
@@ -133,7 +128,7 @@ async def test_foreign_amounts_are_exact_too(
         foreign_tax_amount="25.00",
         foreign_gross_amount="150.00",
     )
-    receipt = sr(1002, (1001, "10.00"))
+    receipt = settle(1002, "SR", [(1001, "10.00")])
     receipt.update(currency="USD", foreign_net_amount="12.50", foreign_gross_amount="12.50")
     receipt["allocations"][0]["foreign_amount"] = "__paid__"
     body = orjson.dumps({"source": "tests", "postings": [invoice, receipt]})
@@ -146,7 +141,7 @@ async def test_foreign_amounts_are_exact_too(
         "postings[0].foreign_net_amount",
         "postings[1].allocations[0].foreign_amount",
     ]
-    assert await _stored(engine, "SELECT count(*) FROM postings") == 0
+    assert await scalar(engine, "SELECT count(*) FROM postings") == 0
 
 
 @pytest.mark.parametrize(
@@ -159,7 +154,7 @@ async def test_a_date_outside_the_calendar_sage_holds_is_a_422_naming_it(
     """asyncpg would store date.min and date.max as -infinity and infinity, and every date
     difference on them fails later: refused at the door instead."""
     invoice = si(1001, "INV-1")
-    receipt = sr(1002, (1001, "10.00"))
+    receipt = settle(1002, "SR", [(1001, "10.00")])
     if where == "posting":
         invoice["date"] = day
     else:
@@ -170,7 +165,7 @@ async def test_a_date_outside_the_calendar_sage_holds_is_a_422_naming_it(
     assert response.status_code == 422, response.text
     expected = "postings[0].date" if where == "posting" else "postings[1].allocations[0].date"
     assert [e["field"] for e in response.json()["errors"]] == [expected]
-    assert await _stored(engine, "SELECT count(*) FROM postings") == 0
+    assert await scalar(engine, "SELECT count(*) FROM postings") == 0
 
 
 @pytest.mark.parametrize(

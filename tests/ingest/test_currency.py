@@ -11,21 +11,14 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.ingest.factories import deliver, si, sr
-from tests.ingest.test_webhook import nothing_stored
+from tests.support.factories import deliver, in_currency, settle, si
+from tests.support.queries import nothing_stored
 
 USD: dict[str, Any] = {"currency": "USD", "exchange_rate": "1.25"}
 
 
 def usd_si(tran: int, ref: str, dollars: str, pounds: str, **extra: Any) -> dict[str, Any]:
-    fields = {
-        **USD,
-        "foreign_net_amount": dollars,
-        "foreign_tax_amount": "0.00",
-        "foreign_gross_amount": dollars,
-        **extra,
-    }
-    return si(tran, ref, pounds, **fields)
+    return si(tran, ref, pounds, **{**in_currency(dollars, rate="1.25"), **extra})
 
 
 INVALID: list[tuple[str, dict[str, Any], str, str]] = [
@@ -88,13 +81,13 @@ async def test_a_foreign_figure_without_its_currency_is_422(
 async def test_allocation_foreign_amount_goes_with_the_posting_currency(
     client: httpx.AsyncClient, engine: AsyncEngine
 ) -> None:
-    receipt = sr(2, (1, "400.00"), **USD, foreign_gross_amount="500.00")
+    receipt = settle(2, "SR", [(1, "400.00")], **USD, foreign_gross_amount="500.00")
     missing = await deliver(client, usd_si(1, "INV1", "2000.00", "1600.00"), receipt)
     assert missing.status_code == 422
     assert missing.json()["errors"][0]["field"] == "postings[1].allocations[0].foreign_amount"
     assert "required with currency USD" in missing.json()["errors"][0]["msg"]
 
-    gbp_receipt = sr(2, (1, "400.00"))
+    gbp_receipt = settle(2, "SR", [(1, "400.00")])
     gbp_receipt["allocations"][0]["foreign_amount"] = "500.00"
     stray = await deliver(client, si(1, "INV1"), gbp_receipt)
     assert stray.status_code == 422
@@ -132,7 +125,7 @@ async def test_a_base_currency_posting_must_repeat_its_base_amounts(
 async def test_currency_fields_are_stored_and_a_change_to_them_is_applied(
     client: httpx.AsyncClient, engine: AsyncEngine
 ) -> None:
-    receipt = sr(2, (1, "400.00"), **USD, foreign_gross_amount="500.00")
+    receipt = settle(2, "SR", [(1, "400.00")], **USD, foreign_gross_amount="500.00")
     receipt["allocations"][0]["foreign_amount"] = "500.00"
     first = await deliver(client, usd_si(1, "INV1", "2000.00", "1600.00"), receipt)
     assert first.status_code == 202, first.text

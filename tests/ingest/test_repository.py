@@ -12,19 +12,10 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.ingest.repository import StoreOutcome, store
-from service.ingest.schemas import PostingIn
 from service.reconcile.compute import claim_dirty
 from service.settings import Settings
-from tests.ingest.factories import deliver, si, sr
-
-
-def postings(*docs: dict[str, object]) -> list[PostingIn]:
-    return [PostingIn.model_validate(d) for d in docs]
-
-
-async def scalar(engine: AsyncEngine, sql: str) -> object:
-    async with engine.connect() as conn:
-        return (await conn.execute(sa.text(sql))).scalar_one()
+from tests.support.factories import deliver, parsed, settle, si
+from tests.support.queries import scalar
 
 
 async def test_store_returns_applied_unchanged_affected(
@@ -32,11 +23,17 @@ async def test_store_returns_applied_unchanged_affected(
 ) -> None:
     async with engine.begin() as conn:
         first = await store(
-            conn, postings(si(1, "INV1"), sr(2, (1, "5.00"))), event_id="e1", settings=settings
+            conn,
+            parsed(si(1, "INV1"), settle(2, "SR", [(1, "5.00")])),
+            event_id="e1",
+            settings=settings,
         )
     async with engine.begin() as conn:
         again = await store(
-            conn, postings(si(1, "INV1"), sr(2, (1, "6.00"))), event_id="e2", settings=settings
+            conn,
+            parsed(si(1, "INV1"), settle(2, "SR", [(1, "6.00")])),
+            event_id="e2",
+            settings=settings,
         )
     # The first makes INV1 dirty (the worker must hear of it); the second finds it dirty still.
     assert first == StoreOutcome(applied=2, unchanged=0, invoices_affected=1, wake=True)
@@ -53,7 +50,7 @@ async def test_store_is_part_of_the_callers_transaction(
     try:
         async with engine.begin() as conn:
             # The very first statement of the transaction: it must not run outside it.
-            await store(conn, postings(si(1, "INV1")), event_id="e", settings=settings)
+            await store(conn, parsed(si(1, "INV1")), event_id="e", settings=settings)
             raise Abort
     except Abort:
         pass
@@ -67,7 +64,7 @@ async def test_a_tran_number_given_twice_keeps_its_last_version(
     async with engine.begin() as conn:
         result = await store(
             conn,
-            postings(si(1, "INV1", "1.00"), si(1, "INV1", "2.00")),
+            parsed(si(1, "INV1", "1.00"), si(1, "INV1", "2.00")),
             event_id="e",
             settings=settings,
         )
@@ -86,7 +83,7 @@ async def test_ingest_waits_for_a_worker_holding_the_invoice_and_leaves_it_dirty
         await worker.execute(
             sa.text("SELECT 1 FROM invoices WHERE invoice_number = 'INV1' FOR UPDATE")
         )
-        ingest = asyncio.create_task(deliver(client, sr(10, (1, "5.00"))))
+        ingest = asyncio.create_task(deliver(client, settle(10, "SR", [(1, "5.00")])))
         await asyncio.sleep(0.3)
         assert not ingest.done(), "ingest must wait for the worker's lock"
         await worker.execute(sa.text("DELETE FROM dirty_invoices"))
@@ -100,10 +97,12 @@ async def test_worker_cannot_claim_an_invoice_while_an_ingest_holds_it(
     engine: AsyncEngine, settings: Settings
 ) -> None:
     async with engine.begin() as conn:
-        await store(conn, postings(si(1, "INV1")), event_id="e", settings=settings)
+        await store(conn, parsed(si(1, "INV1")), event_id="e", settings=settings)
     async with engine.connect() as ingest:
         await ingest.begin()
-        await store(ingest, postings(sr(10, (1, "1.00"))), event_id="e", settings=settings)
+        await store(
+            ingest, parsed(settle(10, "SR", [(1, "1.00")])), event_id="e", settings=settings
+        )
         async with engine.begin() as worker:
             held = await claim_dirty(worker, 10)
         await ingest.commit()
@@ -123,7 +122,7 @@ async def test_concurrent_batches_on_the_same_invoices_all_land(
     def batch(k: int) -> list[dict[str, object]]:
         targets = list(range(1, 51))
         rng.shuffle(targets)
-        return [sr(1000 * k + i, (t, "1.00")) for i, t in enumerate(targets)]
+        return [settle(1000 * k + i, "SR", [(t, "1.00")]) for i, t in enumerate(targets)]
 
     responses = await asyncio.gather(*(deliver(client, *batch(k)) for k in range(1, 9)))
     assert [r.status_code for r in responses] == [202] * 8

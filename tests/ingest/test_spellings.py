@@ -15,8 +15,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.ingest.parsing import received_postings
 from service.ingest.schemas import PostingBatch
-from tests.conftest import reset_database
-from tests.ingest.factories import WEBHOOK, si, sr
+from tests.support.database import reset_database
+from tests.support.factories import WEBHOOK, allocation, in_currency, settle, si
 from tests.support.webhooks import signed_request
 
 
@@ -24,19 +24,13 @@ def _postings() -> list[dict[str, Any]]:
     """Every kind of field: text to escape, optional and defaulted fields, allocations with and
     without a date, deleted ones, and a foreign-currency receipt (without an exchange rate)."""
     invoice = si(1, "INV-1", details='Café "Ünïcode" \\ ☕ 𝄞', outstanding="120.00")
-    other = si(2, "INV-2", "80.50", reference="INV-2", deleted=True)
-    receipt = sr(3, (1, "100.00"), (2, "20.50"))
+    other = si(2, "INV-2", "80.50", deleted=True)
+    receipt = settle(3, "SR", [(1, "100.00"), (2, "20.50")])
     receipt["allocations"][0]["date"] = "2026-02-03"
     receipt["allocations"][1]["deleted"] = True
-    foreign = sr(
-        4,
-        (1, "10.00"),
-        currency="USD",
-        foreign_net_amount="12.50",
-        foreign_tax_amount="0.00",
-        foreign_gross_amount="12.50",
+    foreign = settle(
+        4, "SR", [allocation(1, "10.00", foreign_amount="12.50")], **in_currency("12.50")
     )
-    foreign["allocations"][0]["foreign_amount"] = "12.50"
     return [invoice, other, receipt, foreign]
 
 

@@ -17,20 +17,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.contracts import DIRTY_CHANNEL
 from service.main import create_app
-from tests.conftest import make_settings
-from tests.ingest.factories import WEBHOOK, deliver, si, sr
-from tests.support.database import INVOICES_WITH_QUEUE
+from tests.support.factories import WEBHOOK, deliver, settle, si
+from tests.support.queries import dirty, invoice, nothing_stored, scalar
+from tests.support.settings import make_settings
 from tests.support.webhooks import OLD_SECRET, TEST_SECRET, sign, signed_request
 
 
 async def count(engine: AsyncEngine, table: str) -> int:
-    async with engine.connect() as conn:
-        return int((await conn.execute(sa.text(f"SELECT count(*) FROM {table}"))).scalar_one())
-
-
-async def nothing_stored(engine: AsyncEngine) -> bool:
-    tables = ("postings", "allocations", "invoices", "webhook_deliveries")
-    return all([await count(engine, t) == 0 for t in tables])
+    return int(await scalar(engine, f"SELECT count(*) FROM {table}"))
 
 
 @pytest.fixture
@@ -63,7 +57,7 @@ async def client_for(database_url: str, engine: AsyncEngine) -> AsyncIterator[An
 async def test_signed_batch_is_accepted_and_stored(
     client: httpx.AsyncClient, engine: AsyncEngine
 ) -> None:
-    response = await deliver(client, si(1, "INV1"), sr(2, (1, "20.00")))
+    response = await deliver(client, si(1, "INV1"), settle(2, "SR", [(1, "20.00")]))
     assert response.status_code == 202, response.text
     body = response.json()
     assert body["postings_received"] == 2
@@ -262,7 +256,7 @@ async def test_each_validation_rule_is_422_naming_posting_and_field(
 async def test_allocation_errors_name_the_allocation(
     client: httpx.AsyncClient, engine: AsyncEngine, allocation: dict[str, Any], field: str
 ) -> None:
-    receipt = sr(2, (1, "5.00"))
+    receipt = settle(2, "SR", [(1, "5.00")])
     receipt["allocations"] = [{"invoice_tran_number": 1, "amount": "1.00"}, allocation]
     response = await deliver(client, si(1, "INV1"), receipt)
     assert response.status_code == 422
@@ -288,7 +282,7 @@ async def test_batch_size_limits(client: httpx.AsyncClient, engine: AsyncEngine)
     [
         ({"postings": [si(1, "INV1")], "sorce": "exporter"}, "sorce"),
         (
-            {"postings": [sr(2, (1, "5.00"))]},
+            {"postings": [settle(2, "SR", [(1, "5.00")])]},
             "postings[0].allocations[0].amont",
         ),
     ],
@@ -319,7 +313,7 @@ async def test_a_query_parameter_is_422(client: httpx.AsyncClient, engine: Async
 async def test_one_bad_posting_deep_in_a_batch_stores_nothing(
     client: httpx.AsyncClient, engine: AsyncEngine
 ) -> None:
-    postings = [sr(1000 + n, (n, "1.00")) for n in range(1, 1500)]
+    postings = [settle(1000 + n, "SR", [(n, "1.00")]) for n in range(1, 1500)]
     postings[1234]["gross_amount"] = "1.234"
     response = await deliver(client, *[si(n, f"INV{n}") for n in range(1, 100)], *postings)
     assert response.status_code == 422
@@ -403,7 +397,7 @@ async def test_same_tran_number_twice_in_a_batch_is_422(
 async def test_replay_with_same_body_returns_the_stored_answer(
     client: httpx.AsyncClient, engine: AsyncEngine
 ) -> None:
-    body, headers = signed_request({"postings": [si(1, "INV1"), sr(2, (1, "20.00"))]})
+    body, headers = signed_request({"postings": [si(1, "INV1"), settle(2, "SR", [(1, "20.00")])]})
     first = await client.post(WEBHOOK, content=body, headers=headers)
     async with engine.connect() as conn:
         before = (await conn.execute(sa.text("SELECT updated_at FROM postings"))).all()
@@ -436,7 +430,7 @@ async def test_twenty_concurrent_deliveries_of_one_id_apply_once(
     client: httpx.AsyncClient, engine: AsyncEngine
 ) -> None:
     postings = [si(n, f"INV{n}") for n in range(1, 1001)]
-    postings += [sr(5000 + n, (n, "10.00")) for n in range(1, 1001)]
+    postings += [settle(5000 + n, "SR", [(n, "10.00")]) for n in range(1, 1001)]
     body, headers = signed_request({"postings": postings}, webhook_id="msg_concurrent")
     responses = await asyncio.gather(
         *(client.post(WEBHOOK, content=body, headers=headers) for _ in range(20))
@@ -469,22 +463,6 @@ async def test_after_a_rejected_delivery_the_id_is_free(
 # --- postings, allocations, invoices --------------------------------------------------------
 
 
-async def invoice(engine: AsyncEngine, number: str) -> dict[str, Any]:
-    async with engine.connect() as conn:
-        row = (
-            (
-                await conn.execute(
-                    sa.text(f"{INVOICES_WITH_QUEUE} WHERE invoice_number = :n"),
-                    {"n": number},
-                )
-            )
-            .mappings()
-            .one_or_none()
-        )
-    assert row is not None, f"no invoice {number}"
-    return dict(row)
-
-
 async def allocations_of(engine: AsyncEngine, posting: int) -> list[tuple[int, Decimal, bool]]:
     async with engine.connect() as conn:
         rows = await conn.execute(
@@ -500,12 +478,6 @@ async def allocations_of(engine: AsyncEngine, posting: int) -> list[tuple[int, D
 async def clean_all(engine: AsyncEngine) -> None:
     async with engine.begin() as conn:
         await conn.execute(sa.text("DELETE FROM dirty_invoices"))
-
-
-async def dirty(engine: AsyncEngine) -> set[str]:
-    async with engine.connect() as conn:
-        rows = await conn.execute(sa.text("SELECT invoice_number FROM dirty_invoices"))
-        return set(rows.scalars())
 
 
 async def test_new_invoice_is_mirrored_unpaid_and_dirty(
@@ -527,9 +499,9 @@ async def test_edit_replaces_allocations_as_a_set_and_marks_old_and_new_invoices
     client: httpx.AsyncClient, engine: AsyncEngine
 ) -> None:
     await deliver(client, si(1, "INV1"), si(2, "INV2"), si(3, "INV3"))
-    await deliver(client, sr(10, (1, "50.00"), (2, "20.00")))
+    await deliver(client, settle(10, "SR", [(1, "50.00"), (2, "20.00")]))
     await clean_all(engine)
-    response = await deliver(client, sr(10, (3, "30.00")))
+    response = await deliver(client, settle(10, "SR", [(3, "30.00")]))
     assert response.json()["postings_applied"] == 1
     assert response.json()["invoices_affected"] == 3
     assert await allocations_of(engine, 10) == [(3, Decimal("30.00"), False)]
@@ -539,9 +511,9 @@ async def test_edit_replaces_allocations_as_a_set_and_marks_old_and_new_invoices
 async def test_allocation_can_be_marked_deleted(
     client: httpx.AsyncClient, engine: AsyncEngine
 ) -> None:
-    await deliver(client, si(1, "INV1"), sr(10, (1, "50.00")))
+    await deliver(client, si(1, "INV1"), settle(10, "SR", [(1, "50.00")]))
     await clean_all(engine)
-    receipt = sr(10, (1, "50.00"))
+    receipt = settle(10, "SR", [(1, "50.00")])
     receipt["allocations"][0]["deleted"] = True
     await deliver(client, receipt)
     assert await allocations_of(engine, 10) == [(1, Decimal("50.00"), True)]
@@ -551,9 +523,9 @@ async def test_allocation_can_be_marked_deleted(
 async def test_deleted_posting_keeps_its_row_and_marks_its_invoices(
     client: httpx.AsyncClient, engine: AsyncEngine
 ) -> None:
-    await deliver(client, si(1, "INV1"), sr(10, (1, "50.00")))
+    await deliver(client, si(1, "INV1"), settle(10, "SR", [(1, "50.00")]))
     await clean_all(engine)
-    await deliver(client, sr(10, (1, "50.00"), deleted=True))
+    await deliver(client, settle(10, "SR", [(1, "50.00")], deleted=True))
     async with engine.connect() as conn:
         deleted = (
             await conn.execute(sa.text("SELECT deleted FROM postings WHERE tran_number = 10"))
@@ -579,24 +551,26 @@ async def test_deleted_si_deletes_its_invoice(
 async def test_unchanged_resend_is_counted_and_not_rewritten(
     client: httpx.AsyncClient, engine: AsyncEngine
 ) -> None:
-    await deliver(client, si(1, "INV1"), sr(10, (1, "50.00")))
+    await deliver(client, si(1, "INV1"), settle(10, "SR", [(1, "50.00")]))
     await clean_all(engine)
     # Same content, other spelling: numbers instead of strings, defaults left out.
-    resend = sr(10, (1, "50.00"))
+    resend = settle(10, "SR", [(1, "50.00")])
     resend.update(net_amount=50, gross_amount=50.0, tax_amount=0)
     response = await deliver(client, si(1, "INV1"), resend)
     body = response.json()
     assert (body["postings_applied"], body["postings_unchanged"]) == (0, 2)
     assert body["invoices_affected"] == 0
     assert await dirty(engine) == set()
-    changed = await deliver(client, si(1, "INV1"), sr(10, (1, "50.00"), details="Edited"))
+    changed = await deliver(
+        client, si(1, "INV1"), settle(10, "SR", [(1, "50.00")], details="Edited")
+    )
     assert (changed.json()["postings_applied"], changed.json()["postings_unchanged"]) == (1, 1)
 
 
 async def test_allocation_before_its_invoice_takes_effect_when_it_arrives(
     client: httpx.AsyncClient, engine: AsyncEngine
 ) -> None:
-    early = await deliver(client, sr(10, (500, "40.00")))
+    early = await deliver(client, settle(10, "SR", [(500, "40.00")]))
     assert early.status_code == 202
     assert early.json()["invoices_affected"] == 0
     assert await count(engine, "invoices") == 0
@@ -678,9 +652,9 @@ async def test_edited_reference_moves_the_si_to_its_new_invoice(
 
 async def test_money_is_exact(client: httpx.AsyncClient, engine: AsyncEngine) -> None:
     receipts = [
-        {**sr(10, (1, "0.10")), "gross_amount": 0.1, "net_amount": 0.1},
-        {**sr(11, (1, "0.20")), "gross_amount": 0.2, "net_amount": 0.2},
-        {**sr(12, (1, "0.03")), "gross_amount": 0.03, "net_amount": 0.03},
+        {**settle(10, "SR", [(1, "0.10")]), "gross_amount": 0.1, "net_amount": 0.1},
+        {**settle(11, "SR", [(1, "0.20")]), "gross_amount": 0.2, "net_amount": 0.2},
+        {**settle(12, "SR", [(1, "0.03")]), "gross_amount": 0.03, "net_amount": 0.03},
     ]
     receipts[0]["allocations"][0]["amount"] = 0.1
     receipts[1]["allocations"][0]["amount"] = 0.2
@@ -712,11 +686,11 @@ async def test_affected_invoices_wake_the_worker_after_commit(
         await deliver(client, si(1, "INV1"))
         await asyncio.wait_for(heard.get(), timeout=5)
         # Everything it touches is dirty already: nothing new to wake anyone for.
-        await deliver(client, sr(10, (1, "5.00")))
+        await deliver(client, settle(10, "SR", [(1, "5.00")]))
         await asyncio.sleep(0.2)
         assert heard.empty()
         await clean_all(engine)
-        await deliver(client, sr(11, (1, "5.00")))
+        await deliver(client, settle(11, "SR", [(1, "5.00")]))
         await asyncio.wait_for(heard.get(), timeout=5)
     finally:
         await listener.close()

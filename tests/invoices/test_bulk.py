@@ -10,14 +10,9 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.conftest import ADMIN_KEY, READ_KEY, WRITE_KEY, auth
-from tests.invoices.conftest import add_invoice, add_many, scalar, statuses, table_checksums
-
-BULK = "/v1/invoices/bulk-status"
-
-
-async def _bulk(client: httpx.AsyncClient, body: dict[str, Any], **headers: str) -> httpx.Response:
-    return await client.post(BULK, json=body, headers={**auth(WRITE_KEY), **headers})
+from tests.support.factories import BULK_STATUS, add_invoice, add_many, bulk_update
+from tests.support.keys import ADMIN_KEY, READ_KEY, WRITE_KEY, auth
+from tests.support.queries import scalar, statuses, table_checksums
 
 
 def _outcomes(job: dict[str, Any]) -> dict[str, str]:
@@ -41,7 +36,7 @@ async def book(engine: AsyncEngine) -> None:
 async def test_account_ref_selects_the_account(
     client: httpx.AsyncClient, engine: AsyncEngine
 ) -> None:
-    response = await _bulk(client, {"status": "Cancelled", "account_ref": "BETA02"})
+    response = await bulk_update(client, {"status": "Cancelled", "account_ref": "BETA02"})
     assert response.status_code == 200, response.text
     job = response.json()
     assert job["status"] == "succeeded"
@@ -60,7 +55,7 @@ async def test_invoice_numbers_select_those_and_report_the_unknown(
     client: httpx.AsyncClient, engine: AsyncEngine
 ) -> None:
     body = {"status": "Written Off", "invoice_numbers": ["B-1", "A-1", "NOPE-9", "B-1"]}
-    job = (await _bulk(client, body)).json()
+    job = (await bulk_update(client, body)).json()
     assert job["results"] == [
         {
             "invoice_number": "A-1",
@@ -92,7 +87,7 @@ async def test_invoice_numbers_select_those_and_report_the_unknown(
 @pytest.mark.usefixtures("book")
 async def test_both_selectors_combine_with_and(client: httpx.AsyncClient) -> None:
     body = {"status": "Cancelled", "account_ref": "ACME01", "invoice_numbers": ["A-1", "B-1"]}
-    job = (await _bulk(client, body)).json()
+    job = (await bulk_update(client, body)).json()
     assert _outcomes(job) == {"A-1": "updated", "B-1": "skipped"}
     assert (job["matched"], job["skipped"]) == (1, 1)
 
@@ -100,7 +95,7 @@ async def test_both_selectors_combine_with_and(client: httpx.AsyncClient) -> Non
 @pytest.mark.usefixtures("book")
 async def test_current_status_in_filters(client: httpx.AsyncClient, engine: AsyncEngine) -> None:
     body = {"status": "Sent", "account_ref": "ACME01", "current_status_in": ["Part Paid"]}
-    job = (await _bulk(client, body)).json()
+    job = (await bulk_update(client, body)).json()
     assert _outcomes(job) == {
         "A-1": "skipped",
         "A-2": "updated",
@@ -116,7 +111,7 @@ async def test_a_mistyped_current_status_in_is_422_and_nothing_is_queued(
 ) -> None:
     before = await table_checksums(engine)
     answer = await client.post(
-        "/v1/invoices/bulk-status",
+        BULK_STATUS,
         json={"status": "Sent", "account_ref": "ACME01", "current_status_in": ["Part paid"]},
         headers=auth(WRITE_KEY),
     )
@@ -133,7 +128,7 @@ async def test_only_settled_leaves_invoices_with_a_balance(
     client: httpx.AsyncClient, engine: AsyncEngine
 ) -> None:
     body = {"status": "Paid/Written Off", "account_ref": "ACME01", "only_settled": True}
-    job = (await _bulk(client, body)).json()
+    job = (await bulk_update(client, body)).json()
     assert _outcomes(job) == {
         "A-1": "updated",
         "A-2": "skipped",  # 60.00 outstanding
@@ -158,7 +153,7 @@ async def test_protected_invoices_change_only_when_named_in_current_status_in(
         "account_ref": "ACME01",
         "current_status_in": ["Written Off"],
     }
-    job = (await _bulk(client, body)).json()
+    job = (await bulk_update(client, body)).json()
     assert _outcomes(job)["A-3"] == "updated"
     assert await statuses(engine, "A-3") == {"A-3": "Paid/Written Off"}
 
@@ -168,7 +163,7 @@ async def test_history_and_outbox_rows_carry_the_job(
     client: httpx.AsyncClient, engine: AsyncEngine
 ) -> None:
     body = {"status": "Written Off", "invoice_numbers": ["A-1", "B-1"], "reason": "BADDBT run"}
-    job = (await _bulk(client, body)).json()
+    job = (await bulk_update(client, body)).json()
     async with engine.connect() as conn:
         history = (await conn.execute(sa.text("SELECT * FROM status_history ORDER BY id"))).all()
         outbox = (await conn.execute(sa.text("SELECT * FROM outbox ORDER BY id"))).all()
@@ -197,7 +192,7 @@ async def test_releasing_by_bulk_queues_reconciliation(
     client: httpx.AsyncClient, engine: AsyncEngine
 ) -> None:
     body = {"status": "Paid", "account_ref": "ACME01", "current_status_in": ["Written Off"]}
-    await _bulk(client, body)
+    await bulk_update(client, body)
     dirty = await scalar(engine, "SELECT array_agg(invoice_number) FROM dirty_invoices")
     assert dirty == ["A-3"]
 
@@ -208,12 +203,12 @@ async def test_dry_run_reports_exactly_and_writes_nothing(
 ) -> None:
     body = {"status": "Written Off", "account_ref": "ACME01", "only_settled": True}
     before = await table_checksums(engine, exclude=("jobs", "job_results"))
-    dry = (await _bulk(client, {**body, "dry_run": True})).json()
+    dry = (await bulk_update(client, {**body, "dry_run": True})).json()
     assert await table_checksums(engine, exclude=("jobs", "job_results")) == before
     assert dry["dry_run"] is True
     # The job record is the report; only it was stored.
     assert await scalar(engine, "SELECT count(*) FROM jobs") == 1
-    real = (await _bulk(client, body)).json()
+    real = (await bulk_update(client, body)).json()
     keys = ("matched", "updated", "unchanged", "skipped", "skipped_protected", "not_found")
     assert {k: dry[k] for k in keys} == {k: real[k] for k in keys}
     assert dry["results"] == real["results"]
@@ -229,7 +224,9 @@ async def test_dry_run_takes_no_row_locks(client: httpx.AsyncClient, engine: Asy
         )
         # A dry run that locked would wait for the holder forever; fail instead of hanging.
         response = await asyncio.wait_for(
-            _bulk(client, {"status": "Written Off", "invoice_numbers": ["A-1"], "dry_run": True}),
+            bulk_update(
+                client, {"status": "Written Off", "invoice_numbers": ["A-1"], "dry_run": True}
+            ),
             timeout=30,
         )
         await holder.rollback()
@@ -278,7 +275,7 @@ async def test_invalid_requests_are_422_and_store_nothing(
 ) -> None:
     await add_invoice(engine, "A-1", account_ref="A")
     before = await table_checksums(engine)
-    response = await _bulk(client, body)
+    response = await bulk_update(client, body)
     assert response.status_code == 422, response.text
     assert any(e["field"].startswith(field) for e in response.json()["errors"]), response.json()
     assert await table_checksums(engine) == before
@@ -300,7 +297,7 @@ async def test_an_empty_or_mistyped_filter_writes_off_nothing(
     each to the CRM."""
     before = await table_checksums(engine)
     body = {"status": "Written Off", "reason": "year-end clean-up", **selection}
-    response = await _bulk(client, body)
+    response = await bulk_update(client, body)
     assert response.status_code == 422, response.text
     assert response.headers["content-type"] == "application/problem+json"
     assert await table_checksums(engine) == before
@@ -313,7 +310,7 @@ async def test_dry_run_in_the_query_string_is_422_and_changes_nothing(
     """A person who meant a preview must never get the change for real."""
     before = await table_checksums(engine)
     response = await client.post(
-        f"{BULK}?dry_run=true",
+        f"{BULK_STATUS}?dry_run=true",
         json={"status": "Written Off", "account_ref": "ACME01"},
         headers=auth(WRITE_KEY),
     )
@@ -326,7 +323,7 @@ async def test_dry_run_in_the_query_string_is_422_and_changes_nothing(
 
 
 async def test_no_selector_says_why(client: httpx.AsyncClient, engine: AsyncEngine) -> None:
-    response = await _bulk(client, {"status": "Written Off", "only_settled": True})
+    response = await bulk_update(client, {"status": "Written Off", "only_settled": True})
     assert response.status_code == 422
     assert "account_ref and/or invoice_numbers" in response.json()["detail"]
 
@@ -336,7 +333,7 @@ async def test_status_outside_the_picklist_is_422(
     client: httpx.AsyncClient, engine: AsyncEngine
 ) -> None:
     before = await table_checksums(engine)
-    response = await _bulk(client, {"status": "Bad Debt", "account_ref": "ACME01"})
+    response = await bulk_update(client, {"status": "Bad Debt", "account_ref": "ACME01"})
     assert response.status_code == 422
     assert "Paid/Written Off" in response.json()["allowed"]
     assert await table_checksums(engine) == before
@@ -344,7 +341,7 @@ async def test_status_outside_the_picklist_is_422(
 
 async def test_too_many_numbers_is_422(client: httpx.AsyncClient, engine: AsyncEngine) -> None:
     numbers = [f"N{i}" for i in range(100_001)]
-    response = await _bulk(client, {"status": "Written Off", "invoice_numbers": numbers})
+    response = await bulk_update(client, {"status": "Written Off", "invoice_numbers": numbers})
     assert response.status_code == 422
     assert await scalar(engine, "SELECT count(*) FROM jobs") == 0
 
@@ -352,7 +349,7 @@ async def test_too_many_numbers_is_422(client: httpx.AsyncClient, engine: AsyncE
 async def test_empty_account_is_a_finished_empty_job(
     client: httpx.AsyncClient, engine: AsyncEngine
 ) -> None:
-    response = await _bulk(client, {"status": "Written Off", "account_ref": "NOBODY"})
+    response = await bulk_update(client, {"status": "Written Off", "account_ref": "NOBODY"})
     assert response.status_code == 200
     job = response.json()
     assert (job["status"], job["matched"], job["results"]) == ("succeeded", 0, [])
@@ -360,7 +357,7 @@ async def test_empty_account_is_a_finished_empty_job(
 
 async def test_results_are_paged(client: httpx.AsyncClient, engine: AsyncEngine) -> None:
     await add_many(engine, 25, account_ref="ACME01", prefix="P", status="Paid")
-    job = (await _bulk(client, {"status": "Written Off", "account_ref": "ACME01"})).json()
+    job = (await bulk_update(client, {"status": "Written Off", "account_ref": "ACME01"})).json()
     assert len(job["results"]) == 25
     assert job["next_results_cursor"] is None
     url = f"/v1/jobs/{job['job_id']}"
@@ -380,7 +377,7 @@ async def test_results_are_paged(client: httpx.AsyncClient, engine: AsyncEngine)
 @pytest.mark.usefixtures("book")
 async def test_results_can_be_filtered_by_outcome(client: httpx.AsyncClient) -> None:
     body = {"status": "Written Off", "account_ref": "ACME01", "only_settled": True}
-    job = (await _bulk(client, {**body, "dry_run": True})).json()
+    job = (await bulk_update(client, {**body, "dry_run": True})).json()
     page = (
         await client.get(f"/v1/jobs/{job['job_id']}?outcome=updated", headers=auth(READ_KEY))
     ).json()
@@ -389,7 +386,7 @@ async def test_results_can_be_filtered_by_outcome(client: httpx.AsyncClient) -> 
 
 @pytest.mark.usefixtures("book")
 async def test_job_cursor_and_id_validation(client: httpx.AsyncClient) -> None:
-    job = (await _bulk(client, {"status": "Cancelled", "account_ref": "ACME01"})).json()
+    job = (await bulk_update(client, {"status": "Cancelled", "account_ref": "ACME01"})).json()
     url = f"/v1/jobs/{job['job_id']}"
     first = (await client.get(f"{url}?results_limit=1", headers=auth(READ_KEY))).json()
     cursor = first["next_results_cursor"]
@@ -409,9 +406,9 @@ async def test_job_cursor_and_id_validation(client: httpx.AsyncClient) -> None:
 @pytest.mark.usefixtures("book")
 async def test_scopes(client: httpx.AsyncClient) -> None:
     body = {"status": "Cancelled", "account_ref": "ACME01"}
-    assert (await client.post(BULK, json=body)).status_code == 401
-    assert (await client.post(BULK, json=body, headers=auth(READ_KEY))).status_code == 403
-    admin = await client.post(BULK, json=body, headers=auth(ADMIN_KEY))
+    assert (await client.post(BULK_STATUS, json=body)).status_code == 401
+    assert (await client.post(BULK_STATUS, json=body, headers=auth(READ_KEY))).status_code == 403
+    admin = await client.post(BULK_STATUS, json=body, headers=auth(ADMIN_KEY))
     assert admin.status_code == 200
     job_url = f"/v1/jobs/{admin.json()['job_id']}"
     assert (await client.get(job_url)).status_code == 401
@@ -431,5 +428,5 @@ async def test_inline_run_is_all_or_nothing(
     monkeypatch.setattr(repository, "finish_job", broken)
     before = await table_checksums(engine)
     with pytest.raises(RuntimeError, match="disk full"):
-        await _bulk(client, {"status": "Cancelled", "account_ref": "ACME01"})
+        await bulk_update(client, {"status": "Cancelled", "account_ref": "ACME01"})
     assert await table_checksums(engine) == before

@@ -6,8 +6,8 @@ import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.settings import Settings
-from tests.conftest import READ_KEY, auth
 from tests.console.support import load_company
+from tests.support.keys import READ_KEY, auth
 
 
 async def test_detail_has_posting_and_classified_allocations(

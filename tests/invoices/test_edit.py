@@ -8,8 +8,9 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.contracts import DIRTY_CHANNEL, OUTBOX_CHANNEL
-from tests.conftest import ADMIN_KEY, READ_KEY, WRITE_KEY, auth
-from tests.invoices.conftest import add_invoice, scalar, table_checksums
+from tests.support.factories import add_invoice
+from tests.support.keys import ADMIN_KEY, READ_KEY, WRITE_KEY, auth
+from tests.support.queries import scalar, table_checksums
 
 
 async def _patch(client: httpx.AsyncClient, number: str, body: object) -> httpx.Response:

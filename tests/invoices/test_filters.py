@@ -9,11 +9,11 @@ from typing import Any
 
 import httpx
 import pytest
-import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.conftest import READ_KEY, WRITE_KEY, auth
-from tests.invoices.conftest import add_invoice, scalar, statuses, table_checksums
+from tests.support.factories import add_invoice, bulk_update
+from tests.support.keys import READ_KEY, auth
+from tests.support.queries import execute, scalar, statuses, table_checksums
 
 
 @pytest.fixture
@@ -59,12 +59,7 @@ async def book(engine: AsyncEngine) -> None:
         conflict="cash arrived after the write-off",
     )
     await add_invoice(engine, "M-1", status="Unpaid", derived_state="unpaid")
-    await _execute(engine, "UPDATE invoices SET mismatch = true WHERE invoice_number = 'M-1'")
-
-
-async def _execute(engine: AsyncEngine, sql: str) -> None:
-    async with engine.begin() as conn:
-        await conn.execute(sa.text(sql))
+    await execute(engine, "UPDATE invoices SET mismatch = true WHERE invoice_number = 'M-1'")
 
 
 async def _numbers(client: httpx.AsyncClient, query: str) -> list[str]:
@@ -107,7 +102,7 @@ async def test_unknown_status_is_422_listing_the_allowed_values(
 async def test_status_seen_in_the_crm_is_a_known_filter_value(
     client: httpx.AsyncClient, engine: AsyncEngine
 ) -> None:
-    await _execute(engine, "INSERT INTO crm_observed_statuses (value) VALUES ('On Hold')")
+    await execute(engine, "INSERT INTO crm_observed_statuses (value) VALUES ('On Hold')")
     response = await client.get("/v1/invoices?status=On%20Hold", headers=auth(READ_KEY))
     assert response.status_code == 200, response.text
 
@@ -144,28 +139,22 @@ async def test_csv_is_the_page_the_json_shows(
     assert "cursor=" in response.headers["link"]
 
 
-async def _bulk(client: httpx.AsyncClient, body: dict[str, Any], **headers: str) -> httpx.Response:
-    return await client.post(
-        "/v1/invoices/bulk-status", json=body, headers={**auth(WRITE_KEY), **headers}
-    )
-
-
 @pytest.mark.usefixtures("book")
 async def test_global_update_by_filter_dry_run_then_apply(
     client: httpx.AsyncClient, engine: AsyncEngine
 ) -> None:
     unmarked = {"divergent": True, "derived_state": ["written_off"]}
-    dry = await _bulk(client, {"status": "Written Off", "filter": unmarked, "dry_run": True})
+    dry = await bulk_update(client, {"status": "Written Off", "filter": unmarked, "dry_run": True})
     assert dry.status_code == 200, dry.text
     assert [
         (r["invoice_number"], r["from_status"], r["outcome"]) for r in dry.json()["results"]
     ] == [("W-1", "Paid", "updated")]
     assert (await statuses(engine, "W-1"))["W-1"] == "Paid"
 
-    applied = await _bulk(
+    applied = await bulk_update(
         client,
         {"status": "Written Off", "filter": unmarked, "reason": "written off in Sage"},
-        **{"Idempotency-Key": "filter-apply-1"},
+        idempotency_key="filter-apply-1",
     )
     assert applied.status_code == 200, applied.text
     assert applied.json()["updated"] == 1
@@ -178,10 +167,10 @@ async def test_global_update_by_filter_dry_run_then_apply(
         engine, "SELECT reason FROM status_history WHERE invoice_number = 'W-1' AND source = 'bulk'"
     )
     assert history == "written off in Sage"
-    again = await _bulk(
+    again = await bulk_update(
         client,
         {"status": "Written Off", "filter": unmarked, "reason": "written off in Sage"},
-        **{"Idempotency-Key": "filter-apply-1"},
+        idempotency_key="filter-apply-1",
     )
     assert again.headers.get("Idempotent-Replayed") == "true"
     assert again.json()["job_id"] == applied.json()["job_id"]
@@ -189,7 +178,7 @@ async def test_global_update_by_filter_dry_run_then_apply(
 
 @pytest.mark.usefixtures("book")
 async def test_filter_and_account_ref_narrow_each_other(client: httpx.AsyncClient) -> None:
-    response = await _bulk(
+    response = await bulk_update(
         client,
         {
             "status": "Paid/Written Off",
@@ -208,12 +197,14 @@ async def test_filter_selection_leaves_protected_invoices_alone_unless_named(
 ) -> None:
     body = {"status": "Paid", "filter": {"written_off": True}, "dry_run": True}
     outcomes = {
-        r["invoice_number"]: r["outcome"] for r in (await _bulk(client, body)).json()["results"]
+        r["invoice_number"]: r["outcome"]
+        for r in (await bulk_update(client, body)).json()["results"]
     }
     assert outcomes == {"W-1": "unchanged", "W-2": "updated", "W-3": "skipped_protected"}
     body["current_status_in"] = ["Written Off"]
     outcomes = {
-        r["invoice_number"]: r["outcome"] for r in (await _bulk(client, body)).json()["results"]
+        r["invoice_number"]: r["outcome"]
+        for r in (await bulk_update(client, body)).json()["results"]
     }
     assert outcomes["W-3"] == "updated"
 
@@ -232,7 +223,7 @@ async def test_bad_filter_selection_is_422_and_stores_nothing(
     client: httpx.AsyncClient, engine: AsyncEngine, body: dict[str, Any], needle: str
 ) -> None:
     before = await table_checksums(engine)
-    response = await _bulk(client, body)
+    response = await bulk_update(client, body)
     assert response.status_code == 422
     assert needle in response.text
     assert await table_checksums(engine) == before

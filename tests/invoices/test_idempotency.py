@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import httpx
 import pytest
@@ -12,20 +11,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.context import WorkerContext
 from service.jobs import tasks
-from tests.conftest import ADMIN_KEY, WRITE_KEY, auth
-from tests.invoices.conftest import add_invoice, add_many, scalar, table_checksums
+from tests.support.factories import BULK_STATUS, add_invoice, add_many, bulk_update
+from tests.support.keys import ADMIN_KEY, WRITE_KEY, auth
+from tests.support.queries import scalar, table_checksums
 
-BULK = "/v1/invoices/bulk-status"
 BODY = {"status": "Written Off", "account_ref": "ACME01", "reason": "BADDBT"}
-
-
-async def _bulk(
-    client: httpx.AsyncClient, body: dict[str, Any], key: str | None, api_key: str = WRITE_KEY
-) -> httpx.Response:
-    headers = auth(api_key)
-    if key is not None:
-        headers["Idempotency-Key"] = key
-    return await client.post(BULK, json=body, headers=headers)
 
 
 @pytest.fixture
@@ -38,12 +28,14 @@ async def acme(engine: AsyncEngine) -> None:
 async def test_same_key_same_body_returns_the_stored_job(
     client: httpx.AsyncClient, engine: AsyncEngine
 ) -> None:
-    first = await _bulk(client, BODY, "key-1")
+    first = await bulk_update(client, BODY, idempotency_key="key-1")
     assert first.status_code == 200
     assert "idempotent-replayed" not in first.headers
     # Meanwhile a person changes one back: a replay must not apply the request again.
     await client.patch("/v1/invoices/A-1", json={"status": "Paid"}, headers=auth(WRITE_KEY))
-    again = await _bulk(client, {**BODY, "dry_run": False, "only_settled": False}, "key-1")
+    again = await bulk_update(
+        client, {**BODY, "dry_run": False, "only_settled": False}, idempotency_key="key-1"
+    )
     assert again.status_code == 200
     assert again.headers["idempotent-replayed"] == "true"
     assert again.json() == first.json()
@@ -56,8 +48,10 @@ async def test_same_key_same_body_returns_the_stored_job(
 
 @pytest.mark.usefixtures("acme")
 async def test_quoted_and_bare_keys_are_the_same_key(client: httpx.AsyncClient) -> None:
-    first = await _bulk(client, BODY, '"8e03978e-40d5-43e8-bc93-6894a57f9324"')
-    again = await _bulk(client, BODY, "8e03978e-40d5-43e8-bc93-6894a57f9324")
+    first = await bulk_update(
+        client, BODY, idempotency_key='"8e03978e-40d5-43e8-bc93-6894a57f9324"'
+    )
+    again = await bulk_update(client, BODY, idempotency_key="8e03978e-40d5-43e8-bc93-6894a57f9324")
     assert again.json()["job_id"] == first.json()["job_id"]
 
 
@@ -65,9 +59,11 @@ async def test_quoted_and_bare_keys_are_the_same_key(client: httpx.AsyncClient) 
 async def test_same_key_different_body_is_422_and_stores_nothing(
     client: httpx.AsyncClient, engine: AsyncEngine
 ) -> None:
-    await _bulk(client, BODY, "key-1")
+    await bulk_update(client, BODY, idempotency_key="key-1")
     before = await table_checksums(engine)
-    response = await _bulk(client, {**BODY, "status": "Paid/Written Off"}, "key-1")
+    response = await bulk_update(
+        client, {**BODY, "status": "Paid/Written Off"}, idempotency_key="key-1"
+    )
     assert response.status_code == 422
     assert "different request body" in response.json()["detail"]
     assert await table_checksums(engine) == before
@@ -75,8 +71,10 @@ async def test_same_key_different_body_is_422_and_stores_nothing(
 
 @pytest.mark.usefixtures("acme")
 async def test_keys_are_scoped_by_api_key(client: httpx.AsyncClient, engine: AsyncEngine) -> None:
-    mine = await _bulk(client, {**BODY, "dry_run": True}, "shared-key")
-    theirs = await _bulk(client, {**BODY, "dry_run": True}, "shared-key", api_key=ADMIN_KEY)
+    mine = await bulk_update(client, {**BODY, "dry_run": True}, idempotency_key="shared-key")
+    theirs = await bulk_update(
+        client, {**BODY, "dry_run": True}, idempotency_key="shared-key", key=ADMIN_KEY
+    )
     assert mine.status_code == theirs.status_code == 200
     assert mine.json()["job_id"] != theirs.json()["job_id"]
     assert "idempotent-replayed" not in theirs.headers
@@ -84,9 +82,11 @@ async def test_keys_are_scoped_by_api_key(client: httpx.AsyncClient, engine: Asy
 
 @pytest.mark.usefixtures("acme")
 async def test_a_failed_request_does_not_use_up_the_key(client: httpx.AsyncClient) -> None:
-    rejected = await _bulk(client, {**BODY, "status": "Not A Status"}, "key-1")
+    rejected = await bulk_update(
+        client, {**BODY, "status": "Not A Status"}, idempotency_key="key-1"
+    )
     assert rejected.status_code == 422
-    accepted = await _bulk(client, BODY, "key-1")
+    accepted = await bulk_update(client, BODY, idempotency_key="key-1")
     assert accepted.status_code == 200
     assert "idempotent-replayed" not in accepted.headers
 
@@ -114,16 +114,16 @@ async def test_same_key_while_the_first_is_in_flight_is_409(
         await holder.execute(
             sa.text("SELECT 1 FROM invoices WHERE invoice_number = 'A-2' FOR UPDATE")
         )
-        first = asyncio.create_task(_bulk(client, BODY, "key-1"))
+        first = asyncio.create_task(bulk_update(client, BODY, idempotency_key="key-1"))
         await _wait_until_blocked(engine)
-        second = await _bulk(client, BODY, "key-1")
+        second = await bulk_update(client, BODY, idempotency_key="key-1")
         assert second.status_code == 409
         assert second.headers["retry-after"] == "1"
         assert second.headers["content-type"] == "application/problem+json"
         await holder.rollback()
     done = await asyncio.wait_for(first, timeout=30)
     assert done.status_code == 200
-    third = await _bulk(client, BODY, "key-1")
+    third = await bulk_update(client, BODY, idempotency_key="key-1")
     assert third.status_code == 200
     assert third.json()["job_id"] == done.json()["job_id"]
     assert await scalar(engine, "SELECT count(*) FROM jobs") == 1
@@ -133,7 +133,9 @@ async def test_same_key_while_the_first_is_in_flight_is_409(
 async def test_two_concurrent_requests_with_one_key_make_one_job(
     client: httpx.AsyncClient, engine: AsyncEngine
 ) -> None:
-    responses = await asyncio.gather(*[_bulk(client, BODY, "race-key") for _ in range(4)])
+    responses = await asyncio.gather(
+        *[bulk_update(client, BODY, idempotency_key="race-key") for _ in range(4)]
+    )
     codes = sorted(r.status_code for r in responses)
     assert set(codes) <= {200, 409}, [r.text for r in responses]
     assert 200 in codes
@@ -147,15 +149,15 @@ async def test_a_queued_job_replays_as_202_then_200_when_finished(
     small_client: httpx.AsyncClient, engine: AsyncEngine, worker_ctx: WorkerContext
 ) -> None:
     await add_many(engine, 8, account_ref="ACME01", prefix="Q")
-    first = await _bulk(small_client, BODY, "big-key")
+    first = await bulk_update(small_client, BODY, idempotency_key="big-key")
     assert first.status_code == 202
-    queued = await _bulk(small_client, BODY, "big-key")
+    queued = await bulk_update(small_client, BODY, idempotency_key="big-key")
     assert queued.status_code == 202
     assert queued.headers["idempotent-replayed"] == "true"
     assert queued.json()["job_id"] == first.json()["job_id"]
     assert queued.json()["status"] == "queued"
     assert await tasks.run_once(worker_ctx) == 1
-    finished = await _bulk(small_client, BODY, "big-key")
+    finished = await bulk_update(small_client, BODY, idempotency_key="big-key")
     assert finished.status_code == 200
     assert finished.json()["status"] == "succeeded"
     assert finished.json()["updated"] == 8
@@ -166,14 +168,16 @@ async def test_a_queued_job_replays_as_202_then_200_when_finished(
 async def test_keys_are_kept_24_hours_then_free(
     client: httpx.AsyncClient, engine: AsyncEngine
 ) -> None:
-    first = await _bulk(client, {**BODY, "dry_run": True}, "old-key")
+    first = await bulk_update(client, {**BODY, "dry_run": True}, idempotency_key="old-key")
     hours = await scalar(
         engine, "SELECT extract(epoch FROM expires_at - created_at) / 3600 FROM jobs"
     )
     assert hours >= 24
     async with engine.begin() as conn:
         await conn.execute(sa.text("UPDATE jobs SET expires_at = now() - interval '1 second'"))
-    again = await _bulk(client, {**BODY, "status": "Paid/Written Off", "dry_run": True}, "old-key")
+    again = await bulk_update(
+        client, {**BODY, "status": "Paid/Written Off", "dry_run": True}, idempotency_key="old-key"
+    )
     assert again.status_code == 200
     assert again.json()["job_id"] != first.json()["job_id"]
 
@@ -184,7 +188,7 @@ async def test_malformed_keys_are_400(
     client: httpx.AsyncClient, engine: AsyncEngine, key: str
 ) -> None:
     response = await client.post(
-        BULK,
+        BULK_STATUS,
         json=BODY,
         headers=[
             (b"Authorization", f"Bearer {WRITE_KEY}".encode()),

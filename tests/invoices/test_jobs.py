@@ -13,10 +13,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from service.context import WorkerContext
 from service.contracts import JOBS_CHANNEL
 from service.jobs import repository, tasks
-from tests.conftest import READ_KEY, WRITE_KEY, auth
-from tests.invoices.conftest import add_invoice, add_many, scalar, table_checksums
-
-BULK = "/v1/invoices/bulk-status"
+from tests.support.factories import add_invoice, add_many, bulk_update
+from tests.support.keys import READ_KEY, auth
+from tests.support.queries import scalar, table_checksums
 
 
 async def _job(client: httpx.AsyncClient, job_id: str, query: str = "") -> dict[str, Any]:
@@ -34,10 +33,8 @@ async def test_100k_invoices_through_the_worker_with_progress(
 ) -> None:
     await add_many(engine, 100_000, account_ref="BIG01", prefix="B", status="Paid")
     await add_invoice(engine, "OTHER-1", account_ref="ELSE01", status="Paid")
-    response = await client.post(
-        BULK,
-        json={"status": "Written Off", "account_ref": "BIG01", "only_settled": True},
-        headers=auth(WRITE_KEY),
+    response = await bulk_update(
+        client, {"status": "Written Off", "account_ref": "BIG01", "only_settled": True}
     )
     assert response.status_code == 202, response.text
     job_id = response.json()["job_id"]
@@ -83,9 +80,7 @@ async def test_queued_job_is_pollable_before_the_worker_runs(
     small_client: httpx.AsyncClient, engine: AsyncEngine
 ) -> None:
     await add_many(engine, 6, account_ref="ACME01")
-    response = await small_client.post(
-        BULK, json={"status": "Written Off", "account_ref": "ACME01"}, headers=auth(WRITE_KEY)
-    )
+    response = await bulk_update(small_client, {"status": "Written Off", "account_ref": "ACME01"})
     assert response.status_code == 202
     job = await _job(small_client, response.json()["job_id"])
     assert (job["status"], job["results"], job["finished_at"]) == ("queued", [], None)
@@ -97,10 +92,8 @@ async def test_queued_numbers_job_reports_the_unknown(
 ) -> None:
     await add_many(engine, 6, account_ref="ACME01", prefix="N")
     numbers = [f"N{n:07d}" for n in range(1, 7)] + ["GONE-1", "GONE-2"]
-    response = await small_client.post(
-        BULK,
-        json={"status": "Written Off", "invoice_numbers": numbers},
-        headers=auth(WRITE_KEY),
+    response = await bulk_update(
+        small_client, {"status": "Written Off", "invoice_numbers": numbers}
     )
     assert response.status_code == 202
     assert await tasks.run_once(worker_ctx) == 1
@@ -119,10 +112,8 @@ async def test_queued_dry_run_writes_nothing(
 ) -> None:
     await add_many(engine, 9, account_ref="ACME01")
     before = await table_checksums(engine, exclude=("jobs", "job_results"))
-    response = await small_client.post(
-        BULK,
-        json={"status": "Written Off", "account_ref": "ACME01", "dry_run": True},
-        headers=auth(WRITE_KEY),
+    response = await bulk_update(
+        small_client, {"status": "Written Off", "account_ref": "ACME01", "dry_run": True}
     )
     assert response.status_code == 202
     assert await tasks.run_once(worker_ctx) == 1
@@ -141,9 +132,7 @@ async def test_a_failing_job_changes_nothing_and_is_retried(
     await add_many(engine, 12, account_ref="ACME01")
     monkeypatch.setattr("service.jobs.service.BULK_CHUNK", 4)
     before = await table_checksums(engine, exclude=("jobs", "job_results"))
-    response = await small_client.post(
-        BULK, json={"status": "Written Off", "account_ref": "ACME01"}, headers=auth(WRITE_KEY)
-    )
+    response = await bulk_update(small_client, {"status": "Written Off", "account_ref": "ACME01"})
     job_id = response.json()["job_id"]
     report = repository.report_progress
     calls: list[int] = []
@@ -177,9 +166,7 @@ async def test_a_job_that_keeps_failing_is_marked_failed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     await add_many(engine, 6, account_ref="ACME01")
-    response = await small_client.post(
-        BULK, json={"status": "Written Off", "account_ref": "ACME01"}, headers=auth(WRITE_KEY)
-    )
+    response = await bulk_update(small_client, {"status": "Written Off", "account_ref": "ACME01"})
 
     async def broken(*_: Any) -> None:
         raise RuntimeError("always")
@@ -199,9 +186,7 @@ async def test_status_removed_from_the_picklist_before_the_run_fails_the_job(
     small_client: httpx.AsyncClient, engine: AsyncEngine, worker_ctx: WorkerContext
 ) -> None:
     await add_many(engine, 6, account_ref="ACME01")
-    response = await small_client.post(
-        BULK, json={"status": "Cancelled", "account_ref": "ACME01"}, headers=auth(WRITE_KEY)
-    )
+    response = await bulk_update(small_client, {"status": "Cancelled", "account_ref": "ACME01"})
     async with engine.begin() as conn:
         await conn.execute(sa.text("DELETE FROM picklist_values WHERE value = 'Cancelled'"))
     assert await tasks.run_once(worker_ctx) == 1
@@ -215,9 +200,7 @@ async def test_a_job_whose_worker_died_is_picked_up_again(
     small_client: httpx.AsyncClient, engine: AsyncEngine, worker_ctx: WorkerContext
 ) -> None:
     await add_many(engine, 6, account_ref="ACME01")
-    response = await small_client.post(
-        BULK, json={"status": "Written Off", "account_ref": "ACME01"}, headers=auth(WRITE_KEY)
-    )
+    response = await bulk_update(small_client, {"status": "Written Off", "account_ref": "ACME01"})
     # What a worker that died mid-run leaves behind: 'running', its transaction (and lock) gone.
     async with engine.begin() as conn:
         await conn.execute(
@@ -232,9 +215,7 @@ async def test_two_workers_never_run_one_job_twice(
     small_client: httpx.AsyncClient, engine: AsyncEngine, worker_ctx: WorkerContext
 ) -> None:
     await add_many(engine, 30, account_ref="ACME01")
-    await small_client.post(
-        BULK, json={"status": "Written Off", "account_ref": "ACME01"}, headers=auth(WRITE_KEY)
-    )
+    await bulk_update(small_client, {"status": "Written Off", "account_ref": "ACME01"})
     done = await asyncio.gather(*[tasks.run_once(worker_ctx) for _ in range(3)])
     assert sorted(done) == [0, 0, 1]
     assert await scalar(engine, "SELECT count(*) FROM status_history") == 30
@@ -256,12 +237,8 @@ async def test_jobs_are_claimed_oldest_first_and_notify_the_worker(
     listener = await asyncpg.connect(libpq_url(database_url))
     try:
         await listener.add_listener(JOBS_CHANNEL, lambda *args: heard.append(args[2]))
-        first = await small_client.post(
-            BULK, json={"status": "Written Off", "account_ref": "ACME01"}, headers=auth(WRITE_KEY)
-        )
-        second = await small_client.post(
-            BULK, json={"status": "Written Off", "account_ref": "BETA02"}, headers=auth(WRITE_KEY)
-        )
+        first = await bulk_update(small_client, {"status": "Written Off", "account_ref": "ACME01"})
+        second = await bulk_update(small_client, {"status": "Written Off", "account_ref": "BETA02"})
         for _ in range(100):
             if len(heard) == 2:
                 break

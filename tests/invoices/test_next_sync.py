@@ -8,41 +8,17 @@ import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.context import WorkerContext
-from service.ingest.repository import store
-from service.ingest.schemas import PostingIn
 from service.reconcile import tasks as reconcile_tasks
-from tests.conftest import READ_KEY, WRITE_KEY, auth
+from tests.support.factories import Posting, load, settle, si
+from tests.support.keys import READ_KEY, WRITE_KEY, auth
 
 SI = 5001
 
 
-def _posting(tran: int, kind: str, amount: str, **extra: Any) -> PostingIn:
-    return PostingIn.model_validate(
-        {
-            "tran_number": tran,
-            "type": kind,
-            "account_ref": "ACME01",
-            "reference": "INV-900" if kind == "SI" else f"REF{tran}",
-            "date": "2026-02-01",
-            "details": "",
-            "nominal_code": "4000" if kind == "SI" else "1200",
-            "net_amount": amount,
-            "tax_amount": "0.00",
-            "gross_amount": amount,
-            **extra,
-        }
-    )
-
-
-async def _sync(engine: AsyncEngine, ctx: WorkerContext, *postings: PostingIn) -> None:
+async def _sync(ctx: WorkerContext, *postings: Posting) -> None:
+    """The postings stored (when any), then the worker's reconcile task run until idle."""
     if postings:
-        async with engine.begin() as conn:
-            await store(
-                conn,
-                list(postings),
-                event_id=f"evt-{postings[0].tran_number}",
-                settings=ctx.settings,
-            )
+        await load(ctx.engine, ctx.settings, *postings)
     reconcile = reconcile_tasks.Reconcile(ctx)
     for _ in range(20):
         if await reconcile.run_once() == 0:
@@ -60,9 +36,8 @@ async def _invoice(client: httpx.AsyncClient) -> dict[str, Any]:
 async def test_protected_invoice_is_left_alone_and_released_one_is_recomputed(
     client: httpx.AsyncClient, engine: AsyncEngine, worker_ctx: WorkerContext
 ) -> None:
-    allocation = {"allocations": [{"invoice_tran_number": SI, "amount": "120.00"}]}
-    await _sync(engine, worker_ctx, _posting(SI, "SI", "120.00"))
-    await _sync(engine, worker_ctx, _posting(SI + 1, "SR", "120.00", **allocation))
+    await _sync(worker_ctx, si(SI, "INV-900", "120.00"))
+    await _sync(worker_ctx, settle(SI + 1, "SR", [(SI, "120.00")]))
     invoice = await _invoice(client)
     assert (invoice["status"], invoice["outstanding"]) == ("Paid", "0.00")
 
@@ -75,7 +50,7 @@ async def test_protected_invoice_is_left_alone_and_released_one_is_recomputed(
     assert edit.status_code == 200
 
     # Sage then refunds the receipt: the sync must change neither status nor balance.
-    await _sync(engine, worker_ctx, _posting(SI + 2, "SP", "120.00", **allocation))
+    await _sync(worker_ctx, settle(SI + 2, "SP", [(SI, "120.00")]))
     invoice = await _invoice(client)
     assert (invoice["status"], invoice["outstanding"]) == ("Written Off", "0.00")
     assert invoice["protected"] is True
@@ -89,7 +64,7 @@ async def test_protected_invoice_is_left_alone_and_released_one_is_recomputed(
         headers=auth(WRITE_KEY),
     )
     assert release.status_code == 200
-    await _sync(engine, worker_ctx)
+    await _sync(worker_ctx)
     invoice = await _invoice(client)
     assert (invoice["status"], invoice["outstanding"]) == ("Unpaid", "120.00")
     assert invoice["conflict"] is None

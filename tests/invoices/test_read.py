@@ -9,8 +9,9 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.conftest import READ_KEY, WRITE_KEY, auth
-from tests.invoices.conftest import add_invoice, add_many, scalar
+from tests.support.factories import add_invoice, add_many
+from tests.support.keys import READ_KEY, WRITE_KEY, auth
+from tests.support.queries import scalar
 
 
 async def _numbers(client: httpx.AsyncClient, query: str) -> list[str]:

@@ -9,9 +9,9 @@ import httpx
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.conftest import READ_KEY, WRITE_KEY, auth
 from tests.faults.support import eventually
-from tests.invoices.conftest import add_invoice
+from tests.support.factories import add_invoice
+from tests.support.keys import READ_KEY, WRITE_KEY, auth
 from tests.support.processes import FAULT_KEY, LedgerlinkProcess
 
 # Headers that differ from one request to the next whatever the method.

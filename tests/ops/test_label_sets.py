@@ -18,11 +18,12 @@ from service import metrics
 from service.ingest.rejections import REJECT_REASONS
 from service.main import http_operations, known_values
 from service.settings import Settings, load_settings
-from tests.conftest import ADMIN_KEY, auth, make_settings
 from tests.faults.support import eventually
-from tests.ingest.factories import deliver, si
+from tests.support.factories import deliver, si
+from tests.support.keys import ADMIN_KEY, auth
 from tests.support.metrics import Samples, samples
 from tests.support.processes import LedgerlinkProcess
+from tests.support.settings import make_settings
 from tests.support.webhooks import OLD_SECRET
 
 SERVICE = Path(__file__).resolve().parents[2] / "service"

@@ -8,7 +8,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.conftest import READ_KEY, auth
+from tests.support.keys import READ_KEY, auth
 from tests.support.metrics import exported
 
 

@@ -7,14 +7,14 @@ import asyncio
 import socket
 
 import httpx
-import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service import __version__
 from tests.faults.support import eventually
-from tests.ingest.factories import deliver, si, sr
+from tests.support.factories import deliver, settle, si
 from tests.support.metrics import exported, samples, value
 from tests.support.processes import LedgerlinkProcess
+from tests.support.queries import scalar
 
 
 async def _get(url: str) -> httpx.Response:
@@ -30,9 +30,7 @@ async def _answers(url: str) -> bool:
 
 
 async def _outbox_delivered(engine: AsyncEngine) -> bool:
-    async with engine.connect() as conn:
-        query = "SELECT count(*) FROM outbox WHERE state = 'delivered'"
-        return bool((await conn.execute(sa.text(query))).scalar())
+    return bool(await scalar(engine, "SELECT count(*) FROM outbox WHERE state = 'delivered'"))
 
 
 async def test_worker_process_exports_its_counters_once_postings_are_reconciled(
@@ -47,7 +45,7 @@ async def test_worker_process_exports_its_counters_once_postings_are_reconciled(
         before = samples((await _get(f"{worker.metrics_url}/metrics")).text)
         assert value(before, "ledgerlink_posting_to_status_seconds_count") == 0
 
-        response = await deliver(client, si(1, "INV-1"), sr(2, (1, "120.00")))
+        response = await deliver(client, si(1, "INV-1"), settle(2, "SR", [(1, "120.00")]))
         assert response.status_code == 202, response.text
         # The API here runs no worker: only the worker process can reconcile and deliver.
         await eventually(lambda: _outbox_delivered(engine), within=30, what="outbox delivered")

@@ -15,9 +15,11 @@ from service.db import create_engine
 from service.main import create_app
 from service.migrate import upgrade_to_head
 from service.picklist.service import readiness_warnings, required_values, verify
-from tests.conftest import ADMIN_KEY, DEFAULT_PICKLIST, READ_KEY, WRITE_KEY, auth, make_settings
-from tests.invoices.conftest import add_invoice, scalar
-from tests.support.database import scratch_database
+from tests.support.database import DEFAULT_PICKLIST, scratch_database
+from tests.support.factories import add_invoice
+from tests.support.keys import ADMIN_KEY, READ_KEY, WRITE_KEY, auth
+from tests.support.queries import scalar
+from tests.support.settings import make_settings
 
 URL = "/v1/picklists/invoice-status"
 WITHOUT_WRITE_OFFS = [v for v in DEFAULT_PICKLIST if v not in ("Written Off", "Paid/Written Off")]

@@ -19,106 +19,66 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from service.context import WorkerContext
 from service.reconcile import tasks
 from service.settings import Settings
-from tests.conftest import READ_KEY, auth
-from tests.ingest.factories import deliver
-from tests.reconcile.conftest import outbox
+from tests.support.factories import Posting, allocation, deliver, in_currency, posting, settle, si
+from tests.support.keys import READ_KEY, auth
+from tests.support.queries import outbox
 
 ACCOUNT = "YANK01"  # a customer whose Sage record is in US dollars
 
 
-def posting(
-    tran: int,
-    type_: str,
-    reference: str,
-    pounds: str,
-    *,
-    nominal: str,
-    details: str,
-    date: str = "2026-09-01",
-    dollars: str | None = None,
-    rate: str = "1.25",
-    outstanding: tuple[str, str] | None = None,
-    allocations: list[tuple[int, str, str | None]] = (),  # type: ignore[assignment]
-    account: str = ACCOUNT,
-) -> dict[str, Any]:
-    """One Sage transaction: its pounds, and (with `dollars`) its US dollars at `rate`.
-    `outstanding` is Sage's (OUTSTANDING, FOREIGN_OUTSTANDING); each allocation is
-    (invoice tran_number, AUDIT_USAGE.AMOUNT, AUDIT_USAGE.FOREIGN_AMOUNT)."""
-    out: dict[str, Any] = {
-        "tran_number": tran,
-        "type": type_,
-        "account_ref": account,
-        "reference": reference,
-        "date": date,
-        "details": details,
-        "nominal_code": nominal,
-        "net_amount": pounds,
-        "tax_amount": "0.00",
-        "gross_amount": pounds,
-    }
-    if dollars is not None:
-        out.update(
-            currency="USD",
-            exchange_rate=rate,
-            foreign_net_amount=dollars,
-            foreign_tax_amount="0.00",
-            foreign_gross_amount=dollars,
-        )
-    if outstanding is not None:
-        out["outstanding"] = outstanding[0]
-        if dollars is not None:
-            out["foreign_outstanding"] = outstanding[1]
-    out["allocations"] = [
-        {"invoice_tran_number": invoice, "amount": amount}
-        | ({} if foreign is None else {"foreign_amount": foreign})
-        for invoice, amount, foreign in allocations
-    ]
-    return out
-
-
-def usd_invoice(tran: int, ref: str, dollars: str, pounds: str, sage: tuple[str, str]) -> Any:
-    # Export sales: zero-rated, so net = gross. Sales nominal 4000.
-    return posting(
+def usd_invoice(tran: int, ref: str, dollars: str, pounds: str, sage: tuple[str, str]) -> Posting:
+    """Export sales: zero-rated, so net = gross; sales nominal 4000. `sage` is Sage's
+    (OUTSTANDING, FOREIGN_OUTSTANDING)."""
+    return si(
         tran,
-        "SI",
         ref,
         pounds,
-        nominal="4000",
+        account=ACCOUNT,
+        day="2026-08-01",
         details="Consultancy (USD)",
-        date="2026-08-01",
-        dollars=dollars,
-        outstanding=sage,
+        outstanding=sage[0],
+        **in_currency(dollars, rate="1.25", outstanding=sage[1]),
     )
 
 
-def usd_receipt(tran: int, pounds: str, dollars: str, rate: str, to: list[Any]) -> Any:
-    # Into the US dollar bank account (1210 here), at the day's rate.
-    return posting(
+def usd_receipt(
+    tran: int, pounds: str, dollars: str, rate: str, to: list[tuple[int, str, str]]
+) -> Posting:
+    """Into the US dollar bank account (1210 here), at the day's rate; each of `to` is
+    (invoice tran_number, AUDIT_USAGE.AMOUNT, AUDIT_USAGE.FOREIGN_AMOUNT)."""
+    return settle(
         tran,
         "SR",
-        "BACS",
-        pounds,
+        [allocation(invoice, amount, foreign_amount=foreign) for invoice, amount, foreign in to],
+        gross=pounds,
+        account=ACCOUNT,
+        day="2026-09-01",
+        reference="BACS",
         nominal="1210",
         details="Sales Receipt",
-        dollars=dollars,
-        rate=rate,
-        allocations=to,
+        **in_currency(dollars, rate=rate),
     )
 
 
-def revaluation(tran: int, type_: str, pounds: str, to: str, allocations: list[Any]) -> Any:
+def revaluation(
+    tran: int, type_: str, pounds: str, to: str, allocations: list[tuple[int, str, str]]
+) -> Posting:
     """Sage's automatic revaluation: REVAL, exchange rate variance nominal 7906, T9, dated
     with the receipt; it moves pounds only (no dollars)."""
     return posting(
         tran,
         type_,
-        "REVAL",
         pounds,
+        account=ACCOUNT,
+        day="2026-09-01",
+        reference="REVAL",
         nominal="7906",
         details=f"Currency Reval {pounds} to {to}",
-        dollars="0.00",
-        rate="1.28",
-        allocations=allocations,
+        allocations=[
+            allocation(invoice, amount, foreign_amount=foreign)
+            for invoice, amount, foreign in allocations
+        ],
+        **in_currency("0.00", rate="1.28"),
     )
 
 
@@ -281,16 +241,15 @@ async def test_contra_pays_the_invoice_like_any_receipt(
     (and a PP to the supplier, which the exporter does not send) on a contra bank account
     in the bank range 1200-1239; base currency only. Here a part contra (the purchase
     invoice was smaller), then the rest received."""
-    invoice = posting(20, "SI", "30020", "250.00", nominal="4000", details="Hire", account="BOTH01")
-    contra = posting(
+    invoice = si(20, "30020", "250.00", details="Hire", account="BOTH01")
+    contra = settle(
         21,
         "SR",
-        "Contra",
-        "200.00",
+        [(20, "200.00")],
+        reference="Contra",
         nominal="1235",
         details="Contra Entry",
         account="BOTH01",
-        allocations=[(20, "200.00", None)],
     )
     assert (await deliver(client, invoice, contra)).status_code == 202
     await run_worker(engine, settings, database_url)
@@ -298,15 +257,8 @@ async def test_contra_pays_the_invoice_like_any_receipt(
     assert (body["currency"], body["status"], body["outstanding"]) == ("GBP", "Part Paid", "50.00")
     assert body["amounts"]["paid"] == "200.00"
 
-    rest = posting(
-        22,
-        "SR",
-        "BACS",
-        "50.00",
-        nominal="1200",
-        details="Sales Receipt",
-        account="BOTH01",
-        allocations=[(20, "50.00", None)],
+    rest = settle(
+        22, "SR", [(20, "50.00")], reference="BACS", details="Sales Receipt", account="BOTH01"
     )
     assert (await deliver(client, rest)).status_code == 202
     await run_worker(engine, settings, database_url)
@@ -324,26 +276,18 @@ async def test_gbp_invoices_are_unchanged_with_or_without_currency_fields(
     """Today's senders send no currency; a sender that fills Sage's FOREIGN_* columns of a
     base-currency row (the base amounts again, rate 1) gets exactly the same figures."""
     plain = [
-        posting(30, "SI", "30030", "120.00", nominal="4000", details="Goods", account="UK01"),
-        posting(
-            31,
-            "SR",
-            "BACS",
-            "70.00",
-            nominal="1200",
-            details="Sales Receipt",
-            account="UK01",
-            allocations=[(30, "70.00", None)],
+        si(30, "30030", "120.00", details="Goods", account="UK01"),
+        settle(
+            31, "SR", [(30, "70.00")], reference="BACS", details="Sales Receipt", account="UK01"
         ),
-        posting(
+        settle(
             32,
             "SC",
-            "CN1",
-            "20.00",
+            [(30, "20.00")],
+            reference="CN1",
             nominal="4000",
             details="Credit",
             account="UK01",
-            allocations=[(30, "20.00", None)],
         ),
     ]
     explicit = [_with_base_currency_columns(p) for p in plain]
@@ -392,6 +336,6 @@ def _with_base_currency_columns(plain: dict[str, Any]) -> dict[str, Any]:
     )
     out["allocations"] = [
         {**a, "invoice_tran_number": a["invoice_tran_number"] + 10, "foreign_amount": a["amount"]}
-        for a in plain["allocations"]
+        for a in plain.get("allocations", [])
     ]
     return out

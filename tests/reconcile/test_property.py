@@ -15,10 +15,10 @@ from hypothesis import strategies as st
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.ingest.schemas import AllocationIn, PostingIn
-from tests.conftest import DEFAULT_PICKLIST, make_settings
 from tests.reconcile import model
-from tests.reconcile.conftest import load, reconcile
-from tests.support.database import INVOICES_WITH_QUEUE
+from tests.support.database import DEFAULT_PICKLIST, INVOICES_WITH_QUEUE
+from tests.support.factories import load, reconcile
+from tests.support.settings import make_settings
 
 NOMINALS = ["4000", "8100", "8150", "8199", "8200", "1200", "", " 8105", "81O0", "08100", "7906"]
 DETAILS = [

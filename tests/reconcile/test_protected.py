@@ -9,19 +9,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.picklist.service import verify
 from service.settings import Settings
-from tests.conftest import make_settings
-from tests.reconcile.conftest import (
-    WO,
-    execute,
-    history,
-    invoice,
-    load,
-    outbox,
-    reconcile,
-    set_status,
-    settle,
-    si,
-)
+from tests.support.factories import WRITE_OFF, load, reconcile, set_status, settle, si
+from tests.support.queries import execute, history, invoice, outbox
+from tests.support.settings import make_settings
 
 
 async def test_protected_invoice_is_never_changed_and_cash_arriving_is_a_conflict(
@@ -52,13 +42,15 @@ async def test_protected_invoice_is_never_changed_and_cash_arriving_is_a_conflic
 async def test_write_off_deleted_after_the_sync_wrote_it_is_a_conflict(
     engine: AsyncEngine, settings: Settings
 ) -> None:
-    await load(engine, settings, si(1, "INV-1", "100.00"), settle(2, "SC", [(1, "100.00")], **WO))
+    await load(
+        engine, settings, si(1, "INV-1", "100.00"), settle(2, "SC", [(1, "100.00")], **WRITE_OFF)
+    )
     await reconcile(engine, settings)
     assert (await invoice(engine, "INV-1"))["status"] == "Written Off"
 
     # The accountant deletes the write-off in Sage: the status is protected now, so the sync
     # leaves it and lists the invoice for a human.
-    await load(engine, settings, settle(2, "SC", [(1, "100.00")], deleted=True, **WO))
+    await load(engine, settings, settle(2, "SC", [(1, "100.00")], deleted=True, **WRITE_OFF))
     await reconcile(engine, settings)
     row = await invoice(engine, "INV-1")
     assert (row["status"], row["outstanding"], row["written_off"]) == (
@@ -88,7 +80,7 @@ async def test_overpayment_on_top_of_a_write_off_is_a_conflict(
         settings,
         si(1, "INV-1", "100.00"),
         settle(2, "SR", [(1, "50.00")]),
-        settle(3, "SC", [(1, "50.00")], **WO),
+        settle(3, "SC", [(1, "50.00")], **WRITE_OFF),
     )
     await reconcile(engine, settings)
     assert (await invoice(engine, "INV-1"))["status"] == "Paid/Written Off"
@@ -120,7 +112,9 @@ async def test_missing_picklist_label_falls_back_to_sagelink_with_a_warning(
     await execute(engine, "DELETE FROM picklist_values WHERE value = 'Written Off'")
     async with engine.connect() as conn:
         assert (await verify(conn, settings)).missing == ["Written Off"]
-    await load(engine, settings, si(1, "INV-1", "30.00"), settle(2, "SC", [(1, "30.00")], **WO))
+    await load(
+        engine, settings, si(1, "INV-1", "30.00"), settle(2, "SC", [(1, "30.00")], **WRITE_OFF)
+    )
     await reconcile(engine, settings)
     row = await invoice(engine, "INV-1")
     assert (row["status"], row["derived_state"]) == ("Paid", "written_off")

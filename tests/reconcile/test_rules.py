@@ -10,18 +10,9 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.settings import Settings
-from tests.conftest import make_settings
-from tests.reconcile.conftest import (
-    WO,
-    execute,
-    history,
-    invoice,
-    load,
-    outbox,
-    reconcile,
-    settle,
-    si,
-)
+from tests.support.factories import WRITE_OFF, allocation, load, reconcile, settle, si
+from tests.support.queries import execute, history, invoice, outbox
+from tests.support.settings import make_settings
 
 
 async def test_wizard_write_off_of_one_invoice(engine: AsyncEngine, settings: Settings) -> None:
@@ -29,7 +20,9 @@ async def test_wizard_write_off_of_one_invoice(engine: AsyncEngine, settings: Se
     # invoice's own, details "Bad Debt Write Off", N/C 8100, T9, allocated in full.
     await load(engine, settings, si(1001, "INV-1001", "240.00"))
     await reconcile(engine, settings)
-    await load(engine, settings, settle(2001, "SC", [(1001, "240.00")], reference="INV-1001", **WO))
+    await load(
+        engine, settings, settle(2001, "SC", [(1001, "240.00")], reference="INV-1001", **WRITE_OFF)
+    )
     await reconcile(engine, settings)
 
     row = await invoice(engine, "INV-1001")
@@ -76,7 +69,7 @@ async def test_account_write_off_baddbt_across_several_invoices(
             "SC",
             [(11, "100.00"), (12, "120.00"), (13, "50.00")],
             reference="BADDBT",
-            **WO,
+            **WRITE_OFF,
         ),
     )
     await reconcile(engine, settings)
@@ -154,6 +147,53 @@ async def test_credit_note_to_4000_is_a_credit_not_a_write_off(
     assert (part["status"], part["outstanding"]) == ("Part Paid", Decimal("200.00"))
 
 
+async def test_credit_note_and_write_off_together_are_paid_written_off(
+    engine: AsyncEngine, settings: Settings
+) -> None:
+    # An invoice of 100.00: the customer returns 40.00 of the goods (a credit note to sales,
+    # 4000), and the 60.00 left is written off with the wizard (8100). Credited counts as
+    # settled by the customer, so this is not a plain write-off.
+    await load(
+        engine,
+        settings,
+        si(91, "INV-91", "100.00"),
+        settle(
+            92, "SC", [(91, "40.00")], reference="CN091", details="Returned goods", nominal="4000"
+        ),
+        settle(93, "SC", [(91, "60.00")], reference="INV-91", **WRITE_OFF),
+    )
+    await reconcile(engine, settings)
+    row = await invoice(engine, "INV-91")
+    assert (row["status"], row["derived_state"]) == ("Paid/Written Off", "paid_written_off")
+    assert (row["credited"], row["written_off"], row["outstanding"]) == (
+        Decimal("40.00"),
+        Decimal("60.00"),
+        Decimal("0.00"),
+    )
+    assert (row["paid"], row["discounted"]) == (Decimal("0.00"), Decimal("0.00"))
+
+
+async def test_credit_note_with_plain_details_but_reference_baddbt_is_a_write_off(
+    engine: AsyncEngine, settings: Settings
+) -> None:
+    # A manual write-off keyed as an ordinary credit note: sales nominal, details that say
+    # nothing, but the reference the wizard gives an account write-off (BADDBT).
+    await load(
+        engine,
+        settings,
+        si(95, "INV-95", "75.00"),
+        settle(96, "SC", [(95, "75.00")], reference="BADDBT", details="Credit", nominal="4000"),
+    )
+    await reconcile(engine, settings)
+    row = await invoice(engine, "INV-95")
+    assert (row["status"], row["derived_state"]) == ("Written Off", "written_off")
+    assert (row["written_off"], row["credited"], row["outstanding"]) == (
+        Decimal("75.00"),
+        Decimal("0.00"),
+        Decimal("0.00"),
+    )
+
+
 async def test_receipt_plus_discount(engine: AsyncEngine, settings: Settings) -> None:
     await load(
         engine,
@@ -213,7 +253,7 @@ async def test_small_overpayment_write_off_si_is_not_an_invoice(
     )
     await reconcile(engine, settings)
     assert (await invoice(engine, "INV-81"))["status"] == "Paid"
-    with pytest.raises(Exception, match="No row"):
+    with pytest.raises(AssertionError, match="no invoice BADDBT"):
         await invoice(engine, "BADDBT")
 
 
@@ -228,7 +268,7 @@ async def test_part_payment_then_write_off_in_both_modes(
     await load(engine, config, si(91, "INV-91", "500.00"), settle(92, "SR", [(91, "300.00")]))
     await reconcile(engine, config)
     assert (await invoice(engine, "INV-91"))["status"] == "Part Paid"
-    await load(engine, config, settle(93, "SC", [(91, "200.00")], reference="BADDBT", **WO))
+    await load(engine, config, settle(93, "SC", [(91, "200.00")], reference="BADDBT", **WRITE_OFF))
     await reconcile(engine, config)
     row = await invoice(engine, "INV-91")
     assert (row["status"], row["derived_state"]) == (status, state)
@@ -240,7 +280,9 @@ async def test_sagelink_mode_shows_a_write_off_as_paid(
     engine: AsyncEngine, database_url: str
 ) -> None:
     config = make_settings(database_url, write_off_mode="sagelink")
-    await load(engine, config, si(95, "INV-95", "40.00"), settle(96, "SC", [(95, "40.00")], **WO))
+    await load(
+        engine, config, si(95, "INV-95", "40.00"), settle(96, "SC", [(95, "40.00")], **WRITE_OFF)
+    )
     await reconcile(engine, config)
     row = await invoice(engine, "INV-95")
     assert (row["status"], row["written_off"]) == ("Paid", Decimal("40.00"))
@@ -265,7 +307,7 @@ async def test_a_posting_restored_or_retyped_in_sage_counts_as_it_is_now(
     await load(
         engine,
         settings,
-        settle(112, "SC", [(111, "100.00")], **WO),
+        settle(112, "SC", [(111, "100.00")], **WRITE_OFF),
     )
     await reconcile(engine, settings)
     row = await invoice(engine, "INV-111")
@@ -297,7 +339,7 @@ async def test_deleted_and_edited_receipts(engine: AsyncEngine, settings: Settin
         Decimal("100.00"),
     )
     # A deleted allocation on a live posting counts for nothing either.
-    await load(engine, settings, settle(103, "SR", [(101, "100.00", True)]))
+    await load(engine, settings, settle(103, "SR", [allocation(101, "100.00", deleted=True)]))
     await reconcile(engine, settings)
     assert (await invoice(engine, "INV-101"))["status"] == "Unpaid"
     assert [h["to_status"] for h in await history(engine, "INV-101")] == [
@@ -373,7 +415,9 @@ async def test_deleted_invoice_is_left_as_it_was_with_a_warning(
 async def test_configured_labels_are_written(engine: AsyncEngine, database_url: str) -> None:
     config = make_settings(database_url, status_labels='{"written_off": "Bad Debt"}')
     await execute(engine, "INSERT INTO picklist_values (value, position) VALUES ('Bad Debt', 99)")
-    await load(engine, config, si(141, "INV-141", "5.00"), settle(142, "SC", [(141, "5.00")], **WO))
+    await load(
+        engine, config, si(141, "INV-141", "5.00"), settle(142, "SC", [(141, "5.00")], **WRITE_OFF)
+    )
     await reconcile(engine, config)
     assert (await invoice(engine, "INV-141"))["status"] == "Bad Debt"
 

@@ -18,19 +18,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from service.main import create_app
 from service.reconcile import runs, tasks
 from service.settings import Settings
-from tests.conftest import ADMIN_KEY, READ_KEY, WRITE_KEY, auth, make_settings
-from tests.reconcile.conftest import (
-    WO,
-    execute,
-    history,
-    invoice,
-    load,
-    outbox,
-    reconcile,
-    set_status,
-    settle,
-    si,
-)
+from tests.support.factories import WRITE_OFF, load, reconcile, set_status, settle, si
+from tests.support.keys import ADMIN_KEY, READ_KEY, WRITE_KEY, auth
+from tests.support.queries import execute, history, invoice, outbox
+from tests.support.settings import make_settings
 
 
 @pytest.fixture
@@ -61,7 +52,7 @@ async def _company(engine: AsyncEngine, settings: Settings) -> None:
         engine,
         settings,
         settle(11, "SR", [(1, "100.00"), (2, "50.00")], account="ACME01"),
-        settle(12, "SC", [(3, "300.00")], account="ACME01", reference="BADDBT", **WO),
+        settle(12, "SC", [(3, "300.00")], account="ACME01", reference="BADDBT", **WRITE_OFF),
         settle(13, "SR", [(4, "400.00")], account="OTHER1"),
     )
 
@@ -320,7 +311,7 @@ async def _report_company(engine: AsyncEngine, settings: Settings) -> None:
         si(5, "INV-5", "10.00"),
         si(6, "INV-5", "10.00"),  # a duplicate invoice number
         settle(11, "SR", [(3, "120.00")]),  # overpaid
-        settle(12, "SC", [(4, "10.00")], **WO),
+        settle(12, "SC", [(4, "10.00")], **WRITE_OFF),
     )
     await reconcile(engine, settings)
     await set_status(engine, "INV-1", "Paid/Written Off")  # protected, postings say Unpaid

@@ -20,13 +20,9 @@ from service.db import create_engine
 from service.reconcile import compute, runs, tasks
 from service.settings import Settings
 from service.worker import Worker
-from tests.conftest import make_settings
-from tests.reconcile.conftest import history, invoice, load, reconcile, settle, si
-
-
-async def _scalar(engine: AsyncEngine, sql: str) -> object:
-    async with engine.connect() as conn:
-        return (await conn.execute(sa.text(sql))).scalar()
+from tests.support.factories import load, reconcile, settle, si
+from tests.support.queries import history, invoice, scalar
+from tests.support.settings import make_settings
 
 
 async def _backlog(engine: AsyncEngine, settings: Settings, n: int) -> None:
@@ -47,16 +43,16 @@ async def test_two_workers_racing_on_one_backlog_do_every_invoice_once(
         for e in engines:
             await e.dispose()
     assert sum(examined) == 300
-    assert await _scalar(engine, "SELECT count(*) FROM dirty_invoices") == 0
+    assert await scalar(engine, "SELECT count(*) FROM dirty_invoices") == 0
     # Exactly one history row and one change per invoice: no double work, no lost update.
-    rows = await _scalar(
+    rows = await scalar(
         engine,
         "SELECT count(*) FROM (SELECT invoice_number FROM status_history "
         "GROUP BY invoice_number HAVING count(*) = 1) s",
     )
     assert rows == 300
-    assert await _scalar(engine, "SELECT sum(changed) FROM sync_runs") == 300
-    assert await _scalar(engine, "SELECT count(DISTINCT status) FROM invoices") == 1
+    assert await scalar(engine, "SELECT sum(changed) FROM sync_runs") == 300
+    assert await scalar(engine, "SELECT count(DISTINCT status) FROM invoices") == 1
 
 
 async def test_posting_arriving_during_a_reconcile_is_not_lost(
@@ -130,7 +126,7 @@ async def test_ingest_and_workers_racing_on_the_same_invoices_lose_no_mark(
         f"INV-{i:05d}": Decimal(expected[i]).quantize(Decimal("0.01"))
         for i in range(1, invoices + 1)
     }
-    assert await _scalar(engine, "SELECT count(*) FROM dirty_invoices") == 0
+    assert await scalar(engine, "SELECT count(*) FROM dirty_invoices") == 0
 
 
 async def test_a_batch_killed_midway_leaves_nothing_half_done(
@@ -156,7 +152,7 @@ async def test_a_batch_killed_midway_leaves_nothing_half_done(
     row = await invoice(engine, "INV-1")
     assert (row["status"], row["dirty_since"] is not None) == ("Unpaid", True)
     for table in ("status_history", "outbox", "sync_runs", "sync_run_changes"):
-        assert await _scalar(engine, f"SELECT count(*) FROM {table}") == 0
+        assert await scalar(engine, f"SELECT count(*) FROM {table}") == 0
     await reconcile(engine, settings)
     assert (await invoice(engine, "INV-1"))["status"] == "Paid"
     assert len(await history(engine, "INV-1")) == 1
@@ -188,7 +184,7 @@ async def test_worker_runs_are_recorded_only_when_they_change_something(
             )
         )
     assert await reconcile(engine, settings) == 1
-    assert await _scalar(engine, "SELECT count(*) FROM sync_runs") == 1
+    assert await scalar(engine, "SELECT count(*) FROM sync_runs") == 1
 
 
 async def test_metrics_count_changes_conflicts_and_latency(

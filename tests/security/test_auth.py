@@ -21,8 +21,9 @@ from service.ingest import signature
 from service.ingest.signature import SignedHeaders, Verifier
 from service.main import create_app
 from service.settings import Settings
-from tests.conftest import ADMIN_KEY, READ_KEY, WRITE_KEY, auth, make_settings
-from tests.security.support import WEBHOOK, si
+from tests.support.factories import WEBHOOK, si
+from tests.support.keys import ADMIN_KEY, READ_KEY, WRITE_KEY, auth
+from tests.support.settings import make_settings
 from tests.support.webhooks import OLD_SECRET, TEST_SECRET, signed_request
 
 JOB = "00000000-0000-4000-8000-000000000001"

@@ -15,11 +15,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.main import create_app
 from service.metrics import HTTP_REQUESTS
-from tests.conftest import WRITE_KEY, make_settings
+from tests.support.factories import WEBHOOK
+from tests.support.keys import WRITE_KEY
+from tests.support.settings import make_settings
 from tests.support.webhooks import signed_request
 
 MIB = 1024 * 1024
-WEBHOOK = "/v1/webhooks/sage/postings"
 
 
 @pytest.fixture

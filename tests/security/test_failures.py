@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from tests.conftest import READ_KEY, auth
+from tests.support.keys import READ_KEY, auth
 
 PATH = "/v1/picklists/invoice-status"
 

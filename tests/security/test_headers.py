@@ -12,8 +12,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.main import create_app
 from service.settings import load_settings
-from tests.conftest import ADMIN_KEY, READ_KEY, auth, make_settings
-from tests.security.support import deliver, si
+from tests.support.factories import deliver, si
+from tests.support.keys import ADMIN_KEY, READ_KEY, auth
+from tests.support.settings import make_settings
 
 EXPECTED = {
     "x-content-type-options": "nosniff",
@@ -49,7 +50,7 @@ async def test_every_kind_of_response_carries_the_headers(
     body = {"status": "Paid", "invoice_numbers": ["X"]}
     responses = {
         200: await client.get("/v1/invoices", headers=auth(READ_KEY)),
-        202: await deliver(client, [si(1, "INV-1")]),
+        202: await deliver(client, si(1, "INV-1")),
         "probe": await client.get("/healthz"),
         "metrics": await client.get("/metrics"),
         "docs": await client.get("/docs"),

@@ -20,9 +20,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from service.main import create_app
 from service.reconcile.tasks import reconcile_all_dirty
 from service.settings import Settings
-from tests.conftest import ADMIN_KEY, auth, make_settings
-from tests.security.support import WEBHOOK, deliver, scalar, si, snapshot
+from tests.support.factories import WEBHOOK, deliver, si
+from tests.support.keys import ADMIN_KEY, auth
 from tests.support.processes import free_port
+from tests.support.queries import scalar, table_checksums
+from tests.support.settings import make_settings
 from tests.support.webhooks import signed_request
 
 SMALL_BODY = 4096
@@ -63,7 +65,7 @@ def _oversized(body: dict[str, Any]) -> bytes:
 async def test_every_body_is_limited_declared_or_streamed(
     small: httpx.AsyncClient, engine: AsyncEngine, method: str, path: str, body: dict[str, Any]
 ) -> None:
-    before = await snapshot(engine)
+    before = await table_checksums(engine)
     content = _oversized(body)
     declared = await small.request(method, path, content=content, headers=auth(ADMIN_KEY))
     assert declared.status_code == 413, declared.text
@@ -76,7 +78,7 @@ async def test_every_body_is_limited_declared_or_streamed(
 
     streamed = await small.request(method, path, content=chunks(), headers=auth(ADMIN_KEY))
     assert streamed.status_code == 413, streamed.text
-    assert await snapshot(engine) == before
+    assert await table_checksums(engine) == before
 
 
 async def test_the_webhook_body_is_limited_declared_or_streamed(
@@ -84,7 +86,7 @@ async def test_the_webhook_body_is_limited_declared_or_streamed(
 ) -> None:
     body, headers = signed_request({"postings": [si(1, "INV-1", details="x" * 50)] * 40})
     assert len(body) > SMALL_BODY
-    before = await snapshot(engine)
+    before = await table_checksums(engine)
     assert (await small.post(WEBHOOK, content=body, headers=headers)).status_code == 413
 
     async def chunks() -> AsyncIterator[bytes]:
@@ -93,13 +95,13 @@ async def test_the_webhook_body_is_limited_declared_or_streamed(
 
     streamed = await small.post(WEBHOOK, content=chunks(), headers=headers)
     assert streamed.status_code == 413
-    assert await snapshot(engine) == before
+    assert await table_checksums(engine) == before
 
 
 async def test_ten_megabyte_strings(client: httpx.AsyncClient, engine: AsyncEngine) -> None:
     """10 MB inside a field is read (the limit is 10 MiB) and refused by validation; a body
     over the limit is refused before it is read."""
-    before = await snapshot(engine)
+    before = await table_checksums(engine)
     body, headers = signed_request({"postings": [si(1, "INV-1", details="é" * 5_000_000)]})
     assert len(body) < 10 * 1024 * 1024
     response = await client.post(WEBHOOK, content=body, headers=headers)
@@ -113,18 +115,18 @@ async def test_ten_megabyte_strings(client: httpx.AsyncClient, engine: AsyncEngi
         "/v1/picklists/invoice-status", json=big_picklist, headers=auth(ADMIN_KEY)
     )
     assert response.status_code == 413
-    assert await snapshot(engine) == before
+    assert await table_checksums(engine) == before
 
 
 async def test_a_batch_holds_at_most_5000_postings(
     client: httpx.AsyncClient, engine: AsyncEngine
 ) -> None:
     postings = [si(n, f"INV-{n}") for n in range(1, 5002)]
-    too_many = await deliver(client, postings)
+    too_many = await deliver(client, *postings)
     assert too_many.status_code == 422
     assert too_many.json()["errors"][0]["field"] == "postings"
     assert await scalar(engine, "SELECT count(*) FROM postings") == 0
-    at_limit = await deliver(client, postings[:5000])
+    at_limit = await deliver(client, *postings[:5000])
     assert at_limit.status_code == 202
     assert await scalar(engine, "SELECT count(*) FROM postings") == 5000
 
@@ -152,7 +154,7 @@ async def test_page_sizes_are_bounded(
 async def test_paging_returns_every_row_once_and_no_page_is_larger_than_asked(
     client: httpx.AsyncClient, engine: AsyncEngine, settings: Settings
 ) -> None:
-    await deliver(client, [si(n, f"PG-{n:03d}") for n in range(1, 48)])
+    await deliver(client, *[si(n, f"PG-{n:03d}") for n in range(1, 48)])
     await reconcile_all_dirty(engine, settings)
     seen: list[str] = []
     cursor: str | None = None
@@ -174,7 +176,7 @@ async def test_a_body_that_trickles_past_the_timeout_is_408(
 ) -> None:
     """Each piece arrives well within the timeout; the whole body does not: 408 all the same
     (a per-read timeout would let a client hold the request for ever, a byte at a time)."""
-    before = await snapshot(engine)
+    before = await table_checksums(engine)
     body, headers = signed_request({"postings": [si(1, "INV-1")]})
     pieces = [body[i : i + 16] for i in range(0, len(body), 16)]
     assert len(pieces) * TIMEOUT / 4 > TIMEOUT * 2
@@ -195,7 +197,7 @@ async def test_a_body_that_trickles_past_the_timeout_is_408(
 
     response = await small.post("/v1/sync/trigger", content=trickle_json(), headers=auth(ADMIN_KEY))
     assert response.status_code == 408
-    assert await snapshot(engine) == before
+    assert await table_checksums(engine) == before
 
 
 @contextlib.asynccontextmanager

@@ -41,8 +41,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from service.main import create_app
 from service.reconcile.tasks import reconcile_all_dirty
 from service.settings import Settings
-from tests.conftest import ADMIN_KEY, auth, make_settings
-from tests.security.support import WEBHOOK, seed_ledger
+from tests.security.support import seed_ledger
+from tests.support.factories import WEBHOOK
+from tests.support.keys import ADMIN_KEY, auth
+from tests.support.settings import make_settings
 from tests.support.webhooks import signed_request
 
 SPEC = Path(__file__).resolve().parents[2] / "openapi.yaml"

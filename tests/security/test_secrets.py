@@ -30,8 +30,9 @@ from service.deps import runtime_of
 from service.main import create_app
 from service.reconcile.tasks import reconcile_all_dirty
 from service.settings import Settings
-from tests.conftest import make_settings
-from tests.security.support import WEBHOOK, next_tran, settling, si
+from tests.security.support import next_tran
+from tests.support.factories import WEBHOOK, settle, si
+from tests.support.settings import make_settings
 from tests.support.webhooks import signed_request
 
 API_KEY = "sk-SECRET-admin-key-5e1f0c2b9a7d"
@@ -181,7 +182,9 @@ async def test_no_secret_is_ever_said(
         body, headers = signed_request(batch, secret=WEBHOOK_SECRET)
         assert (await call("POST", WEBHOOK, content=body, headers=headers)).status_code == 202
         paid = {
-            "postings": [settling("SR", next_tran(), batch["postings"][0]["tran_number"], "120.00")]
+            "postings": [
+                settle(next_tran(), "SR", [(batch["postings"][0]["tran_number"], "120.00")])
+            ]
         }
         body, headers = signed_request(paid, secret=WEBHOOK_SECRET)
         assert (await call("POST", WEBHOOK, content=body, headers=headers)).status_code == 202

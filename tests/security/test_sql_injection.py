@@ -16,8 +16,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.reconcile.tasks import reconcile_all_dirty
 from service.settings import Settings
-from tests.conftest import ADMIN_KEY, auth
-from tests.security.support import deliver, next_tran, scalar, seed_ledger, si, snapshot
+from tests.security.support import next_tran, seed_ledger
+from tests.support.factories import deliver, si
+from tests.support.keys import ADMIN_KEY, auth
+from tests.support.queries import scalar, table_checksums
 
 HOSTILE = [
     "' OR '1'='1",
@@ -48,7 +50,7 @@ NASTY_INVOICES = ["' OR '1'='1", "x'; DROP TABLE postings;--", "%", "SEC-%", "a/
 async def ledger(client: httpx.AsyncClient, engine: AsyncEngine, settings: Settings) -> list[str]:
     ordinary = await seed_ledger(client, invoices=8)
     nasty = [si(next_tran(), number, account_ref=f"ACC {number}"[:32]) for number in NASTY_INVOICES]
-    assert (await deliver(client, nasty)).status_code == 202
+    assert (await deliver(client, *nasty)).status_code == 202
     await reconcile_all_dirty(engine, settings)
     return ordinary
 
@@ -63,7 +65,7 @@ def _items(response: httpx.Response) -> list[dict[str, Any]]:
 async def test_filters_match_hostile_values_literally(
     client: httpx.AsyncClient, engine: AsyncEngine
 ) -> None:
-    before = await snapshot(engine)
+    before = await table_checksums(engine)
     everything = _items(await client.get("/v1/invoices?limit=500", headers=auth(ADMIN_KEY)))
     assert len(everything) == 8 + len(NASTY_INVOICES)
     for value in HOSTILE:
@@ -96,7 +98,7 @@ async def test_filters_match_hostile_values_literally(
         ):
             response = await client.get(path, params={param: value}, headers=auth(ADMIN_KEY))
             assert response.status_code == 422, (path, param, value, response.text)
-    assert await snapshot(engine) == before
+    assert await table_checksums(engine) == before
 
 
 @pytest.mark.usefixtures("ledger")

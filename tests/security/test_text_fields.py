@@ -7,9 +7,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.conftest import ADMIN_KEY, WRITE_KEY, auth
-from tests.ingest.factories import deliver, si
-from tests.invoices.conftest import add_invoice
+from tests.support.factories import add_invoice, deliver, si
+from tests.support.keys import ADMIN_KEY, WRITE_KEY, auth
 
 
 @pytest.mark.parametrize(

@@ -16,10 +16,11 @@ from fastapi.routing import APIRoute, iter_route_contexts
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.main import create_app
-from tests.conftest import ADMIN_KEY, auth, make_settings
-from tests.invoices.conftest import table_checksums
-from tests.security.support import WEBHOOK, si
 from tests.security.test_auth import ENDPOINTS
+from tests.support.factories import WEBHOOK, si
+from tests.support.keys import ADMIN_KEY, auth
+from tests.support.queries import table_checksums
+from tests.support.settings import make_settings
 from tests.support.webhooks import signed_request
 
 SPEC: dict[str, Any] = yaml.safe_load((Path(__file__).parents[2] / "openapi.yaml").read_text())

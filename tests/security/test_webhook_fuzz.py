@@ -17,7 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.security.fuzz import SAFE_TEXT, hostile_bodies, valid_batch
-from tests.security.support import WEBHOOK, scalar, snapshot
+from tests.support.factories import WEBHOOK, si
+from tests.support.queries import scalar, table_checksums
 from tests.support.webhooks import signed_request
 
 REFUSED = {400, 413, 422}
@@ -61,9 +62,9 @@ async def fuzz_hostile_bodies(
         assert problem["status"] == status
         assert problem["detail"]
 
-    before = await snapshot(engine)
+    before = await table_checksums(engine)
     await asyncio.to_thread(refused)
-    assert await snapshot(engine) == before
+    assert await table_checksums(engine) == before
     print(f"webhook fuzz: {sum(seen.values())} hostile bodies, statuses {dict(seen)}")
     return seen
 
@@ -136,24 +137,14 @@ async def test_duplicate_keys_are_refused(
 ) -> None:
     """JSON with a key twice means what the parser says it means (the last one, for ours;
     the first, for others): a signed body must mean one thing, so it is refused."""
-    posting = {
-        "tran_number": 1,
-        "type": "SI",
-        "account_ref": "ACME01",
-        "reference": "INV-1",
-        "date": "2026-03-01",
-        "net_amount": "1.00",
-        "tax_amount": "0.00",
-        "gross_amount": "1.00",
-    }
-    encoded = json.dumps(posting).encode()
+    encoded = json.dumps(si(1, "INV-1", "1.00")).encode()
     if body == b"POSTING_WITH_TRAN_TWICE":
         twice = encoded.replace(b'"tran_number": 1', b'"tran_number": 1, "tran_number": 2')
         body = b'{"postings": [' + twice + b"]}"
     else:
         body = body.replace(b"%s", encoded)
-    before = await snapshot(engine)
+    before = await table_checksums(engine)
     status, (stored, problem) = await _send(client, engine, body)
     assert status == 422, problem
     assert stored == 0
-    assert await snapshot(engine) == before
+    assert await table_checksums(engine) == before

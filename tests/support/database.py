@@ -2,7 +2,8 @@
 
 By default an embedded PostgreSQL (the same wheel `make run` uses) in a temporary directory;
 with LEDGERLINK_TEST_DATABASE_URL, a fresh database created on that server beside the one
-named (so runs never share state), dropped afterwards.
+named (so runs never share state), dropped afterwards. `reset_database` returns one to the
+state every test starts from.
 """
 
 from __future__ import annotations
@@ -14,12 +15,29 @@ from contextlib import asynccontextmanager
 
 import asyncpg
 import psutil
+import sqlalchemy as sa
 from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.db import asyncpg_url, libpq_url
 from service.embedded import throwaway_postgres
 
 ENV = "LEDGERLINK_TEST_DATABASE_URL"
+
+# What the initial migration seeds (an OpenCRM-like list holding both write-off values), and
+# what every test starts from (tests/picklist checks the two agree).
+DEFAULT_PICKLIST: tuple[str, ...] = (
+    "Created",
+    "Approved",
+    "Sent",
+    "Unpaid",
+    "Part Paid",
+    "Paid",
+    "Credit Invoice",
+    "Written Off",
+    "Paid/Written Off",
+    "Cancelled",
+)
 
 # Every invoice with its place in the reconcile queue: `dirty_since` is NULL when it is not
 # queued. Add a WHERE on `invoice_number` for one.
@@ -27,6 +45,27 @@ INVOICES_WITH_QUEUE = (
     "SELECT i.*, d.since AS dirty_since FROM invoices AS i "
     "LEFT JOIN dirty_invoices AS d USING (invoice_number)"
 )
+
+
+async def reset_database(engine: AsyncEngine) -> None:
+    """Every table empty but the picklist, which holds its default values (truncation, not
+    rollback: the concurrency tests need several real connections and committed
+    transactions)."""
+    async with engine.begin() as conn:
+        tables = (
+            await conn.execute(
+                sa.text(
+                    "SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
+                    "AND tablename <> 'alembic_version'"
+                )
+            )
+        ).scalars()
+        names = ", ".join(f'"{t}"' for t in tables)
+        await conn.execute(sa.text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+        await conn.execute(
+            sa.text("INSERT INTO picklist_values (value, position) VALUES (:v, :p)"),
+            [{"v": v, "p": i} for i, v in enumerate(DEFAULT_PICKLIST)],
+        )
 
 
 @asynccontextmanager
