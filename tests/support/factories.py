@@ -47,8 +47,8 @@ ACCOUNT = "ACME01"
 DAY = "2026-10-01"
 SALES_NOMINAL = "4000"
 BANK_NOMINAL = "1200"
-# What the write-off wizard puts on its credit notes (docs/ARCHITECTURE.md, "What a write-off
-# looks like in Sage"): `settle(..., "SC", ..., **WRITE_OFF)`.
+# What the write-off wizard puts on its credit notes (docs/EXPORTER.md, "What Sage keeps"):
+# `settle(..., "SC", ..., **WRITE_OFF)`.
 WRITE_OFF: dict[str, str] = {"nominal": "8100", "details": "Bad Debt Write Off"}
 
 
